@@ -1,0 +1,1 @@
+"""CNN embeddings: torchvision / EfficientNet-Lite backbones as a scikit-learn transformer, fine-tuning, heat maps."""

@@ -1,0 +1,1 @@
+"""Handcrafted image features as scikit-learn estimators: preprocessing, breast mask, texture statistics."""

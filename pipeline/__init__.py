@@ -1,0 +1,1 @@
+"""Orchestration: image reading, dataset adapters, splits, experiments, training, prediction and the CLI."""

@@ -1,0 +1,1 @@
+"""The one door to MLflow: tracking runs, artifacts, registered model versions and the champion alias."""
