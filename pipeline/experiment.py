@@ -128,7 +128,9 @@ SCHEMA: dict[str, Any] = {
         "n_jobs": Int(-1, 64),
     },
     "preprocessing": {
-        "clahe": {"enabled": Bool(), "clip_limit": Float(0.0, 1.0, lo_open=True), "kernel_size": Int(1, 64)},
+        "breast_mask": Bool(),
+        "clahe": {"enabled": Bool(), "clip_limit": Float(0.0, 1.0, lo_open=True),
+                  "kernel_size": Int(2, 4096, nullable=True)},
         "unsharp": {"enabled": Bool(), "radius": Float(0.0, 50.0, lo_open=True), "amount": Float(0.0, 10.0)},
     },
     "features": {
@@ -144,7 +146,7 @@ SCHEMA: dict[str, Any] = {
         "cnn": {
             "enabled": Bool(),
             "backbone": Str(),
-            "weights": Choice(("imagenet", "none")),
+            "weights": Str(),
             "batch_size": Int(1, 1024),
             "finetune": {
                 "enabled": Bool(),

@@ -1,0 +1,372 @@
+"""Honest evaluation: patient-level stratified folds, out-of-fold predictions, metrics with bootstrap CIs, plots.
+
+Confidence intervals are percentile bootstrap intervals from ``scipy.stats.bootstrap`` resampling *samples* (paired:
+labels and predictions resampled together). With mini-MIAS each patient contributes at most two images (one per
+breast) so sample- and patient-level resampling differ little; say "sample-level bootstrap" when quoting them.
+The operating point of a malignancy model is chosen inside each training fold (on inner out-of-fold predictions, see
+pipeline.model.PatientCalibratedClassifier) and applied unchanged to the test fold.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn import metrics
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = [
+    "patient_stratified_folds",
+    "choose_threshold",
+    "expected_calibration_error",
+    "bootstrap_ci",
+    "binary_metrics",
+    "multiclass_metrics",
+    "subgroup_metrics",
+    "CVResult",
+    "cross_validate",
+    "plot_roc",
+    "plot_pr",
+    "plot_reliability",
+    "plot_confusion",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Splits
+# --------------------------------------------------------------------------------------------------------------------
+def patient_stratified_folds(y: Sequence, groups: Sequence, n_splits: int, seed: int
+                             ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train_idx, test_idx) pairs: StratifiedGroupKFold over patients, shuffled with `seed`; no patient crosses.
+
+    n_splits is lowered to the number of patients of the rarest class when there are fewer (with a warning).
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    n_groups = len(np.unique(groups))
+    per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    k = min(n_splits, n_groups, max(per_class, 2))
+    if k < n_splits:
+        log.warning("only %d patients in the rarest class: using %d folds instead of %d", per_class, k, n_splits)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.asarray(tr), np.asarray(te)) for tr, te in splitter.split(np.zeros(len(y)), y, groups)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Operating point and calibration
+# --------------------------------------------------------------------------------------------------------------------
+def choose_threshold(y_true: Sequence[int], score: Sequence[float], target_sensitivity: float = 0.95) -> float:
+    """Highest threshold t whose sensitivity (score >= t) on these (validation) data reaches the target."""
+    y_true = np.asarray(y_true).astype(int)
+    score = np.asarray(score, dtype=float)
+    if not (y_true == 1).any():
+        return 0.5
+    if not (y_true == 0).any():
+        return float(score[y_true == 1].min())
+    fpr, tpr, thr = metrics.roc_curve(y_true, score, drop_intermediate=False)
+    idx = int(np.argmax(tpr >= target_sensitivity - 1e-12))
+    return float(min(thr[idx], 1.0))
+
+
+def expected_calibration_error(y_true: Sequence[int], proba: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: mean |accuracy - confidence| of the top-label prediction over equal-width confidence bins, weighted by count.
+
+    For a binary problem pass the (n, 2) probabilities or the (n,) positive-class probability with 0/1 labels.
+    """
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=float)
+    if proba.ndim == 1:
+        proba = np.column_stack([1 - proba, proba])
+    conf = proba.max(axis=1)
+    correct = (proba.argmax(axis=1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return float(ece)
+
+
+def multiclass_brier(y_true: Sequence[int], proba: np.ndarray) -> float:
+    """Mean over samples of sum_k (p_k - 1[y = k])^2 (0 = perfect, 2 = worst)."""
+    proba = np.asarray(proba, dtype=float)
+    onehot = np.eye(proba.shape[1])[np.asarray(y_true, dtype=int)]
+    return float(np.mean(np.sum((proba - onehot) ** 2, axis=1)))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bootstrap
+# --------------------------------------------------------------------------------------------------------------------
+def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *, n_resamples: int = 1000,
+                 confidence_level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of statistic(*arrays) with scipy.stats.bootstrap, resampling rows of all arrays together.
+
+    Resamples where the statistic is undefined (e.g. one class only) are dropped. Returns (nan, nan) when
+    n_resamples is 0 or too few resamples are defined.
+    """
+    if n_resamples <= 0:
+        return (float("nan"), float("nan"))
+
+    def safe(*xs: np.ndarray) -> float:
+        try:
+            return float(statistic(*xs))
+        except ValueError:
+            return float("nan")
+
+    res = stats.bootstrap(tuple(np.asarray(a) for a in arrays), safe, paired=True, vectorized=False,
+                          n_resamples=n_resamples, confidence_level=confidence_level, method="percentile",
+                          random_state=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if np.isnan(low) or np.isnan(high):
+        dist = np.asarray(res.bootstrap_distribution, dtype=float)
+        dist = dist[np.isfinite(dist)]
+        if dist.size < max(10, n_resamples // 10):
+            return (float("nan"), float("nan"))
+        alpha = (1 - confidence_level) / 2
+        low, high = (float(q) for q in np.quantile(dist, [alpha, 1 - alpha]))
+    return low, high
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------------------------
+def _sens_spec(y: np.ndarray, call: np.ndarray) -> tuple[float, float]:
+    pos, neg = y == 1, y == 0
+    sens = float(call[pos].mean()) if pos.any() else float("nan")
+    spec = float((~call[neg]).mean()) if neg.any() else float("nan")
+    return sens, spec
+
+
+def binary_metrics(y_true: Sequence[int], p_pos: Sequence[float], call: Sequence[bool] | None = None, *,
+                   n_resamples: int = 1000, confidence_level: float = 0.95, seed: int = 0, ece_bins: int = 10,
+                   prefix: str = "") -> dict[str, float]:
+    """ROC AUC, PR AUC (average precision) with CIs, Brier, ECE, and sensitivity/specificity of `call` (with CIs).
+
+    `call` is the per-sample decision at the operating point (chosen on validation data, never on these labels).
+    Undefined figures (one class only) are NaN.
+    """
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(p_pos, dtype=float)
+    out: dict[str, float] = {f"{prefix}n": float(len(y)), f"{prefix}n_positive": float(y.sum())}
+    both = len(np.unique(y)) == 2
+    kw = dict(n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    for name, fn in (("roc_auc", metrics.roc_auc_score), ("pr_auc", metrics.average_precision_score)):
+        if both:
+            out[f"{prefix}{name}"] = float(fn(y, p))
+            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = bootstrap_ci(fn, (y, p), **kw)
+        else:
+            out[f"{prefix}{name}"] = out[f"{prefix}{name}_ci_low"] = out[f"{prefix}{name}_ci_high"] = float("nan")
+    out[f"{prefix}brier"] = float(metrics.brier_score_loss(y, p, pos_label=1)) if len(y) else float("nan")
+    out[f"{prefix}ece"] = expected_calibration_error(y, p, ece_bins) if len(y) else float("nan")
+    if call is not None:
+        c = np.asarray(call, dtype=bool)
+        sens, spec = _sens_spec(y, c)
+        out[f"{prefix}sens_at_target"], out[f"{prefix}spec_at_target"] = sens, spec
+        for name, idx in (("sens_at_target", 0), ("spec_at_target", 1)):
+            value = (sens, spec)[idx]
+            if np.isnan(value):
+                out[f"{prefix}{name}_ci_low"] = out[f"{prefix}{name}_ci_high"] = float("nan")
+                continue
+
+            def stat(yy: np.ndarray, cc: np.ndarray, _i: int = idx) -> float:
+                v = _sens_spec(yy, cc)[_i]
+                if np.isnan(v):
+                    raise ValueError("undefined")
+                return v
+
+            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = bootstrap_ci(stat, (y, c), **kw)
+    return out
+
+
+def multiclass_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], *,
+                       n_resamples: int = 1000, confidence_level: float = 0.95, seed: int = 0,
+                       ece_bins: int = 10, prefix: str = "") -> dict[str, float]:
+    """Accuracy, quadratic-weighted Cohen's kappa (with CI), per-class recall, multiclass Brier, top-label ECE.
+
+    `y_true` holds class indices into `classes` (ordinal order for the weighted kappa); `proba` is (n, k).
+    """
+    y = np.asarray(y_true).astype(int)
+    proba = np.asarray(proba, dtype=float)
+    labels = list(range(len(classes)))
+    pred = proba.argmax(axis=1)
+    out: dict[str, float] = {f"{prefix}n": float(len(y))}
+    if len(y) == 0:
+        return out
+    kappa = lambda a, b: metrics.cohen_kappa_score(a, b, weights="quadratic", labels=labels)  # noqa: E731
+    out[f"{prefix}accuracy"] = float(metrics.accuracy_score(y, pred))
+    out[f"{prefix}accuracy_ci_low"], out[f"{prefix}accuracy_ci_high"] = bootstrap_ci(
+        metrics.accuracy_score, (y, pred), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    k = float(kappa(y, pred))
+    out[f"{prefix}kappa_quadratic"] = k
+    if np.isnan(k):
+        out[f"{prefix}kappa_quadratic_ci_low"] = out[f"{prefix}kappa_quadratic_ci_high"] = float("nan")
+    else:
+        def safe_kappa(a: np.ndarray, b: np.ndarray) -> float:
+            v = kappa(a, b)
+            if np.isnan(v):
+                raise ValueError("undefined")
+            return v
+
+        out[f"{prefix}kappa_quadratic_ci_low"], out[f"{prefix}kappa_quadratic_ci_high"] = bootstrap_ci(
+            safe_kappa, (y, pred), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+    recalls = metrics.recall_score(y, pred, labels=labels, average=None, zero_division=np.nan)
+    for cls, r in zip(classes, recalls):
+        out[f"{prefix}recall_{cls}"] = float(r)
+    out[f"{prefix}brier"] = multiclass_brier(y, proba)
+    out[f"{prefix}ece"] = expected_calibration_error(y, proba, ece_bins)
+    return out
+
+
+def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, density: Sequence,
+                     dense_classes: Sequence, classes: Sequence[str], **kw: Any) -> dict[str, float]:
+    """The task's metrics within dense (`dense_*`) and non-dense (`nondense_*`) samples where density is known."""
+    dens = pd.Series(list(density), dtype=object)
+    known = dens.notna().to_numpy() & (dens.astype(str) != "").to_numpy()
+    is_dense = dens.astype(str).isin({str(d) for d in dense_classes}).to_numpy()
+    out: dict[str, float] = {}
+    for name, sel in (("dense_", known & is_dense), ("nondense_", known & ~is_dense)):
+        if not sel.any():
+            continue
+        if task == "malignancy":
+            out.update(binary_metrics(y[sel], proba[sel, 1], None if call is None else call[sel], prefix=name, **kw))
+        else:
+            out.update(multiclass_metrics(y[sel], proba[sel], classes, prefix=name, **kw))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cross-validation
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class CVResult:
+    """Out-of-fold predictions of one cross-validation."""
+
+    proba: np.ndarray                     # (n, k) out-of-fold probabilities, columns in `classes` order
+    fold: np.ndarray                      # (n,) index of the fold where each sample was tested
+    threshold: np.ndarray                 # (n,) operating point used for each sample (its fold's; NaN for multiclass)
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    fold_thresholds: list[float] = field(default_factory=list)
+    fold_metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def call(self) -> np.ndarray:
+        """Binary decision at each sample's fold threshold (positive class = column 1)."""
+        return self.proba[:, 1] >= self.threshold
+
+
+def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                   folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
+                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any], None] | None = None) -> CVResult:
+    """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
+
+    The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
+    own fit. `fit_groups_param` names the fit parameter that receives the training rows' patient ids
+    (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level.
+    """
+    n = len(y)
+    k = int(np.max(y)) + 1
+    proba = np.full((n, k), np.nan)
+    fold_of = np.full(n, -1)
+    thr = np.full(n, np.nan)
+    fold_thresholds: list[float] = []
+    for i, (tr, te) in enumerate(folds):
+        est = make_estimator()
+        fit_kw = {fit_groups_param: groups[tr]} if fit_groups_param else {}
+        est.fit(X[tr], y[tr], **fit_kw)
+        p = np.asarray(est.predict_proba(X[te]), dtype=float)
+        cols = np.asarray(_classes_of(est), dtype=int)
+        proba[np.ix_(te, cols)] = p
+        proba[te] = np.nan_to_num(proba[te], nan=0.0)
+        fold_of[te] = i
+        t = float(getattr(_final(est), "threshold_", np.nan))
+        thr[te] = t
+        fold_thresholds.append(t)
+        if on_fold is not None:
+            on_fold(i, tr, te, est)
+    return CVResult(proba=proba, fold=fold_of, threshold=thr, folds=folds, fold_thresholds=fold_thresholds)
+
+
+def _final(est: Any) -> Any:
+    return est.steps[-1][1] if hasattr(est, "steps") else est
+
+
+def _classes_of(est: Any) -> np.ndarray:
+    return np.asarray(getattr(est, "classes_", None) if getattr(est, "classes_", None) is not None
+                      else _final(est).classes_)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg)
+# --------------------------------------------------------------------------------------------------------------------
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    return fig, ax
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, title: str = "ROC (out-of-fold)"):
+    """ROC curve figure of positive-class probabilities."""
+    from sklearn.metrics import RocCurveDisplay
+
+    fig, ax = _figure()
+    RocCurveDisplay.from_predictions(y, p, ax=ax, plot_chance_level=True)
+    ax.set_title(title)
+    return fig
+
+
+def plot_pr(y: np.ndarray, p: np.ndarray, title: str = "Precision-recall (out-of-fold)"):
+    """Precision-recall curve figure."""
+    from sklearn.metrics import PrecisionRecallDisplay
+
+    fig, ax = _figure()
+    PrecisionRecallDisplay.from_predictions(y, p, ax=ax, plot_chance_level=True)
+    ax.set_title(title)
+    return fig
+
+
+def plot_reliability(y: np.ndarray, proba: np.ndarray, n_bins: int = 10, title: str = "Reliability (out-of-fold)"):
+    """Reliability diagram: binary -> positive class; multiclass -> one curve per class (one-vs-rest)."""
+    from sklearn.calibration import CalibrationDisplay
+
+    fig, ax = _figure()
+    proba = np.asarray(proba)
+    if proba.ndim == 1 or proba.shape[1] == 2:
+        pp = proba if proba.ndim == 1 else proba[:, 1]
+        CalibrationDisplay.from_predictions(y, pp, n_bins=n_bins, ax=ax, name="model")
+    else:
+        for c in range(proba.shape[1]):
+            CalibrationDisplay.from_predictions((np.asarray(y) == c).astype(int), proba[:, c], n_bins=n_bins,
+                                                ax=ax, name=f"class {c}", ref_line=(c == 0))
+    ax.set_title(title)
+    return fig
+
+
+def plot_confusion(y: np.ndarray, pred: np.ndarray, classes: Sequence[str], title: str = "Confusion (out-of-fold)"):
+    """Confusion matrix figure (counts)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = _figure()
+    ConfusionMatrixDisplay.from_predictions(y, pred, labels=list(range(len(classes))),
+                                            display_labels=[str(c) for c in classes], ax=ax, colorbar=False)
+    ax.set_title(title)
+    return fig
+
+
+def iter_metric_lines(values: dict[str, float], keys: Sequence[str]) -> Iterator[str]:
+    """'name: value [low, high]' lines for the keys present."""
+    for key in keys:
+        if key in values:
+            lo, hi = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
+            ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+            yield f"{key}: {values[key]:.3f}{ci}"

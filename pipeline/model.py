@@ -1,0 +1,372 @@
+"""One scikit-learn Pipeline per experiment: preprocessing -> FeatureUnion(handcrafted, CNN) -> calibrated XGBoost.
+
+    Pipeline([
+        ("preprocess", CachedTransformer([BreastMask ->] CLAHE -> UnsharpMask)),
+        ("features",   FeatureUnion([("handcrafted", CachedTransformer(GLCM | intensity)),
+                                     ("cnn",         CachedTransformer(CNNEmbedder) | FineTunedEmbedder)])),
+        ("select",     SelectKBest(mutual information) | "passthrough"),
+        ("classifier", PatientCalibratedClassifier(WeightedXGBClassifier(...))),
+    ])
+
+Stateless steps are cached per image (content hash of the row + the step's parameters) under the cache folder, so
+features are computed once per image across folds and experiments. The classifier holds out calibration data inside
+whatever it is fitted on (inner patient-level folds, or one patient-level split) and picks its operating point
+(`threshold_`) there: the test fold of an outer cross-validation is never seen by calibration or the threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import joblib
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, TransformerMixin, clone
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.feature_selection import SelectKBest, mutual_info_classif
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from pipeline.evaluate import choose_threshold, patient_stratified_folds
+
+__all__ = [
+    "CachedTransformer",
+    "WeightedXGBClassifier",
+    "PatientCalibratedClassifier",
+    "build_pipeline",
+    "final_classifier",
+    "SKOPS_TRUSTED_TYPES",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+class CachedTransformer(TransformerMixin, BaseEstimator):
+    """Per-row disk cache around a stateless transformer: X (n, d) -> transformer's output (n, m).
+
+    Each row's output is stored as `<cache_dir>/<step key>/<row hash>.npy`, where the step key hashes the
+    transformer's class and parameters (n_jobs/memory excluded) and the row hash is the BLAKE2 digest of the row's
+    float32 bytes. Only rows not yet in the cache are computed. `cache_dir=None` disables caching. Use it only for
+    transformers whose output for a row does not depend on the data they were fitted on.
+    """
+
+    def __init__(self, transformer: Any = None, cache_dir: str | None = None) -> None:
+        self.transformer = transformer
+        self.cache_dir = cache_dir
+
+    def fit(self, X: Any, y: Any = None) -> "CachedTransformer":
+        """Fit a clone of the transformer (it learns only shapes); returns self."""
+        X = validate_data(self, X, reset=True, dtype=np.float32)
+        self.transformer_ = clone(self.transformer).fit(X[: min(len(X), 2)])
+        return self
+
+    def _step_key(self) -> str:
+        params = {k: v for k, v in self.transformer.get_params(deep=True).items()
+                  if not (k == "n_jobs" or k.endswith("__n_jobs") or k == "memory" or k.endswith("__memory")
+                          or k == "n_threads" or k.endswith("__n_threads"))}
+        return f"{type(self.transformer).__name__}-{joblib.hash((type(self.transformer).__qualname__, params))[:16]}"
+
+    def transform(self, X: Any) -> np.ndarray:
+        """The transformer's output for each row, computed only for rows not in the cache."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        if not self.cache_dir:
+            return np.asarray(self.transformer_.transform(X))
+        folder = Path(self.cache_dir) / self._step_key()
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = [hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).hexdigest() for row in X]
+        out: list[np.ndarray | None] = []
+        missing = []
+        for i, key in enumerate(keys):
+            path = folder / f"{key}.npy"
+            try:
+                out.append(np.load(path))
+            except (OSError, ValueError):
+                out.append(None)
+                missing.append(i)
+        if missing:
+            computed = np.asarray(self.transformer_.transform(X[missing]))
+            for i, row in zip(missing, computed):
+                out[i] = row
+                tmp = folder / f".{keys[i]}.{os.getpid()}.tmp.npy"
+                np.save(tmp, row)
+                os.replace(tmp, folder / f"{keys[i]}.npy")
+            log.debug("%s: computed %d rows, %d from cache", folder.name, len(missing), len(X) - len(missing))
+        return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self)
+        return np.asarray(self.transformer_.get_feature_names_out(), dtype=object)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
+    """XGBoost classifier on any labels, with class weighting through sample_weight (`class_weight="balanced"`)."""
+
+    def __init__(self, n_estimators: int = 300, max_depth: int = 3, learning_rate: float = 0.05,
+                 subsample: float = 0.8, colsample_bytree: float = 0.5, min_child_weight: float = 1.0,
+                 reg_lambda: float = 1.0, class_weight: str | None = "balanced", n_jobs: int = 1,
+                 random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.learning_rate = learning_rate
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.min_child_weight = min_child_weight
+        self.reg_lambda = reg_lambda
+        self.class_weight = class_weight
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "WeightedXGBClassifier":
+        """Fit on (X, y); labels are encoded to 0..k-1; returns self."""
+        from xgboost import XGBClassifier
+
+        X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
+        if self.class_weight not in (None, "none", "balanced"):
+            raise ValueError(f"The 'class_weight' parameter of WeightedXGBClassifier must be 'balanced', 'none' or "
+                             f"None. Got {self.class_weight!r} instead.")
+        self.label_encoder_ = LabelEncoder().fit(y)
+        self.classes_ = self.label_encoder_.classes_
+        y_enc = self.label_encoder_.transform(y)
+        if len(self.classes_) < 2:
+            self.model_ = None
+            return self
+        weight = compute_sample_weight("balanced", y_enc) if self.class_weight == "balanced" else None
+        self.model_ = XGBClassifier(
+            n_estimators=self.n_estimators, max_depth=self.max_depth, learning_rate=self.learning_rate,
+            subsample=self.subsample, colsample_bytree=self.colsample_bytree, min_child_weight=self.min_child_weight,
+            reg_lambda=self.reg_lambda, n_jobs=self.n_jobs, random_state=self.random_state, tree_method="hist",
+            eval_metric="logloss" if len(self.classes_) == 2 else "mlogloss",
+        )
+        self.model_.fit(X, y_enc, sample_weight=weight)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, k) class probabilities in `classes_` order."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        if self.model_ is None:
+            return np.ones((X.shape[0], 1))
+        return self.model_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def contributions(self, X: Any) -> np.ndarray:
+        """XGBoost pred_contribs (SHAP values) in log-odds: (n, d + 1) binary or (n, k, d + 1) multiclass."""
+        from xgboost import DMatrix
+
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        return self.model_.get_booster().predict(DMatrix(X), pred_contribs=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
+    """Calibrated classifier whose calibration data and operating point come from inside its own training data.
+
+    holdout="cv": `CalibratedClassifierCV(estimator, cv=<inner patient-level stratified folds>)`; the operating
+    point is chosen on the inner out-of-fold calibrated probabilities (each inner fold scored by the member fitted
+    without it). holdout="split": the estimator is fitted on (1 - fraction) of the patients and calibrated, with
+    `FrozenEstimator`, on the rest; the threshold is chosen on that calibration split.
+    `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`
+    is the highest threshold on the positive-class probability reaching `target_sensitivity` on that validation
+    data; `validation_index_` lists the rows it was chosen on.
+    """
+
+    def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
+                 fraction: float = 0.25, target_sensitivity: float = 0.95, random_state: int = 0) -> None:
+        self.estimator = estimator
+        self.method = method
+        self.holdout = holdout
+        self.inner_folds = inner_folds
+        self.fraction = fraction
+        self.target_sensitivity = target_sensitivity
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> "PatientCalibratedClassifier":
+        """Fit, calibrate and choose the operating point on held-out patients of (X, y); returns self."""
+        if self.method not in ("sigmoid", "isotonic"):
+            raise ValueError(f"The 'method' parameter of PatientCalibratedClassifier must be 'sigmoid' or "
+                             f"'isotonic'. Got {self.method!r} instead.")
+        if self.holdout not in ("cv", "split"):
+            raise ValueError(f"The 'holdout' parameter of PatientCalibratedClassifier must be 'cv' or 'split'. "
+                             f"Got {self.holdout!r} instead.")
+        X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
+        base = self.estimator if self.estimator is not None else WeightedXGBClassifier()
+        self.label_encoder_ = LabelEncoder().fit(y)
+        self.classes_ = self.label_encoder_.classes_
+        y_enc = self.label_encoder_.transform(y)
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        if len(groups) != len(y):
+            raise ValueError(f"groups has {len(groups)} entries but X has {len(y)} rows.")
+        k = len(self.classes_)
+        if self.holdout == "cv":
+            splits = patient_stratified_folds(y_enc, groups, self.inner_folds, self.random_state)
+            cal = CalibratedClassifierCV(clone(base), method=self.method, cv=splits, ensemble=True)
+            cal.fit(X, y_enc)
+            val = np.concatenate([va for _, va in splits])
+            oof = np.zeros((len(y), k))
+            for (_, va), member in zip(splits, cal.calibrated_classifiers_):
+                oof[va] = member.predict_proba(X[va])
+        else:
+            n_splits = max(2, int(round(1.0 / self.fraction)))
+            tr, val = patient_stratified_folds(y_enc, groups, n_splits, self.random_state)[0]
+            fitted = clone(base).fit(X[tr], y_enc[tr])
+            cal = CalibratedClassifierCV(FrozenEstimator(fitted), method=self.method)
+            cal.fit(X[val], y_enc[val])
+            oof = np.zeros((len(y), k))
+            oof[val] = cal.predict_proba(X[val])
+        self.calibrated_ = cal
+        self.validation_index_ = np.sort(val)
+        if k == 2:
+            self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
+        else:
+            self.threshold_ = float("nan")
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n, k) calibrated probabilities in `classes_` order (rows sum to 1)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        p = np.asarray(self.calibrated_.predict_proba(X), dtype=float)
+        return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Binary: positive class when its probability >= threshold_; multiclass: most probable class."""
+        p = self.predict_proba(X)
+        if len(self.classes_) == 2:
+            return self.classes_[(p[:, 1] >= self.threshold_).astype(int)]
+        return self.classes_[np.argmax(p, axis=1)]
+
+    def base_estimators(self) -> list[Any]:
+        """The fitted base estimators (one per inner fold, or one) behind the calibrators."""
+        check_is_fitted(self)
+        out = []
+        for member in self.calibrated_.calibrated_classifiers_:
+            est = member.estimator
+            out.append(est.estimator if isinstance(est, FrozenEstimator) else est)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def _angles(n: int) -> list[float]:
+    return [round(i * 180.0 / n, 4) for i in range(n)]
+
+
+def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
+    """The experiment's Pipeline from a resolved config (pipeline.experiment.resolve_config)."""
+    from features.clahe import CLAHE
+    from features.handcrafted import handcrafted_union
+    from features.masking import BreastMask
+    from features.unsharp import UnsharpMask
+
+    pre, feats, mdl = config["preprocessing"], config["features"], config["model"]
+    cal, ev, comp = config["calibration"], config["evaluation"], config["compute"]
+    cache = str(cache_dir) if cache_dir else None
+    mask = bool(pre.get("breast_mask", True))
+
+    steps: list[tuple[str, Any]] = []
+    if mask:
+        steps.append(("mask", BreastMask()))
+    if pre["clahe"]["enabled"]:
+        steps.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
+                                     keep_zero=mask)))
+    if pre["unsharp"]["enabled"]:
+        steps.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"], amount=pre["unsharp"]["amount"],
+                                             keep_zero=mask)))
+    preprocess = CachedTransformer(Pipeline(steps), cache) if steps else "passthrough"
+
+    union: list[tuple[str, Any]] = []
+    hc = feats["handcrafted"]
+    if hc["enabled"]:
+        glcm = hc["glcm"]
+        union.append(("handcrafted", CachedTransformer(handcrafted_union(
+            distances=tuple(glcm["distances"]), angles=tuple(_angles(glcm["angles"])), levels=glcm["levels"],
+            bins=hc["intensity"]["bins"], mask="nonzero" if mask else None), cache)))
+    cn = feats["cnn"]
+    if cn["enabled"]:
+        size = int(config["samples"]["size"])
+        if cn["finetune"]["enabled"]:
+            from cnn.finetune import FineTunedEmbedder
+
+            union.append(("cnn", FineTunedEmbedder(
+                backbone=cn["backbone"], weights=cn["weights"], input_size=size, batch_size=cn["batch_size"],
+                epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"], random_state=ev["seed"])))
+        else:
+            from cnn.embedder import CNNEmbedder
+
+            union.append(("cnn", CachedTransformer(CNNEmbedder(
+                backbone=cn["backbone"], weights=cn["weights"], input_size=size, batch_size=cn["batch_size"]),
+                cache)))
+    k_best = feats["selection"]["k_best"]
+    select: Any = "passthrough"
+    if k_best:
+        select = SelectKBest(_mutual_info, k=k_best)
+    clf = PatientCalibratedClassifier(
+        WeightedXGBClassifier(
+            n_estimators=mdl["n_estimators"], max_depth=mdl["max_depth"], learning_rate=mdl["learning_rate"],
+            subsample=mdl["subsample"], colsample_bytree=mdl["colsample_bytree"],
+            min_child_weight=mdl["min_child_weight"], reg_lambda=mdl["reg_lambda"],
+            class_weight=mdl["class_weight"], n_jobs=comp["n_jobs"] if comp["n_jobs"] > 0 else None,
+            random_state=ev["seed"]),
+        method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
+        target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"])
+    return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union)), ("select", select),
+                     ("classifier", clf)])
+
+
+def _mutual_info(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Mutual information of each feature with y (seeded), for SelectKBest."""
+    return mutual_info_classif(X, y, random_state=0)
+
+
+def final_classifier(pipeline: Pipeline) -> PatientCalibratedClassifier:
+    """The calibrated classifier at the end of a fitted Pipeline."""
+    return pipeline.steps[-1][1]
+
+
+def disable_cache(pipeline: Pipeline) -> Pipeline:
+    """Turn off every CachedTransformer's disk cache (for a model that leaves this machine); returns it."""
+    for _, est in _walk(pipeline):
+        if isinstance(est, CachedTransformer):
+            est.cache_dir = None
+    return pipeline
+
+
+def _walk(est: Any, name: str = ""):
+    yield name, est
+    for attr in ("steps", "transformer_list"):
+        for sub_name, sub in getattr(est, attr, []) or []:
+            yield from _walk(sub, f"{name}__{sub_name}" if name else sub_name)
+    inner = getattr(est, "transformer_", None)
+    if inner is not None:
+        yield from _walk(inner, f"{name}__transformer_")
+
+
+#: Every non-builtin type inside a fitted experiment Pipeline, for skops (named explicitly, no blanket trust).
+SKOPS_TRUSTED_TYPES: list[str] = [
+    "pipeline.model.CachedTransformer",
+    "pipeline.model.WeightedXGBClassifier",
+    "pipeline.model.PatientCalibratedClassifier",
+    "pipeline.model._mutual_info",
+    "features.clahe.CLAHE",
+    "features.unsharp.UnsharpMask",
+    "features.masking.BreastMask",
+    "features.glcm.GLCMFeatures",
+    "features.intensity.IntensityFeatures",
+    "cnn.embedder.CNNEmbedder",
+    "cnn.finetune.FineTunedEmbedder",
+    "xgboost.sklearn.XGBClassifier",
+    "xgboost.core.Booster",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.frozen._frozen.FrozenEstimator",
+]
