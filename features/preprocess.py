@@ -119,14 +119,15 @@ def clahe(
         ky = kx = int(kernel_size)
     else:
         ky, kx = (int(k) for k in kernel_size)
-    lo, hi = float(img.min()), float(img.max())
+    u16 = np.rint(img * np.float32(65535.0))  # as skimage: img_as_uint, then stretch to 0..NR_OF_GRAY-1
+    lo, hi = float(u16.min()), float(u16.max())
     if hi > lo:
-        q = np.rint((img - lo) * ((_NR_OF_GRAY - 1) / (hi - lo))).astype(np.int32)
+        q = np.rint((u16 - lo) * np.float32((_NR_OF_GRAY - 1) / (hi - lo))).astype(np.int32)
     else:
         q = np.zeros(img.shape, dtype=np.int32)
     bin_size = 1 + _NR_OF_GRAY // nbins
     q //= bin_size
-    n_bins_eff = (_NR_OF_GRAY - 1) // bin_size + 1
+    n_bins_eff = nbins  # skimage counts nbins bins even though only (NR-1)//bin_size + 1 can be filled
 
     pad_y0, pad_x0 = ky // 2, kx // 2
     pad_y1 = (ky - h % ky) % ky + math.ceil(ky / 2)
