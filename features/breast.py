@@ -1,0 +1,139 @@
+"""Breast segmentation and orientation for mammograms: pure functions on float (H, W) arrays in [0, 1].
+
+Method of :func:`breast_mask`
+-----------------------------
+1. Downsample by an integer stride so the long side is at most ``work_size`` pixels (default 128); the breast
+   outline does not need more, and this keeps a 1024 x 1024 image to a few milliseconds.
+2. Threshold at a fraction (``otsu_fraction``, default 0.5) of Otsu's threshold (Otsu 1979) computed over the
+   non-black pixels. Plain Otsu separates dense from fatty tissue in many films and would cut off the dim fatty
+   periphery; half of it still lies well above the film/detector background.
+3. A binary opening with a small square detaches thin bridges between the breast and burned-in film labels, markers or
+   scanner edges; the largest 8-connected component is kept (the breast is by far the largest bright object, labels
+   and markers are small and separate).
+4. Holes inside the component (dark fat lobules, a dark lesion core) are filled, then the mask is dilated back by
+   the opening radius intersected with the threshold mask, and upsampled to (H, W) by nearest neighbour.
+
+Orientation
+-----------
+:func:`orient_chest_wall_left` mirrors images so the chest wall is on the left. In the standard display of
+mammograms (checked on all 322 mini-MIAS images and the 8 CBIS-DDSM DICOMs) a left breast has its chest wall on the
+left and a right breast on the right, so a known laterality decides: ``R`` -> flip. Without laterality the side that
+holds more breast intensity (the chest wall side is where the breast is widest) is taken as the chest wall.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+
+__all__ = ["breast_mask", "chest_wall_side", "orient_chest_wall_left"]
+
+
+def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"{name} must be a 2D (H, W) array. Got shape {image.shape} instead.")
+    if image.size == 0:
+        raise ValueError(f"{name} must not be empty. Got shape {image.shape} instead.")
+    if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer) or image.dtype == bool):
+        raise TypeError(f"{name} must be a numeric array. Got dtype {image.dtype} instead.")
+    return image
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the background regions of `mask` that do not touch the image border."""
+    background, count = ndi.label(~mask)
+    if count == 0:
+        return mask
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[border] = True
+    keep[0] = False
+    return mask | ~keep[background] & (background > 0)
+
+
+def breast_mask(
+    image: np.ndarray, *, work_size: int = 128, otsu_fraction: float = 0.5, opening_radius: int = 2
+) -> np.ndarray:
+    """Boolean (H, W) mask of the breast: largest bright component after a fraction of Otsu's threshold, holes filled.
+
+    See the module docstring for the method. An image with no bright pixel gives an all-False mask.
+    """
+    image = _check_image(image)
+    if not 0.0 < otsu_fraction <= 1.0:
+        raise ValueError(f"otsu_fraction must be a float in (0, 1]. Got {otsu_fraction!r} instead.")
+    if work_size < 16:
+        raise ValueError(f"work_size must be an int >= 16. Got {work_size!r} instead.")
+    height, width = image.shape
+    stride = max(1, int(np.ceil(max(height, width) / work_size)))
+    small = np.asarray(image[::stride, ::stride], dtype=np.float32)
+
+    lowest = float(small.min())
+    span = float(small.max()) - lowest
+    if span <= 0.0:
+        return np.zeros((height, width), dtype=bool)
+    # 256-level histogram of the non-black pixels, then Otsu on it (cheaper than on the pixels themselves)
+    levels = ((small - lowest) * np.float32(255.0 / span)).astype(np.uint8)
+    counts = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
+    counts[0] = 0.0
+    if np.count_nonzero(counts) < 2:
+        bright = levels > 0
+    else:
+        threshold = threshold_otsu(hist=(counts, np.arange(256, dtype=np.float64)))
+        bright = levels > threshold * otsu_fraction
+
+    size = 2 * opening_radius + 1
+    if opening_radius > 0:  # square opening via separable min/max filters: fast on uint8
+        as_u8 = bright.view(np.uint8)
+        opened = ndi.maximum_filter(ndi.minimum_filter(as_u8, size=size), size=size).astype(bool)
+    else:
+        opened = bright
+    labels, count = ndi.label(opened if opened.any() else bright, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return np.zeros((height, width), dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    component = labels == int(np.argmax(sizes))
+    if opening_radius > 0:
+        component = ndi.maximum_filter(component.view(np.uint8), size=size).astype(bool) & bright
+    component = _fill_holes(component)
+
+    if stride == 1:
+        return component
+    return np.repeat(np.repeat(component, stride, axis=0), stride, axis=1)[:height, :width]
+
+
+def chest_wall_side(image: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """'left' or 'right': the half of the image holding more breast intensity (inside `mask` when given)."""
+    image = _check_image(image)
+    weights = np.asarray(image, dtype=np.float32)
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != image.shape:
+            raise ValueError(f"mask must have the image's shape {image.shape}. Got {mask.shape} instead.")
+        weights = np.where(mask, weights, 0.0)
+    half = image.shape[1] // 2
+    left = float(weights[:, :half].sum())
+    right = float(weights[:, image.shape[1] - half :].sum())
+    return "left" if left >= right else "right"
+
+
+def orient_chest_wall_left(image: np.ndarray, laterality: str | None = None) -> tuple[np.ndarray, bool]:
+    """Mirror `image` so the chest wall is on the left; returns (image or its mirrored view, flipped).
+
+    `laterality` 'L'/'R' (also 'LEFT'/'RIGHT', any case) decides when given: a right breast is flipped. Otherwise
+    the side with more breast intensity (inside the breast mask) is taken as the chest wall.
+    """
+    image = _check_image(image)
+    side = None if laterality is None else str(laterality).strip().upper()
+    if side in ("", "NAN", "NONE", "U", "B"):
+        side = None
+    if side is not None and side not in ("L", "R", "LEFT", "RIGHT"):
+        raise ValueError(f"laterality must be 'L', 'R' or None. Got {laterality!r} instead.")
+    if side is None:
+        step = max(1, int(np.ceil(max(image.shape) / 128)))
+        small = image[::step, ::step]
+        flip = chest_wall_side(small, breast_mask(small)) == "right"
+    else:
+        flip = side in ("R", "RIGHT")
+    return (image[:, ::-1] if flip else image), flip

@@ -1,0 +1,172 @@
+"""One table row -> its working-resolution sample, a float32 (S, S) image in [0, 1].
+
+Steps: read the file, mirror so the chest wall is on the left (the row's laterality, else the file's, else the
+image's intensity), zero everything outside the breast mask (background, film labels), then
+
+* task ``density``: crop to the breast's bounding box, pad (not stretch) to a square with the breast against the
+  left edge and centred vertically, resize to S x S;
+* task ``malignancy``: a square around the ROI centre with side ``max(context * 2 r, min_side)`` (boxes: ``context``
+  times their longer side), padded with zeros where it leaves the image, resized to S x S. ROI coordinates are
+  mirrored with the image.
+
+Resizing goes through Pillow's float ("F") resampling with a bilinear filter widened to the reduction factor (an
+antialiased reduction), a few milliseconds for 1024 -> 224.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.breast import breast_mask, orient_chest_wall_left
+from pipeline.errors import ImageReadError, MammoscopeError
+from pipeline.imageio import read_image
+
+__all__ = ["TASKS", "DEFAULT_CROP", "resize_square", "density_sample", "lesion_sample", "make_sample", "load_samples"]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("density", "malignancy")
+DEFAULT_CROP: dict[str, float] = {"context": 2.0, "min_side": 128.0}
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square float image to (size, size) float32 with antialiasing (Pillow 'F' bilinear reduce)."""
+    from PIL import Image
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape == (size, size):
+        return image.copy()
+    out = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+
+def _pad_square(crop: np.ndarray) -> np.ndarray:
+    h, w = crop.shape
+    side = max(h, w)
+    out = np.zeros((side, side), dtype=np.float32)
+    top = (side - h) // 2
+    out[top : top + h, :w] = crop  # chest wall stays on the left edge
+    return out
+
+
+def density_sample(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarray:
+    """Masked breast cropped to its bounding box, padded to a square, resized to (size, size)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return resize_square(_pad_square(image), size)
+    crop = image[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return resize_square(_pad_square(crop), size)
+
+
+def _square_crop(image: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
+    """Square of `side` pixels centred on (cx, cy), zero-padded where it leaves the image."""
+    side_px = max(1, int(round(side)))
+    x0 = int(round(cx - side_px / 2))
+    y0 = int(round(cy - side_px / 2))
+    out = np.zeros((side_px, side_px), dtype=np.float32)
+    h, w = image.shape
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side_px, w), min(y0 + side_px, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def roi_geometry(row: Any, width: int, flipped: bool) -> tuple[float, float, float]:
+    """(cx, cy, extent) of the row's ROI in the (possibly mirrored) image; extent = diameter or longer box side."""
+    kind = row.get("roi_kind")
+    if kind == "circle":
+        cx, cy, extent = float(row["roi_cx"]), float(row["roi_cy"]), 2.0 * float(row["roi_r"])
+    elif kind == "box":
+        x0, y0, x1, y1 = (float(row[k]) for k in ("roi_x0", "roi_y0", "roi_x1", "roi_y1"))
+        cx, cy, extent = (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
+    else:
+        raise ValueError(f"row {row.get('sample_id')!r} has no ROI (roi_kind is {kind!r}); the malignancy task needs one")
+    if flipped:
+        cx = (width - 1) - cx
+    return cx, cy, extent
+
+
+def lesion_sample(
+    image: np.ndarray, cx: float, cy: float, extent: float, size: int, *, context: float, min_side: float
+) -> np.ndarray:
+    """Square crop of side max(context * extent, min_side) around (cx, cy), resized to (size, size)."""
+    side = max(context * extent, min_side)
+    return resize_square(_square_crop(image, cx, cy, side), size)
+
+
+def make_sample(
+    image: np.ndarray, row: Any, task: str, *, laterality: str | None = None, size: int = 224, **crop_params: float
+) -> np.ndarray:
+    """Working-resolution sample (float32 (size, size)) of `row` from its already-read `image`."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
+    params = {**DEFAULT_CROP, **crop_params}
+    unknown = set(params) - set(DEFAULT_CROP)
+    if unknown:
+        raise TypeError(f"unknown crop parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_CROP)}")
+    side = row.get("laterality")
+    side = side if isinstance(side, str) and side in ("L", "R") else laterality
+    oriented, flipped = orient_chest_wall_left(image, side)
+    mask = breast_mask(oriented)
+    masked = np.where(mask, oriented, np.float32(0.0)) if mask.any() else oriented
+    if task == "density":
+        return density_sample(masked, mask, size)
+    cx, cy, extent = roi_geometry(row, image.shape[1], flipped)
+    return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
+
+
+def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict) -> list[tuple[int, Any]]:
+    """[(position, sample or error message)] for the rows that share one image file."""
+    try:
+        image, meta = read_image(path)
+    except MammoscopeError as exc:
+        return [(r["_pos"], str(exc)) for r in rows]
+    out = []
+    for r in rows:
+        try:
+            out.append((r["_pos"], make_sample(image, r, task, laterality=meta.laterality, size=size, **crop)))
+        except (ValueError, ImageReadError) as exc:
+            out.append((r["_pos"], f"{path}: {exc}"))
+    return out
+
+
+def load_samples(
+    df: pd.DataFrame, task: str, size: int = 224, n_jobs: int = 1, **crop_params: float
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Samples of every row: (X float32 (n_ok, size*size) in row order, errors DataFrame).
+
+    Rows that fail (unreadable file, no ROI for the malignancy task) are left out of X and listed in `errors`
+    (columns ``position`` in df, ``sample_id``, ``path``, ``error``). Rows sharing an image read it once.
+    """
+    from joblib import Parallel, delayed
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
+    records = df.reset_index(drop=True).to_dict("records")
+    groups: dict[str, list[dict]] = {}
+    for pos, rec in enumerate(records):
+        rec["_pos"] = pos
+        groups.setdefault(str(rec["path"]), []).append(rec)
+    jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params) for path, rows in groups.items())
+    results = Parallel(n_jobs=n_jobs)(jobs) if n_jobs != 1 else [job[0](*job[1], **job[2]) for job in jobs]
+    by_pos = dict(item for chunk in results for item in chunk)
+    X = np.zeros((0, size * size), dtype=np.float32)
+    good = [by_pos[p] for p in range(len(records)) if isinstance(by_pos[p], np.ndarray)]
+    if good:
+        X = np.stack([g.reshape(-1) for g in good]).astype(np.float32, copy=False)
+    errors = pd.DataFrame(
+        [
+            {"position": p, "sample_id": records[p].get("sample_id"), "path": records[p].get("path"), "error": by_pos[p]}
+            for p in range(len(records))
+            if not isinstance(by_pos[p], np.ndarray)
+        ],
+        columns=["position", "sample_id", "path", "error"],
+    )
+    for message in errors["error"].head(5):
+        logger.warning("sample skipped: %s", message)
+    return X, errors
