@@ -113,7 +113,7 @@ SCHEMA: dict[str, Any] = {
     "name": Str(nullable=True),
     "description": Text(),
     "dataset": {
-        "adapter": Choice(("mias", "cbis_ddsm", "manifest")),
+        "adapter": Choice(("mias", "cbis", "manifest", "folder"), nullable=True),
         "path": Str(nullable=True),
         "task": Choice(("density", "malignancy")),
         "classes": ListOf(_label, min_len=2, nullable=True),

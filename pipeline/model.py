@@ -4,7 +4,7 @@
         ("preprocess", CachedTransformer([BreastMask ->] CLAHE -> UnsharpMask)),
         ("features",   FeatureUnion([("handcrafted", CachedTransformer(GLCM | intensity)),
                                      ("cnn",         CachedTransformer(CNNEmbedder) | FineTunedEmbedder)])),
-        ("select",     SelectKBest(mutual information) | "passthrough"),
+        ("select",     MutualInfoSelector(k) | "passthrough"),
         ("classifier", PatientCalibratedClassifier(WeightedXGBClassifier(...))),
     ])
 
@@ -25,7 +25,7 @@ import joblib
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, MetaEstimatorMixin, TransformerMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.feature_selection import SelectKBest, mutual_info_classif
+from sklearn.feature_selection import SelectorMixin, mutual_info_classif
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import LabelEncoder
@@ -307,9 +307,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
                 backbone=cn["backbone"], weights=cn["weights"], input_size=size, batch_size=cn["batch_size"]),
                 cache)))
     k_best = feats["selection"]["k_best"]
-    select: Any = "passthrough"
-    if k_best:
-        select = SelectKBest(_mutual_info, k=k_best)
+    select: Any = MutualInfoSelector(k=k_best, random_state=ev["seed"]) if k_best else "passthrough"
     clf = PatientCalibratedClassifier(
         WeightedXGBClassifier(
             n_estimators=mdl["n_estimators"], max_depth=mdl["max_depth"], learning_rate=mdl["learning_rate"],
@@ -323,9 +321,24 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
                      ("classifier", clf)])
 
 
-def _mutual_info(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Mutual information of each feature with y (seeded), for SelectKBest."""
-    return mutual_info_classif(X, y, random_state=0)
+class MutualInfoSelector(SelectorMixin, BaseEstimator):
+    """Keep the k features with the highest mutual information with y (fitted on the training fold only)."""
+
+    def __init__(self, k: int = 100, random_state: int = 0) -> None:
+        self.k = k
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any) -> "MutualInfoSelector":
+        X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
+        self.scores_ = mutual_info_classif(np.nan_to_num(X), y, random_state=self.random_state)
+        return self
+
+    def _get_support_mask(self) -> np.ndarray:
+        check_is_fitted(self)
+        k = min(int(self.k), len(self.scores_))
+        mask = np.zeros(len(self.scores_), dtype=bool)
+        mask[np.argsort(-self.scores_, kind="stable")[:k]] = True
+        return mask
 
 
 def final_classifier(pipeline: Pipeline) -> PatientCalibratedClassifier:
@@ -356,7 +369,7 @@ SKOPS_TRUSTED_TYPES: list[str] = [
     "pipeline.model.CachedTransformer",
     "pipeline.model.WeightedXGBClassifier",
     "pipeline.model.PatientCalibratedClassifier",
-    "pipeline.model._mutual_info",
+    "pipeline.model.MutualInfoSelector",
     "features.clahe.CLAHE",
     "features.unsharp.UnsharpMask",
     "features.masking.BreastMask",

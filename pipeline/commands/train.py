@@ -1,0 +1,33 @@
+"""`mammoscope train EXPERIMENT.yaml [--set key.path=value ...] [--tracking-uri URI]`."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train and evaluate an experiment YAML, track it in MLflow"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment file, e.g. experiments/mias_malignancy_fused.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one setting (YAML value), e.g. --set features.cnn.enabled=false; repeatable")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    parser.add_argument("--no-register", action="store_true",
+                        help="evaluate and log the run only; do not fit, register or promote a final model")
+    parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: compute.cache_dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.experiment import load_experiment
+
+    exp = load_experiment(args.experiment, args.overrides)  # validated before any work starts
+
+    from pipeline.train import train_experiment
+
+    print(f"experiment {exp.name}: task {exp.task}", flush=True)
+    result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=args.cache_dir,
+                              progress=lambda line: print(line, flush=True))
+    print(f"done in {result.seconds.get('total', 0):.0f} s; run {result.run_id}"
+          + (f"; model {result.model_name} v{result.model_version}" if result.model_version else ""), flush=True)
+    print("look: `mammoscope models`, `mammoscope ui`", flush=True)
+    return 0
