@@ -105,9 +105,10 @@ def multiclass_brier(y_true: Sequence[int], proba: np.ndarray) -> float:
 # Bootstrap
 # --------------------------------------------------------------------------------------------------------------------
 def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[np.ndarray], *, n_resamples: int = 1000,
-                 confidence_level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                 confidence_level: float = 0.95, seed: int = 0, vectorized: bool = False) -> tuple[float, float]:
     """Percentile bootstrap CI of statistic(*arrays) with scipy.stats.bootstrap, resampling rows of all arrays together.
 
+    `vectorized=True`: statistic(*arrays, axis=-1) handles a batch of resamples at once (NaN where undefined).
     Resamples where the statistic is undefined (e.g. one class only) are dropped. Returns (nan, nan) when
     n_resamples is 0 or too few resamples are defined.
     """
@@ -120,7 +121,8 @@ def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[np.ndarray], 
         except ValueError:
             return float("nan")
 
-    res = stats.bootstrap(tuple(np.asarray(a) for a in arrays), safe, paired=True, vectorized=False,
+    res = stats.bootstrap(tuple(np.asarray(a) for a in arrays), statistic if vectorized else safe, paired=True,
+                          vectorized=vectorized,
                           n_resamples=n_resamples, confidence_level=confidence_level, method="percentile",
                           random_state=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -138,10 +140,67 @@ def bootstrap_ci(statistic: Callable[..., float], arrays: Sequence[np.ndarray], 
 # Metrics
 # --------------------------------------------------------------------------------------------------------------------
 def _sens_spec(y: np.ndarray, call: np.ndarray) -> tuple[float, float]:
+    y, call = np.asarray(y), np.asarray(call).astype(bool)
     pos, neg = y == 1, y == 0
     sens = float(call[pos].mean()) if pos.any() else float("nan")
     spec = float((~call[neg]).mean()) if neg.any() else float("nan")
     return sens, spec
+
+
+def _rate(y: np.ndarray, call: np.ndarray, label: int, axis: int = -1) -> np.ndarray:
+    """Vectorized share of rows with y == label whose call equals label (sensitivity: 1, specificity: 0)."""
+    sel = np.asarray(y) == label
+    hit = sel & ((np.asarray(call) > 0.5) == bool(label))
+    n = sel.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, hit.sum(axis=axis) / n, np.nan)
+
+
+def _auc_vectorized(y: np.ndarray, score: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ROC AUC along `axis` via the Mann-Whitney U statistic of scipy.stats.rankdata (ties averaged, as
+    sklearn.metrics.roc_auc_score); NaN where a resample holds one class only."""
+    pos = np.asarray(y) == 1
+    ranks = stats.rankdata(score, axis=axis)
+    n1 = pos.sum(axis=axis)
+    n0 = pos.shape[axis] - n1
+    u = (ranks * pos).sum(axis=axis) - n1 * (n1 + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan)
+
+
+def _ap_vectorized(y: np.ndarray, score: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Average precision along the last axis, as sklearn.metrics.average_precision_score (one step per distinct
+    score): sum over thresholds of (R_n - R_{n-1}) P_n; NaN where a resample holds no positive."""
+    y = np.asarray(y)
+    score = np.asarray(score, dtype=float)
+    order = np.argsort(-score, axis=-1, kind="stable")
+    ys = np.take_along_axis(y, order, axis=-1) == 1
+    ss = np.take_along_axis(score, order, axis=-1)
+    tp = np.cumsum(ys, axis=-1)
+    rank = np.arange(1, ys.shape[-1] + 1)
+    end = np.ones(ss.shape, dtype=bool)
+    end[..., :-1] = ss[..., :-1] != ss[..., 1:]
+    last_end = np.maximum.accumulate(np.where(end, tp, 0), axis=-1)
+    before = np.concatenate([np.zeros(last_end.shape[:-1] + (1,), dtype=tp.dtype), last_end[..., :-1]], axis=-1)
+    gained = np.where(end, tp - before, 0)
+    n1 = tp[..., -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n1 > 0, (gained * tp / rank).sum(axis=-1) / n1, np.nan)
+
+
+def _kappa_quadratic_vectorized(a: np.ndarray, b: np.ndarray, k: int, axis: int = -1) -> np.ndarray:
+    """Quadratic-weighted Cohen's kappa along the last axis, as sklearn.metrics.cohen_kappa_score(weights=
+    "quadratic", labels=range(k)); NaN where undefined."""
+    eye = np.eye(k)
+    oa, ob = eye[np.asarray(a, dtype=int)], eye[np.asarray(b, dtype=int)]
+    observed = np.einsum("...ni,...nj->...ij", oa, ob)
+    expected = np.einsum("...i,...j->...ij", oa.sum(axis=-2), ob.sum(axis=-2)) / oa.shape[-2]
+    idx = np.arange(k)
+    weights = (idx[:, None] - idx[None, :]) ** 2
+    num = (weights * observed).sum(axis=(-2, -1))
+    den = (weights * expected).sum(axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, 1.0 - num / den, np.nan)
 
 
 def binary_metrics(y_true: Sequence[int], p_pos: Sequence[float], call: Sequence[bool] | None = None, *,
@@ -157,10 +216,12 @@ def binary_metrics(y_true: Sequence[int], p_pos: Sequence[float], call: Sequence
     out: dict[str, float] = {f"{prefix}n": float(len(y)), f"{prefix}n_positive": float(y.sum())}
     both = len(np.unique(y)) == 2
     kw = dict(n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
-    for name, fn in (("roc_auc", metrics.roc_auc_score), ("pr_auc", metrics.average_precision_score)):
+    for name, fn, vec in (("roc_auc", metrics.roc_auc_score, _auc_vectorized),
+                          ("pr_auc", metrics.average_precision_score, _ap_vectorized)):
         if both:
             out[f"{prefix}{name}"] = float(fn(y, p))
-            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = bootstrap_ci(fn, (y, p), **kw)
+            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = (
+                bootstrap_ci(vec, (y, p), vectorized=True, **kw) if vec is not None else bootstrap_ci(fn, (y, p), **kw))
         else:
             out[f"{prefix}{name}"] = out[f"{prefix}{name}_ci_low"] = out[f"{prefix}{name}_ci_high"] = float("nan")
     out[f"{prefix}brier"] = float(metrics.brier_score_loss(y, p, pos_label=1)) if len(y) else float("nan")
@@ -169,19 +230,13 @@ def binary_metrics(y_true: Sequence[int], p_pos: Sequence[float], call: Sequence
         c = np.asarray(call, dtype=bool)
         sens, spec = _sens_spec(y, c)
         out[f"{prefix}sens_at_target"], out[f"{prefix}spec_at_target"] = sens, spec
-        for name, idx in (("sens_at_target", 0), ("spec_at_target", 1)):
-            value = (sens, spec)[idx]
+        for name, label, value in (("sens_at_target", 1, sens), ("spec_at_target", 0, spec)):
             if np.isnan(value):
                 out[f"{prefix}{name}_ci_low"] = out[f"{prefix}{name}_ci_high"] = float("nan")
                 continue
-
-            def stat(yy: np.ndarray, cc: np.ndarray, _i: int = idx) -> float:
-                v = _sens_spec(yy, cc)[_i]
-                if np.isnan(v):
-                    raise ValueError("undefined")
-                return v
-
-            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = bootstrap_ci(stat, (y, c), **kw)
+            stat = lambda yy, cc, axis=-1, _label=label: _rate(yy, cc, _label, axis)  # noqa: E731
+            out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = bootstrap_ci(
+                stat, (y, c.astype(float)), vectorized=True, **kw)
     return out
 
 
@@ -202,20 +257,16 @@ def multiclass_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
     kappa = lambda a, b: metrics.cohen_kappa_score(a, b, weights="quadratic", labels=labels)  # noqa: E731
     out[f"{prefix}accuracy"] = float(metrics.accuracy_score(y, pred))
     out[f"{prefix}accuracy_ci_low"], out[f"{prefix}accuracy_ci_high"] = bootstrap_ci(
-        metrics.accuracy_score, (y, pred), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+        lambda a, b, axis=-1: np.mean(a == b, axis=axis), (y, pred), n_resamples=n_resamples,
+        confidence_level=confidence_level, seed=seed, vectorized=True)
     k = float(kappa(y, pred))
     out[f"{prefix}kappa_quadratic"] = k
     if np.isnan(k):
         out[f"{prefix}kappa_quadratic_ci_low"] = out[f"{prefix}kappa_quadratic_ci_high"] = float("nan")
     else:
-        def safe_kappa(a: np.ndarray, b: np.ndarray) -> float:
-            v = kappa(a, b)
-            if np.isnan(v):
-                raise ValueError("undefined")
-            return v
-
         out[f"{prefix}kappa_quadratic_ci_low"], out[f"{prefix}kappa_quadratic_ci_high"] = bootstrap_ci(
-            safe_kappa, (y, pred), n_resamples=n_resamples, confidence_level=confidence_level, seed=seed)
+            lambda a, b, axis=-1: _kappa_quadratic_vectorized(a, b, len(classes), axis), (y, pred),
+            n_resamples=n_resamples, confidence_level=confidence_level, seed=seed, vectorized=True)
     recalls = metrics.recall_score(y, pred, labels=labels, average=None, zero_division=np.nan)
     for cls, r in zip(classes, recalls):
         out[f"{prefix}recall_{cls}"] = float(r)
