@@ -19,8 +19,20 @@ def _feature_estimators() -> list:
     ]
 
 
-# Helper C: add `_cnn_estimators()` returning the cnn/ estimators and append it here.
-ESTIMATORS = [*_feature_estimators()]
+def _cnn_estimators() -> list:
+    """The estimators of cnn/ on the tiny random backbone (no weights to load), small inputs, one thread."""
+    from cnn.embedder import CNNEmbedder
+    from cnn.finetune import FineTunedEmbedder
+
+    return [
+        CNNEmbedder(backbone="tiny", weights="random", input_size=16, n_threads=1),
+        CNNEmbedder(backbone="tiny", weights="random", input_size=16, pooling="avgmax", batch_size=7, n_threads=1),
+        FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
+                          augment=False, n_threads=1),
+    ]
+
+
+ESTIMATORS = [*_feature_estimators(), *_cnn_estimators()]
 
 # Expected failures, per estimator class: {check name: why}. Empty means every check must pass.
 _EXPECTED_FAILURES: dict[str, dict[str, str]] = {}

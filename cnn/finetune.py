@@ -1,0 +1,295 @@
+"""Fine-tune a backbone + linear head on one task (density or pathology) and save weights an embedder loads.
+
+``finetune`` trains on the images it is given only: it splits them by patient (``groups``) into a training and a
+validation part, trains with class-weighted cross-entropy and flip/affine augmentation (torchvision transforms v2 on
+tensors), stops early on the validation loss (or AUC), restores the best epoch and optionally writes a weights file
+(``cnn.backbones.save_weights``) that ``CNNEmbedder(backbone=..., weights=<path>)`` loads. The run is seeded and
+uses ``torch.use_deterministic_algorithms`` (warn-only) so that CPU runs repeat exactly.
+
+``FineTunedEmbedder`` wraps this as a scikit-learn transformer whose ``fit(X, y, groups=None)`` fine-tunes on the
+training data it is given and then embeds like ``CNNEmbedder``: inside cross-validation ``fit`` only ever sees the
+training fold, so fine-tuning never sees the test fold.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnn.embedder import CNNEmbedder, images_from_X
+
+__all__ = ["FinetuneResult", "finetune", "patient_split", "FineTunedEmbedder"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of :func:`finetune`: weights file (or None), per-epoch history, the best model kept in memory."""
+
+    path: Path | None
+    history: list[dict] = field(default_factory=list)
+    model: Any = None  # cnn._nets.ImageClassifier in eval mode, best epoch's weights
+    classes: np.ndarray | None = None
+    best_epoch: int = 0
+
+
+def patient_split(y: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with no group on both sides, stratified by y when every class has enough groups."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
+
+    idx = np.arange(len(y))
+    if val_fraction <= 0:
+        return idx, idx[:0]
+    n_splits = max(2, int(round(1.0 / val_fraction)))
+    groups_per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    if groups_per_class >= n_splits:
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        train, val = next(splitter.split(idx, y, groups))
+    elif len(np.unique(groups)) >= 2:
+        splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
+        train, val = next(splitter.split(idx, y, groups))
+    else:
+        return idx, idx[:0]
+    return np.sort(train), np.sort(val)
+
+
+def _augmenter():
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=0.5),
+        v2.RandomAffine(degrees=10.0, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+    ])
+
+
+def _auc(y: np.ndarray, proba: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if proba.shape[1] == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    if len(np.unique(y)) < proba.shape[1]:
+        return float("nan")
+    return float(roc_auc_score(y, proba, multi_class="ovr"))
+
+
+def _check_inputs(images, labels, groups):
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3:
+        raise ValueError(f"Expected images of shape (N, H, W). Got shape {images.shape} instead.")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),):
+        raise ValueError(f"Expected {len(images)} labels, one per image. Got shape {labels.shape} instead.")
+    classes, y = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"Fine-tuning needs at least 2 classes; got {len(classes)} class ({classes.tolist()}).")
+    groups = np.arange(len(images)) if groups is None else np.asarray(groups)
+    if groups.shape != (len(images),):
+        raise ValueError(f"Expected {len(images)} groups (patient ids), one per image. Got shape {groups.shape}.")
+    return images, classes, y.astype(np.int64), groups
+
+
+def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0", weights: str = "imagenet",
+             task: str | None = None, epochs: int = 5, lr: float = 1e-4, head_lr_factor: float = 10.0,
+             weight_decay: float = 1e-4, batch_size: int = 16, val_fraction: float = 0.2, patience: int = 2,
+             monitor: str = "val_loss", seed: int = 0, pooling: str = "avg", input_size: int | None = None,
+             augment: bool = True, n_threads: int | None = None, device: str = "cpu",
+             out_path: str | Path | None = None) -> FinetuneResult:
+    """Fine-tune ``backbone`` + a linear head on images (N, H, W) in [0, 1] with labels; split by groups (patients).
+
+    Returns the best epoch's model (by ``monitor``: "val_loss" or "val_auc"), the per-epoch history (train_loss,
+    val_loss, val_auc, val_accuracy, seconds) and, when ``out_path`` is given, the path of the saved weights file.
+    ``groups=None`` treats every image as its own patient. ``val_fraction=0`` trains all ``epochs`` with no
+    validation and no early stopping.
+    """
+    import torch
+    import torch.nn as nn
+
+    from cnn._nets import EmbeddingNet, ImageClassifier
+    from cnn.backbones import build_backbone, save_weights
+    from cnn.embedder import preprocess_batch
+
+    images, classes, y, groups = _check_inputs(images, labels, groups)
+    if monitor not in ("val_loss", "val_auc"):
+        raise ValueError(f"The 'monitor' parameter must be 'val_loss' or 'val_auc'. Got {monitor!r} instead.")
+    if not isinstance(epochs, Integral) or epochs < 1:
+        raise ValueError(f"The 'epochs' parameter must be an int >= 1. Got {epochs!r} instead.")
+    train_idx, val_idx = patient_split(y, groups, val_fraction, seed)
+
+    previous_threads = torch.get_num_threads()
+    previous_det = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if n_threads is not None:
+        torch.set_num_threads(int(n_threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_backbone(backbone, weights, random_state=seed)
+            size = int(input_size or net.input_size)
+            embed = EmbeddingNet(net.features, pooling)
+            with torch.no_grad():
+                dim = embed(torch.zeros(1, 3, size, size)).shape[1]
+            model = ImageClassifier(embed, nn.Linear(dim, len(classes)), mean=net.mean, std=net.std,
+                                    input_size=size).to(device)
+
+            # resize once (grey, (N, 1, S, S)); augmentation and normalisation happen per batch
+            tensor = torch.from_numpy(images).unsqueeze(1)
+            with torch.no_grad():
+                grey = torch.cat([
+                    torch.nn.functional.interpolate(tensor[i:i + 64], size=(size, size), mode="bilinear",
+                                                    align_corners=False, antialias=tensor.shape[-1] > size)
+                    for i in range(0, len(tensor), 64)
+                ])
+            y_t = torch.from_numpy(y)
+            counts = np.bincount(y[train_idx], minlength=len(classes)).astype(np.float64)
+            class_weight = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
+            loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device))
+            optimizer = torch.optim.AdamW([
+                {"params": model.net.parameters(), "lr": lr},
+                {"params": model.head.parameters(), "lr": lr * head_lr_factor},
+            ], weight_decay=weight_decay)
+            augmenter = _augmenter() if augment else None
+            shuffler = torch.Generator().manual_seed(seed)
+
+            def batches(indices, shuffle):
+                order = indices[torch.randperm(len(indices), generator=shuffler).numpy()] if shuffle else indices
+                for start in range(0, len(order), batch_size):
+                    chunk = order[start:start + batch_size]
+                    if shuffle and len(chunk) < 2 < len(order):  # BatchNorm cannot train on a batch of one
+                        continue
+                    yield chunk
+
+            def prepare(chunk, train):
+                g = grey[chunk]
+                if train and augmenter is not None:
+                    g = torch.stack([augmenter(img) for img in g])
+                x = preprocess_batch(g[:, 0].to(device), input_size=size, mean=model.mean, std=model.std,
+                                     channels_last=False)
+                return x, y_t[chunk].to(device)
+
+            history: list[dict] = []
+            best_score, best_state, best_epoch, waited = None, None, 0, 0
+            for epoch in range(1, epochs + 1):
+                start = time.perf_counter()
+                model.train()
+                total, seen = 0.0, 0
+                for chunk in batches(train_idx, shuffle=True):
+                    x, target = prepare(chunk, train=True)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = loss_fn(model(x), target)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach().item() * len(chunk)
+                    seen += len(chunk)
+                record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
+                if len(val_idx):
+                    model.eval()
+                    with torch.no_grad():
+                        logits = torch.cat([model(prepare(c, train=False)[0]) for c in batches(val_idx, False)])
+                        record["val_loss"] = float(loss_fn(logits, y_t[val_idx].to(device)))
+                    proba = logits.softmax(1).cpu().numpy()
+                    record["val_auc"] = _auc(y[val_idx], proba)
+                    record["val_accuracy"] = float((proba.argmax(1) == y[val_idx]).mean())
+                record["seconds"] = time.perf_counter() - start
+                history.append(record)
+                logger.info("finetune %s%s epoch %d/%d: %s", backbone, f" [{task}]" if task else "", epoch, epochs,
+                            ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+
+                if not len(val_idx):
+                    best_epoch = epoch
+                    continue
+                score = record["val_loss"] if monitor == "val_loss" else -record["val_auc"]
+                if np.isnan(score):
+                    score = record["val_loss"]
+                if best_score is None or score < best_score:
+                    best_score, best_epoch, waited = score, epoch, 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    waited += 1
+                    if waited >= patience:
+                        logger.info("finetune: early stop after epoch %d (best epoch %d)", epoch, best_epoch)
+                        break
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            model.eval()
+    finally:
+        torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
+        if n_threads is not None:
+            torch.set_num_threads(previous_threads)
+
+    path = None
+    if out_path is not None:
+        path = save_weights(out_path, backbone=backbone, features=model.net.features, head=model.head,
+                            classes=classes.tolist(), task=task, history=history, input_size=size,
+                            pooling=pooling, best_epoch=best_epoch)
+        logger.info("finetune: weights written to %s", path)
+    return FinetuneResult(path=path, history=history, model=model, classes=classes, best_epoch=best_epoch)
+
+
+class FineTunedEmbedder(CNNEmbedder):
+    """CNNEmbedder whose ``fit(X, y, groups=None)`` first fine-tunes the backbone on (X, y), then embeds.
+
+    All CNNEmbedder parameters, plus the fine-tuning ones of :func:`finetune` (``epochs``, ``lr``,
+    ``finetune_batch_size``, ``val_fraction``, ``patience``, ``augment``). ``weights`` is the starting point.
+    Pass ``groups`` (patient ids) to ``fit`` for a patient-level validation split (in a Pipeline with metadata
+    routing: ``FineTunedEmbedder(...).set_fit_request(groups=True)``); without groups every image is its own
+    patient. Fitted attributes beyond CNNEmbedder's: ``classes_``, ``history_``, ``best_epoch_``; ``head_`` is the
+    fine-tuned head (for Grad-CAM). The fine-tuned weights travel inside the pickle.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", weights: str = "imagenet", pooling: str = "avg",
+                 input_size: int = 224, batch_size: int = 32, n_threads: int | None = None, device: str = "cpu",
+                 image_shape: tuple[int, int] | None = None, channels_last: bool = True, random_state: int = 0,
+                 epochs: int = 3, lr: float = 1e-4, finetune_batch_size: int = 16, val_fraction: float = 0.2,
+                 patience: int = 2, augment: bool = True):
+        super().__init__(backbone=backbone, weights=weights, pooling=pooling, input_size=input_size,
+                         batch_size=batch_size, n_threads=n_threads, device=device, image_shape=image_shape,
+                         channels_last=channels_last, random_state=random_state)
+        self.epochs = epochs
+        self.lr = lr
+        self.finetune_batch_size = finetune_batch_size
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.augment = augment
+
+    def fit(self, X, y=None, groups=None):
+        """Fine-tune on (X, y) split by ``groups`` (patients), then keep the network for transform; returns self."""
+        from sklearn.utils.multiclass import check_classification_targets
+
+        self._check_params()
+        if y is None:
+            raise ValueError("FineTunedEmbedder requires y to be passed, but the target y is None.")
+        if not isinstance(self.lr, Real) or self.lr <= 0:
+            raise ValueError(f"The 'lr' parameter of FineTunedEmbedder must be a float > 0. Got {self.lr!r} instead.")
+        X = self._validate(X, reset=True)
+        y = np.asarray(y)
+        if len(y) != X.shape[0]:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: [{X.shape[0]}, {len(y)}]")
+        check_classification_targets(y)
+        images = images_from_X(X, self.image_shape).astype(np.float32, copy=False)
+        result = finetune(images, y, groups, backbone=self.backbone, weights=self.weights, epochs=self.epochs,
+                          lr=self.lr, batch_size=self.finetune_batch_size, val_fraction=self.val_fraction,
+                          patience=self.patience, seed=self.random_state, pooling=self.pooling,
+                          input_size=self.input_size, augment=self.augment, n_threads=self.n_threads,
+                          device=self.device)
+        model = result.model
+        self._set_network(model.net.features, model.head, mean=model.mean, std=model.std,
+                          classes=result.classes.tolist())
+        self.classes_ = result.classes
+        self.history_ = result.history
+        self.best_epoch_ = result.best_epoch
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
