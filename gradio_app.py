@@ -1,0 +1,320 @@
+"""Mammoscope's Gradio app: upload a mammogram or DICOM, draw a region of interest, see calibrated probabilities.
+
+Thin by design: models come from the registry's champions (``pipeline.predict.load_task_models``), every number
+comes from ``pipeline.predict`` and display helpers from ``pipeline.app_support``. Safe defaults: binds
+127.0.0.1, serves no extra paths, caps uploads, queues requests with a concurrency limit, shows no
+patient-identifying DICOM values. Run ``mammoscope app`` or ``python gradio_app.py``.
+
+API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` is ``"x0, y0, x1, y1"``
+in pixels of the original image or ``""`` for the whole image, and return plain JSON.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import gradio as gr
+import numpy as np
+
+from pipeline import predict as P
+from pipeline.app_support import (
+    ImageCache,
+    box_from_corners,
+    box_to_display,
+    draw_box,
+    enlarge,
+    format_roi,
+    heat_overlay,
+    parse_roi,
+    processed_view,
+    safe_meta,
+    to_uint8,
+    user_message,
+)
+from pipeline.errors import MammoscopeError, ModelNotFoundError
+from pipeline.imageio import IMAGE_SUFFIXES
+
+__all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_FILE_SIZE = "150mb"  # a full-field 16-bit mammogram is ~25-60 MB uncompressed
+CONCURRENCY_LIMIT = 2  # predictions at once (CPU-bound); further requests wait in the queue
+QUEUE_MAX_SIZE = 64
+TOP_FEATURES = 8
+
+NOTE = ("**Decision support, not a diagnosis.** Probabilities are calibrated model outputs for research use; a "
+        "qualified reader makes every clinical decision.")
+HOW_TO = ("1. Upload a mammogram: PNG, JPEG, TIFF, PGM or DICOM (read on the server, windowed and 16-bit preserved). "
+          "2. Click two opposite corners on the image to draw a region of interest around a finding (click again to "
+          "start a new box; *Whole image* clears it). Results refresh by themselves: density on the whole breast, "
+          "malignancy on the region.")
+
+
+def load_models(tracking_uri: str | None = None, alias: str = "champion") -> tuple[dict[str, Any], dict[str, str]]:
+    """({task: LoadedModel} for each task with a model at `alias`, {task: why not and which command trains it})."""
+    models: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for task in P.TASKS:
+        try:
+            models.update(P.load_task_models([task], alias=alias, tracking_uri=tracking_uri))
+        except (ModelNotFoundError, MammoscopeError) as exc:
+            missing[task] = str(exc)
+            log.warning("%s", exc)
+    return models, missing
+
+
+def _model_line(loaded: Any) -> str:
+    alias = f"@{loaded.alias}" if getattr(loaded, "alias", None) else ""
+    return f"`{loaded.name}` version {loaded.version}{alias}"
+
+
+class _Handlers:
+    """The app's event handlers; state between events is a small per-session dict (path, pending click)."""
+
+    def __init__(self, models: Mapping[str, Any], missing: Mapping[str, str], cache: ImageCache) -> None:
+        self.models = dict(models)
+        self.missing = dict(missing)
+        self.cache = cache
+
+    # --- JSON API -------------------------------------------------------------------------------------------
+    def _read(self, file: str | None, roi: str | None):
+        if not file:
+            raise gr.Error("No file: upload a mammogram (PNG, JPEG, TIFF, PGM or DICOM).")
+        try:
+            loaded = self.cache.get(file)
+            box = parse_roi(roi)
+        except (MammoscopeError, ValueError) as exc:
+            raise gr.Error(user_message(exc)) from None
+        return loaded, box
+
+    def api_predict(self, file: str | None, roi: str | None) -> dict[str, Any]:
+        """Calibrated probabilities per task, the malignancy call at its operating point, model name/version/alias."""
+        loaded, box = self._read(file, roi)
+        if not self.models:
+            raise gr.Error(" ".join(self.missing.values()) or "no model loaded")
+        try:
+            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box)
+        except (MammoscopeError, ValueError) as exc:
+            raise gr.Error(user_message(exc)) from None
+        return {"results": results, "image": safe_meta(loaded.meta), "roi": list(box) if box else None,
+                "missing_models": dict(self.missing)}
+
+    def api_explain(self, file: str | None, roi: str | None) -> dict[str, Any]:
+        """Top handcrafted-feature contributions (log-odds) and notes per task; heat maps are shown in the page."""
+        loaded, box = self._read(file, roi)
+        out: dict[str, Any] = {}
+        for task, model in self.models.items():
+            try:
+                ex = P.explain(loaded.image, loaded.meta, model, roi=box, top=TOP_FEATURES, heatmap=False)
+            except (MammoscopeError, ValueError) as exc:
+                raise gr.Error(user_message(exc)) from None
+            out[task] = {k: v for k, v in ex.items() if k != "heatmap"}
+        return {"explanations": out, "roi": list(box) if box else None}
+
+    # --- page events ----------------------------------------------------------------------------------------
+    def on_upload(self, file: str | None):
+        """New file: read it, show it, reset the region; errors go to the status line."""
+        empty_state = {"path": None, "pending": None}
+        if not file:
+            return None, "", empty_state, "", {}
+        try:
+            loaded = self.cache.get(file)
+        except (MammoscopeError, ValueError) as exc:
+            return None, "", empty_state, f"⚠️ {user_message(exc)}", {}
+        status = "; ".join(loaded.meta.warnings) if loaded.meta.warnings else ""
+        return (draw_box(loaded.display), "", {"path": file, "pending": None}, status, safe_meta(loaded.meta))
+
+    def on_select(self, state: dict, evt: gr.SelectData):
+        """A click on the image: first click marks a corner, second click closes the box (original pixels)."""
+        if not state or not state.get("path"):
+            return gr.skip(), gr.skip(), state
+        loaded = self.cache.get(state["path"])
+        x, y = int(evt.index[0]), int(evt.index[1])
+        pending = state.get("pending")
+        if pending is None:
+            return draw_box(loaded.display, point=(x, y)), gr.skip(), {**state, "pending": [x, y]}
+        box = box_from_corners(tuple(pending), (x, y), loaded.factor, loaded.image.shape)
+        view = draw_box(loaded.display, box=box_to_display(box, loaded.factor))
+        return view, format_roi(box), {**state, "pending": None}
+
+    def on_roi_typed(self, roi: str, state: dict):
+        """A region typed into the box: redraw it (errors are reported by the refresh that follows)."""
+        if not state or not state.get("path"):
+            return gr.skip(), state
+        loaded = self.cache.get(state["path"])
+        try:
+            box = parse_roi(roi)
+        except ValueError:
+            return gr.skip(), {**state, "pending": None}
+        shown = box_to_display(box, loaded.factor) if box else None
+        return draw_box(loaded.display, box=shown), {**state, "pending": None}
+
+    def on_whole_image(self, state: dict):
+        """Clear the region: malignancy is scored on the whole image (with a note)."""
+        if not state or not state.get("path"):
+            return gr.skip(), "", state
+        return draw_box(self.cache.get(state["path"]).display), "", {**state, "pending": None}
+
+    def refresh(self, state: dict, roi: str):
+        """Probabilities for the current image and region (skipped while a box is half drawn)."""
+        if state and state.get("pending") is not None:
+            return [gr.skip()] * 4
+        if not state or not state.get("path"):
+            return None, None, "", ""
+        if not self.models:
+            return None, None, "", "⚠️ " + " ".join(self.missing.values())
+        try:
+            loaded = self.cache.get(state["path"])
+            box = parse_roi(roi)
+            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box)
+        except (MammoscopeError, ValueError) as exc:
+            return None, None, "", f"⚠️ {user_message(exc)}"
+        density = results.get("density")
+        malignancy = results.get("malignancy")
+        return (density["probabilities"] if density else None,
+                malignancy["probabilities"] if malignancy else None,
+                self._result_markdown(results, box), "")
+
+    def _result_markdown(self, results: Mapping[str, Any], box: tuple | None) -> str:
+        lines = []
+        d = results.get("density")
+        if d:
+            lines.append(f"**Density**: most likely **{d['predicted']}** "
+                         f"({d['probabilities'][d['predicted']]:.0%}) — model {_model_line(self.models['density'])}")
+        m = results.get("malignancy")
+        if m:
+            thr = m.get("threshold")
+            target = m.get("target_sensitivity")
+            op = (f"operating point {thr:.3f}" + (f" (chosen for {target:.0%} sensitivity)" if target else "")
+                  if thr is not None else "no operating point stored")
+            lines.append(f"**Malignancy**: P(malignant) = **{m['probability_malignant']:.3f}**, {op} → call: "
+                         f"**{m.get('call') or 'none'}** — model {_model_line(self.models['malignancy'])}")
+            lines.append(f"Region: {format_roi(box)} (pixels of the original image)" if box else
+                         "Region: whole image")
+            lines.extend(f"*Note: {n}*" for n in m.get("notes", []))
+        lines.extend(f"⚠️ {msg}" for msg in self.missing.values())
+        return "\n\n".join(lines)
+
+    def refresh_views(self, state: dict, roi: str):
+        """Processed views the models saw, the Grad-CAM overlay and the top feature contributions."""
+        if state and state.get("pending") is not None:
+            return [gr.skip()] * 3
+        if not state or not state.get("path") or not self.models:
+            return None, None, ""
+        try:
+            loaded = self.cache.get(state["path"])
+            box = parse_roi(roi)
+            density_view = None
+            if "density" in self.models:
+                model = self.models["density"]
+                md = model.metadata
+                sample = P.prepare_sample(loaded.image, loaded.meta, "density", md.get("sample_params", {}), box)
+                density_view = enlarge(to_uint8(processed_view(sample, model)))
+            overlay, table = None, ""
+            if "malignancy" in self.models:
+                model = self.models["malignancy"]
+                md = model.metadata
+                sample = P.prepare_sample(loaded.image, loaded.meta, "malignancy", md.get("sample_params", {}), box)
+                ex = P.explain(loaded.image, loaded.meta, model, roi=box, top=TOP_FEATURES, heatmap=True)
+                overlay = enlarge(heat_overlay(processed_view(sample, model), ex.get("heatmap")))
+                table = _contributions_markdown(ex)
+        except (MammoscopeError, ValueError) as exc:
+            return None, None, f"⚠️ {user_message(exc)}"
+        return density_view, overlay, table
+
+
+def _contributions_markdown(ex: Mapping[str, Any]) -> str:
+    rows = ex.get("contributions") or []
+    lines = [f"Top handcrafted features for the *{ex.get('target_class')}* score "
+             "(XGBoost contributions, log-odds; positive pushes towards it):", "",
+             "| feature | contribution | value |", "|---|---:|---:|"]
+    lines += [f"| {r['feature']} | {r['value']:+.3f} | {r['feature_value']:.4g} |" for r in rows]
+    if not rows:
+        lines = ["No handcrafted-feature contributions for this model."]
+    lines += [""] + [f"*{n}*" for n in ex.get("notes", [])]
+    return "\n".join(lines)
+
+
+def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None = None, *, alias: str = "champion",
+               image_cache_size: int = 4) -> gr.Blocks:
+    """The app as gr.Blocks; `models` ({task: LoadedModel}) or, if None, the registry's `alias` models."""
+    missing: dict[str, str] = {}
+    if models is None:
+        models, missing = load_models(tracking_uri, alias)
+    h = _Handlers(models, missing, ImageCache(max_items=image_cache_size))
+
+    with gr.Blocks(title="Mammoscope", analytics_enabled=False) as demo:
+        gr.Markdown("# Mammoscope\n" + NOTE, elem_id="note")
+        if missing:
+            gr.Markdown("\n\n".join(f"⚠️ {m}" for m in missing.values()), elem_id="missing")
+        gr.Markdown("Models: " + ("; ".join(f"{t}: {_model_line(m)}" for t, m in models.items()) or "none"),
+                    elem_id="models")
+        state = gr.State({"path": None, "pending": None})
+        with gr.Row():
+            with gr.Column(scale=3):
+                upload = gr.File(label="Mammogram (PNG, JPEG, TIFF, PGM or DICOM)", file_types=list(IMAGE_SUFFIXES),
+                                 type="filepath", elem_id="upload")
+                view = gr.Image(label="Click two corners to draw a region of interest", type="numpy",
+                                interactive=False, format="jpeg", elem_id="view", buttons=["fullscreen"])
+                with gr.Row():
+                    roi = gr.Textbox(label="Region x0, y0, x1, y1 (original pixels; empty = whole image)",
+                                     elem_id="roi", scale=4)
+                    whole = gr.Button("Whole image", elem_id="whole", scale=1)
+                status = gr.Markdown(elem_id="status")
+                gr.Markdown(HOW_TO)
+            with gr.Column(scale=2):
+                density = gr.Label(label="Breast density (calibrated)", elem_id="density")
+                malignancy = gr.Label(label="Malignancy of the region (calibrated)", elem_id="malignancy")
+                summary = gr.Markdown(elem_id="summary")
+        with gr.Row():
+            processed = gr.Image(label="Processed view (density model input)", interactive=False, elem_id="processed",
+                                 format="png")
+            heat = gr.Image(label="Region as the malignancy model saw it, Grad-CAM overlay", interactive=False,
+                            elem_id="heat", format="png")
+            contributions = gr.Markdown(elem_id="contributions")
+        with gr.Accordion("Image facts (no patient-identifying values)", open=False):
+            facts = gr.JSON(elem_id="facts")
+        api_out = gr.JSON(visible=False)
+        api_trigger = gr.Button(visible=False)
+
+        results = [density, malignancy, summary, status]
+        views = [processed, heat, contributions]
+        private = {"api_visibility": "private"}
+        (upload.change(h.on_upload, [upload], [view, roi, state, status, facts], **private)
+         .then(h.refresh, [state, roi], results, **private)
+         .then(h.refresh_views, [state, roi], views, **private))
+        (view.select(h.on_select, [state], [view, roi, state], **private)
+         .then(h.refresh, [state, roi], results, **private)
+         .then(h.refresh_views, [state, roi], views, **private))
+        (roi.submit(h.on_roi_typed, [roi, state], [view, state], **private)
+         .then(h.refresh, [state, roi], results, **private)
+         .then(h.refresh_views, [state, roi], views, **private))
+        (whole.click(h.on_whole_image, [state], [view, roi, state], **private)
+         .then(h.refresh, [state, roi], results, **private)
+         .then(h.refresh_views, [state, roi], views, **private))
+        api_trigger.click(h.api_predict, [upload, roi], [api_out], api_name="predict",
+                          api_description="Calibrated density and malignancy probabilities for an uploaded image; "
+                          "roi 'x0, y0, x1, y1' in original pixels or '' for the whole image. Returns JSON.")
+        api_trigger.click(h.api_explain, [upload, roi], [api_out], api_name="explain",
+                          api_description="Top handcrafted-feature contributions (log-odds) per task. Returns JSON.")
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tracking_uri: str | None = None,
+           alias: str = "champion", **kwargs: Any) -> gr.Blocks:
+    """Build and start the app (blocks unless prevent_thread_lock=True); only the host you name is bound."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = build_demo(tracking_uri=tracking_uri, alias=alias)
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, share=False,
+                footer_links=["api"], **kwargs)
+    return demo
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    launch(host=os.environ.get("MAMMOSCOPE_HOST", DEFAULT_HOST), port=int(os.environ.get("MAMMOSCOPE_PORT", DEFAULT_PORT)))
