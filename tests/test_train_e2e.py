@@ -1,0 +1,121 @@
+"""End to end: a tiny experiment on real mini-MIAS images -> temporary SQLite store -> registered, champion moved,
+loaded back through the one predict path with identical predictions."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from pipeline.errors import ModelNotFoundError
+from pipeline.evaluate import binary_metrics, cross_validate, patient_stratified_folds
+from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+from pipeline.model import build_pipeline
+from pipeline.paths import default_mias_dir
+
+pytestmark = pytest.mark.skipif(not (default_mias_dir() / "Info.txt").is_file(), reason="mini-MIAS not present")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.train import train_experiment
+
+    root = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml")
+    lines: list[str] = []
+    result = train_experiment(exp, uri, cache_dir=root / "cache", progress=lines.append)
+    return result, uri, lines, exp
+
+
+@pytest.mark.slow
+def test_tiny_experiment_trains_registers_and_promotes(trained):
+    result, uri, lines, exp = trained
+    assert result.model_version == 1 and result.promoted
+    assert any(line.startswith("fold 1/") for line in lines)
+    assert np.isfinite(result.metrics["cv_kappa_quadratic"])
+    for key in ("cv_accuracy", "cv_kappa_quadratic_ci_low", "cv_brier", "cv_ece", "cv_recall_F"):
+        assert key in result.metrics
+    oof = result.oof
+    # every sample tested once, no patient in two folds
+    assert (oof.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert np.allclose(oof[[c for c in oof.columns if c.startswith("p_")]].sum(axis=1), 1.0)
+
+    import registry
+
+    registry.configure(uri)
+    models = registry.list_models(prefix="mammoscope-test")
+    row = models[models["version"].astype(int) == 1].iloc[0]
+    assert "champion" in str(row["aliases"])
+
+
+@pytest.mark.slow
+def test_champion_loads_back_with_identical_predictions(trained):
+    from pipeline.imageio import read_image
+    from pipeline.predict import load_task_models, predict_image, prepare_sample
+    from pipeline.samples import load_samples
+    from pipeline.train import load_task_data
+
+    result, uri, _, exp = trained
+    models = load_task_models(("density",), tracking_uri=uri, names={"density": "mammoscope-test-density"})
+    loaded = models["density"]
+    assert loaded.version == 1 and loaded.alias == "champion"
+    md = loaded.metadata
+    assert md["task"] == "density" and md["classes"] == ["F", "G", "D"]
+    assert md["sample_params"]["size"] == 64
+
+    data = load_task_data(exp.config, lambda s: None)
+    from pipeline.model import disable_cache
+
+    refit = disable_cache(build_pipeline(exp.config).fit(data.X, data.y, classifier__groups=data.groups))
+    np.testing.assert_allclose(loaded.pipeline.predict_proba(data.X[:6]), refit.predict_proba(data.X[:6]),
+                               rtol=1e-6, atol=1e-7)
+
+    # the one predict path prepares a file exactly like training did
+    path = data.table["path"].iloc[0]
+    image, meta = read_image(path)
+    sample = prepare_sample(image, meta, "density", md["sample_params"])
+    X_train, _ = load_samples(data.table.iloc[[0]], "density", size=64)
+    np.testing.assert_array_equal(sample.reshape(1, -1), X_train)
+    out = predict_image(image, meta, models)
+    probs = out["density"]["probabilities"]
+    assert list(probs) == ["F", "G", "D"]
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert out["density"]["model"]["version"] == 1
+    expected = loaded.pipeline.predict_proba(sample.reshape(1, -1))[0]
+    np.testing.assert_allclose(list(probs.values()), expected / expected.sum(), rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_missing_champion_names_the_training_command(trained):
+    from pipeline.predict import load_task_models
+
+    _, uri, _, _ = trained
+    with pytest.raises(ModelNotFoundError, match="mammoscope train experiments/mias_malignancy_fused.yaml"):
+        load_task_models(("malignancy",), tracking_uri=uri, names={"malignancy": "mammoscope-test-nothing"})
+
+
+def test_separable_synthetic_images_beat_chance_by_far(tmp_path):
+    rng = np.random.default_rng(0)
+    n, size = 60, 48
+    y = np.repeat([0, 1], n // 2)
+    images = rng.random((n, size, size)).astype(np.float32) * 0.3 + 0.2
+    # class 1: a bright blob in the middle (a "lesion"); breast-like background everywhere
+    yy, xx = np.mgrid[:size, :size]
+    blob = np.exp(-((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / 60.0)
+    images[y == 1] += 0.5 * blob.astype(np.float32)
+    X = np.clip(images, 0, 1).reshape(n, -1)
+    groups = np.arange(n) // 2 * 2 + y  # pairs of images per patient, same class
+    cfg = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml",
+                          ["dataset.task=malignancy", "dataset.classes=[benign, malignant]", "samples.size=48",
+                           "preprocessing.breast_mask=false"]).config
+    pipe = build_pipeline(cfg, tmp_path / "cache")
+    folds = patient_stratified_folds(y, groups, 3, seed=0)
+    cv = cross_validate(lambda: clone(pipe), X, y, groups, folds, fit_groups_param="classifier__groups")
+    assert np.allclose(cv.proba.sum(axis=1), 1.0)
+    m = binary_metrics(y, cv.proba[:, 1], cv.call, n_resamples=0)
+    assert m["roc_auc"] > 0.9
+    # warm cache: same features, same predictions
+    cv2 = cross_validate(lambda: clone(pipe), X, y, groups, folds, fit_groups_param="classifier__groups")
+    np.testing.assert_allclose(cv.proba, cv2.proba)
+    assert any((tmp_path / "cache").iterdir())
