@@ -1,0 +1,109 @@
+"""Benchmark: time training both default experiments (cold and warm feature cache) and score handcrafted / CNN /
+fused on mini-MIAS with patient-level 5-fold CV and 95% bootstrap CIs.
+
+    .venv/bin/python benchmarks/train.py                  # everything (tens of minutes on 2 shared cores)
+    .venv/bin/python benchmarks/train.py --skip-timing    # the quality table only
+    .venv/bin/python benchmarks/train.py --set evaluation.folds=3   # overrides for every experiment
+
+Timing trains with `train_experiment` exactly as `mammoscope main` does (CV + final model + registry) into a
+temporary SQLite store and a temporary feature cache: first cold, then again with the cache warm. The quality
+table re-runs the cross-validation of each variant (features from the same cache). Figures on a shared machine
+are noisy; the CIs are sample-level percentile bootstrap intervals (scipy.stats.bootstrap, paired).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("handcrafted", "cnn", "fused")
+
+
+def _fmt(m: dict, key: str) -> str:
+    if key not in m:
+        return "n/a"
+    lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    ci = f" [{lo:.2f}-{hi:.2f}]" if lo is not None and hi is not None and lo == lo else ""
+    return f"{m[key]:.2f}{ci}"
+
+
+def timing(overrides: list[str], cache: Path, store: Path) -> None:
+    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.train import train_experiment
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    for label in ("cold", "warm"):
+        start = time.perf_counter()
+        for name in ("mias_density_fused", "mias_malignancy_fused"):
+            exp = load_experiment(EXPERIMENTS_DIR / f"{name}.yaml", overrides)
+            t0 = time.perf_counter()
+            r = train_experiment(exp, uri, cache_dir=cache, progress=lambda s: None)
+            print(f"  {label:4s} {name:24s} {time.perf_counter() - t0:6.1f} s  (samples {r.seconds['samples']:.0f} s,"
+                  f" CV {r.seconds['cv']:.0f} s, final+register {r.seconds.get('final', 0):.0f} s) "
+                  f"v{r.model_version} champion {'moved' if r.promoted else 'kept'}", flush=True)
+        print(f"  {label} cache: both default experiments in {time.perf_counter() - start:.1f} s", flush=True)
+
+
+def quality(overrides: list[str], cache: Path, tasks: list[str], variants: list[str]) -> None:
+    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.train import evaluate_experiment, load_task_data
+
+    for task in tasks:
+        data = None
+        print(f"\n{task}: patient-level 5-fold CV, 95% CIs", flush=True)
+        for variant in variants:
+            exp = load_experiment(EXPERIMENTS_DIR / f"mias_{task}_{variant}.yaml", overrides)
+            if data is None:
+                data = load_task_data(exp.config, lambda s: None)
+                counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
+                print(f"  {len(data.y)} samples, {len(set(data.groups))} patients, {counts}", flush=True)
+            t0 = time.perf_counter()
+            m, cv, _ = evaluate_experiment(exp.config, data, cache, lambda s: None)
+            secs = time.perf_counter() - t0
+            if task == "malignancy":
+                thr = ", ".join(f"{t:.2f}" for t in cv.fold_thresholds)
+                print(f"  {variant:11s} ROC AUC {_fmt(m, 'cv_roc_auc')}  PR AUC {_fmt(m, 'cv_pr_auc')}  "
+                      f"Brier {m['cv_brier']:.3f}  ECE {m['cv_ece']:.3f}  ({secs:.0f} s)", flush=True)
+                print(f"  {'':11s} at the operating point (target sens {exp.config['evaluation']['target_sensitivity']}"
+                      f", fold thresholds {thr}):", flush=True)
+                for group, prefix in (("all", "cv_"), ("dense", "dense_"), ("non-dense", "nondense_")):
+                    print(f"  {'':13s}{group:9s} sens {_fmt(m, prefix + 'sens_at_target')}  "
+                          f"spec {_fmt(m, prefix + 'spec_at_target')}  (n={int(m.get(prefix + 'n', 0))})",
+                          flush=True)
+            else:
+                recalls = "  ".join(f"{c} {m[f'cv_recall_{c}']:.2f}" for c in data.classes)
+                print(f"  {variant:11s} kappa_w {_fmt(m, 'cv_kappa_quadratic')}  accuracy {_fmt(m, 'cv_accuracy')}  "
+                      f"recall {recalls}  Brier {m['cv_brier']:.3f}  ECE {m['cv_ece']:.3f}  ({secs:.0f} s)",
+                      flush=True)
+                print(f"  {'':11s} dense accuracy {_fmt(m, 'dense_accuracy')}  non-dense accuracy "
+                      f"{_fmt(m, 'nondense_accuracy')}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--tasks", nargs="+", default=["malignancy", "density"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: a fresh temp folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="mammoscope-bench-") as tmp:
+        cache = args.cache_dir or Path(tmp) / "cache"
+        if not args.skip_timing:
+            print("timing: train both default experiments (fused, 5 folds, final model, register)", flush=True)
+            timing(args.overrides, cache, Path(tmp))
+        if not args.skip_quality:
+            quality(args.overrides, cache, args.tasks, args.variants)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
