@@ -142,11 +142,13 @@ SCHEMA: dict[str, Any] = {
                 "angles": Int(1, 16),
             },
             "intensity": {"bins": Int(2, 256)},
+            "scales": ListOf(Float(0.05, 1.0), min_len=1),
         },
         "cnn": {
             "enabled": Bool(),
             "backbone": Str(),
             "weights": Str(),
+            "pooling": Choice(("avg", "max", "avgmax")),
             "batch_size": Int(1, 1024),
             "finetune": {
                 "enabled": Bool(),

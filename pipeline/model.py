@@ -106,6 +106,40 @@ class CachedTransformer(TransformerMixin, BaseEstimator):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+class CenterCrop(TransformerMixin, BaseEstimator):
+    """Central square of each image: X (n, S*S) -> float32 (n, s*s) with s = max(8, round(fraction * S)).
+
+    Several CenterCrops in a FeatureUnion give multi-scale texture around a lesion centred in its sample
+    (the lesion core vs the lesion with its surroundings).
+    """
+
+    def __init__(self, fraction: float = 0.5) -> None:
+        self.fraction = fraction
+
+    def fit(self, X: Any, y: Any = None) -> "CenterCrop":
+        if not 0 < float(self.fraction) <= 1:
+            raise ValueError(f"The 'fraction' parameter of CenterCrop must be a float in (0, 1]. "
+                             f"Got {self.fraction!r} instead.")
+        X = validate_data(self, X, reset=True, dtype=np.float32)
+        self.side_in_ = int(round(np.sqrt(X.shape[1])))
+        if self.side_in_ ** 2 != X.shape[1]:
+            raise ValueError(f"CenterCrop needs square images flattened; got {X.shape[1]} features.")
+        self.side_out_ = max(min(8, self.side_in_), int(round(float(self.fraction) * self.side_in_)))
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        S, s = self.side_in_, self.side_out_
+        a = (S - s) // 2
+        return np.ascontiguousarray(X.reshape(-1, S, S)[:, a:a + s, a:a + s].reshape(len(X), s * s))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self)
+        return np.asarray([f"px{i}" for i in range(self.side_out_ ** 2)], dtype=object)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
     """XGBoost classifier on any labels, with class weighting through sample_weight (`class_weight="balanced"`)."""
 
@@ -284,27 +318,38 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
                                              keep_zero=mask)))
     preprocess = CachedTransformer(Pipeline(steps), cache) if steps else "passthrough"
 
-    union: list[tuple[str, Any]] = []
+    union_steps: list[tuple[str, Any]] = []
     hc = feats["handcrafted"]
     if hc["enabled"]:
         glcm = hc["glcm"]
-        union.append(("handcrafted", CachedTransformer(handcrafted_union(
-            distances=tuple(glcm["distances"]), angles=tuple(_angles(glcm["angles"])), levels=glcm["levels"],
-            bins=hc["intensity"]["bins"], mask="nonzero" if mask else None), cache)))
+
+        def union() -> FeatureUnion:
+            return handcrafted_union(
+                distances=tuple(glcm["distances"]), angles=tuple(_angles(glcm["angles"])), levels=glcm["levels"],
+                bins=hc["intensity"]["bins"], mask="nonzero" if mask else None)
+
+        scales = [float(v) for v in hc["scales"]]
+        if scales == [1.0]:
+            branch: Any = union()
+        else:
+            branch = FeatureUnion([(f"s{int(round(100 * f))}", union() if f == 1.0 else
+                                    Pipeline([("crop", CenterCrop(f)), ("features", union())])) for f in scales])
+        union_steps.append(("handcrafted", CachedTransformer(branch, cache)))
     cn = feats["cnn"]
     if cn["enabled"]:
         size = int(config["samples"]["size"])
         if cn["finetune"]["enabled"]:
             from cnn.finetune import FineTunedEmbedder
 
-            union.append(("cnn", FineTunedEmbedder(
-                backbone=cn["backbone"], weights=cn["weights"], input_size=size, batch_size=cn["batch_size"],
-                epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"], random_state=ev["seed"])))
+            union_steps.append(("cnn", FineTunedEmbedder(
+                backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"], input_size=size,
+                batch_size=cn["batch_size"], epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"], random_state=ev["seed"])))
         else:
             from cnn.embedder import CNNEmbedder
 
-            union.append(("cnn", CachedTransformer(CNNEmbedder(
-                backbone=cn["backbone"], weights=cn["weights"], input_size=size, batch_size=cn["batch_size"]),
+            union_steps.append(("cnn", CachedTransformer(CNNEmbedder(
+                backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"], input_size=size,
+                batch_size=cn["batch_size"]),
                 cache)))
     k_best = feats["selection"]["k_best"]
     select: Any = MutualInfoSelector(k=k_best, random_state=ev["seed"]) if k_best else "passthrough"
@@ -317,7 +362,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             random_state=ev["seed"]),
         method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
         target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"])
-    return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union)), ("select", select),
+    return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
                      ("classifier", clf)])
 
 
@@ -367,6 +412,7 @@ def _walk(est: Any, name: str = ""):
 #: Every non-builtin type inside a fitted experiment Pipeline, for skops (named explicitly, no blanket trust).
 SKOPS_TRUSTED_TYPES: list[str] = [
     "pipeline.model.CachedTransformer",
+    "pipeline.model.CenterCrop",
     "pipeline.model.WeightedXGBClassifier",
     "pipeline.model.PatientCalibratedClassifier",
     "pipeline.model.MutualInfoSelector",

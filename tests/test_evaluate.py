@@ -164,13 +164,13 @@ def test_calibration_and_threshold_never_see_the_test_fold(holdout):
 
 def test_cross_validate_separable_beats_chance_and_sums_to_one():
     rng = np.random.default_rng(0)
-    n = 120
+    n = 80
     groups = np.repeat(np.arange(n // 2), 2)
     y = np.repeat(rng.integers(0, 2, n // 2), 2)
     X = rng.normal(0, 1, (n, 5))
     X[:, 0] += 3.0 * y
-    folds = patient_stratified_folds(y, groups, 5, seed=0)
-    est = PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=30, max_depth=2), inner_folds=3)
+    folds = patient_stratified_folds(y, groups, 4, seed=0)
+    est = PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=20, max_depth=2), inner_folds=2)
     cv = cross_validate(lambda: clone(est), X, y, groups, folds, fit_groups_param="groups")
     assert np.allclose(cv.proba.sum(axis=1), 1.0)
     assert (cv.fold >= 0).all()
