@@ -135,7 +135,7 @@ def promote(name: str, version: int | str, alias: str = "champion") -> Promotion
     c.set_model_version_tag(name, str(mv.version), T.PROMOTED_BY, f"hand, {stamp}")
     old_version = int(holder.version) if holder is not None else None
     reason = f"moved by hand from version {old_version}" if holder is not None else "set by hand"
-    log.info("%s @%s -> version %s (%s)", name, alias, mv.version, reason)
+    log.debug("%s @%s -> version %s (%s)", name, alias, mv.version, reason)
     return PromotionDecision(
         True,
         reason,

@@ -24,7 +24,6 @@ import mlflow
 import mlflow.artifacts
 import mlflow.sklearn
 import numpy as np
-import skops.io as sio
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 
@@ -139,6 +138,8 @@ def log_model(
     example = np.asarray(input_example)
     if example.ndim != 2:
         raise ValueError(f"input_example must be a 2-D array (n_samples, n_features), got shape {example.shape}")
+    import skops.io as sio  # lazy: importing skops imports every sklearn estimator (and torch when installed)
+
     untrusted = sio.get_untrusted_types(data=sio.dumps(pipeline))
     if skops_trusted_types is None:
         trusted = trusted_types_for(untrusted)
@@ -196,11 +197,14 @@ def resolve_version(name: str, alias: str | None = "champion", version: int | st
         if not _not_found(exc):
             raise
         versions = sorted(int(v.version) for v in c.search_model_versions(f"name = '{name}'"))
+        listed = ", ".join(map(str, versions)) or "none"
+        if version is not None:
+            hint = f"pick one of them (`mammoscope models --name {name}`)"
+        else:
+            hint = f"set it with `mammoscope promote {name} VERSION --alias {alias}`, or {TRAIN_HINT}"
         what = f"version {version}" if version is not None else f"alias {alias!r}"
         raise ModelNotFoundError(
-            f"registered model {name!r} has no {what} in the MLflow store {uri} (versions: "
-            f"{', '.join(map(str, versions)) or 'none'}); {TRAIN_HINT}, or set the alias with "
-            f"`mammoscope promote {name} VERSION --alias {alias or 'champion'}`"
+            f"registered model {name!r} has no {what} in the MLflow store {uri} (versions: {listed}); {hint}"
         ) from exc
 
 
@@ -208,6 +212,8 @@ def load_model(
     name: str, alias: str = "champion", *, version: int | str | None = None, trusted_types: list[str] | None = None
 ) -> LoadedModel:
     """Load `models:/NAME@alias` (or `models:/NAME/version`) with its metadata; ModelNotFoundError if absent."""
+    import skops.io as sio  # lazy, see log_model
+
     mv = resolve_version(name, alias, version)
     with tempfile.TemporaryDirectory(prefix="mammoscope-model-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp))

@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -211,13 +212,19 @@ def log_dataset_digest(
     `data` is the dataset table or a digest computed by the caller; `source` is e.g. the data folder.
     The digest is what `champion.maybe_promote` compares: same digest = same data.
     """
-    src = resolve_dataset_source(source) if source else CodeDatasetSource(tags={})
-    if isinstance(data, pd.DataFrame):
-        digest = dataset_digest(data)
-        dataset = mlflow.data.from_pandas(data, source=src, name=name, digest=digest)
-    else:
-        digest = str(data)
-        dataset = MetaDataset(source=src, name=name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    if source and "://" not in source:
+        source = Path(source).expanduser().resolve().as_uri()
+    with warnings.catch_warnings():
+        # MLflow hints about int columns in the schema and about file URIs matching two equivalent source types
+        warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"The specified dataset source can be interpreted")
+        src = resolve_dataset_source(source) if source else CodeDatasetSource(tags={})
+        if isinstance(data, pd.DataFrame):
+            digest = dataset_digest(data)
+            dataset = mlflow.data.from_pandas(data, source=src, name=name, digest=digest)
+        else:
+            digest = str(data)
+            dataset = MetaDataset(source=src, name=name, digest=digest)
+        mlflow.log_input(dataset, context=context)
     mlflow.set_tag(T.DATA_DIGEST, digest)
     return digest

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ARTIFACTS_DIRNAME = "mlartifacts"  # beside the SQLite file, as `mlflow server` names its artifact folder
 
 _configured_uri: str | None = None
+_clients: dict[tuple[str, str], MlflowClient] = {}
 
 
 def local_db_path(uri: str) -> Path | None:
@@ -86,9 +87,12 @@ def ensure_configured() -> str:
 
 
 def client() -> MlflowClient:
-    """An MlflowClient on the configured tracking and registry URIs."""
+    """An MlflowClient on the configured tracking and registry URIs (one per URI pair, reused)."""
     ensure_configured()
-    return MlflowClient(tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri())
+    key = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    if key not in _clients:
+        _clients[key] = MlflowClient(tracking_uri=key[0], registry_uri=key[1])
+    return _clients[key]
 
 
 def _folder_name(experiment_name: str) -> str:
