@@ -390,9 +390,9 @@ def run_batch(options: BatchOptions) -> BatchSummary:
     columns = result_columns(models)
     try:
         writer = ResultWriter(options.out, columns, mode="overwrite" if options.overwrite else "resume")
+        _check_same_models(writer, models)
     except (MammoscopeError, OSError) as exc:
         return BatchSummary(EXIT_NOTHING_RAN, message=str(exc))
-    _check_same_models(writer, models)
     todo = [item for item in items if item.key not in writer.done]
     skipped = len(items) - len(todo)
     if skipped:

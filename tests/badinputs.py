@@ -154,3 +154,46 @@ def write_corpus(root: Path) -> list[Case]:
     Image.fromarray(small).save(odd_dir / "sein gauche ñ 乳房.png")
     cases.append(Case("spaces_non_ascii", "dossier patiente é/sein gauche ñ 乳房.png", "ok"))
     return cases
+
+
+# -- a tiny registered champion for the predictor tests (trained once per test process) ---------------------------
+TINY_EXPERIMENT = "experiments/tiny_test.yaml"
+TINY_OVERRIDES = ("samples.size=32", "model.n_estimators=5", "evaluation.bootstrap_resamples=20")
+TINY_MODEL = "mammoscope-test-density"
+
+
+@dataclass(frozen=True)
+class TinyChampion:
+    """A temporary SQLite MLflow store holding the tiny density model at @champion."""
+
+    folder: Path
+    tracking_uri: str
+    model_uri: str
+    result: object  # pipeline.train.TrainResult of the training that registered it
+
+
+def train_tiny(tracking_uri: str, cache_dir: Path):
+    """Train and register the tiny experiment (real mini-MIAS images, 32 px, handcrafted features) -> TrainResult."""
+    from pipeline.experiment import load_experiment
+    from pipeline.paths import PROJECT_DIR
+    from pipeline.train import train_experiment
+
+    exp = load_experiment(PROJECT_DIR / TINY_EXPERIMENT, list(TINY_OVERRIDES))
+    return train_experiment(exp, tracking_uri, register=True, cache_dir=cache_dir, progress=lambda line: None)
+
+
+_TINY: list[TinyChampion] = []
+
+
+def tiny_champion() -> TinyChampion:
+    """The process-wide tiny champion, trained on first use into a temporary folder removed at exit."""
+    if not _TINY:
+        import atexit
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="mammoscope-tiny-"))
+        atexit.register(shutil.rmtree, folder, True)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        result = train_tiny(uri, folder / "cache-1")
+        _TINY.append(TinyChampion(folder, uri, f"models:/{TINY_MODEL}@champion", result))
+    return _TINY[0]

@@ -146,3 +146,41 @@ def test_scanner_whole_corpus(corpus):
     readable = sum(not c.is_error for c in cases.values())
     assert result.n_images + len(result.errors) >= len(cases) - 1
     assert result.n_images >= readable
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    """The tiny registered density model (tests/badinputs.tiny_champion), loaded as the batch predictor uses it."""
+    import registry
+    from badinputs import TINY_MODEL, tiny_champion
+    from pipeline.batch import TaskModel
+
+    champion = tiny_champion()
+    registry.configure(champion.tracking_uri)
+    return [TaskModel.from_loaded(registry.load_model(TINY_MODEL, "champion"))]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_batch_predictor(corpus, tiny_models, name: str):
+    """The batch predictor's row for this case: scored (probabilities summing to 1) or the same error as read_image."""
+    from pipeline.batch import iter_scored
+    from pipeline.batchio import InputItem
+
+    root, cases = corpus
+    case = cases[name]
+    path = root / case.relpath
+    guard = unprivileged_if_root(path) if name == "unreadable" else contextlib.nullcontext()
+    with guard:
+        batches = list(iter_scored([InputItem(path=str(path))], tiny_models, batch_size=4, n_jobs=1))
+    assert len(batches) == 1 and len(batches[0]) == 1
+    row = batches[0][0]
+    assert row["path"] == str(path)
+    if case.is_error:
+        assert row["error"] and str(path) in row["error"] and re.search(case.match, row["error"]), row["error"]
+        assert row.get("density_call") is None
+        return
+    assert row["error"] is None
+    total = sum(row[f"density_p_{c}"] for c in tiny_models[0].classes)
+    assert abs(total - 1.0) < 1e-9 and row["density_call"] in tiny_models[0].classes
+    if case.match:
+        assert re.search(case.match, row["warnings"] or ""), row["warnings"]

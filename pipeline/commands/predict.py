@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", dest="overwrite", action="store_false", help="skip images already in --out (default)")
     mode.add_argument("--overwrite", dest="overwrite", action="store_true", help="discard --out and score everything")
+    parser.set_defaults(overwrite=False)
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per model call and per durable write "
         f"(default: {DEFAULT_BATCH_SIZE})"
