@@ -87,19 +87,20 @@ def test_register_promote_load_against_a_real_server(tmp_path: Path, monkeypatch
            "--artifacts-destination", str(server_dir / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     log = server_dir / "server.log"
-    X, y = separable_data(120, seed=2)
-    weak, strong = weak_pipeline(X, y), strong_pipeline(X, y)
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=server_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        _wait_healthy(url, proc, log)
-        monkeypatch.chdir(work_dir)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        # while the server starts: fit the models and import the client side
+        X, y = separable_data(120, seed=2)
+        weak, strong = weak_pipeline(X, y), strong_pipeline(X, y)
         from pipeline.paths import default_tracking_uri
         from registry import list_models, load_model, log_model, maybe_promote, promote, training_run
         from registry.runs import log_dataset_digest
 
+        _wait_healthy(url, proc, log)
+        monkeypatch.chdir(work_dir)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
         with tracking_store(default_tracking_uri()) as uri:
             assert uri == url
             versions = []
