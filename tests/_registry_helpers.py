@@ -25,7 +25,7 @@ def separable_data(n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
 
 
 def strong_pipeline(X: np.ndarray, y: np.ndarray) -> Pipeline:
-    """Frozen scaler -> CalibratedClassifierCV(FrozenEstimator(XGBClassifier)): fit on one half, calibrate on the other."""
+    """Frozen scaler -> CalibratedClassifierCV(FrozenEstimator(XGBClassifier)): fit one half, calibrate the other."""
     half = len(X) // 2
     scaler = StandardScaler().fit(X[:half])
     xgb = XGBClassifier(n_estimators=30, max_depth=2, learning_rate=0.3, n_jobs=1, random_state=0)

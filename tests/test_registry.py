@@ -256,7 +256,8 @@ def test_ui_command_targets_the_embedded_store(tmp_path: Path) -> None:
 def test_flatten_params_and_digest() -> None:
     from registry.runs import dataset_digest, flatten_params
 
-    assert flatten_params({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": None}) == {"a.b.c": "1", "a.d": "[1, 2]", "e": "None"}
+    flat = flatten_params({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": None})
+    assert flat == {"a.b.c": "1", "a.d": "[1, 2]", "e": "None"}
     df = pd.DataFrame({"sample_id": ["x", "y"], "label": [0, 1]})
     assert dataset_digest(df) == dataset_digest(df.copy())
     assert dataset_digest(df) != dataset_digest(df.assign(label=[1, 1]))
