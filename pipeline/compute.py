@@ -372,13 +372,16 @@ def map_chunks(
     *,
     max_in_flight: int | None = None,
     n_jobs: int | None = None,
+    ordered: bool = False,
 ) -> Iterator[tuple[int, R]]:
     """Yield ``(start, func(items[start:start+chunk_size]))`` as chunks complete, at most `max_in_flight` at once.
 
     `items` may be a lazy iterable (it is read only as chunks are submitted). Inside a `compute_backend` block on a
     cluster, chunks are Dask tasks with the session's retries (a chunk on a worker that dies is run again elsewhere);
     otherwise they run in local joblib processes (`n_jobs`, default joblib's). `func` must be picklable; it is sent
-    to the workers once. `start` is the offset of the chunk's first item, so results can be put back in order.
+    to the workers once. `start` is the offset of the chunk's first item, so results can be put back in order;
+    ``ordered=True`` yields them in input order instead (finished chunks wait for earlier ones, and count towards
+    `max_in_flight`).
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1. Got {chunk_size!r} instead.")
@@ -386,12 +389,13 @@ def map_chunks(
         raise ValueError(f"max_in_flight must be an int >= 1 or None. Got {max_in_flight!r} instead.")
     session = current_session()
     if session is not None and session.client is not None:
-        yield from _map_chunks_dask(session, func, items, chunk_size, max_in_flight)
+        yield from _map_chunks_dask(session, func, items, chunk_size, max_in_flight, ordered)
         return
     import joblib
 
     limit = max_in_flight or 2 * max(1, joblib.effective_n_jobs(n_jobs))
-    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", pre_dispatch=str(limit))
+    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator" if ordered else "generator_unordered",
+                               pre_dispatch=str(limit))
     yield from parallel(joblib.delayed(_run_chunk)(func, start, chunk) for start, chunk in _chunks(items, chunk_size))
 
 
@@ -401,7 +405,10 @@ def _map_chunks_dask(
     items: Iterable[T],
     chunk_size: int,
     max_in_flight: int | None,
+    ordered: bool = False,
 ) -> Iterator[tuple[int, R]]:
+    from collections import deque
+
     from distributed import as_completed
 
     client = session.client
@@ -412,14 +419,29 @@ def _map_chunks_dask(
     # serialization bug in the scheduler's `replicate` event in distributed 2026.8).
     func_future = client.submit(_identity, func, pure=False, key=f"mammoscope-func-{tag}")
     running = as_completed(loop=client.loop, with_results=False)
+    submitted: deque[int] = deque()   # starts in submission order (ordered=True)
+    finished: dict[int, Any] = {}     # results waiting for an earlier chunk (ordered=True)
+
+    def emit(future) -> Iterator[tuple[int, R]]:
+        start, result = _take(future)
+        if not ordered:
+            yield start, result
+            return
+        finished[start] = result
+        while submitted and submitted[0] in finished:
+            first = submitted.popleft()
+            yield first, finished.pop(first)
+
     try:
         for start, chunk in _chunks(items, chunk_size):
             running.add(client.submit(_run_chunk, func_future, start, chunk, retries=session.retries, pure=False,
                                       key=f"mammoscope-chunk-{tag}-{start}"))
-            while running.count() >= limit:
-                yield _take(next(running))
+            if ordered:
+                submitted.append(start)
+            while running.count() + len(finished) >= limit:
+                yield from emit(next(running))
         for future in running:
-            yield _take(future)
+            yield from emit(future)
     finally:
         for future in list(running.futures):
             future.cancel()

@@ -262,6 +262,7 @@ def test_map_chunks_keeps_a_bounded_number_of_chunks_in_flight():
     assert len(pulled) <= 5 * 3  # two chunks in flight plus the one being read, never the whole input
     rest = list(stream)
     assert len(rest) == 19 and sum(r for _, r in rest) + 10 == sum(range(100))
+    assert list(map_chunks(sum, range(7), 2, n_jobs=2, ordered=True)) == [(0, 1), (2, 5), (4, 9), (6, 6)]
     with pytest.raises(ValueError, match="chunk_size must be an int >= 1"):
         next(map_chunks(sum, [1], 0))
 
@@ -329,7 +330,9 @@ def test_task_error_is_retried_by_dask_and_reported(local_cluster, tmp_path):
     marker = tmp_path / "raised"
     with compute_backend(local_cluster, retries=2) as session:
         out = sorted(map_chunks(DiesOnce(sum, str(marker), how="raise"), range(12), 4))
+        ordered = list(map_chunks(sum, range(40), 3, max_in_flight=3, ordered=True))
     assert out == [(0, 6), (4, 22), (8, 38)]
+    assert ordered == [(s, sum(range(s, min(s + 3, 40)))) for s in range(0, 40, 3)]
     assert session.report.retried_errors == 1 and not session.report.lost_workers, session.report
     # with no retries left the error reaches the caller
     marker2 = tmp_path / "raised-again"
