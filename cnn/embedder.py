@@ -58,13 +58,17 @@ def preprocess_batch(images, *, input_size: int, mean, std, channels_last: bool 
     if x.shape[-2:] != (input_size, input_size):
         down = x.shape[-2] > input_size or x.shape[-1] > input_size
         x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=down)
-    x = x.expand(-1, 3, -1, -1)  # grey -> 3 channels without a copy
-    scale = torch.tensor([1.0 / s for s in std], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((x.shape[0], 3, input_size, input_size), dtype=torch.float32, device=x.device,
-                      memory_format=fmt)
-    return torch.addcmul(shift, x, scale, out=out)  # (x - mean) / std in one pass, written once
+    n = x.shape[0]
+    scale = torch.tensor([1.0 / s for s in std], dtype=torch.float32, device=x.device)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std)], dtype=torch.float32, device=x.device)
+    if channels_last:
+        # (n, S, S, 1) * (3,) + (3,) written once as NHWC, returned as an NCHW view in channels-last layout
+        out = torch.empty((n, input_size, input_size, 3), dtype=torch.float32, device=x.device)
+        torch.addcmul(shift, x.reshape(n, input_size, input_size, 1), scale, out=out)
+        return out.permute(0, 3, 1, 2)
+    out = torch.empty((n, 3, input_size, input_size), dtype=torch.float32, device=x.device)
+    # grey expanded to 3 channels without a copy, (x - mean) / std in one pass
+    return torch.addcmul(shift.view(1, 3, 1, 1), x.expand(-1, 3, -1, -1), scale.view(1, 3, 1, 1), out=out)
 
 
 def _state_to_numpy(module) -> dict:

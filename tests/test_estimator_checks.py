@@ -26,7 +26,6 @@ def _cnn_estimators() -> list:
 
     return [
         CNNEmbedder(backbone="tiny", weights="random", input_size=16, n_threads=1),
-        CNNEmbedder(backbone="tiny", weights="random", input_size=16, pooling="avgmax", batch_size=7, n_threads=1),
         FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
                           augment=False, n_threads=1),
     ]
