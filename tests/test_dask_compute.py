@@ -366,3 +366,38 @@ def test_unreachable_scheduler_is_a_config_error():
     with pytest.raises(ConfigError, match=rf"scheduler tcp://127.0.0.1:{port}: cannot connect"):
         with compute_backend(f"tcp://127.0.0.1:{port}", timeout=2):
             pass
+
+
+@pytest.mark.slow
+def test_tiny_experiment_through_the_cluster_matches_local(local_cluster, tmp_path):
+    """The tiny experiment's data loading + patient-level CV inside compute_backend: same OOF probabilities."""
+    from pipeline.experiment import load_experiment
+    from pipeline.train import evaluate_experiment, load_task_data
+
+    quick = ["evaluation.bootstrap_resamples=0"]
+    local_cfg = load_experiment(ROOT / "experiments" / "tiny_test.yaml", [*quick, "samples.n_jobs=1"]).config
+    cluster_cfg = load_experiment(ROOT / "experiments" / "tiny_test.yaml", [*quick, "samples.n_jobs=2"]).config
+    local_data = load_task_data(local_cfg)
+    local_metrics, local_cv, _ = evaluate_experiment(local_cfg, local_data, cache_dir=tmp_path / "cache")
+    with compute_backend(local_cluster, cache_dir=tmp_path / "cache") as session, \
+            distributed.get_task_stream(client=local_cluster) as stream:
+        data = load_task_data(cluster_cfg)
+        metrics, cv, _ = evaluate_experiment(cluster_cfg, data, cache_dir=tmp_path / "cache")
+    assert any("_samples_of_image" in str(t["key"]) for t in stream.data)  # images were read on the workers
+    assert session.report.clean
+    np.testing.assert_array_equal(data.X, local_data.X)
+    np.testing.assert_allclose(cv.proba, local_cv.proba, rtol=0, atol=1e-9)
+    assert metrics["cv_kappa_quadratic"] == pytest.approx(local_metrics["cv_kappa_quadratic"], abs=1e-12)
+
+
+def test_train_command_validates_the_scheduler_before_any_work(tmp_path, capsys):
+    from pipeline.cli import main
+
+    tiny = str(ROOT / "experiments" / "tiny_test.yaml")
+    db = tmp_path / "m.db"
+    start = time.perf_counter()
+    assert main(["train", tiny, "--tracking-uri", f"sqlite:///{db}", "--scheduler", "http://head:8786"]) == 1
+    assert "--scheduler: 'http://head:8786' is not a Dask scheduler address" in capsys.readouterr().err
+    assert main(["train", tiny, "--tracking-uri", f"sqlite:///{db}", "--set", "compute.scheduler=head"]) == 1
+    assert "compute.scheduler: 'head' is not a Dask scheduler address" in capsys.readouterr().err
+    assert time.perf_counter() - start < 30 and not db.exists()  # refused before data, training or tracking

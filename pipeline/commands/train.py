@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-register", action="store_true",
                         help="evaluate and log the run only; do not fit, register or promote a final model")
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: compute.cache_dir)")
+    from pipeline.compute import add_scheduler_option
+
+    add_scheduler_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,9 +27,14 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.train import train_experiment
 
-    print(f"experiment {exp.name}: task {exp.task}", flush=True)
-    result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=args.cache_dir,
-                              progress=lambda line: print(line, flush=True))
+    from pipeline.compute import compute_backend, resolve_scheduler
+
+    scheduler = resolve_scheduler(args.scheduler, exp.config["compute"]["scheduler"])
+    print(f"experiment {exp.name}: task {exp.task}" + (f"; Dask scheduler {scheduler}" if scheduler else ""),
+          flush=True)
+    with compute_backend(scheduler, cache_dir=args.cache_dir or exp.config["compute"]["cache_dir"]):
+        result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=args.cache_dir,
+                                  progress=lambda line: print(line, flush=True))
     print(f"done in {result.seconds.get('total', 0):.0f} s; run {result.run_id}"
           + (f"; model {result.model_name} v{result.model_version}" if result.model_version else ""), flush=True)
     print("look: `mammoscope models`, `mammoscope ui`", flush=True)
