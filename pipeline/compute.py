@@ -107,7 +107,7 @@ def add_scheduler_option(parser: "argparse.ArgumentParser") -> None:
         metavar="ADDRESS",
         default=None,
         help=(
-            "run image reading, features, CV folds and prediction on this Dask scheduler (tcp://host:8786); "
+            "Dask scheduler (tcp://host:8786) to run this command's parallel work on (docs/scale-out.md); "
             f"'local' = this machine. Default: the experiment's compute.scheduler, else ${ENV_VAR}, else local"
         ),
     )
@@ -123,7 +123,7 @@ class FailureReport:
     lost_workers: list[str] = field(default_factory=list)
     rescheduled_tasks: int = 0   # tasks running on a lost worker, run again elsewhere
     recomputed_tasks: int = 0    # finished results held only by a lost worker, computed again
-    retried_errors: int = 0      # map_chunks tasks that raised on a worker (Dask `retries` re-ran them)
+    retried_errors: int = 0      # map_chunks task attempts that raised on a worker (re-run while retries last)
 
     @property
     def retried_tasks(self) -> int:
