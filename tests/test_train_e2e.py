@@ -119,3 +119,40 @@ def test_separable_synthetic_images_beat_chance_by_far(tmp_path):
     cv2 = cross_validate(lambda: clone(pipe), X, y, groups, folds, fit_groups_param="classifier__groups")
     np.testing.assert_allclose(cv.proba, cv2.proba)
     assert any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.slow
+def test_explain_and_batch_paths(trained, tmp_path):
+    from pipeline.imageio import read_image
+    from pipeline.predict import explain, load_task_models, predict_paths
+
+    _, uri, _, _ = trained
+    models = load_task_models(("density",), tracking_uri=uri, names={"density": "mammoscope-test-density"})
+    path = default_mias_dir() / "images" / "mdb001.png"
+    image, meta = read_image(path)
+    ex = explain(image, meta, models["density"], top=5)
+    assert 0 < len(ex["contributions"]) <= 5
+    assert all(not c["feature"].startswith("cnn") for c in ex["contributions"])
+    assert ex["heatmap"] is None and ex["notes"]  # handcrafted-only model: no CNN heat map, and it says so
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    rows = list(predict_paths([path, broken], models))
+    assert [r["ok"] for r in rows] == [True, False]
+    assert "broken.png" in rows[1]["error"]
+
+
+def test_prepare_sample_with_roi_matches_training_crop():
+    from pipeline.datasets import lesion_table, load_dataset
+    from pipeline.imageio import read_image
+    from pipeline.predict import prepare_sample
+    from pipeline.samples import load_samples
+
+    row = lesion_table(load_dataset("mias", default_mias_dir())).iloc[[3]]
+    params = {"size": 64, "context": 1.25, "min_side": 128}
+    X, _ = load_samples(row, "malignancy", size=64, context=1.25, min_side=128)
+    image, meta = read_image(row["path"].iloc[0])
+    r = row.iloc[0]
+    sample = prepare_sample(image, meta, "malignancy", params, roi={"cx": r.roi_cx, "cy": r.roi_cy, "r": r.roi_r})
+    np.testing.assert_array_equal(sample.reshape(1, -1), X)
+    whole = prepare_sample(image, meta, "malignancy", params, roi=None)  # no ROI: the whole breast
+    assert whole.shape == (64, 64) and not np.array_equal(whole, sample)
