@@ -40,7 +40,9 @@ __all__ = [
     "PatientCalibratedClassifier",
     "build_pipeline",
     "final_classifier",
-    "SKOPS_TRUSTED_TYPES",
+    "CenterCrop",
+    "MutualInfoSelector",
+    "disable_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -407,25 +409,3 @@ def _walk(est: Any, name: str = ""):
     inner = getattr(est, "transformer_", None)
     if inner is not None:
         yield from _walk(inner, f"{name}__transformer_")
-
-
-#: Every non-builtin type inside a fitted experiment Pipeline, for skops (named explicitly, no blanket trust).
-SKOPS_TRUSTED_TYPES: list[str] = [
-    "pipeline.model.CachedTransformer",
-    "pipeline.model.CenterCrop",
-    "pipeline.model.WeightedXGBClassifier",
-    "pipeline.model.PatientCalibratedClassifier",
-    "pipeline.model.MutualInfoSelector",
-    "features.clahe.CLAHE",
-    "features.unsharp.UnsharpMask",
-    "features.masking.BreastMask",
-    "features.glcm.GLCMFeatures",
-    "features.intensity.IntensityFeatures",
-    "cnn.embedder.CNNEmbedder",
-    "cnn.finetune.FineTunedEmbedder",
-    "xgboost.sklearn.XGBClassifier",
-    "xgboost.core.Booster",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
-    "sklearn.frozen._frozen.FrozenEstimator",
-]
