@@ -45,6 +45,7 @@ MAX_FILE_SIZE = "150mb"  # a full-field 16-bit mammogram is ~25-60 MB uncompress
 CONCURRENCY_LIMIT = 2  # predictions at once (CPU-bound); further requests wait in the queue
 QUEUE_MAX_SIZE = 64
 TOP_FEATURES = 8
+MALIGNANCY_LABEL = "Malignancy of the region (calibrated)"
 
 NOTE = ("**Decision support, not a diagnosis.** Probabilities are calibrated model outputs for research use; a "
         "qualified reader makes every clinical decision.")
@@ -164,7 +165,7 @@ class _Handlers:
         if state and state.get("pending") is not None:
             return [gr.skip()] * 4
         if not state or not state.get("path"):
-            return None, None, "", ""
+            return None, None, "", gr.skip()  # keeps an upload error on show
         if not self.models:
             return None, None, "", "⚠️ " + " ".join(self.missing.values())
         try:
@@ -175,8 +176,10 @@ class _Handlers:
             return None, None, "", f"⚠️ {user_message(exc)}"
         density = results.get("density")
         malignancy = results.get("malignancy")
+        call = malignancy.get("call") if malignancy else None
         return (density["probabilities"] if density else None,
-                malignancy["probabilities"] if malignancy else None,
+                gr.Label(malignancy["probabilities"], label=f"{MALIGNANCY_LABEL}: call at the operating point = "
+                         f"{call or 'none'}") if malignancy else None,
                 self._result_markdown(results, box), "")
 
     def _result_markdown(self, results: Mapping[str, Any], box: tuple | None) -> str:
@@ -268,7 +271,7 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
                 gr.Markdown(HOW_TO)
             with gr.Column(scale=2):
                 density = gr.Label(label="Breast density (calibrated)", elem_id="density")
-                malignancy = gr.Label(label="Malignancy of the region (calibrated)", elem_id="malignancy")
+                malignancy = gr.Label(label=MALIGNANCY_LABEL, elem_id="malignancy", show_heading=False)
                 summary = gr.Markdown(elem_id="summary")
         with gr.Row():
             processed = gr.Image(label="Processed view (density model input)", interactive=False, elem_id="processed",
@@ -306,12 +309,13 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
 
 
 def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tracking_uri: str | None = None,
-           alias: str = "champion", **kwargs: Any) -> gr.Blocks:
-    """Build and start the app (blocks unless prevent_thread_lock=True); only the host you name is bound."""
+           alias: str = "champion", *, models: Mapping[str, Any] | None = None, image_cache_size: int = 4,
+           **launch_kwargs: Any) -> gr.Blocks:
+    """Build and start the app on `host`:`port` (blocks unless prevent_thread_lock=True); returns the Blocks."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo = build_demo(tracking_uri=tracking_uri, alias=alias)
+    demo = build_demo(models, tracking_uri, alias=alias, image_cache_size=image_cache_size)
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, share=False,
-                footer_links=["api"], **kwargs)
+                footer_links=["api"], **launch_kwargs)
     return demo
 
 
