@@ -156,3 +156,28 @@ def test_prepare_sample_with_roi_matches_training_crop():
     np.testing.assert_array_equal(sample.reshape(1, -1), X)
     whole = prepare_sample(image, meta, "malignancy", params, roi=None)  # no ROI: the whole breast
     assert whole.shape == (64, 64) and not np.array_equal(whole, sample)
+
+
+@pytest.mark.slow
+def test_finetuned_cnn_inside_the_pipeline_gives_a_heat_map():
+    from pipeline.predict import explain
+
+    cfg = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", [
+        "dataset.task=malignancy", "dataset.classes=[benign, malignant]", "samples.size=32",
+        "preprocessing.breast_mask=false", "features.cnn.enabled=true", "features.cnn.backbone=tiny",
+        "features.cnn.weights=random", "features.cnn.finetune.enabled=true", "features.cnn.finetune.epochs=1"]).config
+    rng = np.random.default_rng(0)
+    n = 24
+    y = np.repeat([0, 1], n // 2)
+    X = (rng.random((n, 32 * 32)) * 0.5 + 0.25 * y[:, None]).astype(np.float32)
+    pipe = build_pipeline(cfg, None).fit(X, y, classifier__groups=np.arange(n) // 2)
+    assert np.allclose(pipe.predict_proba(X[:4]).sum(axis=1), 1.0)
+
+    class Loaded:  # what registry.load_model returns, reduced to what explain reads
+        metadata = {"task": "malignancy", "classes": ["benign", "malignant"], "sample_params": {"size": 32}}
+        pipeline = pipe
+
+    image = rng.random((200, 200)).astype(np.float32)
+    ex = explain(image, None, Loaded(), roi=(50, 50, 120, 120))
+    assert ex["heatmap"].shape == (32, 32) and 0 <= ex["heatmap"].min() and ex["heatmap"].max() <= 1
+    assert ex["contributions"] and all(not c["feature"].startswith("cnn") for c in ex["contributions"])
