@@ -30,10 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline.compute import compute_backend, map_chunks  # noqa: E402
 
 TARGET_RATIO = 0.85
-# Worker setting recommended in docs/scale-out.md: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
+# Worker settings recommended in docs/scale-out.md. Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
 # which also turns off glibc's adaptive mmap threshold, so every image-sized numpy temporary is mmap'ed and
-# page-faulted anew (measured here: ~1.6-2x the CPU per image). `None` unsets it (Dask's documented override).
-WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+# page-faulted anew (measured here: ~1.6-2x the CPU per image); `None` unsets it (Dask's documented override).
+# The statistical profiler samples every worker thread's stack every 10 ms, holding the GIL (15-20% more CPU here).
+WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 class Featurize:
@@ -74,6 +78,21 @@ def build_featurizer(rows: list[dict], size: int) -> Featurize:
     return Featurize(pipe.fit(X), size)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children (joblib's or the cluster's workers)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def rss_mb() -> float:
     import psutil
 
@@ -81,9 +100,11 @@ def rss_mb() -> float:
 
 
 def run(featurize: Featurize, rows: list[dict], chunk_size: int, n_jobs: int | None,
-        memory_trace: list[tuple[int, float]] | None = None) -> tuple[float, np.ndarray]:
-    """Seconds to featurize `rows` with map_chunks (in the active compute backend), and the features in row order."""
+        memory_trace: list[tuple[int, float]] | None = None) -> tuple[float, float, np.ndarray]:
+    """(wall seconds, CPU ms per row over all processes, features in row order) of featurizing `rows` with
+    map_chunks in the active compute backend."""
     t0 = time.perf_counter()
+    cpu0 = cpu_seconds()
     parts: dict[int, np.ndarray] = {}
     done = 0
     for start, feats in map_chunks(featurize, iter(rows), chunk_size, n_jobs=n_jobs):
@@ -92,7 +113,8 @@ def run(featurize: Featurize, rows: list[dict], chunk_size: int, n_jobs: int | N
         if memory_trace is not None:
             memory_trace.append((done, rss_mb()))
     seconds = time.perf_counter() - t0
-    return seconds, np.concatenate([parts[s] for s in sorted(parts)])
+    cpu_ms = (cpu_seconds() - cpu0) * 1e3 / max(1, len(rows))
+    return seconds, cpu_ms, np.concatenate([parts[s] for s in sorted(parts)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,17 +143,19 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f}")
 
     results: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     reference = None
     for n_jobs in (1, 2):
         t = time.perf_counter()
         run(featurize, warm, args.chunk_size, n_jobs)  # starts (and keeps) joblib's worker processes
         startup = time.perf_counter() - t
-        seconds, feats = run(featurize, rows, args.chunk_size, n_jobs)
+        seconds, cpu_ms, feats = run(featurize, rows, args.chunk_size, n_jobs)
         reference = feats if reference is None else reference
         assert np.allclose(feats, reference, atol=1e-6, rtol=0), "local n_jobs=2 differs from n_jobs=1"
         results[f"local n_jobs={n_jobs}"] = args.n_images / seconds
+        cpu[f"local n_jobs={n_jobs}"] = cpu_ms
         print(f"  local n_jobs={n_jobs:<2}            {args.n_images / seconds:7.2f} images/s  "
-              f"({seconds:6.1f} s; warm-up {startup:.1f} s)")
+              f"({seconds:6.1f} s; {cpu_ms:4.0f} CPU ms/image; warm-up {startup:.1f} s)")
 
     trace: list[tuple[int, float]] = []
     per_task, report = 0.0, None
@@ -148,11 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                 client.run(featurize, warm[: args.chunk_size])  # imports on every worker, not in the timing
                 trims = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
                 startup = time.perf_counter() - t
-                seconds, feats = run(featurize, rows, args.chunk_size, None,
+                seconds, cpu_ms, feats = run(featurize, rows, args.chunk_size, None,
                                      memory_trace=None if trace else trace)
                 assert np.allclose(feats, reference, atol=1e-6, rtol=0), "Dask features differ from the local ones"
                 results[label] = args.n_images / seconds
+                cpu[label] = cpu_ms
                 print(f"  {label:<22} {args.n_images / seconds:7.2f} images/s  ({seconds:6.1f} s; "
+                      f"{cpu_ms:4.0f} CPU ms/image; "
                       f"cluster start + warm-up {startup:.1f} s; workers MALLOC_TRIM_THRESHOLD_={trims})")
                 if report is None:
                     n = args.overhead_tasks
@@ -162,12 +188,15 @@ def main(argv: list[str] | None = None) -> int:
                     per_task = (time.perf_counter() - t) / n
             report = report or session.report
     results["dask"] = results["dask LocalCluster 2x1"]
+    cpu["dask"] = cpu["dask LocalCluster 2x1"]
 
     best_local = max(v for k, v in results.items() if k.startswith("local"))
     ratio = results["dask"] / best_local
     n_tasks = -(-args.n_images // args.chunk_size)
     print(f"  dask / best local      {ratio:7.2f}x  (target >= {TARGET_RATIO}: "
           f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    print(f"  CPU per image, dask / local n_jobs=1: {cpu['dask'] / cpu['local n_jobs=1']:.2f}x "
+          f"(load-independent view of the same question: what the cluster path adds per image)")
     print(f"  scheduling overhead    {per_task * 1e3:7.2f} ms per task (round trip of {args.overhead_tasks} no-op "
           f"tasks, 2 workers); the run above used {n_tasks} tasks of {args.chunk_size} images, "
           f"so overhead ~{per_task * n_tasks / (args.n_images / results['dask']) * 100:.2f}% of its wall time")
