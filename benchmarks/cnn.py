@@ -12,7 +12,7 @@ Only efficientnet_lite0 has ImageNet weights offline; the torchvision backbones 
 is fine for speed figures and says nothing about their features.
 
 Run: .venv/bin/python benchmarks/cnn.py [--n-images 32] [--threads 2] [--epochs 3] [--folds 5] [--cv-size 224]
-     [--tasks lesion tissue] [--skip-speed]
+     [--tasks lesion tissue] [--skip-speed] [--skip-memory]
 Timings are wall-clock on a shared machine: treat them as noisy.
 """
 from __future__ import annotations
@@ -86,7 +86,10 @@ def throughput(backbone: str, weights: str, X: np.ndarray, batch_size: int, thre
 
 
 def _stream_worker(paths: list[str], batch_size: int, threads: int, queue) -> None:
-    """In a fresh process: RSS after building the embedder, then peak RSS while embedding every path in batches."""
+    """In a fresh process: peak RSS after importing torch, after building the embedder, after embedding every path."""
+    import torch  # noqa: F401
+
+    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     emb = CNNEmbedder(batch_size=batch_size, n_threads=threads).fit(np.zeros((1, 224 * 224), np.float32))
     emb.transform(np.zeros((2, 224 * 224), np.float32))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -96,10 +99,10 @@ def _stream_worker(paths: list[str], batch_size: int, threads: int, queue) -> No
         chunk = np.stack([resize_square(read_png(Path(p)), 224).ravel() for p in paths[start:start + batch_size]])
         n += len(emb.transform(chunk))
     seconds = time.perf_counter() - t0
-    queue.put((base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n, seconds))
+    queue.put((imported, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n, seconds))
 
 
-def streaming_memory(batch_size: int, threads: int) -> tuple[float, float, int, float]:
+def streaming_memory(batch_size: int, threads: int) -> tuple[float, float, float, int, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_stream_worker, args=([str(p) for p in mias_paths()], batch_size, threads, queue))
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ft-batch", type=int, default=16, help="fine-tuning batch size")
     parser.add_argument("--cv-size", type=int, default=224, help="input size of the frozen vs fine-tuned comparison")
     parser.add_argument("--tasks", nargs="*", default=["lesion", "tissue"], choices=["lesion", "tissue"])
-    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="no throughput and no memory figures")
+    parser.add_argument("--skip-memory", action="store_true", help="no 322-image streaming memory figure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -214,10 +218,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, weights in BACKBONE_WEIGHTS.items():
             bare, tr = throughput(name, weights, X, args.batch_size, args.threads, args.repeats)
             print(f"  {name:<20} {weights:<9} {bare:10.1f} {tr:16.1f} {tr / bare:6.2f}", flush=True)
-        base, peak, n, seconds = streaming_memory(args.batch_size, args.threads)
+    if not args.skip_speed and not args.skip_memory:
+        imported, base, peak, n, seconds = streaming_memory(args.batch_size, args.threads)
         print(f"\n== streaming all {n} images (read PNG 1024 -> resize 224 -> efficientnet_lite0 transform, "
               f"batches of {args.batch_size}) in a fresh process")
-        print(f"  peak RSS {peak:.0f} MiB ({peak - base:+.0f} MiB over the process after building the model); "
+        print(f"  peak RSS {peak:.0f} MiB (after importing torch {imported:.0f} MiB, after building the model "
+              f"{base:.0f} MiB: streaming adds {peak - base:+.0f} MiB); "
               f"{n / seconds:.1f} img/s end to end")
     for task in args.tasks:
         compare(task, args.folds, args.epochs, args.threads, args.seed, args.cv_size, args.lr, args.ft_batch)
