@@ -11,6 +11,8 @@ Rules, the same for every format:
 """
 from __future__ import annotations
 
+import errno
+
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,7 +193,9 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
     except IsADirectoryError:
         raise ImageReadError(path, "is a folder, not an image file", "pass an image file") from None
     except OSError as exc:
-        raise ImageReadError(path, f"file cannot be opened ({exc.strerror})", "check its permissions") from None
+        hint = "it is a symbolic link that points to itself or loops: fix the link" if exc.errno == errno.ELOOP \
+            else "check its permissions"
+        raise ImageReadError(path, f"file cannot be opened ({exc.strerror})", hint) from None
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)", "re-export or re-download the file")
 

@@ -1,6 +1,7 @@
 """A plain folder of images -> one row per image file, labels unknown, patient id = file stem."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -13,12 +14,18 @@ __all__ = ["load_folder", "image_files"]
 
 
 def image_files(root: str | Path) -> list[Path]:
-    """Image files (by suffix) under `root`, recursively, sorted; hidden files skipped."""
+    """Image files (by suffix) under `root`, recursively, sorted; hidden files skipped.
+
+    Links named like images are kept even when they are broken or loop, so that the reader reports them as errors
+    instead of the file silently vanishing from the dataset; linked folders are not followed (no walk loops).
+    """
     root = Path(root)
     return sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in p.relative_to(root).parts)
+        if (p.is_symlink() or p.is_file())
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(s.startswith(".") for s in p.relative_to(root).parts)
     )
 
 
@@ -31,11 +38,11 @@ def load_folder(root: str | Path) -> pd.DataFrame:
     if not files:
         raise DatasetError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) found")
     rel = [p.relative_to(root) for p in files]
-    ids = [str(r.with_suffix("")).replace("/", "__") for r in rel]
+    ids = [r.as_posix() for r in rel]  # relative path with suffix: unique, even for a.png beside a.jpg
     table = pd.DataFrame(
         {
             "sample_id": ids,
-            "path": [str(p.resolve()) for p in files],
+            "path": [os.path.realpath(p) for p in files],  # realpath, unlike resolve(), tolerates link loops
             "patient_id": [p.stem for p in files],
             "source": root.name or str(root),
         }
