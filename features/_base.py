@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from joblib import Memory, Parallel, delayed
+from joblib import Memory, Parallel, delayed, effective_n_jobs
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -64,7 +64,7 @@ def map_images(
     mem = resolve_memory(memory)
     work = mem.cache(apply_per_image) if mem is not None else apply_per_image
     chunks = [images[i : i + CHUNK_SIZE] for i in range(0, len(images), CHUNK_SIZE)]
-    if n_jobs in (None, 1) or len(chunks) <= 1:
+    if len(chunks) <= 1 or effective_n_jobs(n_jobs) == 1:  # under a Dask backend n_jobs=None means the cluster
         parts = [work(func_path, kwargs, c) for c in chunks]
     else:
         parts = Parallel(n_jobs=n_jobs)(delayed(work)(func_path, kwargs, c) for c in chunks)

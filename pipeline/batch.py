@@ -11,6 +11,7 @@ error, ``EXIT_NOTHING_RAN`` (4) no model, no input file or an unusable output.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import math
 import os
@@ -168,7 +169,16 @@ def iter_prepared(
     max_in_flight: int | None = None,
 ) -> Iterator[Prepared]:
     """Prepared items in input order; with n_jobs > 1, worker processes (joblib's loky) work ahead by at most
-    `max_in_flight` chunks of `CHUNK` images, so memory stays bounded however many images there are."""
+    `max_in_flight` chunks of `CHUNK` images, so memory stays bounded however many images there are. Inside
+    `pipeline.compute.compute_backend` on a Dask cluster, the workers read and prepare the chunks instead."""
+    from pipeline.compute import current_session, map_chunks
+
+    session = current_session()
+    if session is not None and session.is_distributed:
+        prepare = functools.partial(_prepare_chunk, specs=specs)
+        for _, prepared in map_chunks(prepare, items, CHUNK, max_in_flight=max_in_flight, ordered=True):
+            yield from prepared
+        return
     if n_jobs <= 1:
         for item in items:
             yield prepare_item(item, specs)

@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlflow.db)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from pipeline.compute import add_scheduler_option
+
+    add_scheduler_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         progress=not args.no_progress,
     )
-    summary = run_batch(options)
+    from pipeline.compute import compute_backend, resolve_scheduler
+
+    with compute_backend(resolve_scheduler(args.scheduler)):
+        summary = run_batch(options)
     logging.getLogger(__name__).debug("summary: %s", summary)
     print(summary.text(), file=sys.stderr)
     return summary.exit_code
