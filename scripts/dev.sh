@@ -33,7 +33,8 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   run)
     setup_venv
-    exec "$VENV/bin/mammoscope" main "$@"
+    # Scan mini-MIAS, train + register both default models (champions), then serve the app on them.
+    exec "$VENV/bin/mammoscope" main --serve "$@"
     ;;
   test)
     setup_venv

@@ -1,7 +1,7 @@
 """`mammoscope main`: the README's main job on the embedded default data.
 
 Scan the default dataset, train the default density and malignancy experiments (fused features), register both,
-apply the champion rule, and print where to look next.
+apply the champion rule, print where to look next and, with --serve, start the app on the champions.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a setting in both experiments, e.g. --set evaluation.folds=3")
     parser.add_argument("--skip-scan", action="store_true", help="do not read every image first")
+    parser.add_argument("--serve", action="store_true",
+                        help="then serve the Gradio app on the champions at http://127.0.0.1:7860 (Ctrl-C stops it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,4 +51,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {r.model_name} v{r.model_version}: {state}")
     print("next: `mammoscope models` (versions, aliases, metrics), `mammoscope ui` (MLflow UI), "
           "`mammoscope app` (the app on the champions), `mammoscope predict FILES`")
+    if args.serve:
+        import gradio_app
+
+        print("\n== serving the app on the champions: http://127.0.0.1:7860 (Ctrl-C stops it)", flush=True)
+        gradio_app.launch(tracking_uri=args.tracking_uri)
     return 0
