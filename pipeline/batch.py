@@ -64,6 +64,10 @@ class TaskModel:
     threshold: float | None
     sample_params: dict[str, Any]
 
+    def rule(self) -> dict[str, Any]:
+        """The metadata pipeline.predict.decide reads: task, classes, threshold."""
+        return {"task": self.task, "classes": list(self.classes), "threshold": self.threshold}
+
     @classmethod
     def from_loaded(cls, loaded: Any) -> "TaskModel":
         """From a registry.models.LoadedModel (its metadata carries task, classes, threshold, sample_params)."""
@@ -114,7 +118,8 @@ def prepare_item(item: InputItem, specs: Sequence[tuple[str, dict[str, Any]]]) -
             if out.laterality and meta.laterality is None:
                 meta = _with_laterality(meta, out.laterality)
             for task, params in specs:
-                out.samples[task] = np.ascontiguousarray(prepare_sample(image, meta, task, params), dtype=np.float32)
+                out.samples[task] = np.ascontiguousarray(prepare_sample(image, meta, task, params, path=item.path),
+                                                         dtype=np.float32)
             del image
         except MammoscopeError as exc:
             out.error = str(exc)
@@ -183,9 +188,11 @@ def iter_prepared(
         for item in items:
             yield prepare_item(item, specs)
         return
-    from joblib.externals.loky import get_reusable_executor
+    # joblib's own factory for its reusable loky executor: taking loky's directly would leave the shared executor
+    # without joblib's temporary-folder manager, and a later joblib.Parallel in this process would fail on it
+    from joblib.executor import get_memmapping_executor
 
-    executor = get_reusable_executor(max_workers=n_jobs, timeout=60)
+    executor = get_memmapping_executor(n_jobs, timeout=60)
     limit = max_in_flight or 2 * n_jobs + 2
     pending: collections.deque = collections.deque()
     chunks = _chunks(items, CHUNK)
@@ -199,15 +206,6 @@ def iter_prepared(
     finally:
         for future in pending:
             future.cancel()
-
-
-def _decide(probabilities: np.ndarray, model: TaskModel) -> list[str]:
-    """The call of each row, as pipeline.predict.predict_image makes it: malignancy, the positive class when its
-    probability reaches the model's operating point; density, the most probable class."""
-    classes = list(model.classes)
-    if model.task == "malignancy" and model.threshold is not None and len(classes) == 2:
-        return [classes[1] if p >= model.threshold else classes[0] for p in probabilities[:, 1]]
-    return [classes[i] for i in np.argmax(probabilities, axis=1)]
 
 
 def result_columns(models: Sequence[TaskModel]) -> list[str]:
@@ -229,10 +227,13 @@ def _base_row(p: Prepared) -> dict[str, Any]:
     }
 
 
-def _score_task(model: TaskModel, X: np.ndarray) -> tuple[np.ndarray, list[str]]:
+def _score_task(model: TaskModel, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """(probabilities (n, k) normalised to sum to 1, the call of each row by pipeline.predict.decide)."""
+    from pipeline.predict import decide
+
     probabilities = np.asarray(model.pipeline.predict_proba(X), dtype=np.float64)
     probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
-    return probabilities, _decide(probabilities, model)
+    return probabilities, decide(probabilities, model.rule())
 
 
 def score_batch(batch: Sequence[Prepared], models: Sequence[TaskModel]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ pipeline.model.PatientCalibratedClassifier) and applied unchanged to the test fo
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -314,24 +315,37 @@ class CVResult:
 
 def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
-                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any], None] | None = None) -> CVResult:
+                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any], None] | None = None,
+                   n_jobs: int | None = None) -> CVResult:
     """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
 
     The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
     own fit. `fit_groups_param` names the fit parameter that receives the training rows' patient ids
     (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level.
+
+    Each fold is fitted by the module-level `_fit_fold`, through `pipeline.compute.map_chunks` (one fold per task):
+    locally by `joblib.Parallel(n_jobs)` (default 1: in this process, in fold order, bit-identical to a plain loop);
+    inside a `pipeline.compute.compute_backend` block on a Dask cluster, as Dask tasks on the workers (with the
+    session's retries; every fold in flight at once, also on a cluster of one single-threaded worker, where joblib's
+    dask backend would fall back to this process). Estimators are made (`make_estimator`) and
+    `on_fold(i, train_idx, test_idx, fitted)` is called here, on the client, in fold order as folds finish.
     """
+    from pipeline.compute import map_chunks
+
+    if n_jobs is not None and (not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be a non-zero int or None. Got {n_jobs!r} instead.")
     n = len(y)
     k = int(np.max(y)) + 1
     proba = np.full((n, k), np.nan)
     fold_of = np.full(n, -1)
     thr = np.full(n, np.nan)
     fold_thresholds: list[float] = []
-    for i, (tr, te) in enumerate(folds):
-        est = make_estimator()
-        fit_kw = {fit_groups_param: groups[tr]} if fit_groups_param else {}
-        est.fit(X[tr], y[tr], **fit_kw)
-        p = np.asarray(est.predict_proba(X[te]), dtype=float)
+    fit = functools.partial(_fit_folds, X=X, y=y, groups=groups, fit_groups_param=fit_groups_param)
+    specs = ((make_estimator(), tr, te) for tr, te in folds)  # lazy: each estimator made as its fold is sent
+    results = (fitted for _, chunk in map_chunks(fit, specs, 1, n_jobs=1 if n_jobs is None else int(n_jobs),
+                                                 max_in_flight=max(1, len(folds)), ordered=True)
+               for fitted in chunk)
+    for i, ((tr, te), (est, p)) in enumerate(zip(folds, results)):
         cols = np.asarray(_classes_of(est), dtype=int)
         proba[np.ix_(te, cols)] = p
         proba[te] = np.nan_to_num(proba[te], nan=0.0)
@@ -342,6 +356,21 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
         if on_fold is not None:
             on_fold(i, tr, te, est)
     return CVResult(proba=proba, fold=fold_of, threshold=thr, folds=folds, fold_thresholds=fold_thresholds)
+
+
+def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
+              test: np.ndarray, fit_groups_param: str | None) -> tuple[Any, np.ndarray]:
+    """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
+    fit_kw = {fit_groups_param: groups[train]} if fit_groups_param else {}
+    estimator.fit(X[train], y[train], **fit_kw)
+    return estimator, np.asarray(estimator.predict_proba(X[test]), dtype=float)
+
+
+def _fit_folds(specs: list[tuple[Any, np.ndarray, np.ndarray]], *, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+               fit_groups_param: str | None) -> list[tuple[Any, np.ndarray]]:
+    """`_fit_fold` of each (estimator, train_idx, test_idx): one map_chunks task (X, y, groups travel once, with
+    the function, to each worker)."""
+    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param) for est, tr, te in specs]
 
 
 def _final(est: Any) -> Any:

@@ -22,6 +22,7 @@ __all__ = [
     "load_task_models",
     "normalize_roi",
     "prepare_sample",
+    "decide",
     "predict_image",
     "predict_paths",
     "explain",
@@ -81,10 +82,11 @@ def normalize_roi(roi: Any) -> dict[str, Any] | None:
 
 
 def prepare_sample(image: np.ndarray, meta: Any, task: str, sample_params: Mapping[str, Any],
-                   roi: Any = None) -> np.ndarray:
+                   roi: Any = None, path: str | Path | None = None) -> np.ndarray:
     """The model input for one image, as in training: float32 (S, S) in [0, 1] (S = sample_params["size"]).
 
     Malignancy with no ROI: the whole breast (the density-style sample) is returned; predict_image notes it.
+    An image too small to be a mammogram raises ImageReadError naming `path` (pipeline.samples.check_image_size).
     """
     from pipeline.samples import make_sample
 
@@ -92,6 +94,8 @@ def prepare_sample(image: np.ndarray, meta: Any, task: str, sample_params: Mappi
     size = int(sample_params.get("size", 224))
     crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
     row: dict[str, Any] = {"sample_id": "input", "laterality": laterality}
+    if path is not None:
+        row["path"] = str(path)
     region = normalize_roi(roi)
     if task == "malignancy" and region is not None:
         row.update(region)
@@ -105,15 +109,44 @@ def _nan_to_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: Any = None) -> dict[str, Any]:
-    """{task: {classes, probabilities (sum to 1), predicted, call/threshold (malignancy), model, note}} (JSON-able)."""
+def _threshold(metadata: Mapping[str, Any]) -> float | None:
+    """The model's operating point from its metadata, None when it has none (missing or NaN)."""
+    value = metadata.get("threshold")
+    return None if value is None else _nan_to_none(float(value))
+
+
+def decide(proba: np.ndarray, metadata: Mapping[str, Any]) -> list[str | None]:
+    """The call for each row of `proba` (n, k), columns in metadata["classes"] order: for a malignancy model the
+    positive class (classes[1]) when its probability reaches metadata["threshold"], else classes[0] (None for every
+    row when the model has no operating point); for a density model the most probable class."""
+    proba = np.asarray(proba, dtype=float)
+    classes = [str(c) for c in metadata.get("classes") or []]
+    if proba.ndim != 2 or proba.shape[1] != len(classes) or not classes:
+        raise ValueError(f"proba must have shape (n, {len(classes)}) for classes {classes}. "
+                         f"Got {proba.shape} instead.")
+    if metadata.get("task") == "malignancy":
+        threshold = _threshold(metadata)
+        if threshold is None or len(classes) != 2:
+            return [None] * len(proba)
+        return [classes[1] if p >= threshold else classes[0] for p in proba[:, 1]]
+    return [classes[i] for i in np.argmax(proba, axis=1)]
+
+
+def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: Any = None,
+                  path: str | Path | None = None) -> dict[str, Any]:
+    """{task: {classes, probabilities (sum to 1), predicted, call/threshold (malignancy), model, note}} (JSON-able).
+
+    `predicted` is the most probable class; the malignancy `call` follows `decide` (the model's operating point).
+    `path` (the image's file, if any) names it in errors.
+    """
     out: dict[str, Any] = {}
     for task, loaded in models.items():
         md = loaded.metadata
         classes = [str(c) for c in md.get("classes", [])]
-        sample = prepare_sample(image, meta, md.get("task", task), md.get("sample_params", {}), roi)
+        sample = prepare_sample(image, meta, md.get("task", task), md.get("sample_params", {}), roi, path=path)
         proba = np.asarray(loaded.pipeline.predict_proba(sample.reshape(1, -1))[0], dtype=float)
         proba = proba / proba.sum()
+        rule = {**md, "task": md.get("task", task), "classes": classes}
         entry: dict[str, Any] = {
             "classes": classes,
             "probabilities": {c: float(p) for c, p in zip(classes, proba)},
@@ -123,12 +156,10 @@ def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: 
             "notes": [],
         }
         if md.get("task", task) == "malignancy":
-            thr = _nan_to_none(md.get("threshold"))
-            entry["threshold"] = thr
+            entry["threshold"] = _threshold(md)
             entry["target_sensitivity"] = md.get("target_sensitivity")
-            positive = classes[1] if len(classes) > 1 else "malignant"
             p_pos = float(proba[1]) if len(proba) > 1 else float("nan")
-            entry["call"] = (positive if p_pos >= thr else classes[0]) if thr is not None else None
+            entry["call"] = decide(proba[None, :], rule)[0] if classes else None
             entry["probability_malignant"] = p_pos
             if roi is None:
                 entry["notes"].append(NO_ROI_NOTE)
@@ -145,7 +176,7 @@ def predict_paths(paths: Iterable[str | Path], models: Mapping[str, Any], rois: 
         key = str(path)
         try:
             image, meta = read_image(path)
-            result = predict_image(image, meta, models, roi=(rois or {}).get(key))
+            result = predict_image(image, meta, models, roi=(rois or {}).get(key), path=key)
             yield {"path": key, "ok": True, "meta": {"laterality": meta.laterality, "view": meta.view,
                                                       "format": meta.format}, "result": result}
         except (MammoscopeError, ValueError) as exc:

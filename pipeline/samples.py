@@ -24,12 +24,26 @@ from features.breast import breast_mask, orient_chest_wall_left
 from pipeline.errors import ImageReadError, MammoscopeError
 from pipeline.imageio import read_image
 
-__all__ = ["TASKS", "DEFAULT_CROP", "resize_square", "density_sample", "lesion_sample", "make_sample", "load_samples"]
+__all__ = ["TASKS", "DEFAULT_CROP", "MIN_IMAGE_SIDE", "check_image_size", "resize_square", "density_sample",
+           "lesion_sample", "make_sample", "load_samples"]
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("density", "malignancy")
 DEFAULT_CROP: dict[str, float] = {"context": 2.0, "min_side": 128.0}
+MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is refused, never scored as a mammogram
+
+
+def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN_IMAGE_SIDE) -> None:
+    """Raise ImageReadError naming `path` when `image` (H, W) is smaller than `min_side` pixels on a side."""
+    height, width = np.shape(image)[:2]
+    if min(height, width) < min_side:
+        raise ImageReadError(
+            path if path is not None else "image",
+            f"image is {width} x {height} px, too small to be a mammogram (it needs at least {min_side} px on "
+            "each side)",
+            "give the full-resolution mammogram, not a thumbnail, icon or placeholder",
+        )
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -102,13 +116,18 @@ def lesion_sample(
 def make_sample(
     image: np.ndarray, row: Any, task: str, *, laterality: str | None = None, size: int = 224, **crop_params: float
 ) -> np.ndarray:
-    """Working-resolution sample (float32 (size, size)) of `row` from its already-read `image`."""
+    """Working-resolution sample (float32 (size, size)) of `row` from its already-read `image`.
+
+    Every path that scores or trains on an image comes through here: an image smaller than MIN_IMAGE_SIDE on a side
+    raises ImageReadError (naming row["path"] when the row has one).
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
     params = {**DEFAULT_CROP, **crop_params}
     unknown = set(params) - set(DEFAULT_CROP)
     if unknown:
         raise TypeError(f"unknown crop parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_CROP)}")
+    check_image_size(image, row.get("path"))
     side = row.get("laterality")
     side = side if isinstance(side, str) and side in ("L", "R") else laterality
     oriented, flipped = orient_chest_wall_left(image, side)
@@ -130,7 +149,9 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
     for r in rows:
         try:
             out.append((r["_pos"], make_sample(image, r, task, laterality=meta.laterality, size=size, **crop)))
-        except (ValueError, ImageReadError) as exc:
+        except ImageReadError as exc:  # names the file already
+            out.append((r["_pos"], str(exc) if str(exc).startswith(path) else f"{path}: {exc}"))
+        except ValueError as exc:
             out.append((r["_pos"], f"{path}: {exc}"))
     return out
 

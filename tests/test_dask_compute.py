@@ -390,6 +390,128 @@ def test_tiny_experiment_through_the_cluster_matches_local(local_cluster, tmp_pa
     assert metrics["cv_kappa_quadratic"] == pytest.approx(local_metrics["cv_kappa_quadratic"], abs=1e-12)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Cross-validation folds and batch prediction on both clusters
+# --------------------------------------------------------------------------------------------------------------------
+CV_OVERRIDES = ["evaluation.bootstrap_resamples=0", "samples.size=32", "model.n_estimators=5", "evaluation.folds=3"]
+PREDICT_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_cv(tmp_path_factory):
+    """(config, task data, local out-of-fold result) of the tiny experiment, cross-validated in this process."""
+    from pipeline.experiment import load_experiment
+    from pipeline.train import evaluate_experiment, load_task_data
+
+    cfg = load_experiment(ROOT / "experiments" / "tiny_test.yaml", CV_OVERRIDES).config
+    data = load_task_data(cfg)
+    _, local_cv, _ = evaluate_experiment(cfg, data, cache_dir=tmp_path_factory.mktemp("cv-cache"))
+    return cfg, data, local_cv
+
+
+@pytest.fixture(scope="module")
+def champions():
+    """(tracking URI, {task: version}) of tiny density + malignancy champions (tests/_app_helpers.tiny_champions)."""
+    from tests._app_helpers import tiny_champions
+
+    return tiny_champions()
+
+
+@pytest.fixture(scope="module")
+def local_predictions(champions, tmp_path_factory) -> pd.DataFrame:
+    """`mammoscope predict`'s table for a few real mini-MIAS images, scored locally (one process)."""
+    from pipeline.batch import EXIT_OK, run_batch
+
+    out = tmp_path_factory.mktemp("predict-local") / "local.csv"
+    summary = run_batch(_predict_options(champions, out))
+    assert summary.exit_code == EXIT_OK and summary.scored == PREDICT_IMAGES, summary.text()
+    return pd.read_csv(out, keep_default_na=False)
+
+
+def _predict_options(champions, out: Path):
+    from badinputs import good_mias_images
+    from pipeline.batch import BatchOptions
+
+    uri, _ = champions
+    return BatchOptions(paths=[str(p) for p in good_mias_images(PREDICT_IMAGES)], out=str(out), task="both",
+                        batch_size=3, n_jobs=1, tracking_uri=uri, progress=False)
+
+
+def _cv_on(cluster, tiny_cv, cache: Path) -> tuple[object, list[dict], ComputeSession]:
+    """The tiny experiment's CV inside compute_backend(cluster), with a fresh feature cache (nothing reused from the
+    local run): (CVResult, task stream records, session)."""
+    from pipeline.train import evaluate_experiment
+
+    cfg, data, _ = tiny_cv
+    with compute_backend(cluster, cache_dir=cache) as session, \
+            distributed.get_task_stream(client=cluster) as stream:
+        _, cv, _ = evaluate_experiment(cfg, data, cache_dir=cache)
+    return cv, list(stream.data), session
+
+
+def _assert_folds_ran_on_workers(cv, local_cv, records, client, n_folds: int) -> None:
+    fold_tasks = [t for t in records if "mammoscope-chunk" in str(t["key"])]
+    workers = set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(fold_tasks) == n_folds, [str(t["key"]) for t in records]
+    # one map_chunks task per fold, each finished on a worker of the cluster
+    assert {t["worker"] for t in fold_tasks} <= workers and all(t["status"] == "OK" for t in fold_tasks)
+    assert len(cv.folds) == n_folds and (cv.fold >= 0).all()
+    # XGBoost and every transformer run the same code on the same float32 inputs; the workers run 1 OpenMP thread
+    # where this process may run more, so histogram sums may round differently: 1e-6 on a probability
+    np.testing.assert_allclose(cv.proba, local_cv.proba, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(cv.fold, local_cv.fold)
+    np.testing.assert_allclose(cv.threshold, local_cv.threshold, rtol=0, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_local_cluster_cross_validation_folds_run_on_the_workers(local_cluster, tiny_cv, tmp_path):
+    cv, records, session = _cv_on(local_cluster, tiny_cv, tmp_path / "cache")
+    assert session.report.clean, session.report
+    _assert_folds_ran_on_workers(cv, tiny_cv[2], records, local_cluster, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_cli_cluster_cross_validation_folds_run_on_the_worker(cli_cluster, tiny_cv, tmp_path):
+    with distributed.Client(cli_cluster, set_as_default=False) as client:
+        cv, records, session = _cv_on(client, tiny_cv, tmp_path / "cache")
+        assert session.report.clean, session.report
+        _assert_folds_ran_on_workers(cv, tiny_cv[2], records, client, 3)
+
+
+def _predict_on(client, champions, out: Path) -> tuple[pd.DataFrame, list[dict]]:
+    from pipeline.batch import EXIT_OK, run_batch
+
+    with compute_backend(client) as session, distributed.get_task_stream(client=client) as stream:
+        summary = run_batch(_predict_options(champions, out))
+    assert summary.exit_code == EXIT_OK and summary.scored == PREDICT_IMAGES, summary.text()
+    assert session.report.clean, session.report
+    return pd.read_csv(out, keep_default_na=False), list(stream.data)
+
+
+def _assert_same_rows(table: pd.DataFrame, local: pd.DataFrame, records: list[dict], client) -> None:
+    chunks = [t for t in records if "mammoscope-chunk" in str(t["key"])]
+    assert chunks and {t["worker"] for t in chunks} <= set(client.scheduler_info(n_workers=-1)["workers"])
+    # images are read and prepared on the workers by the same code; the models run here on identical float32
+    # samples: the rows are identical, probabilities included (compared as written, to the last digit)
+    pd.testing.assert_frame_equal(table, local)
+    assert set(table["density_call"]) <= {"F", "G", "D"} and set(table["malignancy_call"]) <= {"benign", "malignant"}
+
+
+@pytest.mark.slow
+def test_local_cluster_batch_prediction_matches_local(local_cluster, champions, local_predictions, tmp_path):
+    table, records = _predict_on(local_cluster, champions, tmp_path / "cluster.csv")
+    _assert_same_rows(table, local_predictions, records, local_cluster)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_cli_cluster_batch_prediction_matches_local(cli_cluster, champions, local_predictions, tmp_path):
+    with distributed.Client(cli_cluster, set_as_default=False) as client:
+        table, records = _predict_on(client, champions, tmp_path / "cluster.csv")
+        _assert_same_rows(table, local_predictions, records, client)
+
+
 def test_train_command_validates_the_scheduler_before_any_work(tmp_path, capsys):
     from pipeline.cli import main
 
