@@ -44,7 +44,8 @@ def resize_image(
     """Resize a (H, W) image to float32 (size, size); antialiased bilinear (Pillow) on float data.
 
     ``aspect="pad"`` pads with zeros to a centred square first (no distortion); ``"stretch"`` scales
-    each axis independently.
+    each axis independently. A large shrink first averages integer blocks (Pillow's ``reduce``, a box
+    filter), then resamples bilinearly: the same anti-aliasing at about half the cost.
     """
     if aspect not in ("pad", "stretch"):
         raise ValueError(f"aspect must be 'pad' or 'stretch'. Got {aspect!r} instead.")
@@ -55,7 +56,11 @@ def resize_image(
         image = pad_to_square(image)
     if image.shape == (size, size):
         return np.ascontiguousarray(image)
-    out = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), resample=Image.Resampling.BILINEAR)
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    factor = min(image.shape) // size // 2  # keep >= 2x the target before the bilinear step
+    if factor >= 2:
+        pil = pil.reduce(factor)
+    out = pil.resize((size, size), resample=Image.Resampling.BILINEAR)
     return np.asarray(out, dtype=np.float32)
 
 

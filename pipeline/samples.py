@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from features.breast import breast_mask, orient_chest_wall_left
+from features.preprocess import resize_image
 from pipeline.errors import ImageReadError, MammoscopeError
 from pipeline.imageio import read_image
 
@@ -47,14 +48,11 @@ def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square float image to (size, size) float32 with antialiasing (Pillow 'F' bilinear reduce)."""
-    from PIL import Image
-
+    """Resize a square float image to (size, size) float32 in [0, 1] with antialiasing (features' resize)."""
     image = np.asarray(image, dtype=np.float32)
     if image.shape == (size, size):
         return image.copy()
-    out = Image.fromarray(np.ascontiguousarray(image)).resize((size, size), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+    return np.clip(resize_image(image, size, aspect="stretch"), 0.0, 1.0)
 
 
 def _pad_square(crop: np.ndarray) -> np.ndarray:
