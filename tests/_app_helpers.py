@@ -1,47 +1,22 @@
-"""Helpers of the app tests: tiny density + malignancy champions in a temporary store, and a live app server."""
+"""Helpers of the app tests: the tiny density + malignancy champions (tests/_tiny_store.py), and a live app server."""
 from __future__ import annotations
 
-import atexit
-import shutil
 import socket
-import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
-from pipeline.paths import PROJECT_DIR, default_data_root
+from pipeline.paths import default_data_root
+from tests._tiny_store import tiny_store
 
 MIAS_PNG = default_data_root() / "mias" / "images" / "mdb001.png"
 CBIS_DICOM = default_data_root() / "cbis_ddsm" / "dicom" / "sfm-benign-0_1-130.dcm"
-TINY_EXPERIMENT = PROJECT_DIR / "experiments" / "tiny_test.yaml"
-TINY_OVERRIDES = ("samples.size=32", "model.n_estimators=5", "evaluation.bootstrap_resamples=20",
-                  "evaluation.folds=2")
-TASK_OVERRIDES = {
-    "density": ("tracking.registered_model_name=mammoscope-density",),
-    "malignancy": ("dataset.task=malignancy", "dataset.classes=[benign,malignant]", "dataset.max_samples=24",
-                   "tracking.registered_model_name=mammoscope-malignancy"),
-}
-_STORE: list[tuple[str, dict[str, int]]] = []
 
 
 def tiny_champions() -> tuple[str, dict[str, int]]:
-    """(tracking URI, {task: registered version}) of tiny mammoscope-density/-malignancy champions, trained once
-    per test process on real mini-MIAS images into a temporary folder removed at exit."""
-    if not _STORE:
-        from pipeline.experiment import load_experiment
-        from pipeline.train import train_experiment
-
-        folder = Path(tempfile.mkdtemp(prefix="mammoscope-app-"))
-        atexit.register(shutil.rmtree, folder, True)
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        versions = {}
-        for task, extra in TASK_OVERRIDES.items():
-            exp = load_experiment(TINY_EXPERIMENT, [*TINY_OVERRIDES, *extra])
-            result = train_experiment(exp, uri, cache_dir=folder / "cache", progress=lambda line: None)
-            assert result.promoted, result.promotion_reason
-            versions[task] = int(result.model_version)
-        _STORE.append((uri, versions))
-    return _STORE[0]
+    """(tracking URI, {task: registered version}) of the tiny mammoscope-density/-malignancy champions: the
+    process-wide store of tests/_tiny_store.py (the `tiny_store` fixture's), trained on first use."""
+    store = tiny_store()
+    return store.tracking_uri, dict(store.versions)
 
 
 def free_port() -> int:

@@ -2,7 +2,8 @@
 
 Generated at test time (nothing shipped): real mini-MIAS pixels and pydicom's own test DICOMs, damaged on purpose.
 Each `Case` says whether `read_image` must read the file (`expect="ok"`, possibly with a warning) or refuse it with
-an `ImageReadError` whose message matches `match`. The same table drives the tests of `read_image`, the dataset
+an `ImageReadError` whose message matches `match`; a readable file that scoring must still refuse (a 1 x 1 image)
+names its error in `score_error`. The same table drives the tests of `read_image`, the dataset
 scanner and the batch predictor: one code path, one expectation per case.
 """
 from __future__ import annotations
@@ -33,11 +34,22 @@ class Case:
     expect: str  # "ok" (read, maybe with a warning) or "error" (ImageReadError)
     match: str = ""  # regex the error message (or, for "ok", the warning) must match
     note: str = ""
+    score_error: str = ""  # for a readable file that scoring must still refuse: regex its error row must match
 
     @property
     def is_error(self) -> bool:
         """True when reading the file must raise ImageReadError."""
         return self.expect == "error"
+
+    @property
+    def scoring_fails(self) -> bool:
+        """True when the batch predictor must give an error row (unreadable, or readable but unscorable)."""
+        return self.is_error or bool(self.score_error)
+
+    @property
+    def score_match(self) -> str:
+        """Regex the batch predictor's error row must match (when `scoring_fails`)."""
+        return self.match if self.is_error else self.score_error
 
 
 def good_mias_images(n: int) -> list[Path]:
@@ -110,7 +122,8 @@ def write_corpus(root: Path) -> list[Case]:
     cases.append(Case("text_as_png", "text_named.png", "error", r"not a recognised image format"))
 
     Image.fromarray(np.array([[128]], dtype=np.uint8)).save(root / "one_pixel.png")
-    cases.append(Case("one_by_one", "one_pixel.png", "ok", note="readable; too small to be a mammogram"))
+    cases.append(Case("one_by_one", "one_pixel.png", "ok", note="readable; too small to be a mammogram",
+                      score_error=r"1 x 1 px, too small to be a mammogram"))
 
     (root / "bomb.png").write_bytes(_bomb_png())
     cases.append(Case("decompression_bomb", "bomb.png", "error", r"decompression bomb"))
@@ -154,46 +167,3 @@ def write_corpus(root: Path) -> list[Case]:
     Image.fromarray(small).save(odd_dir / "sein gauche ñ 乳房.png")
     cases.append(Case("spaces_non_ascii", "dossier patiente é/sein gauche ñ 乳房.png", "ok"))
     return cases
-
-
-# -- a tiny registered champion for the predictor tests (trained once per test process) ---------------------------
-TINY_EXPERIMENT = "experiments/tiny_test.yaml"
-TINY_OVERRIDES = ("samples.size=32", "model.n_estimators=5", "evaluation.bootstrap_resamples=20")
-TINY_MODEL = "mammoscope-test-density"
-
-
-@dataclass(frozen=True)
-class TinyChampion:
-    """A temporary SQLite MLflow store holding the tiny density model at @champion."""
-
-    folder: Path
-    tracking_uri: str
-    model_uri: str
-    result: object  # pipeline.train.TrainResult of the training that registered it
-
-
-def train_tiny(tracking_uri: str, cache_dir: Path):
-    """Train and register the tiny experiment (real mini-MIAS images, 32 px, handcrafted features) -> TrainResult."""
-    from pipeline.experiment import load_experiment
-    from pipeline.paths import PROJECT_DIR
-    from pipeline.train import train_experiment
-
-    exp = load_experiment(PROJECT_DIR / TINY_EXPERIMENT, list(TINY_OVERRIDES))
-    return train_experiment(exp, tracking_uri, register=True, cache_dir=cache_dir, progress=lambda line: None)
-
-
-_TINY: list[TinyChampion] = []
-
-
-def tiny_champion() -> TinyChampion:
-    """The process-wide tiny champion, trained on first use into a temporary folder removed at exit."""
-    if not _TINY:
-        import atexit
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="mammoscope-tiny-"))
-        atexit.register(shutil.rmtree, folder, True)
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        result = train_tiny(uri, folder / "cache-1")
-        _TINY.append(TinyChampion(folder, uri, f"models:/{TINY_MODEL}@champion", result))
-    return _TINY[0]

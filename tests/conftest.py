@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data folders (skipped only when ../shared/data is absent) and a tiny image factory."""
+"""Shared fixtures: the real data folders (skipped only when ../shared/data is absent), a tiny image factory and the
+session's tiny MLflow store of density + malignancy champions."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.paths import default_data_root
+from tests._tiny_store import TinyStore, tiny_store as _tiny_store
 
 DATA_ROOT = default_data_root()
 
@@ -52,3 +54,11 @@ def tmp_images(tmp_path: Path) -> Callable[..., list[Path]]:
         return paths
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> TinyStore:
+    """The tiny mammoscope-density/-malignancy champions (tests/_tiny_store.py), trained once per session on real
+    mini-MIAS images: tracking_uri, versions, names, cache_dir, and each training's result and progress lines."""
+    _data_dir("mias")
+    return _tiny_store(tmp_path_factory.mktemp("tiny-store"))

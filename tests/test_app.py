@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import app_support as S
 from pipeline.errors import ImageReadError
-from tests._app_helpers import CBIS_DICOM, MIAS_PNG, running_app, tiny_champions
+from tests._app_helpers import CBIS_DICOM, MIAS_PNG, running_app
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -57,8 +57,8 @@ def test_user_message_hides_the_server_path():
 
 # -- the real app -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def champions():
-    return tiny_champions()
+def champions(tiny_store):
+    return tiny_store.tracking_uri, tiny_store.versions
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._app_helpers import CBIS_DICOM, MIAS_PNG, running_app, tiny_champions
+from tests._app_helpers import CBIS_DICOM, MIAS_PNG, running_app
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,9 +27,9 @@ def _clear_upload(page) -> None:
     page.wait_for_selector("#upload input[type=file]", state="attached", timeout=30_000)
 
 
-def test_upload_crop_and_results_appear_without_a_predict_button(tmp_path):
+def test_upload_crop_and_results_appear_without_a_predict_button(tiny_store, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    uri, versions = tiny_champions()
+    uri, versions = tiny_store.tracking_uri, tiny_store.versions
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     with running_app(uri) as (url, _demo), sync_api.sync_playwright() as pw:

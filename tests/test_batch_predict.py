@@ -15,19 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from badinputs import TINY_EXPERIMENT, TINY_OVERRIDES, good_mias_images, permission_blocks_reads, tiny_champion, write_corpus
+from badinputs import good_mias_images, permission_blocks_reads, write_corpus
 from pipeline.batch import EXIT_NOTHING_RAN, EXIT_OK, EXIT_SOME_FAILED, BatchOptions, run_batch
 from pipeline.batchio import InputItem, ResultWriter, discover_inputs
 from pipeline.paths import PROJECT_DIR
 
 
 @pytest.fixture(scope="module")
-def champion():
-    return tiny_champion()
+def champion(tiny_store):
+    """The session's tiny store (conftest `tiny_store`); these tests score with its density champion."""
+    return tiny_store
 
 
 def _predict_cmd(champion, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "predict", *args, "--model", champion.model_uri,
+    return [sys.executable, "-m", "pipeline.cli", "predict", *args, "--model", champion.model_uri("density"),
             "--tracking-uri", champion.tracking_uri, "--no-progress"]
 
 
@@ -117,21 +118,23 @@ def test_folder_of_bad_and_good_images(champion, tmp_path: Path, capsys: pytest.
     assert len(table) == 20 + len(cases) and table["path"].is_unique
     by_path = table.set_index("path")
     scored = table[table["error"] == ""]
-    expected_errors = [c for c in cases if c.is_error and (c.name != "unreadable" or locked_blocks)]
+    expected_errors = [c for c in cases if c.scoring_fails and (c.name != "unreadable" or locked_blocks)]
     assert len(table) - len(scored) == len(expected_errors)
-    assert len(scored) >= 20 + sum(not c.is_error for c in cases)
+    assert len(scored) >= 20 + sum(not c.scoring_fails for c in cases)
     for case in expected_errors:
         error = by_path.loc[str(folder / case.relpath), "error"]
-        assert str(folder / case.relpath) in error and re.search(case.match, error), (case.name, error)
+        assert str(folder / case.relpath) in error and re.search(case.score_match, error), (case.name, error)
     probabilities = scored[["density_p_F", "density_p_G", "density_p_D"]].astype(float).to_numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-9)
     assert set(scored["density_call"]) <= {"F", "G", "D"}
-    assert set(scored["density_version"].astype(int)) == {champion.result.model_version}
+    assert set(scored["density_version"].astype(int)) == {champion.results["density"].model_version}
     assert "modality is CT" in by_path.loc[str(folder / "ct_scan.dcm"), "warnings"]
     assert f"{len(expected_errors)} failed" in stderr and "failures by cause" in stderr
 
 
-def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path):
+def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """A `mammoscope predict` subprocess SIGKILLed after 4 rows; the same command run again (in this process, which
+    spares a second interpreter start) resumes: every image exactly once, the killed run's rows kept."""
     folder = tmp_path / "many"
     folder.mkdir()
     from PIL import Image
@@ -157,27 +160,31 @@ def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path):
         proc.wait()
     partial = pd.read_csv(out)
     assert 4 <= len(partial) < 40 and partial["path"].is_unique
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert again.returncode == EXIT_OK, again.stderr[-3000:]
+    from pipeline.cli import main
+
+    capsys.readouterr()
+    code = main(cmd[3:])
+    stderr = capsys.readouterr().err
+    assert code == EXIT_OK, stderr[-3000:]
     final = pd.read_csv(out)
     assert sorted(final["path"]) == sorted(str(p) for p in folder.iterdir())  # every image exactly once
     assert final["error"].isna().all()
-    assert f"{len(partial)} already done" in again.stderr
+    assert f"{len(partial)} already done" in stderr
 
 
 # -- determinism ------------------------------------------------------------------------------------------------------
 def test_training_is_deterministic(champion, tmp_path: Path):
     """The tiny experiment, trained again with the same seed (fresh feature cache): the same metrics and bit-identical
     out-of-fold and final-model predictions."""
-    from pipeline.experiment import load_experiment
     from pipeline.model import build_pipeline
     from pipeline.train import load_task_data, train_experiment
+    from tests._tiny_store import tiny_experiment
     import registry
 
-    exp = load_experiment(PROJECT_DIR / TINY_EXPERIMENT, list(TINY_OVERRIDES))
+    exp = tiny_experiment("density")
     second = train_experiment(exp, champion.tracking_uri, register=False, cache_dir=tmp_path / "cache-2",
                               progress=lambda line: None)
-    first = champion.result
+    first = champion.results["density"]
     assert set(second.metrics) == set(first.metrics)
     for key, value in first.metrics.items():
         assert second.metrics[key] == value or (np.isnan(value) and np.isnan(second.metrics[key])), key
@@ -187,5 +194,5 @@ def test_training_is_deterministic(champion, tmp_path: Path):
         warnings.simplefilter("ignore")
         refit = build_pipeline(exp.config, tmp_path / "cache-3").fit(data.X, data.y, classifier__groups=data.groups)
     registry.configure(champion.tracking_uri)
-    registered = registry.load_model("mammoscope-test-density", "champion")
+    registered = registry.load_model(champion.names["density"], "champion")
     assert np.array_equal(refit.predict_proba(data.X), registered.pipeline.predict_proba(data.X))

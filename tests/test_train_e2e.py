@@ -1,5 +1,6 @@
 """End to end: a tiny experiment on real mini-MIAS images -> temporary SQLite store -> registered, champion moved,
-loaded back through the one predict path with identical predictions."""
+loaded back through the one predict path with identical predictions. The training is the session's `tiny_store`
+density champion (tests/conftest.py), shared with the app and batch tests."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,15 +18,12 @@ pytestmark = pytest.mark.skipif(not (default_mias_dir() / "Info.txt").is_file(),
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from pipeline.train import train_experiment
+def trained(tiny_store):
+    """(TrainResult, tracking URI, progress lines, Experiment) of the tiny density training into the session store."""
+    from tests._tiny_store import tiny_experiment
 
-    root = tmp_path_factory.mktemp("e2e")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    exp = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml")
-    lines: list[str] = []
-    result = train_experiment(exp, uri, cache_dir=root / "cache", progress=lines.append)
-    return result, uri, lines, exp
+    task = "density"
+    return tiny_store.results[task], tiny_store.tracking_uri, tiny_store.lines[task], tiny_experiment(task)
 
 
 @pytest.mark.slow
@@ -44,7 +42,7 @@ def test_tiny_experiment_trains_registers_and_promotes(trained):
     import registry
 
     registry.configure(uri)
-    models = registry.list_models(prefix="mammoscope-test")
+    models = registry.list_models(name=result.model_name)
     row = models[models["version"].astype(int) == 1].iloc[0]
     assert "champion" in str(row["aliases"])
 
@@ -57,12 +55,13 @@ def test_champion_loads_back_with_identical_predictions(trained):
     from pipeline.train import load_task_data
 
     result, uri, _, exp = trained
-    models = load_task_models(("density",), tracking_uri=uri, names={"density": "mammoscope-test-density"})
+    size = exp.config["samples"]["size"]
+    models = load_task_models(("density",), tracking_uri=uri, names={"density": result.model_name})
     loaded = models["density"]
     assert loaded.version == 1 and loaded.alias == "champion"
     md = loaded.metadata
     assert md["task"] == "density" and md["classes"] == ["F", "G", "D"]
-    assert md["sample_params"]["size"] == 64
+    assert md["sample_params"]["size"] == size
 
     data = load_task_data(exp.config, lambda s: None)
     from pipeline.model import disable_cache
@@ -75,7 +74,7 @@ def test_champion_loads_back_with_identical_predictions(trained):
     path = data.table["path"].iloc[0]
     image, meta = read_image(path)
     sample = prepare_sample(image, meta, "density", md["sample_params"])
-    X_train, _ = load_samples(data.table.iloc[[0]], "density", size=64)
+    X_train, _ = load_samples(data.table.iloc[[0]], "density", size=size)
     np.testing.assert_array_equal(sample.reshape(1, -1), X_train)
     out = predict_image(image, meta, models)
     probs = out["density"]["probabilities"]
@@ -126,8 +125,8 @@ def test_explain_and_batch_paths(trained, tmp_path):
     from pipeline.imageio import read_image
     from pipeline.predict import explain, load_task_models, predict_paths
 
-    _, uri, _, _ = trained
-    models = load_task_models(("density",), tracking_uri=uri, names={"density": "mammoscope-test-density"})
+    result, uri, _, _ = trained
+    models = load_task_models(("density",), tracking_uri=uri, names={"density": result.model_name})
     path = default_mias_dir() / "images" / "mdb001.png"
     image, meta = read_image(path)
     ex = explain(image, meta, models["density"], top=5)
