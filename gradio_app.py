@@ -203,7 +203,7 @@ class _Handlers:
         return "\n\n".join(lines)
 
     def refresh_views(self, state: dict, roi: str):
-        """Processed views the models saw, the Grad-CAM overlay and the top feature contributions."""
+        """Processed views the models saw, the heat-map overlay and the top feature contributions."""
         if state and state.get("pending") is not None:
             return [gr.skip()] * 3
         if not state or not state.get("path") or not self.models:
@@ -276,7 +276,7 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
         with gr.Row():
             processed = gr.Image(label="Processed view (density model input)", interactive=False, elem_id="processed",
                                  format="png")
-            heat = gr.Image(label="Region as the malignancy model saw it, Grad-CAM overlay", interactive=False,
+            heat = gr.Image(label="Region as the malignancy model saw it, heat-map overlay", interactive=False,
                             elem_id="heat", format="png")
             contributions = gr.Markdown(elem_id="contributions")
         with gr.Accordion("Image facts (no patient-identifying values)", open=False):

@@ -195,7 +195,8 @@ def _feature_names(pipeline: Any) -> list[str]:
 def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int = 10,
             heatmap: bool = True) -> dict[str, Any]:
     """Top XGBoost contributions (log-odds, averaged over the calibration ensemble) of named handcrafted features for
-    the predicted class, and a Grad-CAM heat map (S, S) in [0, 1] when the CNN part has a fine-tuned head."""
+    the predicted class, and a heat map (S, S) in [0, 1]: Grad-CAM when the CNN part has a fine-tuned head, else the
+    occlusion sensitivity of the whole model (`occlusion_map`)."""
     from pipeline.model import final_classifier
 
     md = loaded.metadata
@@ -229,11 +230,10 @@ def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int
     if heatmap:
         cnn = dict(pipe.named_steps["features"].transformer_list).get("cnn")
         emb = getattr(cnn, "transformer_", cnn)
-        if emb is None:
-            result["notes"].append("no CNN part: no heat map")
-        elif getattr(emb, "head_", None) is None or not hasattr(emb, "classes_"):
-            result["notes"].append("the CNN part is a frozen ImageNet embedder without a head for this task: no heat "
-                                   "map (train with features.cnn.finetune.enabled=true for one)")
+        if emb is None or getattr(emb, "head_", None) is None or not hasattr(emb, "classes_"):
+            result["heatmap"] = occlusion_map(pipe, sample, target)
+            result["notes"].append("heat map: occlusion sensitivity of the whole model (how much the score falls when "
+                                   "each region is hidden); a fine-tuned CNN gives Grad-CAM instead")
         else:
             from cnn.gradcam import grad_cam
 
@@ -241,3 +241,36 @@ def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int
             img = (pre.transform(x) if pre != "passthrough" else x).reshape(sample.shape)
             result["heatmap"] = grad_cam(emb, img, target)
     return result
+
+
+def occlusion_map(pipe: Any, sample: np.ndarray, target: int, grid: int = 4) -> np.ndarray:
+    """Occlusion sensitivity (S, S) float32 in [0, 1]: drop of P(target) when each of grid x grid half-overlapping
+    patches of `sample` (S, S) is replaced by the sample's mean, bilinearly smoothed; zeros when nothing lowers it.
+
+    Model-agnostic (Zeiler & Fergus 2014): one batched predict_proba of (2 * grid - 1) ** 2 occluded copies.
+    """
+    from skimage.transform import resize
+
+    size = sample.shape[0]
+    side, step = size // grid, size // (2 * grid)
+    starts = range(0, size - side + 1, step)
+    fill = float(sample.mean())
+    batch = []
+    for top in starts:
+        for left in starts:
+            occluded = sample.copy()
+            occluded[top : top + side, left : left + side] = fill
+            batch.append(occluded.ravel())
+    base = float(pipe.predict_proba(sample.reshape(1, -1))[0, target])
+    drops = base - pipe.predict_proba(np.stack(batch))[:, target]
+    n = len(starts)
+    heat = np.zeros((size, size), np.float32)
+    counts = np.zeros((size, size), np.float32)
+    for k, drop in enumerate(np.maximum(drops, 0.0)):
+        top, left = starts[k // n], starts[k % n]
+        heat[top : top + side, left : left + side] += drop
+        counts[top : top + side, left : left + side] += 1
+    heat = heat / np.maximum(counts, 1)
+    heat = resize(resize(heat, (n, n), anti_aliasing=True), (size, size), order=1).astype(np.float32)
+    peak = float(heat.max())
+    return heat / peak if peak > 0 else np.zeros_like(heat)

@@ -114,6 +114,13 @@ def test_separable_synthetic_images_beat_chance_by_far(tmp_path):
     assert np.allclose(cv.proba.sum(axis=1), 1.0)
     m = binary_metrics(y, cv.proba[:, 1], cv.call, n_resamples=0)
     assert m["roc_auc"] > 0.9
+    # occlusion map of a fitted model peaks on the blob of a class-1 image
+    from pipeline.predict import occlusion_map
+
+    fitted = clone(pipe).fit(X, y, classifier__groups=groups)
+    heat = occlusion_map(fitted, X[y == 1][0].reshape(size, size), target=1)
+    peak_y, peak_x = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(peak_y - size / 2) <= size / 4 and abs(peak_x - size / 2) <= size / 4, (peak_y, peak_x)
     # warm cache: same features, same predictions
     cv2 = cross_validate(lambda: clone(pipe), X, y, groups, folds, fit_groups_param="classifier__groups")
     np.testing.assert_allclose(cv.proba, cv2.proba)
@@ -132,7 +139,9 @@ def test_explain_and_batch_paths(trained, tmp_path):
     ex = explain(image, meta, models["density"], top=5)
     assert 0 < len(ex["contributions"]) <= 5
     assert all(not c["feature"].startswith("cnn") for c in ex["contributions"])
-    assert ex["heatmap"] is None and ex["notes"]  # handcrafted-only model: no CNN heat map, and it says so
+    # handcrafted-only model: no Grad-CAM, an occlusion map of the whole model instead, and it says so
+    assert ex["heatmap"].shape == (32, 32) and 0 <= ex["heatmap"].min() and ex["heatmap"].max() <= 1
+    assert any("occlusion" in n for n in ex["notes"])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     rows = list(predict_paths([path, broken], models))
