@@ -147,7 +147,7 @@ def auc_with_ci(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
 
 
 def compare(task: str, folds: int, epochs: int, threads: int, seed: int, size: int = 224, lr: float = 1e-4,
-            ft_batch: int = 16) -> dict:
+            ft_batch: int = 16, patience: int = 1) -> dict:
     """Out-of-fold probabilities of frozen+LR, fine-tuned+LR and the fine-tuned head; fine-tune seconds/epoch."""
     import torch
 
@@ -163,7 +163,7 @@ def compare(task: str, folds: int, epochs: int, threads: int, seed: int, size: i
     for k, (tr, te) in enumerate(splits, 1):
         p_frozen[te] = _logreg().fit(Z[tr], y[tr]).predict_proba(Z[te])[:, 1]
         emb = FineTunedEmbedder(input_size=size, epochs=epochs, lr=lr, finetune_batch_size=ft_batch, val_fraction=0.2,
-                                patience=1,
+                                patience=patience,
                                 n_threads=threads, random_state=seed)
         emb.fit(X[tr], y[tr], groups=groups[tr])  # the training fold only
         Ztr, Zte = emb.transform(X[tr]), emb.transform(X[te])
@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate (head: 10x)")
     parser.add_argument("--ft-batch", type=int, default=16, help="fine-tuning batch size")
+    parser.add_argument("--patience", type=int, default=1, help="early-stopping patience, epochs")
     parser.add_argument("--cv-size", type=int, default=224, help="input size of the frozen vs fine-tuned comparison")
     parser.add_argument("--tasks", nargs="*", default=["lesion", "tissue"], choices=["lesion", "tissue"])
     parser.add_argument("--skip-speed", action="store_true", help="no throughput and no memory figures")
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{base:.0f} MiB: streaming adds {peak - base:+.0f} MiB); "
               f"{n / seconds:.1f} img/s end to end")
     for task in args.tasks:
-        compare(task, args.folds, args.epochs, args.threads, args.seed, args.cv_size, args.lr, args.ft_batch)
+        compare(task, args.folds, args.epochs, args.threads, args.seed, args.cv_size, args.lr, args.ft_batch, args.patience)
     return 0
 
 
