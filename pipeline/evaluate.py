@@ -315,7 +315,7 @@ class CVResult:
 
 def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
-                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any], None] | None = None,
+                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any, np.ndarray], None] | None = None,
                    n_jobs: int | None = None) -> CVResult:
     """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
 
@@ -328,7 +328,8 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     inside a `pipeline.compute.compute_backend` block on a Dask cluster, as Dask tasks on the workers (with the
     session's retries; every fold in flight at once, also on a cluster of one single-threaded worker, where joblib's
     dask backend would fall back to this process). Estimators are made (`make_estimator`) and
-    `on_fold(i, train_idx, test_idx, fitted)` is called here, on the client, in fold order as folds finish.
+    `on_fold(i, train_idx, test_idx, fitted, test_proba)` is called here, on the client, in fold order as folds
+    finish (`test_proba`: the fold's out-of-fold probabilities, (len(test_idx), k), already computed).
     """
     from pipeline.compute import map_chunks
 
@@ -354,7 +355,7 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
         thr[te] = t
         fold_thresholds.append(t)
         if on_fold is not None:
-            on_fold(i, tr, te, est)
+            on_fold(i, tr, te, est, proba[te])
     return CVResult(proba=proba, fold=fold_of, threshold=thr, folds=folds, fold_thresholds=fold_thresholds)
 
 

@@ -204,8 +204,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     pipe = build_pipeline(config, cache_dir)
     started = time.perf_counter()
 
-    def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any) -> None:
-        p = est.predict_proba(data.X[te])
+    def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task == "malignancy" else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
