@@ -83,6 +83,9 @@ def quality(overrides: list[str], cache: Path, tasks: list[str], variants: list[
                       flush=True)
                 print(f"  {'':11s} dense accuracy {_fmt(m, 'dense_accuracy')}  non-dense accuracy "
                       f"{_fmt(m, 'nondense_accuracy')}", flush=True)
+                if "cv_exam_kappa_quadratic" in m:
+                    print(f"  {'':11s} per exam (views averaged, n={int(m['cv_exam_n'])}): kappa_w "
+                          f"{_fmt(m, 'cv_exam_kappa_quadratic')}  accuracy {_fmt(m, 'cv_exam_accuracy')}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = [
     "EXIT_OK",
     "EXIT_SOME_FAILED",
     "EXIT_NOTHING_RAN",
+    "exam_of",
+    "write_exam_summary",
     "prepare_item",
     "iter_prepared",
     "score_batch",
@@ -50,6 +53,7 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_JOBS = 4
 CHUNK = 4  # images per worker task: amortises inter-process overhead, keeps the pipeline fine-grained
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
+EXAM_COLUMNS = ("exam_id", "patient_id")  # manifest columns naming an image's examination, first found wins
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,7 @@ class BatchSummary:
     seconds: float = 0.0
     problems: dict[str, int] = field(default_factory=dict)
     message: str = ""
+    exams_out: str = ""
 
     def text(self) -> str:
         """Human-readable summary for stderr."""
@@ -329,6 +334,8 @@ class BatchSummary:
             f"{self.out}: {self.total} images, {self.scored} scored, {self.failed} failed "
             f"({self.this_run} this run in {self.seconds:.1f} s, {rate:.1f} images/s; {self.skipped} already done)"
         ]
+        if self.exams_out:
+            lines.append(f"{self.exams_out}: density per exam (the mean over each exam's images)")
         if self.problems:
             lines.append("failures by cause:")
             lines += [f"  {n:5d}  {problem}" for problem, n in sorted(self.problems.items(), key=lambda kv: -kv[1])]
@@ -419,7 +426,51 @@ def run_batch(options: BatchOptions) -> BatchSummary:
             if failed_now:
                 bar.set_postfix(failed=failed_now, refresh=False)
     writer.close()
-    return _summarise(writer, items, skipped, len(todo), time.perf_counter() - start)
+    summary = _summarise(writer, items, skipped, len(todo), time.perf_counter() - start)
+    summary.exams_out = write_exam_summary(writer.out, writer.all_rows(), items, models) or ""
+    return summary
+
+
+def exam_of(item: InputItem) -> str | None:
+    """The examination an input belongs to: its manifest's `exam_id`, else `patient_id`, else None (unknown)."""
+    for column in EXAM_COLUMNS:
+        value = str(item.extra.get(column) or "").strip()
+        if value:
+            return value
+    return None
+
+
+def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: Sequence[InputItem],
+                       models: Sequence[TaskModel]) -> str | None:
+    """Density per examination (the mean of its images' probabilities) as `<out stem>.exams.csv`; returns its path.
+
+    BI-RADS density is one category per exam, so the views of an exam are pooled (pipeline.evaluate.exam_average).
+    Written only when a density model ran and the inputs came from a manifest naming exams (`exam_id` or
+    `patient_id`); images that failed are left out and counted in `n_failed`.
+    """
+    import pandas as pd
+
+    model = next((m for m in models if m.task == "density"), None)
+    exams = {item.key: exam_of(item) for item in items}
+    if model is None or not any(exams.values()):
+        return None
+    columns = [f"density_p_{c}" for c in model.classes]
+    table = pd.DataFrame([{**{c: r.get(c) for c in columns}, "exam": exams.get(str(r.get("path"))),
+                           "failed": bool(r.get("error"))} for r in rows])
+    table = table[table["exam"].notna()]
+    ok = table[~table["failed"]]
+    probs = ok[columns].apply(pd.to_numeric, errors="coerce")
+    mean = probs.groupby(ok["exam"]).mean()
+    mean = mean.div(mean.sum(axis=1).clip(lower=1e-12), axis=0)
+    summary = pd.DataFrame({"exam": mean.index, "n_images": ok.groupby("exam").size().reindex(mean.index).to_numpy()})
+    summary["n_failed"] = table[table["failed"]].groupby("exam").size().reindex(mean.index).fillna(0).astype(int).to_numpy()
+    for c in columns:
+        summary[c] = mean[c].to_numpy()
+    summary["density_call"] = [model.classes[i] for i in np.argmax(mean[columns].to_numpy(), axis=1)]
+    summary["density_model"], summary["density_version"] = model.name, model.version
+    path = Path(out).with_name(Path(out).stem + ".exams.csv")
+    summary.to_csv(path, index=False)
+    return str(path)
 
 
 def _check_same_models(writer: ResultWriter, models: Sequence[TaskModel]) -> None:

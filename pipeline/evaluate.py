@@ -27,6 +27,7 @@ __all__ = [
     "binary_metrics",
     "multiclass_metrics",
     "subgroup_metrics",
+    "exam_average",
     "CVResult",
     "cross_validate",
     "plot_roc",
@@ -291,6 +292,21 @@ def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarr
         else:
             out.update(multiclass_metrics(y[sel], proba[sel], classes, prefix=name, **kw))
     return out
+
+
+def exam_average(proba: np.ndarray, exams: Sequence) -> np.ndarray:
+    """Each row's probabilities replaced by the mean over the rows of its exam: (n, k) -> (n, k), rows sum to 1.
+
+    Breast density is assessed per examination (BI-RADS gives one category per exam), so a density call from all of
+    an exam's images (left and right, CC and MLO) is the clinical unit; `exams` holds one exam id per row. Uses no
+    labels: applied to out-of-fold probabilities it stays honest, since an exam's images share their patient's fold.
+    """
+    proba = np.asarray(proba, dtype=float)
+    exams = pd.Series(list(exams), dtype=object)
+    if len(exams) != len(proba):
+        raise ValueError(f"exams has {len(exams)} entries but proba has {len(proba)} rows.")
+    mean = pd.DataFrame(proba).groupby(exams.to_numpy()).transform("mean").to_numpy()
+    return mean / np.clip(mean.sum(axis=1, keepdims=True), 1e-12, None)
 
 
 # --------------------------------------------------------------------------------------------------------------------

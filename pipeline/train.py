@@ -21,6 +21,7 @@ from pipeline.evaluate import (
     CVResult,
     binary_metrics,
     cross_validate,
+    exam_average,
     multiclass_metrics,
     patient_stratified_folds,
     subgroup_metrics,
@@ -37,6 +38,7 @@ __all__ = [
     "dense_classes_for",
     "sample_params",
     "evaluate_experiment",
+    "exam_ids",
     "train_experiment",
 ]
 
@@ -180,6 +182,13 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
                     density=dens, source=str(path), errors=errors.to_dict("records"))
 
 
+def exam_ids(data: TaskData) -> np.ndarray:
+    """One examination id per row: the table's `exam_id` column where it has one, else the patient id."""
+    if "exam_id" in data.table.columns and data.table["exam_id"].notna().all():
+        return data.table["exam_id"].astype(str).to_numpy()
+    return np.asarray(data.groups, dtype=str)
+
+
 def _metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],
              ev: Mapping[str, Any], prefix: str, n_resamples: int | None = None) -> dict[str, float]:
     kw = dict(n_resamples=ev["bootstrap_resamples"] if n_resamples is None else n_resamples,
@@ -226,12 +235,25 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
+    exams = exam_ids(data)
+    exam_proba = None
+    if task == "density" and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
+        exam_proba = exam_average(cv.proba, exams)
+        # one row per (exam, label): an exam's images share their averaged call, so counting each image would
+        # shrink the bootstrap CI; exams whose images carry different labels keep one row per label
+        first = ~pd.DataFrame({"exam": exams, "y": data.y}).duplicated().to_numpy()
+        metrics.update(multiclass_metrics(data.y[first], exam_proba[first], data.classes, prefix="cv_exam_", **kw))
     oof = pd.DataFrame({"sample_id": data.table["sample_id"].astype(str), "patient_id": data.groups,
                         "fold": cv.fold, "label": [data.classes[i] for i in data.y],
                         "density": data.density})
     for j, c in enumerate(data.classes):
         oof[f"p_{c}"] = cv.proba[:, j]
     oof["predicted"] = [data.classes[i] for i in cv.proba.argmax(axis=1)]
+    if exam_proba is not None:
+        oof["exam_id"] = exams
+        for j, c in enumerate(data.classes):
+            oof[f"exam_p_{c}"] = exam_proba[:, j]
+        oof["exam_predicted"] = [data.classes[i] for i in exam_proba.argmax(axis=1)]
     if task == "malignancy":
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
@@ -257,7 +279,8 @@ def headline_keys(task: str) -> list[str]:
     if task == "malignancy":
         return ["cv_roc_auc", "cv_pr_auc", "cv_sens_at_target", "cv_spec_at_target", "cv_brier", "cv_ece",
                 "dense_sens_at_target", "dense_spec_at_target", "nondense_sens_at_target", "nondense_spec_at_target"]
-    return ["cv_kappa_quadratic", "cv_accuracy", "cv_brier", "cv_ece", "dense_accuracy", "nondense_accuracy"]
+    return ["cv_kappa_quadratic", "cv_accuracy", "cv_brier", "cv_ece", "dense_accuracy", "nondense_accuracy",
+            "cv_exam_kappa_quadratic", "cv_exam_accuracy"]
 
 
 def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, register: bool = True,

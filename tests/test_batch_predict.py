@@ -196,3 +196,38 @@ def test_training_is_deterministic(champion, tmp_path: Path):
     registry.configure(champion.tracking_uri)
     registered = registry.load_model(champion.names["density"], "champion")
     assert np.array_equal(refit.predict_proba(data.X), registered.pipeline.predict_proba(data.X))
+
+
+def test_manifest_with_patient_ids_gets_density_per_exam(champion, tmp_path: Path):
+    """Both breasts of 3 women + a missing file: `<out>.exams.csv` holds one row per exam, the mean of its images."""
+    from pipeline.paths import default_mias_dir
+
+    images = default_mias_dir() / "images"
+    rows = [(images / f"mdb{n:03d}.png", f"woman{(n - 1) // 2}") for n in range(1, 7)]
+    rows.append((tmp_path / "gone.png", "woman0"))  # listed but missing: an error row, counted, not averaged
+    manifest = tmp_path / "exams.csv"
+    pd.DataFrame({"path": [str(p) for p, _ in rows], "patient_id": [e for _, e in rows]}).to_csv(manifest, index=False)
+    out = tmp_path / "scores.csv"
+    summary = run_batch(BatchOptions(paths=[str(manifest)], out=str(out), model_uri=champion.model_uri("density"),
+                                     tracking_uri=champion.tracking_uri, progress=False))
+    assert summary.exit_code == EXIT_SOME_FAILED and summary.exams_out == str(tmp_path / "scores.exams.csv")
+    assert "density per exam" in summary.text()
+    images_table = pd.read_csv(out, keep_default_na=False)
+    exams = pd.read_csv(summary.exams_out).set_index("exam")
+    assert list(exams.index) == ["woman0", "woman1", "woman2"]
+    assert exams["n_images"].tolist() == [2, 2, 2] and exams["n_failed"].tolist() == [1, 0, 0]
+    columns = ["density_p_F", "density_p_G", "density_p_D"]
+    scored = images_table[images_table["error"] == ""].copy()
+    scored["exam"] = scored["path"].map({str(p): e for p, e in rows})
+    expected = scored.groupby("exam")[columns].apply(lambda t: t.astype(float).mean())
+    np.testing.assert_allclose(exams[columns].to_numpy(), expected.loc[exams.index].to_numpy(), atol=1e-9)
+    assert (exams["density_call"] == [c[len("density_p_"):] for c in exams[columns].idxmax(axis=1)]).all()
+
+
+def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
+    from pipeline.batch import exam_of, write_exam_summary
+
+    assert exam_of(InputItem(path="/x.png")) is None
+    assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
+    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
+    assert write_exam_summary(tmp_path / "r.csv", [], [InputItem(path="/x.png")], []) is None

@@ -14,6 +14,7 @@ from pipeline.evaluate import (
     binary_metrics,
     choose_threshold,
     cross_validate,
+    exam_average,
     expected_calibration_error,
     multiclass_metrics,
     patient_stratified_folds,
@@ -95,6 +96,20 @@ def test_subgroups_split_by_density():
     dens = ["D", "D", "F", "G", None, "D"]
     m = subgroup_metrics("malignancy", y, proba, call, dens, ["D"], ["benign", "malignant"], n_resamples=0)
     assert m["dense_n"] == 3 and m["nondense_n"] == 2  # the unknown density is in neither
+
+
+def test_exam_average_pools_each_exams_images_and_only_those():
+    proba = np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
+    exams = ["e1", "e1", "e2", "e3"]
+    out = exam_average(proba, exams)
+    assert np.allclose(out[0], [0.5, 0.15, 0.35]) and np.allclose(out[0], out[1])
+    assert np.allclose(out[2:], proba[2:])  # single-image exams are unchanged
+    assert np.allclose(out.sum(axis=1), 1.0)
+    # one confident wrong view is outvoted by the exam's other views: argmax follows the exam
+    views = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.25, 0.75]])
+    assert (exam_average(views, ["a"] * 4).argmax(axis=1) == 1).all()
+    with pytest.raises(ValueError, match="exams has 2 entries"):
+        exam_average(proba, ["e1", "e2"])
 
 
 def test_patient_folds_never_split_a_patient():
