@@ -211,11 +211,12 @@ def user_message(exc: BaseException) -> str:
 
 
 def processed_view(sample: np.ndarray, loaded: Any) -> np.ndarray:
-    """The model's own preprocessing step (its fitted 'preprocess' step, e.g. CLAHE + unsharp mask) applied to
+    """What the model's texture features see (pipeline.model.enhanced_view: masking, CLAHE + unsharp mask) of
     `sample` (S, S): float32 (S, S) in [0, 1]; the sample itself when the pipeline has no such step."""
+    from pipeline.model import enhanced_view
+
     steps: Mapping[str, Any] = getattr(loaded.pipeline, "named_steps", {})
-    pre = steps.get("preprocess", "passthrough")
-    if pre in (None, "passthrough"):
+    if "features" not in steps:
         return np.asarray(sample, dtype=np.float32)
-    out = np.asarray(pre.transform(sample.reshape(1, -1)), dtype=np.float32).reshape(sample.shape)
+    out = enhanced_view(loaded.pipeline, np.asarray(sample, dtype=np.float32).reshape(1, -1)).reshape(sample.shape)
     return np.clip(out, 0.0, 1.0)

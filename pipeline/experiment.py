@@ -149,6 +149,7 @@ SCHEMA: dict[str, Any] = {
             "backbone": Str(),
             "weights": Str(),
             "pooling": Choice(("avg", "max", "avgmax")),
+            "input": Choice(("raw", "enhanced")),
             "batch_size": Int(1, 1024),
             "finetune": {
                 "enabled": Bool(),

@@ -1,7 +1,8 @@
 """One scikit-learn Pipeline per experiment: preprocessing -> FeatureUnion(handcrafted, CNN) -> calibrated XGBoost.
 
     Pipeline([
-        ("preprocess", CachedTransformer([BreastMask ->] CLAHE -> UnsharpMask)),
+        ("preprocess", CachedTransformer([BreastMask (density) ->] CLAHE -> UnsharpMask)),  # CNN input "raw":
+                                                                                    # CLAHE -> unsharp open the handcrafted branch
         ("features",   FeatureUnion([("handcrafted", CachedTransformer(GLCM | intensity)),
                                      ("cnn",         CachedTransformer(CNNEmbedder) | FineTunedEmbedder)])),
         ("select",     MutualInfoSelector(k) | "passthrough"),
@@ -43,6 +44,7 @@ __all__ = [
     "CenterCrop",
     "MutualInfoSelector",
     "disable_cache",
+    "enhanced_view",
 ]
 
 log = logging.getLogger(__name__)
@@ -309,15 +311,23 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
     cache = str(cache_dir) if cache_dir else None
     mask = bool(pre.get("breast_mask", True))
 
-    steps: list[tuple[str, Any]] = []
-    if mask:
-        steps.append(("mask", BreastMask()))
+    enhance: list[tuple[str, Any]] = []
     if pre["clahe"]["enabled"]:
-        steps.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
-                                     keep_zero=mask)))
+        enhance.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
+                                       keep_zero=mask)))
     if pre["unsharp"]["enabled"]:
-        steps.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"], amount=pre["unsharp"]["amount"],
-                                             keep_zero=mask)))
+        enhance.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"], amount=pre["unsharp"]["amount"],
+                                               keep_zero=mask)))
+    cn = feats["cnn"]
+    # CNN input "raw": the shared step only masks; the enhancement moves into the handcrafted branch, so the CNN
+    # embeds the sample with its natural contrast while the texture features still measure the enhanced image
+    own_enhancement = bool(enhance) and cn["enabled"] and cn.get("input", "enhanced") == "raw"
+    # the whole-breast mask is re-estimated on density samples only: a lesion crop is not a whole breast (Otsu on a
+    # crop zeroes darker tissue inside it); its background is already zero from the full-image mask (pipeline.samples)
+    whole_breast = config["dataset"]["task"] == "density"
+    steps: list[tuple[str, Any]] = [("mask", BreastMask())] if mask and whole_breast else []
+    if not own_enhancement:
+        steps += enhance
     preprocess = CachedTransformer(Pipeline(steps), cache) if steps else "passthrough"
 
     union_steps: list[tuple[str, Any]] = []
@@ -336,8 +346,9 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
         else:
             branch = FeatureUnion([(f"s{int(round(100 * f))}", union() if f == 1.0 else
                                     Pipeline([("crop", CenterCrop(f)), ("features", union())])) for f in scales])
+        if own_enhancement:
+            branch = Pipeline([("enhance", Pipeline(enhance)), ("features", branch)])
         union_steps.append(("handcrafted", CachedTransformer(branch, cache)))
-    cn = feats["cnn"]
     if cn["enabled"]:
         size = int(config["samples"]["size"])
         if cn["finetune"]["enabled"]:
@@ -386,6 +397,17 @@ class MutualInfoSelector(SelectorMixin, BaseEstimator):
         mask = np.zeros(len(self.scores_), dtype=bool)
         mask[np.argsort(-self.scores_, kind="stable")[:k]] = True
         return mask
+
+
+def enhanced_view(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
+    """What a fitted model's texture features measure for X (n, S*S): its shared preprocessing, then the handcrafted
+    branch's own enhancement where it has one (CNN input "raw"); float32 (n, S*S)."""
+    pre = pipeline.named_steps.get("preprocess", "passthrough")
+    out = np.asarray(pre.transform(X) if pre not in (None, "passthrough") else X, dtype=np.float32)
+    branch = dict(pipeline.named_steps["features"].transformer_list).get("handcrafted")
+    inner = getattr(branch, "transformer_", branch)
+    enhance = getattr(inner, "named_steps", {}).get("enhance")
+    return np.asarray(enhance.transform(out), dtype=np.float32) if enhance is not None else out
 
 
 def final_classifier(pipeline: Pipeline) -> PatientCalibratedClassifier:

@@ -38,6 +38,10 @@ def test_tiny_experiment_trains_registers_and_promotes(trained):
     # every sample tested once, no patient in two folds
     assert (oof.groupby("patient_id")["fold"].nunique() == 1).all()
     assert np.allclose(oof[[c for c in oof.columns if c.startswith("p_")]].sum(axis=1), 1.0)
+    # density is also scored per exam (here: the patient's two breasts), one row per exam and label
+    assert (oof.groupby("exam_id")["exam_predicted"].nunique() == 1).all()
+    assert result.metrics["cv_exam_n"] == len(oof.drop_duplicates(["exam_id", "label"]))
+    assert np.isfinite(result.metrics["cv_exam_kappa_quadratic"])
 
     import registry
 
@@ -189,3 +193,44 @@ def test_finetuned_cnn_inside_the_pipeline_gives_a_heat_map():
     ex = explain(image, None, Loaded(), roi=(50, 50, 120, 120))
     assert ex["heatmap"].shape == (32, 32) and 0 <= ex["heatmap"].min() and ex["heatmap"].max() <= 1
     assert ex["contributions"] and all(not c["feature"].startswith("cnn") for c in ex["contributions"])
+
+
+@pytest.mark.parametrize("cnn_input", ["raw", "enhanced"])
+def test_cnn_input_raw_or_enhanced_while_texture_always_sees_the_enhanced_image(cnn_input):
+    """features.cnn.input: the CNN embeds the masked sample as read ("raw") or after CLAHE + unsharp ("enhanced");
+    the texture features and the app's processed view are the enhanced image either way."""
+    from cnn.embedder import CNNEmbedder
+    from pipeline.model import enhanced_view
+
+    exp = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml",
+                          ["features.cnn.enabled=true", "features.cnn.backbone=tiny", "features.cnn.weights=random",
+                           f"features.cnn.input={cnn_input}"])
+    rng = np.random.default_rng(0)
+    X = rng.random((6, 64 * 64)).astype(np.float32)
+    X[:, :64 * 8] = 0.0  # some background for the mask
+    y = np.array([0, 1, 2, 0, 1, 2])
+    pipe = build_pipeline(exp.config, None).fit(X, y, classifier__groups=np.arange(6))
+    cnn = dict(pipe.named_steps["features"].transformer_list)["cnn"]
+    hc = dict(pipe.named_steps["features"].transformer_list)["handcrafted"]
+    reference = build_pipeline(load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml").config, None)
+    enhanced = reference.named_steps["preprocess"].fit(X).transform(X)  # mask -> CLAHE -> unsharp, as before
+    np.testing.assert_allclose(enhanced_view(pipe, X), enhanced, atol=1e-6)
+    texture = reference.named_steps["features"].fit(enhanced).transform(enhanced)
+    np.testing.assert_allclose(hc.transform(pipe.named_steps["preprocess"].transform(X)), texture, rtol=1e-5, atol=1e-6)
+    cnn_in = pipe.named_steps["preprocess"].transform(X)
+    embedder = CNNEmbedder(backbone="tiny", weights="random", input_size=64).fit(X[:1])
+    expected = embedder.transform(enhanced if cnn_input == "enhanced" else cnn_in)
+    np.testing.assert_allclose(cnn.transform(cnn_in), expected, rtol=1e-5, atol=1e-6)
+    assert (np.abs(cnn_in - enhanced).max() > 0.05) == (cnn_input == "raw")
+
+
+def test_whole_breast_mask_is_re_estimated_on_density_samples_only():
+    """A lesion crop is not a whole breast: re-estimating the breast mask on it would zero tissue around the lesion."""
+    from features.masking import BreastMask
+
+    def has_mask(task: str) -> bool:
+        config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", [f"dataset.task={task}"]).config
+        pre = build_pipeline(config, None).named_steps["preprocess"]
+        return any(isinstance(step, BreastMask) for _, step in pre.transformer.steps)
+
+    assert has_mask("density") and not has_mask("malignancy")
