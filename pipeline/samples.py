@@ -88,9 +88,43 @@ def _square_crop(image: np.ndarray, cx: float, cy: float, side: float) -> np.nda
     return out
 
 
-def roi_geometry(row: Any, width: int, flipped: bool) -> tuple[float, float, float]:
-    """(cx, cy, extent) of the row's ROI in the (possibly mirrored) image; extent = diameter or longer box side."""
+def mask_box(paths: str, shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in image pixels of the foreground of the first binary mask among `paths` (os.pathsep-joined);
+    a mask of another size than the image `shape` (H, W) is scaled to it. Grey images (a lesion crop stored
+    beside the mask) are passed over; raises ImageReadError when no usable mask is found."""
+    import os
+
+    candidates = [p for p in str(paths).split(os.pathsep) if p]
+    seen = []
+    for path in candidates:
+        try:
+            mask, _ = read_image(path)
+        except MammoscopeError as exc:
+            seen.append(f"{path}: {exc}")
+            continue
+        step = max(1, min(mask.shape) // 512)
+        values = np.unique(mask[::step, ::step])
+        if len(values) > 2 or values.max() <= 0:
+            seen.append(f"{path}: not a binary mask ({len(values)} grey levels)")
+            continue
+        rows = np.flatnonzero((mask > 0.5).any(axis=1))
+        cols = np.flatnonzero((mask > 0.5).any(axis=0))
+        sy, sx = shape[0] / mask.shape[0], shape[1] / mask.shape[1]
+        return cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy
+    raise ImageReadError(candidates[0] if candidates else "roi_mask_path", "no binary ROI mask among "
+                         f"{len(candidates)} file(s): " + "; ".join(seen[:3]),
+                         "check the finding's ROI mask file (CBIS-DDSM: 'ROI mask file path')")
+
+
+def roi_geometry(row: Any, width: int, flipped: bool, height: int | None = None) -> tuple[float, float, float]:
+    """(cx, cy, extent) of the row's ROI in the (possibly mirrored) image; extent = diameter or longer box side.
+
+    A ``mask`` ROI is read from ``roi_mask_path`` (its foreground's bounding box; `height` is the image's)."""
     kind = row.get("roi_kind")
+    if kind == "mask":
+        x0, y0, x1, y1 = mask_box(row.get("roi_mask_path"), (int(height or width), int(width)))
+        cx, cy, extent = (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
+        return ((width - 1) - cx if flipped else cx), cy, extent
     if kind == "circle":
         cx, cy, extent = float(row["roi_cx"]), float(row["roi_cy"]), 2.0 * float(row["roi_r"])
     elif kind == "box":
@@ -133,7 +167,7 @@ def make_sample(
     masked = np.where(mask, oriented, np.float32(0.0)) if mask.any() else oriented
     if task == "density":
         return density_sample(masked, mask, size)
-    cx, cy, extent = roi_geometry(row, image.shape[1], flipped)
+    cx, cy, extent = roi_geometry(row, image.shape[1], flipped, height=image.shape[0])
     return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
 
 

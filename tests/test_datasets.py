@@ -133,3 +133,55 @@ def test_folder_adapter_and_unknown_adapter(tmp_images, tmp_path):
     assert table["density"].isna().all()
     with pytest.raises(DatasetError, match="unknown adapter"):
         load_dataset("nope", tmp_path / "plain")
+
+
+def _write_dicom_like(source: Path, out: Path, pixels: np.ndarray) -> None:
+    """A copy of the real DICOM `source` holding `pixels` (uint8, uncompressed)."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(source)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for tag in ("WindowCenter", "WindowWidth"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.save_as(out, enforce_file_format=True)
+
+
+def test_cbis_roi_mask_becomes_the_lesion_box(cbis_dir, tmp_path):
+    """TCIA's ROI folder holds the lesion crop and the mask under other names: the binary one gives the box, at the
+    mammogram's scale; the finding then makes a lesion sample like any other."""
+    import pydicom
+
+    from pipeline.samples import load_samples, roi_geometry
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for csv in (cbis_dir / "labels").glob("*.csv"):
+        (labels / csv.name).symlink_to(csv)
+    source = cbis_dir / "dicom" / "sfm-benign-0_1-130.dcm"
+    series = tmp_path / "CBIS-DDSM" / "Mass-Test_P_00173_LEFT_CC" / "d" / "1.000000-full mammogram images-1"
+    series.mkdir(parents=True)
+    (series / "1-1.dcm").symlink_to(source)
+    roi = tmp_path / "CBIS-DDSM" / "Mass-Test_P_00173_LEFT_CC_1" / "d" / "1.000000-ROI mask images-1"
+    roi.mkdir(parents=True)
+    height, width = int(pydicom.dcmread(source, stop_before_pixels=True).Rows), int(pydicom.dcmread(source, stop_before_pixels=True).Columns)
+    mask = np.zeros((height // 2, width // 2), np.uint8)  # half size: scaled to the mammogram
+    mask[500:600, 300:500] = 255
+    crop = np.random.default_rng(0).integers(0, 256, (300, 200)).astype(np.uint8)  # a grey lesion crop
+    _write_dicom_like(source, roi / "1-1.dcm", crop)
+    _write_dicom_like(source, roi / "1-2.dcm", mask)
+    table = lesion_table(load_cbis_ddsm(tmp_path))
+    assert len(table) == 1 and table["roi_kind"].iloc[0] == "mask"
+    row = table.iloc[0].to_dict()
+    cx, cy, extent = roi_geometry(row, width, False, height=height)
+    assert (cx, cy, extent) == pytest.approx((800.0, 1100.0, 400.0))
+    X, errors = load_samples(table, "malignancy", size=64, context=1.5, min_side=64)
+    assert X.shape == (1, 64 * 64) and errors.empty
+    (roi / "1-2.dcm").unlink()  # only the grey crop left: a clear error row, not a crash
+    X, errors = load_samples(table, "malignancy", size=64)
+    assert len(X) == 0 and "no binary ROI mask" in errors["error"].iloc[0]

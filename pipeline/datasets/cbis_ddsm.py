@@ -13,11 +13,14 @@ folder (``Mass-Test_P_00173_LEFT_CC``):
 
 Rows whose image is not in the tree are dropped (counted in the log): a partial download loads what is there.
 Density 1-4 becomes BI-RADS ``A``-``D`` (0 or empty: unknown); ``BENIGN_WITHOUT_CALLBACK`` counts as benign.
-CBIS-DDSM ROIs are masks, not coordinates: the table carries no ROI (``roi_mask_path`` names the mask file when found).
+CBIS-DDSM ROIs are masks: a finding whose mask is found gets ``roi_kind`` ``mask`` and ``roi_mask_path`` (the CSV's
+file, else the DICOMs of its ROI subject folder joined by ``os.pathsep``); its box is read from the mask when the
+sample is made (pipeline.samples.roi_geometry).
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -132,6 +135,18 @@ def _resolve(root: Path, relpath: str, index: dict[str, list[Path]], present: se
     return _pick(candidates).resolve() if candidates else None
 
 
+def _mask_candidates(root: Path, relpath: object, index: dict[str, list[Path]]) -> list[str]:
+    """The finding's ROI mask file as the CSV names it, else every DICOM of its ROI subject folder (TCIA's
+    retriever stores the mask and the lesion crop there under other names; pipeline.samples keeps the binary one)."""
+    if not isinstance(relpath, str) or not relpath.strip():
+        return []
+    rel = relpath.replace("\\", "/").strip()
+    for base in (root, root / "CBIS-DDSM"):
+        if (base / rel).is_file():
+            return [str((base / rel).resolve())]
+    return [str(p.resolve()) for p in sorted(index.get(_subject_of(rel), []))]
+
+
 def _density(value: object) -> object:
     try:
         return _DENSITY.get(int(float(str(value))), np.nan)
@@ -162,8 +177,7 @@ def load_cbis_ddsm(root: str | Path, *, csvs: list[str | Path] | None = None) ->
             unresolved += 1
             continue
         subject = _subject_of(rec["image file path"])
-        mask_rel = rec.get("roi mask file path")
-        mask_path = _resolve(root, mask_rel, {}, present) if isinstance(mask_rel, str) else None
+        mask_paths = _mask_candidates(root, rec.get("roi mask file path"), index)
         side = str(rec["left or right breast"]).upper()
         rows.append(
             {
@@ -182,7 +196,8 @@ def load_cbis_ddsm(root: str | Path, *, csvs: list[str | Path] | None = None) ->
                 "assessment": rec.get("assessment"),
                 "subtlety": rec.get("subtlety"),
                 "split": "test" if "test" in subject.lower() else "train",
-                "roi_mask_path": str(mask_path) if mask_path else np.nan,
+                "roi_kind": "mask" if mask_paths else np.nan,
+                "roi_mask_path": os.pathsep.join(mask_paths) if mask_paths else np.nan,
                 "case_csv": rec["case_csv"],
             }
         )

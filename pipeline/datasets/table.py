@@ -3,7 +3,7 @@
 One row per finding (an image without findings is one row with no pathology and no ROI). Columns (see
 docs/architecture.md): ``sample_id`` (unique), ``path`` (absolute), ``patient_id``, ``density`` (the dataset's own
 label: BI-RADS ``A``-``D``, mini-MIAS ``F``/``G``/``D``, ... or missing), ``pathology`` (``benign``, ``malignant`` or
-missing), ``laterality`` (``L``/``R``), ``view`` (``CC``/``MLO``/...), ``roi_kind`` (``circle``, ``box`` or missing),
+missing), ``laterality`` (``L``/``R``), ``view`` (``CC``/``MLO``/...), ``roi_kind`` (``circle``, ``box``, ``mask`` or missing),
 ``roi_cx``, ``roi_cy``, ``roi_r``, ``roi_x0``, ``roi_y0``, ``roi_x1``, ``roi_y1`` (pixels of the original image,
 top-left origin) and ``source``. Adapters may add columns after these.
 """
@@ -25,6 +25,7 @@ __all__ = [
     "lesion_table",
 ]
 
+ROI_KINDS = ("circle", "box", "mask")  # mask: roi_mask_path names a binary image the size of the mammogram
 ROI_COLUMNS = ("roi_kind", "roi_cx", "roi_cy", "roi_r", "roi_x0", "roi_y0", "roi_x1", "roi_y1")
 COLUMNS = ("sample_id", "path", "patient_id", "density", "pathology", "laterality", "view", *ROI_COLUMNS, "source")
 PATHOLOGIES = ("benign", "malignant")
@@ -72,15 +73,18 @@ def validate_table(df: pd.DataFrame, *, name: str = "dataset table") -> pd.DataF
     bad = sorted(set(df["laterality"].dropna()) - {"L", "R"})
     if bad:
         raise DatasetError(f"{name}: laterality must be 'L', 'R' or empty; got {bad}")
-    bad = sorted(set(df["roi_kind"].dropna()) - {"circle", "box"})
+    bad = sorted(set(df["roi_kind"].dropna()) - set(ROI_KINDS))
     if bad:
-        raise DatasetError(f"{name}: roi_kind must be 'circle', 'box' or empty; got {bad}")
+        raise DatasetError(f"{name}: roi_kind must be 'circle', 'box', 'mask' or empty; got {bad}")
     circles = df["roi_kind"] == "circle"
     if df.loc[circles, ["roi_cx", "roi_cy", "roi_r"]].isna().any(axis=None):
         raise DatasetError(f"{name}: circle ROIs need roi_cx, roi_cy and roi_r")
     boxes = df["roi_kind"] == "box"
     if df.loc[boxes, ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]].isna().any(axis=None):
         raise DatasetError(f"{name}: box ROIs need roi_x0, roi_y0, roi_x1 and roi_y1")
+    masks = df["roi_kind"] == "mask"
+    if masks.any() and ("roi_mask_path" not in df.columns or df.loc[masks, "roi_mask_path"].isna().any()):
+        raise DatasetError(f"{name}: mask ROIs need roi_mask_path (the binary mask image of the finding)")
     return df
 
 
@@ -92,5 +96,5 @@ def density_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def lesion_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finding that has an ROI and a benign/malignant label."""
-    keep = df["roi_kind"].isin(["circle", "box"]) & df["pathology"].isin(PATHOLOGIES)
+    keep = df["roi_kind"].isin(ROI_KINDS) & df["pathology"].isin(PATHOLOGIES)
     return df[keep].reset_index(drop=True)
