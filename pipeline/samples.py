@@ -171,6 +171,14 @@ def make_sample(
     return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
 
 
+WHOLE_IMAGE_IF_NO_ROI = "malignancy:whole-image-if-no-roi"  # load_samples task: lesion crops, whole breast without ROI
+
+
+def _has_roi(row: dict) -> bool:
+    kind = row.get("roi_kind")
+    return isinstance(kind, str) and kind in ("circle", "box", "mask")
+
+
 def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict) -> list[tuple[int, Any]]:
     """[(position, sample or error message)] for the rows that share one image file."""
     try:
@@ -179,8 +187,10 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
         return [(r["_pos"], str(exc)) for r in rows]
     out = []
     for r in rows:
+        # a finding without an ROI, where the caller allows it, is scored on its whole breast (as predict does)
+        row_task = "density" if task == WHOLE_IMAGE_IF_NO_ROI and not _has_roi(r) else task.split(":")[0]
         try:
-            out.append((r["_pos"], make_sample(image, r, task, laterality=meta.laterality, size=size, **crop)))
+            out.append((r["_pos"], make_sample(image, r, row_task, laterality=meta.laterality, size=size, **crop)))
         except ImageReadError as exc:  # names the file already
             out.append((r["_pos"], str(exc) if str(exc).startswith(path) else f"{path}: {exc}"))
         except ValueError as exc:
@@ -198,7 +208,7 @@ def load_samples(
     """
     from joblib import Parallel, delayed
 
-    if task not in TASKS:
+    if task not in (*TASKS, WHOLE_IMAGE_IF_NO_ROI):
         raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
     records = df.reset_index(drop=True).to_dict("records")
     groups: dict[str, list[dict]] = {}

@@ -156,13 +156,25 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
         table = table[table[label_col].astype(str).isin(classes)].reset_index(drop=True)
     if ds["max_samples"]:
         table = _subsample(table, label_col, int(ds["max_samples"]), int(config["evaluation"]["seed"]))
+    if task == "malignancy" and ds["require_roi"] and table[label_col].nunique() < 2:
+        labelled = full[full["pathology"].isin(classes)]
+        no_roi = int(labelled["roi_kind"].isna().sum())
+        if no_roi:
+            raise DatasetError(
+                f"{path}: {len(labelled)} findings are labelled {'/'.join(classes)}, but {no_roi} of them have no ROI "
+                f"(circle, box or mask file) and the malignancy task crops around it; give the ROIs (CBIS-DDSM: "
+                f"download the ROI mask images with the mammograms) or set dataset.require_roi=false to use whole "
+                f"images")
     if table.empty or table[label_col].nunique() < 2:
         raise DatasetError(f"{path}: the {task} task needs rows of at least two classes of {classes}; found "
                            f"{table[label_col].value_counts().to_dict()} (check dataset.adapter/path/classes)")
     sp = sample_params(config)
     progress(f"{len(table)} {task} samples from {path} ({table['patient_id'].nunique()} patients); "
              f"preparing {sp['size']} px samples")
-    X, errors = load_samples(table, task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
+    from pipeline.samples import WHOLE_IMAGE_IF_NO_ROI
+
+    sample_task = WHOLE_IMAGE_IF_NO_ROI if task == "malignancy" and not ds["require_roi"] else task
+    X, errors = load_samples(table, sample_task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
                              context=sp["context"], min_side=sp["min_side"])
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
@@ -174,6 +186,10 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     if len(X) != len(table):
         raise DatasetError(f"load_samples returned {len(X)} samples for {len(table)} usable rows; cannot align them")
     y = np.array([classes.index(str(v)) for v in table[label_col]], dtype=int)
+    if len(set(y.tolist())) < 2:
+        raise DatasetError(f"{path}: after skipping {len(errors)} samples that could not be prepared, the {task} task "
+                           f"has {len(y)} samples of {len(set(y.tolist()))} class(es); it needs two. First problems: "
+                           + "; ".join(map(str, errors["error"].head(3).tolist() if len(errors) else [])))
     dens = table["density"].astype(object).where(table["density"].notna(), None).to_numpy()
     return TaskData(table=table, X=X, y=y, groups=table["patient_id"].astype(str).to_numpy(), classes=classes,
                     dense_classes=dense_classes_for(classes if task == "density" else

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.datasets import load_dataset
 from pipeline.imageio import read_image
@@ -59,3 +60,37 @@ def test_load_samples_reports_rows_without_roi(mias_dir):
     assert errors["position"].tolist() == [2, 3] and errors["error"].str.contains("no ROI").all()
     Xd, errors_d = load_samples(table, "density", size=32, n_jobs=2)
     assert Xd.shape == (4, 1024) and errors_d.empty and 0.0 <= Xd.min() and Xd.max() <= 1.0
+
+
+def test_findings_without_roi_are_whole_breast_samples_only_when_allowed(mias_dir):
+    """The 4 mini-MIAS calcifications without a centre: error rows for lesion crops, whole-breast samples (the same
+    as predict makes for an image given without an ROI) when dataset.require_roi is false."""
+    from pipeline.samples import WHOLE_IMAGE_IF_NO_ROI
+
+    table = load_dataset("mias", mias_dir)
+    rows = table[table["pathology"].notna() & table["roi_kind"].isna()].reset_index(drop=True)
+    assert len(rows) == 4
+    X, errors = load_samples(rows, "malignancy", size=64)
+    assert len(X) == 0 and len(errors) == 4 and errors["error"].str.contains("has no ROI").all()
+    X, errors = load_samples(rows, WHOLE_IMAGE_IF_NO_ROI, size=64)
+    whole, _ = load_samples(rows, "density", size=64)
+    assert errors.empty and np.array_equal(X, whole)
+    lesions = table[table["roi_kind"].notna()].head(3)
+    crops, _ = load_samples(lesions, WHOLE_IMAGE_IF_NO_ROI, size=64)
+    assert np.array_equal(crops, load_samples(lesions, "malignancy", size=64)[0])  # ROIs still give crops
+
+
+def test_cbis_findings_without_masks_name_the_missing_rois(cbis_dir):
+    from pipeline.errors import DatasetError
+    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.train import load_task_data
+
+    exp = load_experiment(EXPERIMENTS_DIR / "cbis_ddsm_malignancy.yaml", [f"dataset.path={cbis_dir}",
+                                                                            "samples.n_jobs=1", "samples.size=64"])
+    with pytest.raises(DatasetError, match="10 of them have no ROI .* dataset.require_roi=false"):
+        load_task_data(exp.config, lambda s: None)
+    exp = load_experiment(EXPERIMENTS_DIR / "cbis_ddsm_malignancy.yaml", [f"dataset.path={cbis_dir}",
+                                                                            "samples.n_jobs=1", "samples.size=64",
+                                                                            "dataset.require_roi=false"])
+    data = load_task_data(exp.config, lambda s: None)
+    assert data.X.shape == (10, 64 * 64) and set(data.classes[i] for i in data.y) == {"benign", "malignant"}
