@@ -446,7 +446,8 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
 
     BI-RADS density is one category per exam, so the views of an exam are pooled (pipeline.evaluate.exam_average).
     Written only when a density model ran and the inputs came from a manifest naming exams (`exam_id` or
-    `patient_id`); images that failed are left out and counted in `n_failed`.
+    `patient_id`; images with neither are left out); images that failed are left out of the mean and counted in
+    `n_failed` (an exam whose images all failed has empty probabilities and call).
     """
     import pandas as pd
 
@@ -457,16 +458,21 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
     columns = [f"density_p_{c}" for c in model.classes]
     table = pd.DataFrame([{**{c: r.get(c) for c in columns}, "exam": exams.get(str(r.get("path"))),
                            "failed": bool(r.get("error"))} for r in rows])
+    if table.empty:
+        return None
     table = table[table["exam"].notna()]
+    exam_order = pd.Index(table["exam"].unique())  # every exam, also one whose images all failed
     ok = table[~table["failed"]]
     probs = ok[columns].apply(pd.to_numeric, errors="coerce")
-    mean = probs.groupby(ok["exam"]).mean()
+    mean = probs.groupby(ok["exam"]).mean().reindex(exam_order)
     mean = mean.div(mean.sum(axis=1).clip(lower=1e-12), axis=0)
-    summary = pd.DataFrame({"exam": mean.index, "n_images": ok.groupby("exam").size().reindex(mean.index).to_numpy()})
-    summary["n_failed"] = table[table["failed"]].groupby("exam").size().reindex(mean.index).fillna(0).astype(int).to_numpy()
+    summary = pd.DataFrame({"exam": exam_order,
+                            "n_images": ok.groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()})
+    summary["n_failed"] = table[table["failed"]].groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()
     for c in columns:
         summary[c] = mean[c].to_numpy()
-    summary["density_call"] = [model.classes[i] for i in np.argmax(mean[columns].to_numpy(), axis=1)]
+    values = mean[columns].to_numpy()
+    summary["density_call"] = [model.classes[int(np.argmax(v))] if np.isfinite(v).all() else "" for v in values]
     summary["density_model"], summary["density_version"] = model.name, model.version
     path = Path(out).with_name(Path(out).stem + ".exams.csv")
     summary.to_csv(path, index=False)

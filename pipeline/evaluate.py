@@ -305,7 +305,7 @@ def exam_average(proba: np.ndarray, exams: Sequence) -> np.ndarray:
     exams = pd.Series(list(exams), dtype=object)
     if len(exams) != len(proba):
         raise ValueError(f"exams has {len(exams)} entries but proba has {len(proba)} rows.")
-    mean = pd.DataFrame(proba).groupby(exams.to_numpy()).transform("mean").to_numpy()
+    mean = pd.DataFrame(proba).groupby(exams.to_numpy(), dropna=False).transform("mean").to_numpy()
     return mean / np.clip(mean.sum(axis=1, keepdims=True), 1e-12, None)
 
 

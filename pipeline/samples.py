@@ -103,12 +103,18 @@ def mask_box(paths: str, shape: tuple[int, int]) -> tuple[float, float, float, f
             seen.append(f"{path}: {exc}")
             continue
         step = max(1, min(mask.shape) // 512)
-        values = np.unique(mask[::step, ::step])
-        if len(values) > 2 or values.max() <= 0:
-            seen.append(f"{path}: not a binary mask ({len(values)} grey levels)")
+        levels = len(np.unique(mask[::step, ::step]))  # a lesion crop has many grey levels, a mask two
+        low, high = float(mask.min()), float(mask.max())  # full resolution: a few-pixel calcification counts
+        if levels > 2 or high <= low:
+            seen.append(f"{path}: not a binary mask ({levels} grey levels)")
             continue
-        rows = np.flatnonzero((mask > 0.5).any(axis=1))
-        cols = np.flatnonzero((mask > 0.5).any(axis=0))
+        foreground = mask > (low + high) / 2.0  # 0/1, 0/255 or any two values
+        share = float(foreground.mean())
+        if share > 0.9:
+            seen.append(f"{path}: foreground covers {share:.0%} of the image (an inverted mask?)")
+            continue
+        rows = np.flatnonzero(foreground.any(axis=1))
+        cols = np.flatnonzero(foreground.any(axis=0))
         sy, sx = shape[0] / mask.shape[0], shape[1] / mask.shape[1]
         return cols[0] * sx, rows[0] * sy, (cols[-1] + 1) * sx, (rows[-1] + 1) * sy
     raise ImageReadError(candidates[0] if candidates else "roi_mask_path", "no binary ROI mask among "
@@ -122,7 +128,9 @@ def roi_geometry(row: Any, width: int, flipped: bool, height: int | None = None)
     A ``mask`` ROI is read from ``roi_mask_path`` (its foreground's bounding box; `height` is the image's)."""
     kind = row.get("roi_kind")
     if kind == "mask":
-        x0, y0, x1, y1 = mask_box(row.get("roi_mask_path"), (int(height or width), int(width)))
+        if height is None:
+            raise ValueError("roi_geometry needs the image height for a mask ROI")
+        x0, y0, x1, y1 = mask_box(row.get("roi_mask_path"), (int(height), int(width)))
         cx, cy, extent = (x0 + x1) / 2.0, (y0 + y1) / 2.0, max(x1 - x0, y1 - y0)
         return ((width - 1) - cx if flipped else cx), cy, extent
     if kind == "circle":

@@ -199,10 +199,13 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
 
 
 def exam_ids(data: TaskData) -> np.ndarray:
-    """One examination id per row: the table's `exam_id` column where it has one, else the patient id."""
-    if "exam_id" in data.table.columns and data.table["exam_id"].notna().all():
-        return data.table["exam_id"].astype(str).to_numpy()
-    return np.asarray(data.groups, dtype=str)
+    """One examination id per row: the table's `exam_id` where the row has one, else its patient id."""
+    patients = np.asarray([f"patient:{g}" for g in data.groups], dtype=object)
+    if "exam_id" not in data.table.columns:
+        return np.asarray(data.groups, dtype=str)
+    exam = data.table["exam_id"]
+    known = exam.notna().to_numpy() & (exam.astype(str).str.strip() != "").to_numpy()
+    return np.where(known, [f"exam:{e}" for e in exam.astype(str)], patients).astype(str)
 
 
 def _metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],

@@ -205,6 +205,7 @@ def test_manifest_with_patient_ids_gets_density_per_exam(champion, tmp_path: Pat
     images = default_mias_dir() / "images"
     rows = [(images / f"mdb{n:03d}.png", f"woman{(n - 1) // 2}") for n in range(1, 7)]
     rows.append((tmp_path / "gone.png", "woman0"))  # listed but missing: an error row, counted, not averaged
+    rows.append((tmp_path / "lost.png", "woman3"))  # an exam whose only image fails: kept, with no call
     manifest = tmp_path / "exams.csv"
     pd.DataFrame({"path": [str(p) for p, _ in rows], "patient_id": [e for _, e in rows]}).to_csv(manifest, index=False)
     out = tmp_path / "scores.csv"
@@ -214,9 +215,11 @@ def test_manifest_with_patient_ids_gets_density_per_exam(champion, tmp_path: Pat
     assert "density per exam" in summary.text()
     images_table = pd.read_csv(out, keep_default_na=False)
     exams = pd.read_csv(summary.exams_out).set_index("exam")
-    assert list(exams.index) == ["woman0", "woman1", "woman2"]
-    assert exams["n_images"].tolist() == [2, 2, 2] and exams["n_failed"].tolist() == [1, 0, 0]
+    assert list(exams.index) == ["woman0", "woman1", "woman2", "woman3"]
+    assert exams["n_images"].tolist() == [2, 2, 2, 0] and exams["n_failed"].tolist() == [1, 0, 0, 1]
     columns = ["density_p_F", "density_p_G", "density_p_D"]
+    assert exams.loc["woman3", columns].isna().all() and pd.isna(exams.loc["woman3", "density_call"])
+    exams = exams.drop(index="woman3")
     scored = images_table[images_table["error"] == ""].copy()
     scored["exam"] = scored["path"].map({str(p): e for p, e in rows})
     expected = scored.groupby("exam")[columns].apply(lambda t: t.astype(float).mean())
@@ -230,4 +233,13 @@ def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
     assert exam_of(InputItem(path="/x.png")) is None
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
-    assert write_exam_summary(tmp_path / "r.csv", [], [InputItem(path="/x.png")], []) is None
+    from types import SimpleNamespace
+
+    density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1)
+    row = {"path": "/x.png", "density_p_F": 0.2, "density_p_G": 0.3, "density_p_D": 0.5, "error": None}
+    assert write_exam_summary(tmp_path / "r.csv", [row], [InputItem(path="/x.png")], [density]) is None  # no exam ids
+    named = InputItem(path="/x.png", extra={"patient_id": "P1"})
+    assert write_exam_summary(tmp_path / "r.csv", [row], [named], []) is None  # no density model
+    assert write_exam_summary(tmp_path / "r.csv", [], [named], [density]) is None  # nothing scored yet
+    out = write_exam_summary(tmp_path / "r.csv", [row], [named], [density])
+    assert out == str(tmp_path / "r.exams.csv") and pd.read_csv(out)["density_call"].tolist() == ["D"]

@@ -1,6 +1,8 @@
 """Working-resolution samples: density crops and ROI crops centred on the lesion, flipped correctly."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -94,3 +96,24 @@ def test_cbis_findings_without_masks_name_the_missing_rois(cbis_dir):
                                                                             "dataset.require_roi=false"])
     data = load_task_data(exp.config, lambda s: None)
     assert data.X.shape == (10, 64 * 64) and set(data.classes[i] for i in data.y) == {"benign", "malignant"}
+
+
+@pytest.mark.parametrize("low, high", [(0, 1), (0, 255), (0, 65535)])
+def test_mask_box_reads_any_two_valued_mask_and_tiny_findings(tmp_path, low, high):
+    """0/1, 0/255 and 16-bit masks give the same box; a 3 x 3 calcification in a large mask is found; a mask the
+    size of half the image is scaled; grey crops and inverted masks are passed over with the reason given."""
+    from PIL import Image
+
+    from pipeline.errors import ImageReadError
+    from pipeline.samples import mask_box
+
+    mask = np.full((1500, 1300), low, np.uint16 if high > 255 else np.uint8)
+    mask[700:703, 400:403] = high
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    grey = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "crop.png")
+    paths = os.pathsep.join([str(tmp_path / "crop.png"), str(tmp_path / "mask.png")])
+    assert mask_box(paths, (3000, 2600)) == pytest.approx((800.0, 1400.0, 806.0, 1406.0))
+    Image.fromarray(np.where(mask == high, low, high).astype(mask.dtype)).save(tmp_path / "inverted.png")
+    with pytest.raises(ImageReadError, match="inverted mask.*not a binary mask|not a binary mask.*inverted mask"):
+        mask_box(os.pathsep.join([str(tmp_path / "inverted.png"), str(tmp_path / "crop.png")]), (3000, 2600))

@@ -141,10 +141,10 @@ def _mask_candidates(root: Path, relpath: object, index: dict[str, list[Path]]) 
     if not isinstance(relpath, str) or not relpath.strip():
         return []
     rel = relpath.replace("\\", "/").strip()
-    for base in (root, root / "CBIS-DDSM"):
-        if (base / rel).is_file():
-            return [str((base / rel).resolve())]
-    return [str(p.resolve()) for p in sorted(index.get(_subject_of(rel), []))]
+    named = [str((base / rel).resolve()) for base in (root, root / "CBIS-DDSM") if (base / rel).is_file()][:1]
+    # the named file first (some CSV rows name the lesion crop instead), then the rest of the ROI folder
+    others = [str(p.resolve()) for p in sorted(index.get(_subject_of(rel), []))]
+    return named + [p for p in others if p not in named]
 
 
 def _density(value: object) -> object:
