@@ -451,6 +451,8 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
     """
     import pandas as pd
 
+    from pipeline.evaluate import exam_average
+
     model = next((m for m in models if m.task == "density"), None)
     exams = {item.key: exam_of(item) for item in items}
     if model is None or not any(exams.values()):
@@ -463,9 +465,9 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
     table = table[table["exam"].notna()]
     exam_order = pd.Index(table["exam"].unique())  # every exam, also one whose images all failed
     ok = table[~table["failed"]]
-    probs = ok[columns].apply(pd.to_numeric, errors="coerce")
-    mean = probs.groupby(ok["exam"]).mean().reindex(exam_order)
-    mean = mean.div(mean.sum(axis=1).clip(lower=1e-12), axis=0)
+    probs = ok[columns].apply(pd.to_numeric, errors="coerce").to_numpy()
+    pooled = pd.DataFrame(exam_average(probs, ok["exam"]), columns=columns, index=ok["exam"].to_numpy())
+    mean = pooled[~pooled.index.duplicated()].reindex(exam_order)
     summary = pd.DataFrame({"exam": exam_order,
                             "n_images": ok.groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()})
     summary["n_failed"] = table[table["failed"]].groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()

@@ -12,7 +12,6 @@ Rules, the same for every format:
 from __future__ import annotations
 
 import errno
-
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

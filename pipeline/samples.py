@@ -15,6 +15,7 @@ antialiased reduction), a few milliseconds for 1024 -> 224.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import pandas as pd
 
 from features.breast import breast_mask, orient_chest_wall_left
 from features.preprocess import resize_image
+from pipeline.datasets.table import ROI_KINDS
 from pipeline.errors import ImageReadError, MammoscopeError
 from pipeline.imageio import read_image
 
@@ -92,8 +94,6 @@ def mask_box(paths: str, shape: tuple[int, int]) -> tuple[float, float, float, f
     """(x0, y0, x1, y1) in image pixels of the foreground of the first binary mask among `paths` (os.pathsep-joined);
     a mask of another size than the image `shape` (H, W) is scaled to it. Grey images (a lesion crop stored
     beside the mask) are passed over; raises ImageReadError when no usable mask is found."""
-    import os
-
     candidates = [p for p in str(paths).split(os.pathsep) if p]
     seen = []
     for path in candidates:
@@ -179,15 +179,8 @@ def make_sample(
     return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
 
 
-WHOLE_IMAGE_IF_NO_ROI = "malignancy:whole-image-if-no-roi"  # load_samples task: lesion crops, whole breast without ROI
-
-
-def _has_roi(row: dict) -> bool:
-    kind = row.get("roi_kind")
-    return isinstance(kind, str) and kind in ("circle", "box", "mask")
-
-
-def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict) -> list[tuple[int, Any]]:
+def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict,
+                      whole_breast_without_roi: bool = False) -> list[tuple[int, Any]]:
     """[(position, sample or error message)] for the rows that share one image file."""
     try:
         image, meta = read_image(path)
@@ -196,7 +189,8 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
     out = []
     for r in rows:
         # a finding without an ROI, where the caller allows it, is scored on its whole breast (as predict does)
-        row_task = "density" if task == WHOLE_IMAGE_IF_NO_ROI and not _has_roi(r) else task.split(":")[0]
+        no_roi = whole_breast_without_roi and r.get("roi_kind") not in ROI_KINDS
+        row_task = "density" if no_roi else task
         try:
             out.append((r["_pos"], make_sample(image, r, row_task, laterality=meta.laterality, size=size, **crop)))
         except ImageReadError as exc:  # names the file already
@@ -207,23 +201,27 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
 
 
 def load_samples(
-    df: pd.DataFrame, task: str, size: int = 224, n_jobs: int = 1, **crop_params: float
+    df: pd.DataFrame, task: str, size: int = 224, n_jobs: int = 1, *, whole_breast_without_roi: bool = False,
+    **crop_params: float
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Samples of every row: (X float32 (n_ok, size*size) in row order, errors DataFrame).
 
+    `whole_breast_without_roi`: a malignancy row without an ROI gets the whole-breast sample (as predict makes for
+    an image given without one) instead of an error.
     Rows that fail (unreadable file, no ROI for the malignancy task) are left out of X and listed in `errors`
     (columns ``position`` in df, ``sample_id``, ``path``, ``error``). Rows sharing an image read it once.
     """
     from joblib import Parallel, delayed
 
-    if task not in (*TASKS, WHOLE_IMAGE_IF_NO_ROI):
+    if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
     records = df.reset_index(drop=True).to_dict("records")
     groups: dict[str, list[dict]] = {}
     for pos, rec in enumerate(records):
         rec["_pos"] = pos
         groups.setdefault(str(rec["path"]), []).append(rec)
-    jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params) for path, rows in groups.items())
+    jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params, whole_breast_without_roi)
+            for path, rows in groups.items())
     results = Parallel(n_jobs=n_jobs)(jobs) if n_jobs != 1 else [job[0](*job[1], **job[2]) for job in jobs]
     by_pos = dict(item for chunk in results for item in chunk)
     X = np.zeros((0, size * size), dtype=np.float32)

@@ -171,11 +171,9 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     sp = sample_params(config)
     progress(f"{len(table)} {task} samples from {path} ({table['patient_id'].nunique()} patients); "
              f"preparing {sp['size']} px samples")
-    from pipeline.samples import WHOLE_IMAGE_IF_NO_ROI
-
-    sample_task = WHOLE_IMAGE_IF_NO_ROI if task == "malignancy" and not ds["require_roi"] else task
-    X, errors = load_samples(table, sample_task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
-                             context=sp["context"], min_side=sp["min_side"])
+    X, errors = load_samples(table, task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
+                             whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
+                             min_side=sp["min_side"])
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
     if len(errors):
@@ -200,9 +198,9 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
 
 def exam_ids(data: TaskData) -> np.ndarray:
     """One examination id per row: the table's `exam_id` where the row has one, else its patient id."""
-    patients = np.asarray([f"patient:{g}" for g in data.groups], dtype=object)
     if "exam_id" not in data.table.columns:
         return np.asarray(data.groups, dtype=str)
+    patients = np.asarray([f"patient:{g}" for g in data.groups], dtype=object)
     exam = data.table["exam_id"]
     known = exam.notna().to_numpy() & (exam.astype(str).str.strip() != "").to_numpy()
     return np.where(known, [f"exam:{e}" for e in exam.astype(str)], patients).astype(str)

@@ -67,18 +67,16 @@ def test_load_samples_reports_rows_without_roi(mias_dir):
 def test_findings_without_roi_are_whole_breast_samples_only_when_allowed(mias_dir):
     """The 4 mini-MIAS calcifications without a centre: error rows for lesion crops, whole-breast samples (the same
     as predict makes for an image given without an ROI) when dataset.require_roi is false."""
-    from pipeline.samples import WHOLE_IMAGE_IF_NO_ROI
-
     table = load_dataset("mias", mias_dir)
     rows = table[table["pathology"].notna() & table["roi_kind"].isna()].reset_index(drop=True)
     assert len(rows) == 4
     X, errors = load_samples(rows, "malignancy", size=64)
     assert len(X) == 0 and len(errors) == 4 and errors["error"].str.contains("has no ROI").all()
-    X, errors = load_samples(rows, WHOLE_IMAGE_IF_NO_ROI, size=64)
+    X, errors = load_samples(rows, "malignancy", size=64, whole_breast_without_roi=True)
     whole, _ = load_samples(rows, "density", size=64)
     assert errors.empty and np.array_equal(X, whole)
     lesions = table[table["roi_kind"].notna()].head(3)
-    crops, _ = load_samples(lesions, WHOLE_IMAGE_IF_NO_ROI, size=64)
+    crops, _ = load_samples(lesions, "malignancy", size=64, whole_breast_without_roi=True)
     assert np.array_equal(crops, load_samples(lesions, "malignancy", size=64)[0])  # ROIs still give crops
 
 
