@@ -314,6 +314,7 @@ def read_dicom(path: str | Path, *, max_pixels: int) -> tuple[np.ndarray, dict[s
         "bits_stored": int(ds.get("BitsStored", 0) or 0) or None,
         "photometric": photometric,
         "inverted": inverted,
+        "inverted_by": "tag" if inverted else None,
         "voi": how,
         "laterality": laterality_of(ds),
         "view": view_of(ds),

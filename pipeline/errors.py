@@ -4,6 +4,7 @@ from __future__ import annotations
 __all__ = [
     "MammoscopeError",
     "ImageReadError",
+    "NoBreastError",
     "DatasetError",
     "ConfigError",
     "ModelNotFoundError",
@@ -25,6 +26,10 @@ class ImageReadError(MammoscopeError, ValueError):
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+class NoBreastError(ImageReadError):
+    """An image that reads but holds no breast to score: blank, near-uniform, too small a breast, an ROI off it."""
 
 
 class DatasetError(MammoscopeError, ValueError):

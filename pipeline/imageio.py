@@ -6,6 +6,13 @@ Rules, the same for every format:
   holds the image's maximum, so 12-bit data stored in 16-bit containers are not squeezed into [0, 1/16];
 * RGB becomes luminance (ITU-R BT.601 weights 0.299, 0.587, 0.114); an alpha channel is dropped;
 * DICOM goes through the display chain of ``pipeline.dicom`` (modality LUT, VOI LUT/window, MONOCHROME1 inversion);
+* non-finite pixels (NaN, inf in float TIFFs or DICOMs) are set to the image's lowest finite value (background) with a
+  warning that counts them; an image without one finite pixel is refused;
+* polarity is then checked from the pixels (``features.polarity``), for every format: an image whose breast is darker
+  than its background (a MONOCHROME1 export saved as PNG/JPEG) is inverted back, with a warning; for DICOM the
+  photometric tag is applied first and the pixels overrule it only when they clearly contradict it (warning too).
+  ``ImageMeta.inverted`` says whether the returned image is the inverse of the stored values and
+  ``ImageMeta.inverted_by`` what decided it (``"tag"``, ``"pixels"`` or None);
 * the image size is checked from the header before any pixel is decoded (decompression-bomb guard);
 * empty, truncated and unrecognised files raise ``ImageReadError`` naming the file, the problem and what to do.
 """
@@ -13,7 +20,10 @@ from __future__ import annotations
 
 import errno
 import logging
-from dataclasses import asdict, dataclass, field
+import os
+import stat
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +31,8 @@ import numpy as np
 
 from pipeline.errors import ImageReadError
 
-__all__ = ["ImageMeta", "read_image", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES"]
+__all__ = ["ImageMeta", "read_image", "check_regular_file", "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES",
+           "PIXEL_POLARITY_MARGIN", "TAG_OVERRULE_MARGIN"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,11 @@ DEFAULT_MAX_PIXELS = 80_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".pnm", ".ppm", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".dic")
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# Polarity (features.polarity.polarity_margin, a share of the image): the pixels alone invert an image past
+# PIXEL_POLARITY_MARGIN and overrule a DICOM photometric tag only past TAG_OVERRULE_MARGIN (mini-MIAS: every image
+# and inverse has |margin| >= 0.03; the CBIS-DDSM DICOMs >= 0.6; a crop without background stays near 0).
+PIXEL_POLARITY_MARGIN = 0.02
+TAG_OVERRULE_MARGIN = 0.15
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -42,6 +58,7 @@ class ImageMeta:
     bits_stored: int | None = None
     photometric: str | None = None
     inverted: bool = False
+    inverted_by: str | None = None  # "tag" (DICOM photometric / presentation LUT), "pixels" (polarity check) or None
     voi: str | None = None
     laterality: str | None = None
     view: str | None = None
@@ -100,10 +117,13 @@ def _to_grey(arr: np.ndarray) -> tuple[np.ndarray, int | None, str]:
         grey = arr.astype(np.float32)
         if photometric == "rgb":
             grey = grey @ _LUMA
-        lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
+        finite = np.isfinite(grey)
+        if not finite.any():
+            return grey, 32, photometric  # read_image refuses it, naming the file
+        lo, hi = float(grey[finite].min()), float(grey[finite].max())
         if lo < 0.0 or hi > 1.0:
-            grey = (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
-        return np.nan_to_num(grey).astype(np.float32), 32, photometric
+            grey = (grey - lo) / (hi - lo) if hi > lo else np.where(finite, 0.0, grey).astype(np.float32)
+        return grey.astype(np.float32), 32, photometric  # non-finite pixels stay: read_image cleans and counts them
     if photometric == "rgb":
         scaled, bits = _scale_integer(arr.reshape(-1, 3))
         return (scaled @ _LUMA).reshape(arr.shape[:2]).astype(np.float32), bits, photometric
@@ -178,23 +198,118 @@ def _looks_like_dicom(path: Path, head: bytes) -> bool:
     return head[128:132] == b"DICM" or path.suffix.lower() in _DICOM_SUFFIXES
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
-    """Read PNG/JPEG/PGM/TIFF/DICOM at `path` into (float32 (H, W) in [0, 1], ImageMeta).
+_FILE_KINDS = (
+    (stat.S_ISDIR, "is a folder, not an image file", "pass an image file, or the folder to a command that walks it"),
+    (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file: reading it could wait forever",
+     "export the image to a regular file; it was not opened"),
+    (stat.S_ISSOCK, "is a socket, not a regular file", "export the image to a regular file; it was not opened"),
+    (stat.S_ISCHR, "is a character device, not a regular file", "pass an image file; it was not opened"),
+    (stat.S_ISBLK, "is a block device, not a regular file", "pass an image file; it was not opened"),
+)
 
-    Raises ImageReadError for a missing, empty, truncated, unrecognised or oversized (> `max_pixels`) file.
+
+def check_regular_file(path: str | Path) -> os.stat_result:
+    """The stat of `path` when it is (a link to) a regular file; ImageReadError otherwise, without opening it.
+
+    Dangling links, link loops, folders, FIFOs, sockets and devices are named as such, so a walk can turn them into
+    error rows instead of blocking on them or dropping them.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
+        st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageReadError(path, f"is a symbolic link to {os.readlink(path)!r}, which does not exist",
+                                 "fix or remove the dangling link") from None
         raise ImageReadError(path, "file does not exist", "check the path") from None
-    except IsADirectoryError:
-        raise ImageReadError(path, "is a folder, not an image file", "pass an image file") from None
     except OSError as exc:
-        hint = "it is a symbolic link that points to itself or loops: fix the link" if exc.errno == errno.ELOOP \
-            else "check its permissions"
-        raise ImageReadError(path, f"file cannot be opened ({exc.strerror})", hint) from None
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError(path, "file cannot be opened: it is a symbolic link that points to itself or "
+                                 "loops", "fix the link") from None
+        raise ImageReadError(path, f"file cannot be opened ({exc.strerror})", "check its permissions") from None
+    for test, problem, hint in _FILE_KINDS:
+        if test(st.st_mode):
+            raise ImageReadError(path, problem, hint)
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError(path, "is not a regular file", "pass an image file; it was not opened")
+    return st
+
+
+def _read_head(path: Path, size: int = 132) -> bytes:
+    """First `size` bytes, opened non-blocking and checked to be a regular file once open (no wait on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ImageReadError(path, f"file cannot be opened ({exc.strerror})", "check its permissions") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else since the stat
+            raise ImageReadError(path, "is not a regular file", "pass an image file")
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _warn(path: Path, message: str) -> None:
+    warnings.warn(f"{path.name}: {message}", UserWarning, stacklevel=4)
+    logger.warning("%s: %s", path.name, message)
+
+
+def _clean_non_finite(path: Path, image: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, ImageMeta]:
+    """Non-finite pixels -> the lowest finite value, with a warning; no finite pixel at all -> ImageReadError."""
+    finite = np.isfinite(image)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if bad == 0:
+        return image, meta
+    if bad == finite.size:
+        raise ImageReadError(path, "every pixel is NaN or infinite: there is no image in the file",
+                             "re-export the image; check the software that wrote it")
+    values = image[finite]
+    lo, hi = float(values.min()), float(values.max())
+    cleaned = np.where(finite, image, lo)
+    if lo < 0.0 or hi > 1.0:
+        cleaned = (cleaned - lo) / (hi - lo) if hi > lo else np.zeros_like(cleaned)
+    message = (f"{bad:,} non-finite pixel(s) (NaN/inf, {bad / finite.size:.2%} of the image) were set to the "
+               "background value")
+    _warn(path, message)
+    return np.ascontiguousarray(cleaned, dtype=np.float32), replace(meta, warnings=(*meta.warnings, message))
+
+
+def _check_polarity(path: Path, image: np.ndarray, meta: ImageMeta) -> tuple[np.ndarray, ImageMeta]:
+    """Invert an image whose pixels say the breast is darker than the background; record and warn (module doc)."""
+    from features.polarity import polarity_margin
+
+    margin = polarity_margin(image)
+    tag_inverted = meta.inverted  # DICOM: the photometric tag already inverted the stored values
+    limit = TAG_OVERRULE_MARGIN if meta.format == "dicom" else PIXEL_POLARITY_MARGIN
+    if margin <= limit:
+        return image, replace(meta, inverted_by="tag" if tag_inverted else None)
+    if meta.format == "dicom":
+        tag = meta.photometric or "MONOCHROME2"
+        effect = "inverted" if tag_inverted else "not inverted"
+        message = (f"photometric interpretation {tag} (pixels {effect}) contradicts the pixels, which show a dark "
+                   f"breast on a bright background: inverted by the pixel check (margin {margin:.2f}); check the "
+                   "export's photometric tag")
+    else:
+        message = (f"image is inverted (dark breast on a bright background, as in a MONOCHROME1 export): inverted "
+                   f"back before scoring (margin {margin:.2f})")
+    _warn(path, message)
+    inverted = np.ascontiguousarray(1.0 - image, dtype=np.float32)
+    return inverted, replace(meta, inverted=not tag_inverted, inverted_by="pixels",
+                             warnings=(*meta.warnings, message))
+
+
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               polarity: bool = True) -> tuple[np.ndarray, ImageMeta]:
+    """Read PNG/JPEG/PGM/TIFF/DICOM at `path` into (float32 (H, W) in [0, 1], ImageMeta).
+
+    Only a regular file is opened (non-blocking). Non-finite pixels are cleaned with a warning; with `polarity`
+    (default) an inverted image is inverted back (module docstring); pass False for non-image rasters (ROI masks).
+    Raises ImageReadError for a missing, empty, truncated, unrecognised, oversized (> `max_pixels`) or non-regular
+    file (folder, FIFO, socket, device, dangling link, link loop).
+    """
+    path = Path(path)
+    check_regular_file(path)
+    head = _read_head(path)
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)", "re-export or re-download the file")
 
@@ -202,7 +317,14 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tup
         from pipeline.dicom import read_dicom
 
         image, info = read_dicom(path, max_pixels=max_pixels)
-        return image, ImageMeta(**info)
-    if head[:4] in _TIFF_MAGIC:
-        return _read_tiff(path, max_pixels)
-    return _read_pillow(path, max_pixels)
+        image, meta = image, ImageMeta(**info)
+    elif head[:4] in _TIFF_MAGIC:
+        image, meta = _read_tiff(path, max_pixels)
+    else:
+        image, meta = _read_pillow(path, max_pixels)
+    image, meta = _clean_non_finite(path, image, meta)
+    if meta.inverted and meta.inverted_by is None:
+        meta = replace(meta, inverted_by="tag")
+    if polarity:
+        image, meta = _check_polarity(path, image, meta)
+    return image, meta

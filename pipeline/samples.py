@@ -24,10 +24,11 @@ import pandas as pd
 from features.breast import breast_mask, orient_chest_wall_left
 from features.preprocess import resize_image
 from pipeline.datasets.table import ROI_KINDS
-from pipeline.errors import ImageReadError, MammoscopeError
+from pipeline.errors import ImageReadError, MammoscopeError, NoBreastError
 from pipeline.imageio import read_image
 
-__all__ = ["TASKS", "DEFAULT_CROP", "MIN_IMAGE_SIDE", "check_image_size", "resize_square", "density_sample",
+__all__ = ["TASKS", "DEFAULT_CROP", "MIN_IMAGE_SIDE", "BLANK_RANGE", "MIN_BREAST_SHARE", "check_image_size",
+           "check_not_blank", "check_breast", "check_roi_on_breast", "resize_square", "density_sample",
            "lesion_sample", "make_sample", "load_samples"]
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 TASKS = ("density", "malignancy")
 DEFAULT_CROP: dict[str, float] = {"context": 2.0, "min_side": 128.0}
 MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is refused, never scored as a mammogram
+BLANK_RANGE = 0.02  # robust grey range (p99.5 - p0.5) below which an image is blank (no breast, no background)
+MIN_BREAST_SHARE = 0.02  # a breast region under 2 % of the image is a label, a marker or noise, not a breast
 
 
 def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN_IMAGE_SIDE) -> None:
@@ -46,6 +49,46 @@ def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN
             f"image is {width} x {height} px, too small to be a mammogram (it needs at least {min_side} px on "
             "each side)",
             "give the full-resolution mammogram, not a thumbnail, icon or placeholder",
+        )
+
+
+def check_not_blank(image: np.ndarray, path: object = None, min_range: float = BLANK_RANGE) -> None:
+    """Raise NoBreastError when `image` is uniform or nearly so (robust grey range below `min_range`)."""
+    step = max(1, int(np.ceil(max(np.shape(image)) / 256)))
+    small = np.asarray(image[::step, ::step], dtype=np.float32)
+    lo, hi = (float(v) for v in np.percentile(small, [0.5, 99.5]))
+    if hi - lo < min_range:
+        raise NoBreastError(
+            path if path is not None else "image",
+            f"image is blank: nearly every pixel has the grey level {np.median(small):.2f} (range {hi - lo:.3f}), "
+            "there is no breast to score",
+            "check the export (an all-black or all-white image is a failed conversion or a placeholder)",
+        )
+
+
+def check_breast(mask: np.ndarray, path: object = None, min_share: float = MIN_BREAST_SHARE) -> None:
+    """Raise NoBreastError when the breast mask covers less than `min_share` of the image."""
+    share = float(np.mean(mask))
+    if share < min_share:
+        raise NoBreastError(
+            path if path is not None else "image",
+            f"no breast found: the largest bright region covers {share:.1%} of the image (a breast covers at least "
+            f"{min_share:.0%})",
+            "give a mammogram; a label, a marker or an almost empty image is not scored",
+        )
+
+
+def check_roi_on_breast(mask: np.ndarray, cx: float, cy: float, extent: float, path: object = None) -> None:
+    """Raise NoBreastError when the ROI box (centre, extent; mask coordinates) does not touch the breast mask."""
+    h, w = mask.shape
+    half = max(extent, 1.0) / 2.0
+    x0, x1 = max(int(np.floor(cx - half)), 0), min(int(np.ceil(cx + half)) + 1, w)
+    y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)) + 1, h)
+    if x1 <= x0 or y1 <= y0 or not mask[y0:y1, x0:x1].any():
+        raise NoBreastError(
+            path if path is not None else "image",
+            f"the region of interest (centre {cx:.0f}, {cy:.0f}; size {extent:.0f} px) lies outside the breast",
+            "give the region in pixels of the original image (x0, y0, x1, y1, top-left origin), on the breast",
         )
 
 
@@ -98,7 +141,7 @@ def mask_box(paths: str, shape: tuple[int, int]) -> tuple[float, float, float, f
     seen = []
     for path in candidates:
         try:
-            mask, _ = read_image(path)
+            mask, _ = read_image(path, polarity=False)  # a mask is no mammogram: no polarity check
         except MammoscopeError as exc:
             seen.append(f"{path}: {exc}")
             continue
@@ -159,7 +202,8 @@ def make_sample(
     """Working-resolution sample (float32 (size, size)) of `row` from its already-read `image`.
 
     Every path that scores or trains on an image comes through here: an image smaller than MIN_IMAGE_SIDE on a side
-    raises ImageReadError (naming row["path"] when the row has one).
+    raises ImageReadError, a blank image, one whose breast is too small and an ROI off the breast raise
+    NoBreastError (naming row["path"] when the row has one): nothing of the kind is scored.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
@@ -168,14 +212,17 @@ def make_sample(
     if unknown:
         raise TypeError(f"unknown crop parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_CROP)}")
     check_image_size(image, row.get("path"))
+    check_not_blank(image, row.get("path"))
     side = row.get("laterality")
     side = side if isinstance(side, str) and side in ("L", "R") else laterality
     oriented, flipped = orient_chest_wall_left(image, side)
     mask = breast_mask(oriented)
-    masked = np.where(mask, oriented, np.float32(0.0)) if mask.any() else oriented
+    check_breast(mask, row.get("path"))
+    masked = np.where(mask, oriented, np.float32(0.0))
     if task == "density":
         return density_sample(masked, mask, size)
     cx, cy, extent = roi_geometry(row, image.shape[1], flipped, height=image.shape[0])
+    check_roi_on_breast(mask, cx, cy, extent, row.get("path"))
     return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
 
 

@@ -55,6 +55,8 @@ def test_meta_has_no_patient_identifying_values(cbis_dir, cbis_reads):
     )
 
 
+# The crop has no background, so the display-chain tests below read it without the pixel polarity check
+# (tests/test_polarity.py checks polarity on whole mammograms).
 @pytest.fixture(scope="module")
 def crop_ds(cbis_dir: Path) -> Dataset:
     """A 256 x 256 uncompressed crop of a real CBIS-DDSM mammogram (breast tissue at the chest wall)."""
@@ -73,7 +75,7 @@ def _write(ds: Dataset, path: Path, **changes) -> Path:
 
 
 def test_crop_copy_reads_as_stretched_stored_values(crop_ds, tmp_path):
-    image, meta = read_image(_write(crop_ds, tmp_path / "m2.dcm"))
+    image, meta = read_image(_write(crop_ds, tmp_path / "m2.dcm"), polarity=False)
     stored = crop_ds.pixel_array.astype(np.float64)
     expected = (stored - stored.min()) / (stored.max() - stored.min())
     np.testing.assert_allclose(image, expected, atol=1e-6)
@@ -81,19 +83,19 @@ def test_crop_copy_reads_as_stretched_stored_values(crop_ds, tmp_path):
 
 
 def test_monochrome1_reads_like_its_monochrome2_original(crop_ds, tmp_path):
-    original, _ = read_image(_write(crop_ds, tmp_path / "m2.dcm"))
+    original, _ = read_image(_write(crop_ds, tmp_path / "m2.dcm"), polarity=False)
     inverted = copy.deepcopy(crop_ds)
     inverted.set_pixel_data(65535 - crop_ds.pixel_array, photometric_interpretation="MONOCHROME1", bits_stored=16)
-    image, meta = read_image(_write(inverted, tmp_path / "m1.dcm", PresentationLUTShape="INVERSE"))
+    image, meta = read_image(_write(inverted, tmp_path / "m1.dcm", PresentationLUTShape="INVERSE"), polarity=False)
     assert meta.photometric == "MONOCHROME1" and meta.inverted
     np.testing.assert_allclose(image, original, atol=1e-6)
-    image_no_shape, _ = read_image(_write(inverted, tmp_path / "m1b.dcm"))  # MONOCHROME1 without the shape tag
+    image_no_shape, _ = read_image(_write(inverted, tmp_path / "m1b.dcm"), polarity=False)  # MONOCHROME1 without the shape tag
     np.testing.assert_allclose(image_no_shape, original, atol=1e-6)
 
 
 def test_inverse_presentation_lut_shape_inverts_monochrome2(crop_ds, tmp_path):
-    original, _ = read_image(_write(crop_ds, tmp_path / "m2.dcm"))
-    image, meta = read_image(_write(crop_ds, tmp_path / "inv.dcm", PresentationLUTShape="INVERSE"))
+    original, _ = read_image(_write(crop_ds, tmp_path / "m2.dcm"), polarity=False)
+    image, meta = read_image(_write(crop_ds, tmp_path / "inv.dcm", PresentationLUTShape="INVERSE"), polarity=False)
     assert meta.inverted
     np.testing.assert_allclose(image, 1.0 - original, atol=1e-6)
 
@@ -103,7 +105,7 @@ def test_window_centre_width_is_applied(crop_ds, tmp_path, function):
     stored = crop_ds.pixel_array.astype(np.float64)
     centre, width = float(np.median(stored)), float(np.percentile(stored, 90) - np.percentile(stored, 10))
     path = _write(crop_ds, tmp_path / "win.dcm", WindowCenter=round(centre), WindowWidth=round(width), VOILUTFunction=function)
-    image, meta = read_image(path)
+    image, meta = read_image(path, polarity=False)
     c, w = round(centre), round(width)
     if function == "LINEAR":
         expected = np.clip((stored - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
@@ -123,7 +125,7 @@ def test_voi_lut_sequence_is_applied(crop_ds, tmp_path):
     item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())  # LUT Data
     ds = copy.deepcopy(crop_ds)
     ds.VOILUTSequence = Sequence([item])
-    image, meta = read_image(_write(ds, tmp_path / "voilut.dcm"))
+    image, meta = read_image(_write(ds, tmp_path / "voilut.dcm"), polarity=False)
     expected = lut[np.clip(stored - first, 0, n - 1)] / 65535.0
     np.testing.assert_allclose(image, expected, atol=1e-6)
     assert meta.voi == "VOI LUT sequence"
