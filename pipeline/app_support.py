@@ -39,8 +39,8 @@ __all__ = [
 
 DISPLAY_MAX_SIDE = 1024
 # ImageMeta fields shown in the page and returned by the API: acquisition facts only, nothing identifying.
-SAFE_META_FIELDS = ("format", "original_shape", "bits_stored", "photometric", "inverted", "voi", "laterality", "view",
-                    "modality", "warnings")
+SAFE_META_FIELDS = ("format", "original_shape", "bits_stored", "photometric", "inverted", "inverted_by", "voi",
+                    "laterality", "view", "modality", "warnings")
 _BOX_RGB = np.array([255, 140, 0], dtype=np.uint8)
 _POINT_RGB = np.array([0, 200, 255], dtype=np.uint8)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 
 from pipeline.paths import default_mias_dir
 
-__all__ = ["Case", "write_corpus", "permission_blocks_reads", "good_mias_images", "UNPRIVILEGED_UID"]
+__all__ = ["Case", "write_corpus", "copy_entry", "permission_blocks_reads", "good_mias_images", "UNPRIVILEGED_UID"]
 
 UNPRIVILEGED_UID = 65534  # `nobody`: used to make a chmod 000 file unreadable when the tests run as root
 _SOURCE = "mdb001.png"  # real mammogram whose pixels feed the readable oddities
@@ -84,6 +86,25 @@ def _dicom_from(testfile: str):
     from pydicom.data import get_testdata_file
 
     return pydicom.dcmread(get_testdata_file(testfile))
+
+
+def _make_socket(path: Path) -> None:
+    """A Unix-domain socket file at `path` (bound, then closed: the file stays)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+
+
+def copy_entry(source: Path, target: Path) -> None:
+    """Copy one corpus entry as what it is: links stay links, FIFOs and sockets are made anew, modes are kept."""
+    mode = os.lstat(source).st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), target)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(target)
+    elif stat.S_ISSOCK(mode):
+        _make_socket(target)
+    else:
+        shutil.copy2(source, target, follow_symlinks=False)
 
 
 def permission_blocks_reads(path: Path) -> bool:
@@ -155,12 +176,53 @@ def write_corpus(root: Path) -> list[Case]:
     loop_dir.mkdir()
     os.symlink("..", loop_dir / "parent")  # folder loop: a walker following links would never end
     os.symlink("self.png", loop_dir / "self.png")  # file loop: opening it fails with ELOOP
-    cases.append(Case("symlink_loop_file", "loop/self.png", "error", r"cannot be opened|does not exist"))
+    cases.append(Case("symlink_loop_file", "loop/self.png", "error", r"points to itself or loops"))
 
     locked = root / "locked.png"
     shutil.copyfile(src_png, locked)
     locked.chmod(0)
     cases.append(Case("unreadable", "locked.png", "error", r"[Pp]ermission denied", note="chmod 000"))
+
+    import tifffile as _tifffile
+
+    nan_float = small.astype(np.float32) / 255.0
+    nan_float[100:110, 20:40] = np.nan  # 200 NaN pixels inside the breast
+    _tifffile.imwrite(root / "float_nan.tif", nan_float)
+    cases.append(Case("float_tiff_nan", "float_nan.tif", "ok", r"200 non-finite pixel"))
+
+    Image.fromarray(np.zeros((1024, 1024), np.uint8)).save(root / "all_black.png")
+    cases.append(Case("all_black", "all_black.png", "ok", note="readable; no breast", score_error=r"image is blank"))
+    Image.fromarray(np.full((1024, 1024), 255, np.uint8)).save(root / "all_white.png")
+    cases.append(Case("all_white", "all_white.png", "ok", note="readable; no breast", score_error=r"image is blank"))
+
+    label_only = np.zeros((512, 512), np.uint8)
+    label_only[20:40, 400:480] = 255  # a film label, nothing else
+    Image.fromarray(label_only).save(root / "label_only.png")
+    cases.append(Case("label_only", "label_only.png", "ok", note="a label on black, no breast",
+                      score_error=r"no breast found"))
+
+    Image.fromarray(255 - small).save(root / "inverted_export.png")  # a MONOCHROME1 export saved as PNG
+    cases.append(Case("inverted_png", "inverted_export.png", "ok", r"image is inverted"))
+
+    ds = _dicom_from("CT_small.dcm")  # two frames: tomosynthesis-like, not one 2D mammogram
+    ds.NumberOfFrames = 2
+    ds.PixelData = ds.PixelData * 2
+    ds.save_as(root / "multi_frame.dcm")
+    cases.append(Case("dicom_multi_frame", "multi_frame.dcm", "error", r"holds 2 frames"))
+
+    os.mkfifo(root / "pipe.png")  # opening it for reading would wait for a writer forever
+    cases.append(Case("fifo", "pipe.png", "error", r"named pipe \(FIFO\)"))
+    _make_socket(root / "sock.png")
+    cases.append(Case("socket", "sock.png", "error", r"is a socket"))
+    os.symlink("/dev/zero", root / "device.png")  # an endless character device
+    cases.append(Case("device", "device.png", "error", r"character device"))
+    os.symlink("moved_away.png", root / "dangling.png")
+    cases.append(Case("dangling_link", "dangling.png", "error", r"symbolic link to 'moved_away.png', which does not exist"))
+
+    folder_png = root / "scans.png"  # a folder named like an image is walked as a folder
+    folder_png.mkdir()
+    Image.fromarray(small).save(folder_png / "inside.png")
+    cases.append(Case("folder_named_png", "scans.png/inside.png", "ok"))
 
     odd_dir = root / "dossier patiente é"
     odd_dir.mkdir()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from badinputs import UNPRIVILEGED_UID, Case, permission_blocks_reads, write_corpus
+from badinputs import UNPRIVILEGED_UID, Case, copy_entry, permission_blocks_reads, write_corpus
 from pipeline.errors import ImageReadError
 from pipeline.imageio import read_image
 from pipeline.scan import scan_dataset
@@ -39,9 +39,12 @@ def one_case_folders(corpus) -> dict[str, Path]:
         folder.mkdir(parents=True)
         os.chmod(root.parent / "single", 0o755)
         source = root / case.relpath
-        shutil.copy2(source, folder / source.name, follow_symlinks=False) if not source.is_symlink() else os.symlink(
-            os.readlink(source), folder / source.name
-        )
+        parent = Path(case.relpath).parent
+        if parent.suffix:  # an entry inside a folder named like an image (scans.png/): keep that folder
+            folder = folder / parent.name
+            folder.mkdir()
+        copy_entry(source, folder / source.name)
+        folder = root.parent / "single" / name
         folders[name] = folder
     return folders
 
@@ -49,7 +52,8 @@ def one_case_folders(corpus) -> dict[str, Path]:
 CASE_NAMES = [
     "zero_bytes", "truncated_png", "truncated_jpeg", "text_as_png", "one_by_one", "decompression_bomb",
     "tiff_16bit", "rgba_png", "dicom_no_pixels", "dicom_unsupported_syntax", "dicom_ct", "symlink_loop_file",
-    "unreadable", "spaces_non_ascii",
+    "unreadable", "spaces_non_ascii", "float_tiff_nan", "all_black", "all_white", "label_only", "inverted_png",
+    "dicom_multi_frame", "fifo", "socket", "device", "dangling_link", "folder_named_png",
 ]
 
 
@@ -178,3 +182,96 @@ def test_batch_predictor(corpus, tiny_models, name: str):
     assert abs(total - 1.0) < 1e-9 and row["density_call"] in tiny_models[0].classes
     if case.match:
         assert re.search(case.match, row["warnings"] or ""), row["warnings"]
+
+
+@pytest.fixture(scope="module")
+def good_folder(corpus) -> Path:
+    """Three real mini-MIAS images beside the corpus: none of them may be lost among the bad inputs."""
+    from badinputs import good_mias_images
+
+    root, _ = corpus
+    folder = root.parent / "good"
+    folder.mkdir()
+    for path in good_mias_images(3):
+        shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+def _expect_row(case: Case, row: dict, path: Path) -> None:
+    """A batch/CLI row for `case`: scored, or an error naming the file and the cause (chmod 000 reads as root)."""
+    if case.name == "unreadable" and not row.get("error"):
+        return  # root reads a chmod 000 file: scored
+    if case.scoring_fails:
+        assert row.get("error") and path.name in row["error"] and re.search(case.score_match, row["error"]), row
+    else:
+        assert not row.get("error"), row
+        assert row.get("density_call"), row
+        if case.match:
+            assert re.search(case.match, row.get("warnings") or ""), row
+
+
+@pytest.mark.timeout(240)
+def test_predict_cli_scores_or_reports_every_entry_within_a_time_limit(corpus, good_folder, tiny_store, tmp_path):
+    """`mammoscope predict CORPUS GOOD` as a user runs it: ends in time (no FIFO wait), one row per entry."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    root, cases = corpus
+    out = tmp_path / "results.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "pipeline.cli", "predict", str(root), str(good_folder), "--out", str(out),
+           "--tracking-uri", tiny_store.tracking_uri, "--task", "density", "--n-jobs", "1", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=200)
+    assert done.returncode in (0, 3), done.stderr[-2000:]
+    rows = {r["path"]: r for r in pd.read_csv(out, dtype=str, keep_default_na=False).to_dict("records")}
+    rows = {k: {c: (v or None) for c, v in r.items()} for k, r in rows.items()}
+    for case in cases.values():
+        path = root / case.relpath
+        assert os.path.abspath(path) in rows, f"{case.name}: no row for {path}"
+        _expect_row(case, rows[os.path.abspath(path)], path)
+    for good in sorted(good_folder.iterdir()):
+        row = rows[os.path.abspath(good)]
+        assert not row["error"] and row["density_call"], row
+    assert len(rows) == len(cases) + 3
+
+
+@pytest.mark.timeout(240)
+def test_app_scores_or_refuses_every_entry_within_a_time_limit(corpus, tiny_store):
+    """The app's reading and scoring code on every entry: a result or a clear gr.Error, never a hang.
+
+    Regular files go through the real server by gradio_client (uploads arrive as regular files); FIFOs, sockets,
+    devices and links cannot be uploaded, so the handler meets them as paths, as it would on a misconfigured server.
+    """
+    import gradio as gr
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    import gradio_app
+    from pipeline.app_support import ImageCache
+    from tests._app_helpers import running_app
+
+    root, cases = corpus
+    models, missing = gradio_app.load_models(tiny_store.tracking_uri)
+    handlers = gradio_app._Handlers(models, missing, ImageCache())
+    uploadable = {n for n, c in cases.items() if os.path.isfile(root / c.relpath) and n != "unreadable"}
+
+    with running_app(tiny_store.tracking_uri) as (url, _demo):
+        client = Client(url, verbose=False)
+        for name in sorted(uploadable):
+            case = cases[name]
+            if case.scoring_fails:
+                with pytest.raises(AppError) as info:
+                    client.predict(handle_file(str(root / case.relpath)), "", api_name="/predict")
+                assert re.search(case.score_match, str(info.value)), (name, str(info.value))
+            else:
+                out = client.predict(handle_file(str(root / case.relpath)), "", api_name="/predict")
+                assert sum(out["results"]["density"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+                if case.match:
+                    assert any(re.search(case.match, w) for w in out["image"]["warnings"]), (name, out["image"])
+    for name in sorted(set(cases) - uploadable - {"unreadable"}):
+        case = cases[name]
+        with pytest.raises(gr.Error) as info:
+            handlers.api_predict(str(root / case.relpath), "")
+        assert re.search(case.score_match, str(info.value.message)), (name, info.value.message)

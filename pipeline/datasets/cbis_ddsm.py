@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.datasets.files import entry_path, entry_size, is_entry
 from pipeline.datasets.table import finalize_table
 from pipeline.errors import DatasetError
 
@@ -97,8 +98,8 @@ def _manifest_index(root: Path) -> dict[str, list[Path]]:
         return {}
     index: dict[str, list[Path]] = {}
     for file, subject in zip(df["file"], df["original_id"]):
-        path = (root / file).resolve()
-        if path.is_file() and path not in index.get(subject, []):
+        path = Path(entry_path(root / file))
+        if is_entry(path) and path not in index.get(subject, []):
             index.setdefault(subject, []).append(path)
     return index
 
@@ -108,7 +109,7 @@ def _pick(candidates: list[Path]) -> Path:
         return candidates[0]
     full = [p for p in candidates if "full mammogram" in str(p).lower()]
     pool = full or candidates
-    return max(pool, key=lambda p: (p.stat().st_size, str(p)))
+    return max(pool, key=lambda p: (entry_size(p), str(p)))
 
 
 def _top_folders(root: Path) -> set[str]:
@@ -126,13 +127,13 @@ def _resolve(root: Path, relpath: str, index: dict[str, list[Path]], present: se
     rel = relpath.replace("\\", "/").strip()
     if _subject_of(rel) not in present:
         candidates = index.get(_subject_of(rel))
-        return _pick(candidates).resolve() if candidates else None
+        return Path(entry_path(_pick(candidates))) if candidates else None
     for base in (root, root / "CBIS-DDSM"):
         candidate = base / rel
-        if candidate.is_file():
-            return candidate.resolve()
+        if is_entry(candidate):  # a FIFO or broken link too: the reader gives it an error row
+            return Path(entry_path(candidate))
     candidates = index.get(_subject_of(rel))
-    return _pick(candidates).resolve() if candidates else None
+    return Path(entry_path(_pick(candidates))) if candidates else None
 
 
 def _mask_candidates(root: Path, relpath: object, index: dict[str, list[Path]]) -> list[str]:
@@ -143,7 +144,7 @@ def _mask_candidates(root: Path, relpath: object, index: dict[str, list[Path]]) 
     rel = relpath.replace("\\", "/").strip()
     named = [str((base / rel).resolve()) for base in (root, root / "CBIS-DDSM") if (base / rel).is_file()][:1]
     # the named file first (some CSV rows name the lesion crop instead), then the rest of the ROI folder
-    others = [str(p.resolve()) for p in sorted(index.get(_subject_of(rel), []))]
+    others = [entry_path(p) for p in sorted(index.get(_subject_of(rel), []))]
     return named + [p for p in others if p not in named]
 
 

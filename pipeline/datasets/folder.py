@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.datasets.files import entry_path
 from pipeline.datasets.table import finalize_table
 from pipeline.errors import DatasetError
 from pipeline.imageio import IMAGE_SUFFIXES
@@ -14,19 +15,21 @@ __all__ = ["load_folder", "image_files"]
 
 
 def image_files(root: str | Path) -> list[Path]:
-    """Image files (by suffix) under `root`, recursively, sorted; hidden files skipped.
+    """Entries named like images (by suffix) under `root`, recursively, sorted; hidden files and folders skipped.
 
-    Links named like images are kept even when they are broken or loop, so that the reader reports them as errors
-    instead of the file silently vanishing from the dataset; linked folders are not followed (no walk loops).
+    Every non-folder entry counts, checked from the directory listing without opening it: FIFOs, sockets, devices,
+    broken links and link loops are kept so that the reader reports each as an error row instead of it silently
+    vanishing from the dataset (or blocking a read). A folder is walked whatever its name (``scans.png/``); linked
+    folders are not followed (no walk loops).
     """
     root = Path(root)
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if (p.is_symlink() or p.is_file())
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(s.startswith(".") for s in p.relative_to(root).parts)
-    )
+    found = []
+    for folder, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:  # os.walk lists links to folders under dirnames, everything else here
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(folder) / name)
+    return sorted(found)
 
 
 def load_folder(root: str | Path) -> pd.DataFrame:
@@ -42,7 +45,7 @@ def load_folder(root: str | Path) -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "sample_id": ids,
-            "path": [os.path.realpath(p) for p in files],  # realpath, unlike resolve(), tolerates link loops
+            "path": [entry_path(p) for p in files],  # a broken link or loop keeps its own name for the error row
             "patient_id": [p.stem for p in files],
             "source": root.name or str(root),
         }

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.datasets.files import entry_path, is_entry
 from pipeline.datasets.table import finalize_table
 from pipeline.errors import DatasetError
 
@@ -42,8 +43,8 @@ def _image_path(root: Path, ref: str) -> Path | None:
     for folder in (root / "images", root):
         for suffix in _SUFFIXES:
             candidate = folder / f"{ref}{suffix}"
-            if candidate.is_file():
-                return candidate.resolve()
+            if is_entry(candidate):  # a FIFO or broken link too: the reader gives it an error row
+                return Path(entry_path(candidate))
     return None
 
 
