@@ -5,8 +5,9 @@ comes from ``pipeline.predict`` and display helpers from ``pipeline.app_support`
 127.0.0.1, serves no extra paths, caps uploads, queues requests with a concurrency limit, shows no
 patient-identifying DICOM values. Run ``mammoscope app`` or ``python gradio_app.py``.
 
-API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` is ``"x0, y0, x1, y1"``
-in pixels of the original image or ``""`` for the whole image, and return plain JSON.
+API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` (optional) is
+``"x0, y0, x1, y1"`` in pixels of the original image or ``""`` / left out for the whole image, and return plain JSON.
+Host and port: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (``pipeline.app_address``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import gradio as gr
 import numpy as np
 
 from pipeline import predict as P
+from pipeline.app_address import DEFAULT_HOST, DEFAULT_PORT, server_address
 from pipeline.app_support import (
     ImageCache,
     box_from_corners,
@@ -39,8 +41,6 @@ __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
 MAX_FILE_SIZE = "150mb"  # a full-field 16-bit mammogram is ~25-60 MB uncompressed
 CONCURRENCY_LIMIT = 2  # predictions at once (CPU-bound); further requests wait in the queue
 QUEUE_MAX_SIZE = 64
@@ -92,7 +92,7 @@ class _Handlers:
             raise gr.Error(user_message(exc)) from None
         return loaded, box
 
-    def api_predict(self, file: str | None, roi: str | None) -> dict[str, Any]:
+    def api_predict(self, file: str | None, roi: str | None = None) -> dict[str, Any]:
         """Calibrated probabilities per task, the malignancy call at its operating point, model name/version/alias."""
         loaded, box = self._read(file, roi)
         if not self.models:
@@ -104,7 +104,7 @@ class _Handlers:
         return {"results": results, "image": safe_meta(loaded.meta), "roi": list(box) if box else None,
                 "missing_models": dict(self.missing)}
 
-    def api_explain(self, file: str | None, roi: str | None) -> dict[str, Any]:
+    def api_explain(self, file: str | None, roi: str | None = None) -> dict[str, Any]:
         """Top handcrafted-feature contributions (log-odds) and notes per task; heat maps are shown in the page."""
         loaded, box = self._read(file, roi)
         out: dict[str, Any] = {}
@@ -264,8 +264,8 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
                 view = gr.Image(label="Click two corners to draw a region of interest", type="numpy",
                                 interactive=False, format="jpeg", elem_id="view", buttons=["fullscreen"])
                 with gr.Row():
-                    roi = gr.Textbox(label="Region x0, y0, x1, y1 (original pixels; empty = whole image)",
-                                     elem_id="roi", scale=4)
+                    roi = gr.Textbox("", label="Region x0, y0, x1, y1 (original pixels; empty = whole image)",
+                                     elem_id="roi", scale=4)  # an initial value makes `roi` optional in the API
                     whole = gr.Button("Whole image", elem_id="whole", scale=1)
                 status = gr.Markdown(elem_id="status")
                 gr.Markdown(HOW_TO)
@@ -308,11 +308,15 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
     return demo
 
 
-def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tracking_uri: str | None = None,
+def launch(host: str | None = None, port: int | None = None, tracking_uri: str | None = None,
            alias: str = "champion", *, models: Mapping[str, Any] | None = None, image_cache_size: int = 4,
            **launch_kwargs: Any) -> gr.Blocks:
-    """Build and start the app on `host`:`port` (blocks unless prevent_thread_lock=True); returns the Blocks."""
+    """Build and start the app on `host`:`port` (blocks unless prevent_thread_lock=True); returns the Blocks.
+
+    None: from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT, else MAMMOSCOPE_HOST / MAMMOSCOPE_PORT, else 127.0.0.1:7860.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    host, port = server_address(host, port)
     demo = build_demo(models, tracking_uri, alias=alias, image_cache_size=image_cache_size)
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_FILE_SIZE, share=False,
                 footer_links=["api"], **launch_kwargs)
@@ -321,4 +325,4 @@ def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, tracking_uri: str
 
 if __name__ == "__main__":  # pragma: no cover
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    launch(host=os.environ.get("MAMMOSCOPE_HOST", DEFAULT_HOST), port=int(os.environ.get("MAMMOSCOPE_PORT", DEFAULT_PORT)))
+    launch()  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (pipeline.app_address)

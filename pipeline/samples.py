@@ -249,10 +249,11 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
 
 def load_samples(
     df: pd.DataFrame, task: str, size: int = 224, n_jobs: int = 1, *, whole_breast_without_roi: bool = False,
-    **crop_params: float
+    progress_bar: bool = False, **crop_params: float
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Samples of every row: (X float32 (n_ok, size*size) in row order, errors DataFrame).
 
+    `progress_bar`: a tqdm bar on stderr (images done, rate, ETA) while the images are read and prepared.
     `whole_breast_without_roi`: a malignancy row without an ROI gets the whole-breast sample (as predict makes for
     an image given without one) instead of an error.
     Rows that fail (unreadable file, no ROI for the malignancy task) are left out of X and listed in `errors`
@@ -267,9 +268,16 @@ def load_samples(
     for pos, rec in enumerate(records):
         rec["_pos"] = pos
         groups.setdefault(str(rec["path"]), []).append(rec)
+    import sys
+
+    from tqdm.auto import tqdm
+
     jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params, whole_breast_without_roi)
             for path, rows in groups.items())
-    results = Parallel(n_jobs=n_jobs)(jobs) if n_jobs != 1 else [job[0](*job[1], **job[2]) for job in jobs]
+    done = Parallel(n_jobs=n_jobs, return_as="generator")(jobs) if n_jobs != 1 else (
+        job[0](*job[1], **job[2]) for job in jobs)
+    results = list(tqdm(done, total=len(groups), desc="preparing samples", unit="img", file=sys.stderr,
+                        disable=not progress_bar, dynamic_ncols=True))
     by_pos = dict(item for chunk in results for item in chunk)
     X = np.zeros((0, size * size), dtype=np.float32)
     good = [by_pos[p] for p in range(len(records)) if isinstance(by_pos[p], np.ndarray)]

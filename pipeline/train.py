@@ -133,8 +133,10 @@ def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.Dat
     return table[table["patient_id"].isin(chosen)].reset_index(drop=True)
 
 
-def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = log.info) -> TaskData:
-    """Dataset table of the task, labelled rows in the class set, and their samples at working resolution."""
+def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
+                   progress_bar: bool = False) -> TaskData:
+    """Dataset table of the task, labelled rows in the class set, and their samples at working resolution
+    (`progress_bar`: a tqdm bar on stderr while the samples are prepared)."""
     from pipeline.datasets import density_table, lesion_table, load_dataset
     from pipeline.paths import default_mias_dir
     from pipeline.samples import load_samples
@@ -173,7 +175,7 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
              f"preparing {sp['size']} px samples")
     X, errors = load_samples(table, task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"])
+                             min_side=sp["min_side"], progress_bar=progress_bar)
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
     if len(errors):
@@ -217,9 +219,15 @@ def _metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | Non
 
 def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None,
                         progress: Callable[[str], None] = log.info,
-                        on_fold: Callable[[int, dict[str, float]], None] | None = None
-                        ) -> tuple[dict[str, float], CVResult, pd.DataFrame]:
-    """Patient-level CV of the experiment's Pipeline: (cv_* and subgroup metrics, OOF result, OOF table)."""
+                        on_fold: Callable[[int, dict[str, float]], None] | None = None, *,
+                        progress_bar: bool = False) -> tuple[dict[str, float], CVResult, pd.DataFrame]:
+    """Patient-level CV of the experiment's Pipeline: (cv_* and subgroup metrics, OOF result, OOF table).
+
+    `progress_bar`: a tqdm bar on stderr over the folds (feature extraction and fitting, rate and ETA)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     task = config["dataset"]["task"]
     ev = config["evaluation"]
     folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
@@ -229,6 +237,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
     pipe = build_pipeline(config, cache_dir)
     started = time.perf_counter()
+    bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
+               disable=not progress_bar, dynamic_ncols=True)
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         thr = float(final_classifier(est).threshold_)
@@ -243,9 +253,11 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                  f"{fm.get(headline, float('nan')):.3f} ({time.perf_counter() - started:.0f} s)")
         if on_fold is not None:
             on_fold(i, fm)
+        bar.update(1)
 
-    cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
-                        fit_groups_param="classifier__groups", on_fold=fold_done)
+    with bar:
+        cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
+                            fit_groups_param="classifier__groups", on_fold=fold_done)
     call = cv.call if task == "malignancy" else None
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
@@ -301,8 +313,11 @@ def headline_keys(task: str) -> list[str]:
 
 
 def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, register: bool = True,
-                     cache_dir: str | Path | None = None, progress: Callable[[str], None] = log.info) -> TrainResult:
-    """Evaluate by patient-level CV, fit the final model on all rows, log everything and register the model."""
+                     cache_dir: str | Path | None = None, progress: Callable[[str], None] = log.info,
+                     progress_bar: bool = False) -> TrainResult:
+    """Evaluate by patient-level CV, fit the final model on all rows, log everything and register the model.
+
+    `progress_bar`: tqdm bars on stderr over sample preparation and the cross-validation folds (the CLI's)."""
     import matplotlib.pyplot as plt
 
     import registry
@@ -313,7 +328,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     cache = cache_dir or cfg["compute"]["cache_dir"] or default_cache_dir()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = load_task_data(cfg, progress)
+    data = load_task_data(cfg, progress, progress_bar=progress_bar)
     seconds["samples"] = time.perf_counter() - t0
     registry.configure(tracking_uri)
     tr = cfg["tracking"]
@@ -328,7 +343,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         t1 = time.perf_counter()
         metrics, cv, oof = evaluate_experiment(
             cfg, data, cache, progress,
-            on_fold=lambda i, fm: registry.fold_run(i, metrics=fm))
+            on_fold=lambda i, fm: registry.fold_run(i, metrics=fm), progress_bar=progress_bar)
         seconds["cv"] = time.perf_counter() - t1
         registry.log_metrics(metrics)
         registry.log_table(oof, "predictions/oof.csv")

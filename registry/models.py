@@ -11,14 +11,16 @@ the skops file needs and loads it only if every one passes this module's rule ab
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow
 import mlflow.artifacts
@@ -208,6 +210,21 @@ def resolve_version(name: str, alias: str | None = "champion", version: int | st
         ) from exc
 
 
+@contextlib.contextmanager
+def _no_download_progress_bar() -> Iterator[None]:
+    """Silence MLflow's artifact-download progress bars (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR) for the block, unless
+    the user set the variable: loading a model is one step of the app's or a command's own output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def load_model(
     name: str, alias: str = "champion", *, version: int | str | None = None, trusted_types: list[str] | None = None
 ) -> LoadedModel:
@@ -215,7 +232,7 @@ def load_model(
     import skops.io as sio  # lazy, see log_model
 
     mv = resolve_version(name, alias, version)
-    with tempfile.TemporaryDirectory(prefix="mammoscope-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mammoscope-model-") as tmp, _no_download_progress_bar():
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp))
         model = Model.load(str(local / "MLmodel"))
         flavor = model.flavors.get("sklearn", {})

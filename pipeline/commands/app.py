@@ -8,9 +8,10 @@ HELP = "start the Gradio app on the registry's champions"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mammoscope app`."""
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--host", default=None,
+                        help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only; "
+                        "0.0.0.0 exposes it to the network)")
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     parser.add_argument("--alias", default="champion", help="registry alias of the models to serve (default champion)")

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for exp in experiments:
         print(f"\n== train {exp.name} ({exp.task})", flush=True)
-        results.append(train_experiment(exp, args.tracking_uri, progress=lambda line: print(line, flush=True)))
+        results.append(train_experiment(exp, args.tracking_uri, progress=lambda line: print(line, flush=True),
+                                        progress_bar=True))
 
     uri = args.tracking_uri or default_tracking_uri()
     print(f"\n== done in {time.perf_counter() - start:.0f} s; tracking store {uri}")

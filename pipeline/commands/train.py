@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     with compute_backend(scheduler, cache_dir=args.cache_dir or exp.config["compute"]["cache_dir"]):
         result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=args.cache_dir,
-                                  progress=lambda line: print(line, flush=True))
+                                  progress=lambda line: print(line, flush=True), progress_bar=True)
     print(f"done in {result.seconds.get('total', 0):.0f} s; run {result.run_id}"
           + (f"; model {result.model_name} v{result.model_version}" if result.model_version else ""), flush=True)
     print("look: `mammoscope models`, `mammoscope ui`", flush=True)
