@@ -11,6 +11,7 @@ from pipeline.batchio import InputItem
 from pipeline.errors import ImageReadError
 from pipeline.predict import decide, predict_image, prepare_sample
 from pipeline.samples import MIN_IMAGE_SIDE, load_samples
+from tests._images import breast_like
 
 MALIGNANCY = {"task": "malignancy", "classes": ["benign", "malignant"], "threshold": 0.3}
 DENSITY = {"task": "density", "classes": ["F", "G", "D"], "threshold": float("nan")}
@@ -59,8 +60,7 @@ class _Loaded:
 @pytest.mark.parametrize("threshold", [0.3, 0.5, float("nan")])
 def test_app_and_batch_paths_make_the_same_call(threshold: float):
     """predict_image (the app) and score_batch (`mammoscope predict`) give the same call through `decide`."""
-    rng = np.random.default_rng(0)
-    image = rng.random((96, 64), dtype=np.float32)
+    image = breast_like(96, 64)
     loaded = {"malignancy": _Loaded({**MALIGNANCY, "threshold": threshold}, [1.4, 0.6]),  # p_malignant = 0.3
               "density": _Loaded(DENSITY, [1.0, 3.0, 2.0])}
     app = predict_image(image, None, loaded, roi=(10, 10, 40, 40))
@@ -88,7 +88,7 @@ def test_too_small_image_is_refused_on_every_scoring_path(tmp_path):
         prepare_sample(np.ones((1, 1), np.float32), None, "density", {"size": 32}, path=path)
     with pytest.raises(ImageReadError, match=rf"^image: image is {MIN_IMAGE_SIDE - 1} x 400 px"):
         prepare_sample(np.ones((400, MIN_IMAGE_SIDE - 1), np.float32), None, "density", {"size": 32})
-    assert prepare_sample(np.ones((MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), np.float32), None, "density",
+    assert prepare_sample(breast_like(MIN_IMAGE_SIDE, MIN_IMAGE_SIDE), None, "density",
                           {"size": 32}).shape == (32, 32)
 
     prepared = prepare_item(InputItem(path=str(path)), [("density", {"size": 32})])

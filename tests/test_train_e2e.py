@@ -189,7 +189,9 @@ def test_finetuned_cnn_inside_the_pipeline_gives_a_heat_map():
         metadata = {"task": "malignancy", "classes": ["benign", "malignant"], "sample_params": {"size": 32}}
         pipeline = pipe
 
-    image = rng.random((200, 200)).astype(np.float32)
+    from tests._images import breast_like
+
+    image = breast_like(200, 200)  # random noise is refused as "no breast"
     ex = explain(image, None, Loaded(), roi=(50, 50, 120, 120))
     assert ex["heatmap"].shape == (32, 32) and 0 <= ex["heatmap"].min() and ex["heatmap"].max() <= 1
     assert ex["contributions"] and all(not c["feature"].startswith("cnn") for c in ex["contributions"])
