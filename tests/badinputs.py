@@ -217,7 +217,8 @@ def write_corpus(root: Path) -> list[Case]:
     os.symlink("/dev/zero", root / "device.png")  # an endless character device
     cases.append(Case("device", "device.png", "error", r"character device"))
     os.symlink("moved_away.png", root / "dangling.png")
-    cases.append(Case("dangling_link", "dangling.png", "error", r"symbolic link to 'moved_away.png', which does not exist"))
+    cases.append(Case("dangling_link", "dangling.png", "error",
+                      r"symbolic link to 'moved_away.png', which does not exist"))
 
     folder_png = root / "scans.png"  # a folder named like an image is walked as a folder
     folder_png.mkdir()

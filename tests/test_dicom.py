@@ -89,7 +89,7 @@ def test_monochrome1_reads_like_its_monochrome2_original(crop_ds, tmp_path):
     image, meta = read_image(_write(inverted, tmp_path / "m1.dcm", PresentationLUTShape="INVERSE"), polarity=False)
     assert meta.photometric == "MONOCHROME1" and meta.inverted
     np.testing.assert_allclose(image, original, atol=1e-6)
-    image_no_shape, _ = read_image(_write(inverted, tmp_path / "m1b.dcm"), polarity=False)  # MONOCHROME1 without the shape tag
+    image_no_shape, _ = read_image(_write(inverted, tmp_path / "m1b.dcm"), polarity=False)  # MONOCHROME1, no shape
     np.testing.assert_allclose(image_no_shape, original, atol=1e-6)
 
 
