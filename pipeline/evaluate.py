@@ -280,6 +280,9 @@ def multiclass_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequen
 def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, density: Sequence,
                      dense_classes: Sequence, classes: Sequence[str], **kw: Any) -> dict[str, float]:
     """The task's metrics within dense (`dense_*`) and non-dense (`nondense_*`) samples where density is known."""
+    from pipeline.tasks import get_task
+
+    spec = get_task(task)
     dens = pd.Series(list(density), dtype=object)
     known = dens.notna().to_numpy() & (dens.astype(str) != "").to_numpy()
     is_dense = dens.astype(str).isin({str(d) for d in dense_classes}).to_numpy()
@@ -287,10 +290,7 @@ def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarr
     for name, sel in (("dense_", known & is_dense), ("nondense_", known & ~is_dense)):
         if not sel.any():
             continue
-        if task == "malignancy":
-            out.update(binary_metrics(y[sel], proba[sel, 1], None if call is None else call[sel], prefix=name, **kw))
-        else:
-            out.update(multiclass_metrics(y[sel], proba[sel], classes, prefix=name, **kw))
+        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=name, **kw))
     return out
 
 
@@ -331,13 +331,16 @@ class CVResult:
 
 def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
                    folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
+                   route_groups: bool = False,
                    on_fold: Callable[[int, np.ndarray, np.ndarray, Any, np.ndarray], None] | None = None,
                    n_jobs: int | None = None) -> CVResult:
     """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
 
     The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
     own fit. `fit_groups_param` names the fit parameter that receives the training rows' patient ids
-    (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level.
+    (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level; `route_groups=True` passes
+    them as `groups=` with scikit-learn metadata routing instead (pipeline.routing: every step that requested them,
+    e.g. the calibrated classifier and the fine-tuning embedder, gets the training rows' patient ids).
 
     Each fold is fitted by the module-level `_fit_fold`, through `pipeline.compute.map_chunks` (one fold per task):
     locally by `joblib.Parallel(n_jobs)` (default 1: in this process, in fold order, bit-identical to a plain loop);
@@ -357,7 +360,8 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     fold_of = np.full(n, -1)
     thr = np.full(n, np.nan)
     fold_thresholds: list[float] = []
-    fit = functools.partial(_fit_folds, X=X, y=y, groups=groups, fit_groups_param=fit_groups_param)
+    fit = functools.partial(_fit_folds, X=X, y=y, groups=groups,
+                            fit_groups_param=ROUTED if route_groups else fit_groups_param)
     specs = ((make_estimator(), tr, te) for tr, te in folds)  # lazy: each estimator made as its fold is sent
     results = (fitted for _, chunk in map_chunks(fit, specs, 1, n_jobs=1 if n_jobs is None else int(n_jobs),
                                                  max_in_flight=max(1, len(folds)), ordered=True)
@@ -375,11 +379,19 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     return CVResult(proba=proba, fold=fold_of, threshold=thr, folds=folds, fold_thresholds=fold_thresholds)
 
 
+ROUTED = "<metadata routing>"  # _fit_fold: pass groups by metadata routing
+
+
 def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
               test: np.ndarray, fit_groups_param: str | None) -> tuple[Any, np.ndarray]:
     """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
-    fit_kw = {fit_groups_param: groups[train]} if fit_groups_param else {}
-    estimator.fit(X[train], y[train], **fit_kw)
+    if fit_groups_param == ROUTED:
+        from pipeline.routing import fit_with_groups
+
+        fit_with_groups(estimator, X[train], y[train], groups[train])
+    else:
+        fit_kw = {fit_groups_param: groups[train]} if fit_groups_param else {}
+        estimator.fit(X[train], y[train], **fit_kw)
     return estimator, np.asarray(estimator.predict_proba(X[test]), dtype=float)
 
 

@@ -8,7 +8,9 @@ Every key and value is checked before any work starts; errors name the key path,
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -28,6 +30,7 @@ __all__ = [
     "validate_config",
     "flatten_config",
     "deep_merge",
+    "default_config",
 ]
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -42,7 +45,7 @@ class Rule:
     """One value check: `check(value) -> bool`; `allowed` says in words what passes."""
 
     check: Callable[[Any], bool]
-    allowed: str
+    allowed: str | Callable[[], str]  # a callable is asked when the message is written (e.g. registered tasks)
     nullable: bool = False
 
     def ok(self, value: Any) -> bool:
@@ -51,7 +54,8 @@ class Rule:
         return self.check(value)
 
     def describe(self) -> str:
-        return self.allowed + (" or null" if self.nullable else "")
+        text = self.allowed() if callable(self.allowed) else self.allowed
+        return text + (" or null" if self.nullable else "")
 
 
 def _is_int(v: Any) -> bool:
@@ -106,6 +110,16 @@ def ListOf(item: Rule, min_len: int = 0, nullable: bool = False) -> Rule:
                 f"a list of {'at least %d ' % min_len if min_len else ''}items, each {item.describe()}", nullable)
 
 
+def _task_names() -> tuple[str, ...]:
+    from pipeline.tasks import task_names
+
+    return task_names()
+
+
+def _task_known(value: Any) -> bool:
+    return isinstance(value, str) and value in _task_names()
+
+
 _label = Rule(lambda v: isinstance(v, (str, int)) and not isinstance(v, bool), "a label (string or int)")
 
 SCHEMA: dict[str, Any] = {
@@ -115,7 +129,7 @@ SCHEMA: dict[str, Any] = {
     "dataset": {
         "adapter": Choice(("mias", "cbis", "manifest", "folder"), nullable=True),
         "path": Str(nullable=True),
-        "task": Choice(("density", "malignancy")),
+        "task": Rule(_task_known, lambda: "one of " + ", ".join(_task_names())),
         "classes": ListOf(_label, min_len=2, nullable=True),
         "dense_classes": ListOf(_label, min_len=1, nullable=True),
         "require_roi": Bool(),
@@ -167,7 +181,9 @@ SCHEMA: dict[str, Any] = {
         "colsample_bytree": Float(0.0, 1.0, lo_open=True),
         "min_child_weight": Float(0.0, None),
         "reg_lambda": Float(0.0, None),
-        "class_weight": Choice(("balanced", "none")),
+        "class_weight": Rule(lambda v: v in ("balanced", "none"),
+                             "balanced (scikit-learn's inverse class frequency) or null for no weights ('none' is a "
+                             "deprecated spelling of null)", nullable=True),
     },
     "calibration": {
         "method": Choice(("sigmoid", "isotonic")),
@@ -300,16 +316,28 @@ def validate_config(config: Mapping[str, Any], source: str = "") -> None:
     if classes is not None and len(set(map(str, classes))) != len(classes):
         raise ConfigError(f"{where}dataset.classes: {_fmt(classes)} has repeated labels; list each class once")
     dense = config.get("dataset", {}).get("dense_classes")
+    from pipeline.tasks import get_task
+
     task = config.get("dataset", {}).get("task")
-    if task == "density" and classes is not None and dense is not None:
+    if task is not None and get_task(task).density_labels and classes is not None and dense is not None:
         unknown = [d for d in dense if str(d) not in set(map(str, classes))]
         if unknown:
             raise ConfigError(f"{where}dataset.dense_classes: {_fmt(unknown)} not in dataset.classes "
                               f"{_fmt(classes)}")
 
 
-def _defaults() -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def _defaults_cached() -> dict[str, Any]:
     return _read_yaml(DEFAULTS_PATH)
+
+
+def _defaults() -> dict[str, Any]:
+    return copy.deepcopy(_defaults_cached())
+
+
+def default_config() -> dict[str, Any]:
+    """experiments/defaults.yaml as read (a copy): the one source of every default."""
+    return _defaults()
 
 
 def resolve_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> dict:
@@ -330,14 +358,27 @@ def resolve_config(path: str | Path | None = None, overrides: Iterable[str] | Ma
 
 
 def _fill_derived(config: dict[str, Any], path: str | Path | None) -> None:
-    """Fill the null defaults that depend on other keys (names, champion metric)."""
-    task = config["dataset"]["task"]
+    """Fill the null defaults that depend on other keys (names, champion metric); check the champion metric and
+    normalise model.class_weight to scikit-learn's meaning (None | "balanced" | {label: weight})."""
+    from pipeline.tasks import get_task
+
+    task_obj = get_task(config["dataset"]["task"])
+    task = task_obj.name
     if not config.get("name"):
         config["name"] = Path(path).stem if path is not None else f"default_{task}"
     tr = config["tracking"]
     tr["experiment_name"] = tr["experiment_name"] or f"mammoscope-{task}"
     tr["registered_model_name"] = tr["registered_model_name"] or f"mammoscope-{task}"
-    tr["champion_metric"] = tr["champion_metric"] or ("cv_roc_auc" if task == "malignancy" else "cv_kappa_quadratic")
+    tr["champion_metric"] = tr["champion_metric"] or task_obj.default_champion_metric
+    if not task_obj.is_metric(tr["champion_metric"]):
+        raise ConfigError(f"{path or DEFAULTS_PATH}: tracking.champion_metric: {tr['champion_metric']!r} is not a "
+                          f"metric of the {task} task; use one of "
+                          f"{sorted(k for k in task_obj.metric_names() if k.startswith('cv_') and '_ci_' not in k)}")
+    model = config["model"]
+    if model["class_weight"] == "none":
+        warnings.warn("model.class_weight: 'none' is deprecated; write null (scikit-learn's meaning: no weights)",
+                      FutureWarning, stacklevel=3)
+        model["class_weight"] = None
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
