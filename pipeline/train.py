@@ -16,18 +16,19 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from pipeline.card import ModelCard, metric_entry
+from pipeline.card import code_version as card_code_version
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.evaluate import (
     CVResult,
-    binary_metrics,
     cross_validate,
     exam_average,
-    multiclass_metrics,
     patient_stratified_folds,
     subgroup_metrics,
 )
 from pipeline.experiment import Experiment, flatten_config
 from pipeline.model import build_pipeline, disable_cache, final_classifier
+from pipeline.tasks import ORDINAL_SCHEMES, Task, get_task, ordinal_scheme
 
 __all__ = [
     "ORDINAL_SCHEMES",
@@ -40,17 +41,11 @@ __all__ = [
     "evaluate_experiment",
     "exam_ids",
     "train_experiment",
+    "build_card",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Known ordinal density label sets, in order (for the class order of quadratic-weighted kappa) with their dense part.
-ORDINAL_SCHEMES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("F", "G", "D"), ("D",)),
-    (("A", "B", "C", "D"), ("C", "D")),
-    (("1", "2", "3", "4"), ("3", "4")),
-)
-LABEL_COLUMN = {"density": "density", "malignancy": "pathology"}
 
 
 @dataclass
@@ -85,17 +80,9 @@ class TrainResult:
     promotion_reason: str = ""
 
 
-def resolve_classes(task: str, labels: Sequence[str], configured: Sequence | None) -> list[str]:
-    """Class order: the experiment's, else benign/malignant, else a known ordinal density scheme, else sorted."""
-    if configured is not None:
-        return [str(c) for c in configured]
-    if task == "malignancy":
-        return ["benign", "malignant"]
-    present = {str(v) for v in labels}
-    for scheme, _ in ORDINAL_SCHEMES:
-        if present <= set(scheme):
-            return list(scheme)
-    return sorted(present)
+def resolve_classes(task: str | Task, labels: Sequence[str], configured: Sequence | None) -> list[str]:
+    """Class order: the experiment's, else the task's, else a known ordinal density scheme, else sorted."""
+    return get_task(task).resolve_classes(labels, configured)
 
 
 def dense_classes_for(classes: Sequence[str], configured: Sequence | None) -> list[str]:
@@ -135,20 +122,19 @@ def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.Dat
 
 def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = log.info) -> TaskData:
     """Dataset table of the task, labelled rows in the class set, and their samples at working resolution."""
-    from pipeline.datasets import density_table, lesion_table, load_dataset
+    from pipeline.datasets import load_dataset
     from pipeline.paths import default_mias_dir
     from pipeline.samples import load_samples
 
     ds = config["dataset"]
-    task = ds["task"]
+    spec = get_task(ds["task"])
+    task = spec.name
     path = Path(ds["path"]).expanduser() if ds["path"] else default_mias_dir()
     full = load_dataset(ds["adapter"], path)
-    table = density_table(full) if task == "density" else lesion_table(full)
-    if task == "malignancy" and not ds["require_roi"]:
-        table = full[full["pathology"].isin(["benign", "malignant"])].reset_index(drop=True)
-    label_col = LABEL_COLUMN[task]
+    table = spec.rows(full, ds)
+    label_col = spec.label_column
     table = table[table[label_col].notna()].reset_index(drop=True)
-    classes = resolve_classes(task, table[label_col].astype(str).unique(), ds["classes"])
+    classes = spec.resolve_classes(table[label_col].astype(str).unique(), ds["classes"])
     unknown = sorted(set(table[label_col].astype(str)) - set(classes))
     if unknown:
         log.warning("dropping %d rows with labels %s not in dataset.classes %s",
@@ -156,7 +142,7 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
         table = table[table[label_col].astype(str).isin(classes)].reset_index(drop=True)
     if ds["max_samples"]:
         table = _subsample(table, label_col, int(ds["max_samples"]), int(config["evaluation"]["seed"]))
-    if task == "malignancy" and ds["require_roi"] and table[label_col].nunique() < 2:
+    if not spec.whole_breast and ds["require_roi"] and table[label_col].nunique() < 2:
         labelled = full[full["pathology"].isin(classes)]
         no_roi = int(labelled["roi_kind"].isna().sum())
         if no_roi:
@@ -171,7 +157,7 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     sp = sample_params(config)
     progress(f"{len(table)} {task} samples from {path} ({table['patient_id'].nunique()} patients); "
              f"preparing {sp['size']} px samples")
-    X, errors = load_samples(table, task, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
+    X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
                              min_side=sp["min_side"])
     X = np.asarray(X, dtype=np.float32)
@@ -189,10 +175,9 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
                            f"has {len(y)} samples of {len(set(y.tolist()))} class(es); it needs two. First problems: "
                            + "; ".join(map(str, errors["error"].head(3).tolist() if len(errors) else [])))
     dens = table["density"].astype(object).where(table["density"].notna(), None).to_numpy()
+    density_labels = classes if spec.density_labels else ordinal_scheme([d for d in dens if d])
     return TaskData(table=table, X=X, y=y, groups=table["patient_id"].astype(str).to_numpy(), classes=classes,
-                    dense_classes=dense_classes_for(classes if task == "density" else
-                                                    resolve_classes("density", [d for d in dens if d], None),
-                                                    ds["dense_classes"]),
+                    dense_classes=dense_classes_for(density_labels, ds["dense_classes"]),
                     density=dens, source=str(path), errors=errors.to_dict("records"))
 
 
@@ -206,22 +191,26 @@ def exam_ids(data: TaskData) -> np.ndarray:
     return np.where(known, [f"exam:{e}" for e in exam.astype(str)], patients).astype(str)
 
 
-def _metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],
+def _metrics(task: str | Task, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],
              ev: Mapping[str, Any], prefix: str, n_resamples: int | None = None) -> dict[str, float]:
     kw = dict(n_resamples=ev["bootstrap_resamples"] if n_resamples is None else n_resamples,
               confidence_level=ev["confidence_level"], seed=ev["seed"], ece_bins=ev["ece_bins"], prefix=prefix)
-    if task == "malignancy":
-        return binary_metrics(y, proba[:, 1], call, **kw)
-    return multiclass_metrics(y, proba, classes, **kw)
+    return get_task(task).metrics(y, proba, call, classes, **kw)
 
 
 def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None,
                         progress: Callable[[str], None] = log.info,
                         on_fold: Callable[[int, dict[str, float]], None] | None = None
                         ) -> tuple[dict[str, float], CVResult, pd.DataFrame]:
-    """Patient-level CV of the experiment's Pipeline: (cv_* and subgroup metrics, OOF result, OOF table)."""
-    task = config["dataset"]["task"]
+    """Patient-level CV of the experiment's Pipeline: (cv_* and subgroup metrics, OOF result, OOF table).
+
+    `cache_dir` None: the experiment's compute.cache_dir, else the default cache (pipeline.compute.resolve_compute).
+    """
+    from pipeline.compute import resolve_compute
+
+    task = get_task(config["dataset"]["task"])
     ev = config["evaluation"]
+    cache_dir = resolve_compute(config, cache_dir=cache_dir).cache_dir
     folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
     for tr, te in folds:
         crossing = set(data.groups[tr]) & set(data.groups[te])
@@ -232,21 +221,21 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         thr = float(final_classifier(est).threshold_)
-        call = p[:, 1] >= thr if task == "malignancy" else None
+        call = p[:, 1] >= thr if task.uses_threshold else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
         fm = {k: v for k, v in fm.items() if not k.endswith(("_ci_low", "_ci_high"))}
-        if task == "malignancy":
+        if task.uses_threshold:
             fm["threshold"] = thr
         fm["n_train"] = float(len(tr))
-        headline = "roc_auc" if task == "malignancy" else "kappa_quadratic"
+        headline = task.default_champion_metric.removeprefix("cv_")
         progress(f"fold {i + 1}/{len(folds)}: train {len(tr)} test {len(te)} {headline} "
                  f"{fm.get(headline, float('nan')):.3f} ({time.perf_counter() - started:.0f} s)")
         if on_fold is not None:
             on_fold(i, fm)
 
     cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
-                        fit_groups_param="classifier__groups", on_fold=fold_done)
-    call = cv.call if task == "malignancy" else None
+                        route_groups=True, on_fold=fold_done)
+    call = cv.call if task.uses_threshold else None
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
               ece_bins=ev["ece_bins"])
@@ -254,12 +243,12 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                                     data.classes, **kw))
     exams = exam_ids(data)
     exam_proba = None
-    if task == "density" and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
+    if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
         exam_proba = exam_average(cv.proba, exams)
         # one row per (exam, label): an exam's images share their averaged call, so counting each image would
         # shrink the bootstrap CI; exams whose images carry different labels keep one row per label
         first = ~pd.DataFrame({"exam": exams, "y": data.y}).duplicated().to_numpy()
-        metrics.update(multiclass_metrics(data.y[first], exam_proba[first], data.classes, prefix="cv_exam_", **kw))
+        metrics.update(task.metrics(data.y[first], exam_proba[first], None, data.classes, prefix="cv_exam_", **kw))
     oof = pd.DataFrame({"sample_id": data.table["sample_id"].astype(str), "patient_id": data.groups,
                         "fold": cv.fold, "label": [data.classes[i] for i in data.y],
                         "density": data.density})
@@ -271,17 +260,17 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         for j, c in enumerate(data.classes):
             oof[f"exam_p_{c}"] = exam_proba[:, j]
         oof["exam_predicted"] = [data.classes[i] for i in exam_proba.argmax(axis=1)]
-    if task == "malignancy":
+    if task.uses_threshold:
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
     return metrics, cv, oof
 
 
-def _plots(task: str, data: TaskData, cv: CVResult, n_bins: int) -> dict[str, Any]:
+def _plots(task: str | Task, data: TaskData, cv: CVResult, n_bins: int) -> dict[str, Any]:
     from pipeline.evaluate import plot_confusion, plot_pr, plot_reliability, plot_roc
 
     figs = {"plots/reliability.png": plot_reliability(data.y, cv.proba, n_bins)}
-    if task == "malignancy":
+    if get_task(task).uses_threshold:
         figs["plots/roc.png"] = plot_roc(data.y, cv.proba[:, 1])
         figs["plots/pr.png"] = plot_pr(data.y, cv.proba[:, 1])
         figs["plots/confusion.png"] = plot_confusion(data.y, cv.call.astype(int), data.classes,
@@ -291,13 +280,9 @@ def _plots(task: str, data: TaskData, cv: CVResult, n_bins: int) -> dict[str, An
     return figs
 
 
-def headline_keys(task: str) -> list[str]:
-    """The metrics printed and stored as model-version tags."""
-    if task == "malignancy":
-        return ["cv_roc_auc", "cv_pr_auc", "cv_sens_at_target", "cv_spec_at_target", "cv_brier", "cv_ece",
-                "dense_sens_at_target", "dense_spec_at_target", "nondense_sens_at_target", "nondense_spec_at_target"]
-    return ["cv_kappa_quadratic", "cv_accuracy", "cv_brier", "cv_ece", "dense_accuracy", "nondense_accuracy",
-            "cv_exam_kappa_quadratic", "cv_exam_accuracy"]
+def headline_keys(task: str | Task) -> list[str]:
+    """The metrics printed and stored as model-version tags (the task's)."""
+    return list(get_task(task).headline_keys)
 
 
 def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, register: bool = True,
@@ -308,9 +293,12 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     import registry
     from pipeline.paths import default_cache_dir
 
+    from pipeline.compute import resolve_compute
+    from pipeline.routing import fit_with_groups, strip_requests
+
     cfg = exp.config
     task = exp.task
-    cache = cache_dir or cfg["compute"]["cache_dir"] or default_cache_dir()
+    cache = resolve_compute(cfg, cache_dir=cache_dir).cache_dir
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data = load_task_data(cfg, progress)
@@ -337,28 +325,21 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             plt.close(fig)
         for line in _metric_lines(metrics, headline_keys(task)):
             progress(line)
+        metric = tr["champion_metric"]  # a metric of the task (checked with the config); present for these data?
+        if metric not in metrics:
+            raise ConfigError(f"tracking.champion_metric: {metric!r} was not measured on these data (e.g. exam "
+                              f"metrics need exams with several images); use one of "
+                              f"{sorted(k for k in metrics if k.startswith('cv_') and '_ci_' not in k)}")
         result = TrainResult(exp.name, task, metrics, cv, oof, seconds, run_id=run.run_id)
         if register:
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
-            final = build_pipeline(cfg, cache).fit(data.X, data.y, classifier__groups=data.groups)
-            disable_cache(final)
-            clf = final_classifier(final)
-            meta = {
-                "task": task, "classes": data.classes, "threshold": float(clf.threshold_),
-                "target_sensitivity": float(cfg["evaluation"]["target_sensitivity"]),
-                "sample_params": sample_params(cfg), "experiment": exp.name, "data_digest": digest,
-                "dense_classes": data.dense_classes, "selection_metric": tr["champion_metric"],
-                "metrics": {k: metrics[k] for k in headline_keys(task) if k in metrics and np.isfinite(metrics[k])},
-                "cnn": bool(cfg["features"]["cnn"]["enabled"]),
-                "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"]),
-            }
+            final = fit_with_groups(build_pipeline(cfg, cache), data.X, data.y, data.groups)
+            strip_requests(disable_cache(final))
+            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id)
+            registry.log_text(card.to_json(), "model_card/card.json")
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
-                                      input_example=data.X[:2], metadata=meta)
-            metric = tr["champion_metric"]
-            if metric not in metrics:
-                raise ConfigError(f"tracking.champion_metric: {metric!r} is not a metric of this {task} experiment; "
-                                  f"use one of {sorted(k for k in metrics if k.startswith('cv_'))}")
+                                      input_example=data.X[:2], card=card.to_dict())
             decision = registry.maybe_promote(tr["registered_model_name"], info.version, metric=metric,
                                               value=metrics[metric], higher_is_better=tr["higher_is_better"],
                                               data_digest=digest)
@@ -370,6 +351,54 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         seconds["total"] = time.perf_counter() - t0
         registry.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
     return result
+
+
+def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv: CVResult, classifier: Any,
+               digest: str, run_id: str | None) -> ModelCard:
+    """The model card of a trained model: task, classes, decision rule, sample parameters, data, split, metrics."""
+    cfg = exp.config
+    spec = get_task(exp.task)
+    table = data.table
+    density = table["density"].dropna().astype(str)
+    views = table["view"].dropna().astype(str) if "view" in table.columns else pd.Series([], dtype=str)
+    headline = list(spec.headline_keys)
+    groups = {"dense": "dense_", "nondense": "nondense_"}
+    subgroups = {}
+    for group, prefix in groups.items():
+        entries = {k.removeprefix(prefix): metric_entry(metrics, k) for k in metrics
+                   if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))}
+        entries = {k: v for k, v in entries.items() if v is not None}
+        if entries:
+            subgroups[group] = entries
+    cv_keys = [k for k in metrics if k.startswith("cv_") and not k.endswith(("_ci_low", "_ci_high"))]
+    ordered = [k for k in headline if k in cv_keys] + [k for k in cv_keys if k not in headline]
+    return ModelCard(
+        name=str(cfg["tracking"]["registered_model_name"]),
+        task=spec.name,
+        classes=list(data.classes),
+        ordinal=spec.ordinal,
+        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg)},
+        sample_params=sample_params(cfg),
+        preprocessing=dict(cfg["preprocessing"]),
+        features=dict(cfg["features"]),
+        dataset={"adapter": cfg["dataset"]["adapter"], "path": data.source, "digest": digest,
+                 "n_samples": int(len(table)), "n_patients": int(table["patient_id"].nunique()),
+                 "n_exams": int(len(set(exam_ids(data)))),
+                 "class_counts": {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)},
+                 "density_counts": density.value_counts().sort_index().to_dict() or None,
+                 "views": views.value_counts().sort_index().to_dict() or None},
+        split={"protocol": "patient-level StratifiedGroupKFold", "folds": len(cv.folds),
+               "seed": int(cfg["evaluation"]["seed"])},
+        metrics={k: e for k in ordered if (e := metric_entry(metrics, k)) is not None},
+        subgroups=subgroups,
+        experiment=dict(cfg),
+        code_version=card_code_version(),
+        run_id=run_id,
+        extra={"experiment_name": exp.name, "dense_classes": list(data.dense_classes),
+               "selection_metric": cfg["tracking"]["champion_metric"],
+               "cnn": bool(cfg["features"]["cnn"]["enabled"]),
+               "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"])},
+    )
 
 
 def _metric_lines(metrics: Mapping[str, float], keys: Sequence[str]) -> list[str]:
