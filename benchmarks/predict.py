@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.batch import TaskModel, iter_prepared, parse_model_uri, resolve_n_jobs  # noqa: E402
+from pipeline.batch import TaskModel, iter_prepared, resolve_n_jobs  # noqa: E402
 from pipeline.batchio import discover_inputs  # noqa: E402
 from pipeline.paths import PROJECT_DIR, default_mias_dir  # noqa: E402
 
@@ -47,11 +47,9 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def _load(model_uri: str, tracking_uri: str | None) -> TaskModel:
-    import registry
+    from pipeline.predict import load_predictor
 
-    registry.configure(tracking_uri)
-    name, alias, version = parse_model_uri(model_uri)
-    return TaskModel.from_loaded(registry.load_model(name, alias or "champion", version=version))
+    return load_predictor(model_uri, tracking_uri=tracking_uri)
 
 
 def stage_rates(folder: Path, model: TaskModel, n: int, n_jobs: int, batch_size: int) -> dict[str, float]:

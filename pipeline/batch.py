@@ -1,7 +1,7 @@
 """Batch prediction: score thousands of images with registered models, streaming, in bounded memory, resumable.
 
 Flow: ``discover_inputs`` (paths only) -> worker processes read and prepare each image (``read_image`` then
-``pipeline.predict.prepare_sample`` per task: the same path as the app) with a bounded number of chunks in flight
+``pipeline.predict.SampleSpec.prepare`` per model: the same path as the app) with a bounded number of chunks in flight
 -> the main process runs each task's model on a batch of samples -> ``ResultWriter`` appends the batch's rows
 durably. A file that cannot be read or prepared becomes a row with its error; nothing stops the run.
 
@@ -27,6 +27,8 @@ import numpy as np
 
 from pipeline.batchio import InputItem, ResultWriter, discover_inputs
 from pipeline.errors import MammoscopeError
+from pipeline.predict import Predictor
+from pipeline.tasks import get_task
 
 __all__ = [
     "BatchOptions",
@@ -56,43 +58,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
 EXAM_COLUMNS = ("exam_id", "patient_id")  # manifest columns naming an image's examination, first found wins
 
 
-@dataclass(frozen=True)
-class TaskModel:
-    """One task's loaded model and what is needed to use it: classes, operating point, sample parameters."""
-
-    task: str
-    pipeline: Any
-    name: str
-    version: int
-    classes: tuple[str, ...]
-    threshold: float | None
-    sample_params: dict[str, Any]
-
-    def rule(self) -> dict[str, Any]:
-        """The metadata pipeline.predict.decide reads: task, classes, threshold."""
-        return {"task": self.task, "classes": list(self.classes), "threshold": self.threshold}
-
-    @classmethod
-    def from_loaded(cls, loaded: Any) -> "TaskModel":
-        """From a registry.models.LoadedModel (its metadata carries task, classes, threshold, sample_params)."""
-        meta = loaded.metadata or {}
-        task = meta.get("task")
-        classes = meta.get("classes") or list(getattr(loaded.pipeline, "classes_", []))
-        if task not in ("density", "malignancy") or not classes:
-            raise MammoscopeError(
-                f"{loaded.name} version {loaded.version}: model metadata lack 'task' or 'classes'; "
-                "it was not logged by `mammoscope train`. Retrain it."
-            )
-        threshold = meta.get("threshold")
-        return cls(
-            task=task,
-            pipeline=loaded.pipeline,
-            name=loaded.name,
-            version=int(loaded.version),
-            classes=tuple(str(c) for c in classes),
-            threshold=None if threshold is None else float(threshold),
-            sample_params=dict(meta.get("sample_params") or {}),
-        )
+TaskModel = Predictor  # the former name of a batch's loaded model: now the one Predictor of pipeline.predict
 
 
 @dataclass
@@ -107,10 +73,16 @@ class Prepared:
     error: str | None = None
 
 
-def prepare_item(item: InputItem, specs: Sequence[tuple[str, dict[str, Any]]]) -> Prepared:
-    """Read `item` and prepare one working-resolution sample per (task, sample_params); errors become `error`."""
+def _as_spec(spec: Any) -> Any:
+    from pipeline.predict import SampleSpec
+
+    return spec if isinstance(spec, SampleSpec) else SampleSpec(spec[0], dict(spec[1]))
+
+
+def prepare_item(item: InputItem, specs: Sequence[Any]) -> Prepared:
+    """Read `item` and prepare one working-resolution sample per SampleSpec (or (task, sample_params)); errors
+    become `error`."""
     from pipeline.imageio import read_image
-    from pipeline.predict import prepare_sample
 
     out = Prepared(item=item, laterality=item.laterality, view=item.view)
     with warnings.catch_warnings(record=True) as caught:
@@ -121,9 +93,9 @@ def prepare_item(item: InputItem, specs: Sequence[tuple[str, dict[str, Any]]]) -
             out.view = item.view or meta.view
             if out.laterality and meta.laterality is None:
                 meta = _with_laterality(meta, out.laterality)
-            for task, params in specs:
-                out.samples[task] = np.ascontiguousarray(prepare_sample(image, meta, task, params, path=item.path),
-                                                         dtype=np.float32)
+            for spec in map(_as_spec, specs):
+                out.samples[spec.task] = np.ascontiguousarray(spec.prepare(image, meta, path=item.path).array,
+                                                              dtype=np.float32)
             del image
         except MammoscopeError as exc:
             out.error = str(exc)
@@ -212,12 +184,12 @@ def iter_prepared(
             future.cancel()
 
 
-def result_columns(models: Sequence[TaskModel]) -> list[str]:
-    """Output columns: path, laterality, view, per task probabilities/call/model/version, warnings, error."""
+def result_columns(models: Sequence[Predictor]) -> list[str]:
+    """Output columns: path, laterality, view, per task (Task.output_columns) probabilities/call/model/version,
+    warnings, error."""
     columns = ["path", "laterality", "view"]
     for m in models:
-        columns += [f"{m.task}_p_{c}" for c in m.classes]
-        columns += [f"{m.task}_call", f"{m.task}_model", f"{m.task}_version"]
+        columns += get_task(m.task).output_columns(m.classes)
     return columns + ["warnings", "error"]
 
 
@@ -231,16 +203,13 @@ def _base_row(p: Prepared) -> dict[str, Any]:
     }
 
 
-def _score_task(model: TaskModel, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-    """(probabilities (n, k) normalised to sum to 1, the call of each row by pipeline.predict.decide)."""
-    from pipeline.predict import decide
-
-    probabilities = np.asarray(model.pipeline.predict_proba(X), dtype=np.float64)
-    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
-    return probabilities, decide(probabilities, model.rule())
+def _score_task(model: Predictor, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+    """(probabilities (n, k) normalised to sum to 1, the call of each row): Predictor.score, as the app."""
+    scores = model.score(X)
+    return scores.probabilities, scores.calls
 
 
-def score_batch(batch: Sequence[Prepared], models: Sequence[TaskModel]) -> list[dict[str, Any]]:
+def score_batch(batch: Sequence[Prepared], models: Sequence[Predictor]) -> list[dict[str, Any]]:
     """Rows for a batch: one predict_proba per task on the batch's samples; a batch that fails is retried image by
     image so that one bad sample costs one row, not the batch."""
     rows = [_base_row(p) for p in batch]
@@ -275,13 +244,13 @@ def score_batch(batch: Sequence[Prepared], models: Sequence[TaskModel]) -> list[
 
 def iter_scored(
     items: Iterable[InputItem],
-    models: Sequence[TaskModel],
+    models: Sequence[Predictor],
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     n_jobs: int = 1,
 ) -> Iterator[list[dict[str, Any]]]:
     """Batches of result rows (one per item, in input order); reading overlaps with inference when n_jobs > 1."""
-    specs = [(m.task, m.sample_params) for m in models]
+    specs = [m.spec for m in models]
     batch: list[Prepared] = []
     for prepared in iter_prepared(items, specs, n_jobs=n_jobs, max_in_flight=2 * n_jobs + math.ceil(batch_size / CHUNK)):
         batch.append(prepared)
@@ -350,40 +319,30 @@ def _problem_of(error: str, path: str) -> str:
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, int | None]:
     """`models:/NAME/VERSION` or `models:/NAME@ALIAS` (or plain NAME) -> (name, alias, version)."""
-    body = uri[len("models:/") :] if uri.startswith("models:/") else uri
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, alias, None
-    if "/" in body:
-        name, version = body.rsplit("/", 1)
-        if not version.isdigit():
-            raise MammoscopeError(f"--model {uri!r}: the version must be a number, e.g. models:/{name}/3")
-        return name, None, int(version)
-    return body, "champion", None
+    from pipeline.predict import parse_model_uri as parse
+
+    return parse(uri)
 
 
-def load_models(options: BatchOptions) -> list[TaskModel]:
-    """The models to score with: --model, else each requested task's model at --alias. With --task both, a task
-    without a model is skipped (logged) as long as the other has one."""
+def load_models(options: BatchOptions) -> list[Predictor]:
+    """The Predictors to score with: --model, else each requested task's model at --alias. With --task both
+    (every registered task), a task without a model is skipped (logged) as long as another has one."""
     from pipeline.errors import ModelNotFoundError
-    from pipeline.predict import load_task_models
+    from pipeline.predict import load_predictor, load_task_models
+    from pipeline.tasks import TASKS
 
+    one = None if options.task in ("both", "all") else options.task
     if options.model_uri:
-        import registry
-
-        registry.configure(options.tracking_uri)
-        name, alias, version = parse_model_uri(options.model_uri)
-        models = [TaskModel.from_loaded(registry.load_model(name, alias or "champion", version=version))]
-        if options.task != "both" and models[0].task != options.task:
-            raise ModelNotFoundError(f"--model {options.model_uri} is a {models[0].task} model, not {options.task}")
-        return models
-    if options.task != "both":
-        loaded = load_task_models((options.task,), options.alias, options.tracking_uri)
-        return [TaskModel.from_loaded(loaded[options.task])]
+        model = load_predictor(options.model_uri, alias=options.alias, tracking_uri=options.tracking_uri)
+        if one is not None and model.task != one:
+            raise ModelNotFoundError(f"--model {options.model_uri} is a {model.task} model, not {one}")
+        return [model]
+    if one is not None:
+        return [load_task_models((one,), options.alias, options.tracking_uri)[one]]
     models, missing = [], []
-    for task in ("density", "malignancy"):
+    for task in TASKS:
         try:
-            models.append(TaskModel.from_loaded(load_task_models((task,), options.alias, options.tracking_uri)[task]))
+            models.append(load_task_models((task,), options.alias, options.tracking_uri)[task])
         except ModelNotFoundError as exc:
             missing.append(str(exc))
     if not models:
@@ -441,7 +400,7 @@ def exam_of(item: InputItem) -> str | None:
 
 
 def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: Sequence[InputItem],
-                       models: Sequence[TaskModel]) -> str | None:
+                       models: Sequence[Predictor]) -> str | None:
     """Density per examination (the mean of its images' probabilities) as `<out stem>.exams.csv`; returns its path.
 
     BI-RADS density is one category per exam, so the views of an exam are pooled (pipeline.evaluate.exam_average).
@@ -453,11 +412,12 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
 
     from pipeline.evaluate import exam_average
 
-    model = next((m for m in models if m.task == "density"), None)
+    model = next((m for m in models if get_task(m.task).exam_pooled), None)
     exams = {item.key: exam_of(item) for item in items}
     if model is None or not any(exams.values()):
         return None
-    columns = [f"density_p_{c}" for c in model.classes]
+    t = model.task
+    columns = [f"{t}_p_{c}" for c in model.classes]
     table = pd.DataFrame([{**{c: r.get(c) for c in columns}, "exam": exams.get(str(r.get("path"))),
                            "failed": bool(r.get("error"))} for r in rows])
     if table.empty:
@@ -474,14 +434,14 @@ def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: S
     for c in columns:
         summary[c] = mean[c].to_numpy()
     values = mean[columns].to_numpy()
-    summary["density_call"] = [model.classes[int(np.argmax(v))] if np.isfinite(v).all() else "" for v in values]
-    summary["density_model"], summary["density_version"] = model.name, model.version
+    summary[f"{t}_call"] = [model.classes[int(np.argmax(v))] if np.isfinite(v).all() else "" for v in values]
+    summary[f"{t}_model"], summary[f"{t}_version"] = model.name, model.version
     path = Path(out).with_name(Path(out).stem + ".exams.csv")
     summary.to_csv(path, index=False)
     return str(path)
 
 
-def _check_same_models(writer: ResultWriter, models: Sequence[TaskModel]) -> None:
+def _check_same_models(writer: ResultWriter, models: Sequence[Predictor]) -> None:
     for model in models:
         column = f"{model.task}_version"
         versions = {str(r.get(column)) for r in writer.previous if r.get(column) not in (None, "")}

@@ -1,24 +1,35 @@
-"""The one predict path: registered models -> sample -> calibrated probabilities, call and explanation.
+"""The one predict path: a registered model -> `Predictor` -> prepared samples -> calibrated probabilities and calls.
 
-Used by the Gradio app, `mammoscope predict` and the tests. Models come from the registry (`registry.load_model`)
-with the metadata they were logged with (task, classes, threshold, sample parameters), so an image is prepared
-exactly as the training samples were (pipeline.samples).
+`load_predictor(uri)` is the one loader (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`, or a
+task's default model); it returns a `Predictor` holding the fitted pipeline and its `ModelCard` (pipeline.card), and
+refuses a model whose card it cannot read. `Predictor.prepare(image, meta, roi) -> Sample` makes the model input
+exactly as the training samples were made (pipeline.samples, with the card's sample parameters),
+`Predictor.score(samples) -> Scores` gives probabilities (rows sum to 1) and the card's decision-rule calls, and
+`Predictor.explain(sample)` the feature contributions and a heat map. The Gradio app calls it for one sample,
+`mammoscope predict` (pipeline.batch) for batches, the tests for both.
 """
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from pipeline.errors import MammoscopeError, ModelNotFoundError
+from pipeline.tasks import TASKS, Task, get_task
+from pipeline.tasks import decide as decide_by_rule
 
 __all__ = [
     "TASKS",
-    "DEFAULT_MODEL_NAMES",
-    "DEFAULT_EXPERIMENTS",
+    "Sample",
+    "SampleSpec",
+    "Scores",
+    "Predictor",
+    "parse_model_uri",
+    "load_predictor",
     "load_task_models",
     "normalize_roi",
     "prepare_sample",
@@ -30,34 +41,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("density", "malignancy")
-DEFAULT_MODEL_NAMES = {"density": "mammoscope-density", "malignancy": "mammoscope-malignancy"}
-DEFAULT_EXPERIMENTS = {"density": "experiments/mias_density_fused.yaml",
-                       "malignancy": "experiments/mias_malignancy_fused.yaml"}
-NO_ROI_NOTE = ("no ROI given: the whole breast was scored, but this model was trained on lesion crops; draw a box "
-               "around the finding for a meaningful malignancy probability")
 
-
-def load_task_models(tasks: Sequence[str] = TASKS, alias: str = "champion", tracking_uri: str | None = None,
-                     names: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """{task: registry LoadedModel} for `models:/NAME@alias`; ModelNotFoundError naming the command that trains one."""
-    import registry
-
-    registry.configure(tracking_uri)
-    names = {**DEFAULT_MODEL_NAMES, **(names or {})}
-    out = {}
-    for task in tasks:
-        if task not in TASKS:
-            raise ModelNotFoundError(f"unknown task {task!r}; use one of {list(TASKS)}")
-        try:
-            out[task] = registry.load_model(names[task], alias)
-        except ModelNotFoundError as exc:
-            raise ModelNotFoundError(
-                f"no {task} model at models:/{names[task]}@{alias} ({exc}). Train one with "
-                f"`mammoscope train {DEFAULT_EXPERIMENTS[task]}` (or `mammoscope main` for both)") from exc
-    return out
-
-
+# --------------------------------------------------------------------------------------------------------------------
+# Samples
+# --------------------------------------------------------------------------------------------------------------------
 def normalize_roi(roi: Any) -> dict[str, Any] | None:
     """An ROI as table columns: (x0, y0, x1, y1) or {"x0",..} -> box; {"cx", "cy", "r"} -> circle; None -> None."""
     if roi is None:
@@ -81,93 +68,273 @@ def normalize_roi(roi: Any) -> dict[str, Any] | None:
     return {"roi_kind": "box", "roi_x0": x0, "roi_y0": y0, "roi_x1": x1, "roi_y1": y1}
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One model input: float32 (S, S) in [0, 1], the task it was made for, and notes about how it was made."""
+
+    task: str
+    array: np.ndarray
+    notes: tuple[str, ...] = ()
+    path: str | None = None
+
+    @property
+    def row(self) -> np.ndarray:
+        """The flattened (S*S,) row a Pipeline takes."""
+        return self.array.reshape(-1)
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How one task's model wants its input made (picklable: batch workers prepare samples with it)."""
+
+    task: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def prepare(self, image: np.ndarray, meta: Any = None, roi: Any = None, path: str | Path | None = None) -> Sample:
+        """The sample of `image` as in training: the task's recipe, the card's size/context/min_side.
+
+        A task whose recipe crops around an ROI, given no ROI, gets the whole breast (with the task's note).
+        An image too small to be a mammogram raises ImageReadError naming `path` (pipeline.samples).
+        """
+        from pipeline.samples import make_sample
+
+        spec = get_task(self.task)
+        laterality = getattr(meta, "laterality", None) if meta is not None else None
+        size = int(self.params.get("size", 224))
+        crop = {k: float(self.params[k]) for k in ("context", "min_side") if k in self.params}
+        row: dict[str, Any] = {"sample_id": "input", "laterality": laterality}
+        if path is not None:
+            row["path"] = str(path)
+        region = normalize_roi(roi)
+        recipe, notes = spec.sample_recipe, ()
+        if not spec.whole_breast:
+            if region is not None:
+                row.update(region)
+            else:
+                recipe = "breast"
+                notes = (spec.needs_roi_note,) if spec.needs_roi_note else ()
+        array = make_sample(np.asarray(image, dtype=np.float32), row, recipe, laterality=laterality, size=size,
+                            **crop)
+        return Sample(self.task, array, notes, None if path is None else str(path))
+
+
 def prepare_sample(image: np.ndarray, meta: Any, task: str, sample_params: Mapping[str, Any],
                    roi: Any = None, path: str | Path | None = None) -> np.ndarray:
-    """The model input for one image, as in training: float32 (S, S) in [0, 1] (S = sample_params["size"]).
-
-    Malignancy with no ROI: the whole breast (the density-style sample) is returned; predict_image notes it.
-    An image too small to be a mammogram raises ImageReadError naming `path` (pipeline.samples.check_image_size).
-    """
-    from pipeline.samples import make_sample
-
-    laterality = getattr(meta, "laterality", None) if meta is not None else None
-    size = int(sample_params.get("size", 224))
-    crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
-    row: dict[str, Any] = {"sample_id": "input", "laterality": laterality}
-    if path is not None:
-        row["path"] = str(path)
-    region = normalize_roi(roi)
-    if task == "malignancy" and region is not None:
-        row.update(region)
-        return make_sample(np.asarray(image, dtype=np.float32), row, "malignancy", laterality=laterality,
-                           size=size, **crop)
-    return make_sample(np.asarray(image, dtype=np.float32), row, "density", laterality=laterality, size=size,
-                       **crop)
+    """The model input for one image as float32 (S, S) (SampleSpec(task, sample_params).prepare(...).array)."""
+    return SampleSpec(task, dict(sample_params)).prepare(image, meta, roi, path).array
 
 
-def _nan_to_none(value: float) -> float | None:
+# --------------------------------------------------------------------------------------------------------------------
+# Decisions and scores
+# --------------------------------------------------------------------------------------------------------------------
+def _nan_to_none(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _threshold(metadata: Mapping[str, Any]) -> float | None:
-    """The model's operating point from its metadata, None when it has none (missing or NaN)."""
-    value = metadata.get("threshold")
-    return None if value is None else _nan_to_none(float(value))
+def decide(proba: np.ndarray, card: Any) -> list[str | None]:
+    """The call for each row of `proba` (n, k) by the decision rule of `card` (a ModelCard, its dict, or a legacy
+    {"task", "classes", "threshold"} dict: the task's rule with that threshold)."""
+    d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
+    decision = d.get("decision")
+    if decision is None:
+        decision = {"rule": get_task(d["task"]).decision_rule, "threshold": d.get("threshold")}
+    return decide_by_rule(proba, [str(c) for c in d.get("classes") or []], decision)
 
 
-def decide(proba: np.ndarray, metadata: Mapping[str, Any]) -> list[str | None]:
-    """The call for each row of `proba` (n, k), columns in metadata["classes"] order: for a malignancy model the
-    positive class (classes[1]) when its probability reaches metadata["threshold"], else classes[0] (None for every
-    row when the model has no operating point); for a density model the most probable class."""
-    proba = np.asarray(proba, dtype=float)
-    classes = [str(c) for c in metadata.get("classes") or []]
-    if proba.ndim != 2 or proba.shape[1] != len(classes) or not classes:
-        raise ValueError(f"proba must have shape (n, {len(classes)}) for classes {classes}. "
-                         f"Got {proba.shape} instead.")
-    if metadata.get("task") == "malignancy":
-        threshold = _threshold(metadata)
-        if threshold is None or len(classes) != 2:
-            return [None] * len(proba)
-        return [classes[1] if p >= threshold else classes[0] for p in proba[:, 1]]
-    return [classes[i] for i in np.argmax(proba, axis=1)]
+@dataclass
+class Scores:
+    """One model's output for a batch of samples: probabilities (n, k) in `classes` order, one call per row."""
+
+    task: str
+    classes: list[str]
+    probabilities: np.ndarray
+    calls: list[str | None]
+    model: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
 
 
-def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: Any = None,
-                  path: str | Path | None = None) -> dict[str, Any]:
-    """{task: {classes, probabilities (sum to 1), predicted, call/threshold (malignancy), model, note}} (JSON-able).
+class Predictor:
+    """A loaded model with its card: prepare samples, score them, explain one (the one predict path)."""
 
-    `predicted` is the most probable class; the malignancy `call` follows `decide` (the model's operating point).
-    `path` (the image's file, if any) names it in errors.
-    """
-    out: dict[str, Any] = {}
-    for task, loaded in models.items():
-        md = loaded.metadata
-        classes = [str(c) for c in md.get("classes", [])]
-        sample = prepare_sample(image, meta, md.get("task", task), md.get("sample_params", {}), roi, path=path)
-        proba = np.asarray(loaded.pipeline.predict_proba(sample.reshape(1, -1))[0], dtype=float)
-        proba = proba / proba.sum()
-        rule = {**md, "task": md.get("task", task), "classes": classes}
+    def __init__(self, pipeline: Any, card: Any, *, name: str = "", version: int = 0, alias: str | None = None,
+                 run_id: str = "") -> None:
+        from pipeline.card import ModelCard
+
+        self.pipeline = pipeline
+        self.card = card if isinstance(card, ModelCard) else ModelCard.from_dict(card, f"{name} card")
+        self.name, self.version, self.alias, self.run_id = name, int(version), alias, run_id
+
+    @classmethod
+    def from_loaded(cls, loaded: Any) -> "Predictor":
+        """From a registry.models.LoadedModel whose `card` was read (load_predictor does this)."""
+        if isinstance(loaded, Predictor):
+            return loaded
+        return cls(loaded.pipeline, loaded.card, name=loaded.name, version=loaded.version,
+                   alias=getattr(loaded, "alias", None), run_id=getattr(loaded, "run_id", ""))
+
+    # --- what the card says -----------------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return self.card.task
+
+    @property
+    def task_spec(self) -> Task:
+        return get_task(self.card.task)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.card.classes)
+
+    @property
+    def threshold(self) -> float | None:
+        return _nan_to_none(self.card.threshold)
+
+    @property
+    def sample_params(self) -> dict[str, Any]:
+        return dict(self.card.sample_params)
+
+    @property
+    def spec(self) -> SampleSpec:
+        return SampleSpec(self.card.task, dict(self.card.sample_params))
+
+    def model_info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "alias": self.alias,
+                "experiment": self.card.extra.get("experiment_name")}
+
+    # --- the path ---------------------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray, meta: Any = None, roi: Any = None, path: str | Path | None = None) -> Sample:
+        """The model input for `image` (see SampleSpec.prepare)."""
+        return self.spec.prepare(image, meta, roi, path)
+
+    def score(self, samples: Sequence[Sample | np.ndarray] | np.ndarray) -> Scores:
+        """Probabilities (n, k), rows normalised to sum to 1, and the card's decision-rule call of each row."""
+        if isinstance(samples, np.ndarray):  # rows (n, S*S) or images (n, S, S)
+            X = samples.reshape(len(samples), -1)
+        else:
+            X = np.stack([(s.row if isinstance(s, Sample) else np.asarray(s).reshape(-1)) for s in samples])
+        proba = np.asarray(self.pipeline.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+        proba = proba / proba.sum(axis=1, keepdims=True)
+        calls = decide_by_rule(proba, list(self.classes), self.card.decision)
+        return Scores(self.task, list(self.classes), proba, calls, self.model_info())
+
+    def result(self, sample: Sample, scores: Scores | None = None, i: int = 0) -> dict[str, Any]:
+        """The JSON-able result of one sample: classes, probabilities, predicted, call, threshold, model, notes."""
+        scores = scores if scores is not None else self.score([sample])
+        proba = scores.probabilities[i]
+        classes = scores.classes
         entry: dict[str, Any] = {
             "classes": classes,
             "probabilities": {c: float(p) for c, p in zip(classes, proba)},
-            "predicted": classes[int(np.argmax(proba))] if classes else None,
-            "model": {"name": loaded.name, "version": int(loaded.version), "alias": loaded.alias,
-                      "experiment": md.get("experiment")},
-            "notes": [],
+            "predicted": classes[int(np.argmax(proba))],
+            "call": scores.calls[i],
+            "model": scores.model,
+            "notes": list(sample.notes),
         }
-        if md.get("task", task) == "malignancy":
-            entry["threshold"] = _threshold(md)
-            entry["target_sensitivity"] = md.get("target_sensitivity")
-            p_pos = float(proba[1]) if len(proba) > 1 else float("nan")
-            entry["call"] = decide(proba[None, :], rule)[0] if classes else None
-            entry["probability_malignant"] = p_pos
-            if roi is None:
-                entry["notes"].append(NO_ROI_NOTE)
-        out[task] = entry
+        if self.task_spec.uses_threshold:
+            entry["threshold"] = self.threshold
+            entry["target_sensitivity"] = self.card.target_sensitivity
+            entry[f"probability_{classes[1]}"] = float(proba[1])
+        return entry
+
+    def explain(self, sample: Sample, top: int = 10, heatmap: bool = True) -> dict[str, Any]:
+        """Top feature contributions and a heat map for `sample` (see `explain_sample`)."""
+        return explain_sample(self, sample, top=top, heatmap=heatmap)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------------------------
+def parse_model_uri(uri: str) -> tuple[str, str | None, int | None]:
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` (or plain NAME) -> (name, alias, version)."""
+    body = uri[len("models:/") :] if uri.startswith("models:/") else uri
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, None
+    if "/" in body:
+        name, version = body.rsplit("/", 1)
+        if not version.isdigit():
+            raise MammoscopeError(f"--model {uri!r}: the version must be a number, e.g. models:/{name}/3")
+        return name, None, int(version)
+    return body, "champion", None
+
+
+def _read_card(raw: Any, source: str) -> Any:
+    from pipeline.card import ModelCard
+
+    if raw is None:
+        raise ModelNotFoundError(f"{source}: the model has no model card (it was logged before cards existed, or "
+                                 "not by `mammoscope train`); retrain it")
+    if isinstance(raw, str):
+        raise ModelNotFoundError(f"{source}: {raw}; retrain the model")
+    return ModelCard.from_dict(raw, source)
+
+
+def load_predictor(uri: str | None = None, *, task: str | None = None, alias: str = "champion",
+                   tracking_uri: str | None = None) -> Predictor:
+    """The Predictor of `uri` (`models:/NAME@alias`, `models:/NAME/VERSION`, `runs:/RUN_ID/ARTIFACT`, plain NAME),
+    else of `task`'s default model at `alias`. ModelNotFoundError (what is missing, what to do) when there is none,
+    or when its model card cannot be read."""
+    import registry
+
+    registry.configure(tracking_uri)
+    if uri is None:
+        if task is None:
+            raise ValueError("load_predictor needs a model URI or a task")
+        uri = f"models:/{get_task(task).default_model_name}@{alias}"
+    if uri.startswith("runs:/"):
+        run_id, _, artifact = uri[len("runs:/") :].partition("/")
+        loaded = registry.load_run_model(run_id, artifact or "model", read_card=_read_card)
+    else:
+        name, at, version = parse_model_uri(uri)
+        loaded = registry.load_model(name, at or alias, version=version, read_card=_read_card)
+    predictor = Predictor.from_loaded(loaded)
+    if task is not None and predictor.task != get_task(task).name:
+        raise ModelNotFoundError(f"{uri} is a {predictor.task} model, not {task}")
+    return predictor
+
+
+def load_task_models(tasks: Sequence[str] | None = None, alias: str = "champion", tracking_uri: str | None = None,
+                     names: Mapping[str, str] | None = None) -> dict[str, Predictor]:
+    """{task: Predictor} for each task's `models:/NAME@alias`; ModelNotFoundError naming the command that trains one."""
+    out = {}
+    for task in (tasks if tasks is not None else list(TASKS)):
+        if task not in TASKS:
+            raise ModelNotFoundError(f"unknown task {task!r}; use one of {list(TASKS)}")
+        spec = get_task(task)
+        name = (names or {}).get(task, spec.default_model_name)
+        try:
+            out[task] = load_predictor(f"models:/{name}@{alias}", task=task, tracking_uri=tracking_uri)
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(
+                f"no {task} model at models:/{name}@{alias} ({exc}). Train one with "
+                f"`mammoscope train {spec.default_experiment}` (or `mammoscope main` for every task)") from exc
     return out
 
 
-def predict_paths(paths: Iterable[str | Path], models: Mapping[str, Any], rois: Mapping[str, Any] | None = None
+# --------------------------------------------------------------------------------------------------------------------
+# Convenience over several tasks' predictors
+# --------------------------------------------------------------------------------------------------------------------
+def prepare_samples(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
+                    path: str | Path | None = None) -> dict[str, Sample]:
+    """{task: Sample} of one image, each made once."""
+    return {task: Predictor.from_loaded(p).prepare(image, meta, roi, path) for task, p in models.items()}
+
+
+def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
+                  path: str | Path | None = None, samples: Mapping[str, Sample] | None = None) -> dict[str, Any]:
+    """{task: Predictor.result} (JSON-able) of one image; `samples` (from prepare_samples) are reused if given."""
+    samples = dict(samples or {})
+    out: dict[str, Any] = {}
+    for task, p in models.items():
+        p = Predictor.from_loaded(p)
+        sample = samples.get(task) or p.prepare(image, meta, roi, path)
+        out[task] = p.result(sample)
+    return out
+
+
+def predict_paths(paths: Iterable[str | Path], models: Mapping[str, Predictor], rois: Mapping[str, Any] | None = None
                   ) -> Iterator[dict[str, Any]]:
     """One result dict per path, in order: {"path", "ok", "result" | "error"}; unreadable files do not stop it."""
     from pipeline.imageio import read_image
@@ -194,18 +361,21 @@ def _feature_names(pipeline: Any) -> list[str]:
 
 def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int = 10,
             heatmap: bool = True) -> dict[str, Any]:
+    """Explanation of one image (Predictor.from_loaded(loaded).explain of its prepared sample)."""
+    p = Predictor.from_loaded(loaded)
+    return p.explain(p.prepare(image, meta, roi), top=top, heatmap=heatmap)
+
+
+def explain_sample(predictor: Predictor, sample: Sample, top: int = 10, heatmap: bool = True) -> dict[str, Any]:
     """Top XGBoost contributions (log-odds, averaged over the calibration ensemble) of named handcrafted features for
-    the predicted class, and a heat map (S, S) in [0, 1]: Grad-CAM when the CNN part has a fine-tuned head, else the
-    occlusion sensitivity of the whole model (`occlusion_map`)."""
+    the explained class (the task's explain_target), and a heat map (S, S) in [0, 1]: Grad-CAM when the CNN part has
+    a fine-tuned head, else the occlusion sensitivity of the whole model (`occlusion_map`)."""
     from pipeline.model import final_classifier
 
-    md = loaded.metadata
-    task = md.get("task")
-    pipe = loaded.pipeline
-    sample = prepare_sample(image, meta, task, md.get("sample_params", {}), roi)
-    x = sample.reshape(1, -1)
+    pipe = predictor.pipeline
+    x = sample.row.reshape(1, -1)
     proba = pipe.predict_proba(x)[0]
-    target = int(np.argmax(proba)) if task != "malignancy" else 1
+    target = predictor.task_spec.explain_target(proba)
     Z = pipe[:-1].transform(x)
     clf = final_classifier(pipe)
     contribs = []
@@ -220,7 +390,9 @@ def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int
             c = c[0]
         contribs.append(c[:-1])
     names = _feature_names(pipe)
-    result: dict[str, Any] = {"task": task, "target_class": (md.get("classes") or [None] * (target + 1))[target],
+    classes = list(predictor.classes)
+    result: dict[str, Any] = {"task": predictor.task,
+                              "target_class": classes[target] if target < len(classes) else None,
                               "contributions": [], "heatmap": None, "notes": []}
     if contribs and names:
         mean = np.mean(contribs, axis=0)
@@ -231,14 +403,14 @@ def explain(image: np.ndarray, meta: Any, loaded: Any, roi: Any = None, top: int
         cnn = dict(pipe.named_steps["features"].transformer_list).get("cnn")
         emb = getattr(cnn, "transformer_", cnn)
         if emb is None or getattr(emb, "head_", None) is None or not hasattr(emb, "classes_"):
-            result["heatmap"] = occlusion_map(pipe, sample, target)
+            result["heatmap"] = occlusion_map(pipe, sample.array, target)
             result["notes"].append("heat map: occlusion sensitivity of the whole model (how much the score falls when "
                                    "each region is hidden); a fine-tuned CNN gives Grad-CAM instead")
         else:
             from cnn.gradcam import grad_cam
 
             pre = pipe.named_steps["preprocess"]
-            img = (pre.transform(x) if pre != "passthrough" else x).reshape(sample.shape)
+            img = (pre.transform(x) if pre != "passthrough" else x).reshape(sample.array.shape)
             result["heatmap"] = grad_cam(emb, img, target)
     return result
 

@@ -146,11 +146,9 @@ def test_scanner_whole_corpus(corpus):
 @pytest.fixture(scope="module")
 def tiny_models(tiny_store):
     """The session's tiny registered density champion (conftest `tiny_store`), loaded as the batch predictor uses it."""
-    import registry
-    from pipeline.batch import TaskModel
+    from pipeline.predict import load_predictor
 
-    registry.configure(tiny_store.tracking_uri)
-    return [TaskModel.from_loaded(registry.load_model(tiny_store.names["density"], "champion"))]
+    return [load_predictor(tiny_store.model_uri("density"), tracking_uri=tiny_store.tracking_uri)]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

@@ -11,6 +11,7 @@ from pipeline.batchio import InputItem
 from pipeline.errors import ImageReadError
 from pipeline.predict import decide, predict_image, prepare_sample
 from pipeline.samples import MIN_IMAGE_SIDE, load_samples
+from tests._cards import card
 
 MALIGNANCY = {"task": "malignancy", "classes": ["benign", "malignant"], "threshold": 0.3}
 DENSITY = {"task": "density", "classes": ["F", "G", "D"], "threshold": float("nan")}
@@ -50,8 +51,10 @@ class _Fixed:
 
 
 class _Loaded:
+    """What registry.load_model returns (pipeline, card, name, version, alias), with a stand-in pipeline."""
+
     def __init__(self, metadata: dict, row: list[float]) -> None:
-        self.metadata = {**metadata, "sample_params": {"size": 32}}
+        self.card = card(metadata["task"], metadata["classes"], metadata.get("threshold"))
         self.pipeline = _Fixed(row)
         self.name, self.version, self.alias = f"m-{metadata['task']}", 1, "champion"
 

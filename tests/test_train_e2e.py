@@ -63,7 +63,7 @@ def test_champion_loads_back_with_identical_predictions(trained):
     models = load_task_models(("density",), tracking_uri=uri, names={"density": result.model_name})
     loaded = models["density"]
     assert loaded.version == 1 and loaded.alias == "champion"
-    md = loaded.metadata
+    md = loaded.card.to_dict()
     assert md["task"] == "density" and md["classes"] == ["F", "G", "D"]
     assert md["sample_params"]["size"] == size
 
@@ -185,9 +185,12 @@ def test_finetuned_cnn_inside_the_pipeline_gives_a_heat_map():
     pipe = build_pipeline(cfg, None).fit(X, y, classifier__groups=np.arange(n) // 2)
     assert np.allclose(pipe.predict_proba(X[:4]).sum(axis=1), 1.0)
 
+    from tests._cards import card
+
     class Loaded:  # what registry.load_model returns, reduced to what explain reads
-        metadata = {"task": "malignancy", "classes": ["benign", "malignant"], "sample_params": {"size": 32}}
+        name, version, alias = "m", 1, None
         pipeline = pipe
+    Loaded.card = card("malignancy", ["benign", "malignant"], 0.5)
 
     image = rng.random((200, 200)).astype(np.float32)
     ex = explain(image, None, Loaded(), roi=(50, 50, 120, 120))
