@@ -17,8 +17,11 @@ whatever it is fitted on (inner patient-level folds, or one patient-level split)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +34,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.evaluate import choose_threshold, patient_stratified_folds
@@ -51,12 +55,62 @@ log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------------------------
+def _module_digest(name: str) -> str:
+    """BLAKE2 digest of a module's source (re-read when its file changes); '' when it has no readable source."""
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    try:
+        stat = os.stat(path) if path else None
+    except OSError:
+        stat = None
+    key = (name, path, stat.st_mtime_ns if stat else None, stat.st_size if stat else None)
+    if key not in _SOURCE_DIGESTS:
+        try:
+            source = inspect.getsource(module) if module is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        _SOURCE_DIGESTS[key] = hashlib.blake2b(source.encode(), digest_size=8).hexdigest()
+    return _SOURCE_DIGESTS[key]
+
+
+_SOURCE_DIGESTS: dict[tuple, str] = {}
+
+
+def code_version(estimator: Any) -> str:
+    """The code an estimator's output depends on: the source digest of the module of its class and of every
+    sub-estimator's class (deep get_params), plus the modules they import from the project's feature packages."""
+    modules = {type(estimator).__module__}
+    if hasattr(estimator, "get_params"):
+        for value in estimator.get_params(deep=True).values():
+            if hasattr(value, "get_params"):
+                modules.add(type(value).__module__)
+    for name in list(modules):  # helpers of the project's own feature code (features/_base.py, ...)
+        for dep in _project_imports(name):
+            modules.add(dep)
+    return "-".join(f"{m}:{_module_digest(m)}" for m in sorted(modules))
+
+
+def _project_imports(name: str) -> list[str]:
+    """Modules of the project's feature packages that module `name` holds references to."""
+    module = sys.modules.get(name)
+    if module is None or name.split(".")[0] not in ("features", "cnn"):
+        return []
+    out = []
+    for value in vars(module).values():
+        mod = getattr(value, "__module__", None) if not isinstance(value, types.ModuleType) else value.__name__
+        if isinstance(mod, str) and mod != name and mod.split(".")[0] in ("features", "cnn"):
+            out.append(mod)
+    return sorted(set(out))
+
+
+# --------------------------------------------------------------------------------------------------------------------
 class CachedTransformer(TransformerMixin, BaseEstimator):
     """Per-row disk cache around a stateless transformer: X (n, d) -> transformer's output (n, m).
 
     Each row's output is stored as `<cache_dir>/<step key>/<row hash>.npy`, where the step key hashes the
-    transformer's class and parameters (n_jobs/memory excluded) and the row hash is the BLAKE2 digest of the row's
-    float32 bytes. Only rows not yet in the cache are computed. `cache_dir=None` disables caching. Use it only for
+    transformer's class and parameters (n_jobs/memory excluded) and a code version (`code_version`: the source of
+    every module defining the transformer or one of its sub-estimators, so editing a feature invalidates its rows),
+    and the row hash is the BLAKE2 digest of the row's float32 bytes. Only rows not yet in the cache are computed. `cache_dir=None` disables caching. Use it only for
     transformers whose output for a row does not depend on the data they were fitted on.
     """
 
@@ -74,7 +128,9 @@ class CachedTransformer(TransformerMixin, BaseEstimator):
         params = {k: v for k, v in self.transformer.get_params(deep=True).items()
                   if not (k == "n_jobs" or k.endswith("__n_jobs") or k == "memory" or k.endswith("__memory")
                           or k == "n_threads" or k.endswith("__n_threads"))}
-        return f"{type(self.transformer).__name__}-{joblib.hash((type(self.transformer).__qualname__, params))[:16]}"
+        code = code_version(self.transformer)
+        return (f"{type(self.transformer).__name__}-"
+                f"{joblib.hash((type(self.transformer).__qualname__, params, code))[:16]}")
 
     def transform(self, X: Any) -> np.ndarray:
         """The transformer's output for each row, computed only for rows not in the cache."""
@@ -111,45 +167,55 @@ class CachedTransformer(TransformerMixin, BaseEstimator):
 
 # --------------------------------------------------------------------------------------------------------------------
 class CenterCrop(TransformerMixin, BaseEstimator):
-    """Central square of each image: X (n, S*S) -> float32 (n, s*s) with s = max(8, round(fraction * S)).
+    """Central part of each image: X (n, H*W) -> (n, h*w), h = max(min(8, H), round(fraction * H)) (w likewise).
 
-    Several CenterCrops in a FeatureUnion give multi-scale texture around a lesion centred in its sample
-    (the lesion core vs the lesion with its surroundings).
+    Images are square (S = isqrt(n_features)) unless `image_shape` (H, W) is given; a row that is not a square
+    image is one image row (1, n_features). Several CenterCrops in a FeatureUnion give multi-scale texture around a
+    lesion centred in its sample (the lesion core vs the lesion with its surroundings). Keeps float32/float64.
     """
 
-    def __init__(self, fraction: float = 0.5) -> None:
+    def __init__(self, fraction: float = 0.5, image_shape: tuple[int, int] | None = None) -> None:
         self.fraction = fraction
+        self.image_shape = image_shape
 
     def fit(self, X: Any, y: Any = None) -> "CenterCrop":
-        if not 0 < float(self.fraction) <= 1:
+        """Learn the image shape and the crop; returns self."""
+        from features._base import infer_image_shape
+
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or \
+                not 0 < float(self.fraction) <= 1:
             raise ValueError(f"The 'fraction' parameter of CenterCrop must be a float in (0, 1]. "
                              f"Got {self.fraction!r} instead.")
-        X = validate_data(self, X, reset=True, dtype=np.float32)
-        self.side_in_ = int(round(np.sqrt(X.shape[1])))
-        if self.side_in_ ** 2 != X.shape[1]:
-            raise ValueError(f"CenterCrop needs square images flattened; got {X.shape[1]} features.")
-        self.side_out_ = max(min(8, self.side_in_), int(round(float(self.fraction) * self.side_in_)))
+        X = validate_data(self, X, reset=True, dtype=[np.float32, np.float64])
+        self.image_shape_ = infer_image_shape(X.shape[1], self.image_shape)
+        self.crop_shape_ = tuple(max(min(8, n), int(round(float(self.fraction) * n))) for n in self.image_shape_)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
+        """The central crop of each row's image, flattened."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float32)
-        S, s = self.side_in_, self.side_out_
-        a = (S - s) // 2
-        return np.ascontiguousarray(X.reshape(-1, S, S)[:, a:a + s, a:a + s].reshape(len(X), s * s))
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        (H, W), (h, w) = self.image_shape_, self.crop_shape_
+        top, left = (H - h) // 2, (W - w) // 2
+        return np.ascontiguousarray(X.reshape(-1, H, W)[:, top:top + h, left:left + w].reshape(len(X), h * w))
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self)
-        return np.asarray([f"px{i}" for i in range(self.side_out_ ** 2)], dtype=object)
+        return np.asarray([f"px{i}" for i in range(self.crop_shape_[0] * self.crop_shape_[1])], dtype=object)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
-    """XGBoost classifier on any labels, with class weighting through sample_weight (`class_weight="balanced"`)."""
+    """XGBoost classifier on any labels, class-weighted through sample_weight.
+
+    `class_weight` has scikit-learn's meaning: None (no weights), "balanced" (inverse class frequency) or a dict
+    {label: weight} (labels absent from it weigh 1). The former spelling "none" still means None, with a
+    FutureWarning. Missing values (NaN) are XGBoost's own missing-value handling.
+    """
 
     def __init__(self, n_estimators: int = 300, max_depth: int = 3, learning_rate: float = 0.05,
                  subsample: float = 0.8, colsample_bytree: float = 0.5, min_child_weight: float = 1.0,
-                 reg_lambda: float = 1.0, class_weight: str | None = "balanced", n_jobs: int = 1,
+                 reg_lambda: float = 1.0, class_weight: str | dict | None = "balanced", n_jobs: int = 1,
                  random_state: int = 0) -> None:
         self.n_estimators = n_estimators
         self.max_depth = max_depth
@@ -164,19 +230,29 @@ class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> "WeightedXGBClassifier":
         """Fit on (X, y); labels are encoded to 0..k-1; returns self."""
+        import warnings
+
+        from sklearn.utils.multiclass import check_classification_targets
         from xgboost import XGBClassifier
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
-        if self.class_weight not in (None, "none", "balanced"):
-            raise ValueError(f"The 'class_weight' parameter of WeightedXGBClassifier must be 'balanced', 'none' or "
-                             f"None. Got {self.class_weight!r} instead.")
+        check_classification_targets(y)
+        class_weight = self.class_weight
+        if isinstance(class_weight, str) and class_weight == "none":
+            warnings.warn("class_weight='none' is deprecated; pass None (scikit-learn's meaning: no weights)",
+                          FutureWarning, stacklevel=2)
+            class_weight = None
+        if not (class_weight is None or isinstance(class_weight, dict)
+                or (isinstance(class_weight, str) and class_weight == "balanced")):
+            raise ValueError(f"The 'class_weight' parameter of WeightedXGBClassifier must be 'balanced', a dict "
+                             f"{{label: weight}} or None. Got {self.class_weight!r} instead.")
         self.label_encoder_ = LabelEncoder().fit(y)
         self.classes_ = self.label_encoder_.classes_
         y_enc = self.label_encoder_.transform(y)
         if len(self.classes_) < 2:
             self.model_ = None
             return self
-        weight = compute_sample_weight("balanced", y_enc) if self.class_weight == "balanced" else None
+        weight = compute_sample_weight(class_weight, y) if class_weight is not None else None
         self.model_ = XGBClassifier(
             n_estimators=self.n_estimators, max_depth=self.max_depth, learning_rate=self.learning_rate,
             subsample=self.subsample, colsample_bytree=self.colsample_bytree, min_child_weight=self.min_child_weight,
@@ -195,7 +271,14 @@ class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
         return self.model_.predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row."""
+        check_is_fitted(self)
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
 
     def contributions(self, X: Any) -> np.ndarray:
         """XGBoost pred_contribs (SHAP values) in log-odds: (n, d + 1) binary or (n, k, d + 1) multiclass."""
@@ -237,7 +320,13 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if self.holdout not in ("cv", "split"):
             raise ValueError(f"The 'holdout' parameter of PatientCalibratedClassifier must be 'cv' or 'split'. "
                              f"Got {self.holdout!r} instead.")
+        from sklearn.utils.multiclass import check_classification_targets
+
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        if len(y) < 2:
+            raise ValueError(f"PatientCalibratedClassifier needs at least 2 samples to hold out calibration data; "
+                             f"got {len(y)} sample.")
         base = self.estimator if self.estimator is not None else WeightedXGBClassifier()
         self.label_encoder_ = LabelEncoder().fit(y)
         self.classes_ = self.label_encoder_.classes_
@@ -284,6 +373,12 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             return self.classes_[(p[:, 1] >= self.threshold_).astype(int)]
         return self.classes_[np.argmax(p, axis=1)]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        base = self.estimator if self.estimator is not None else WeightedXGBClassifier()
+        tags.input_tags.allow_nan = get_tags(base).input_tags.allow_nan
+        return tags
+
     def base_estimators(self) -> list[Any]:
         """The fitted base estimators (one per inner fold, or one) behind the calibrators."""
         check_is_fitted(self)
@@ -300,15 +395,25 @@ def _angles(n: int) -> list[float]:
 
 
 def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
-    """The experiment's Pipeline from a resolved config (pipeline.experiment.resolve_config)."""
+    """The experiment's Pipeline from a resolved config (pipeline.experiment.resolve_config).
+
+    Feature cache: `cache_dir`, else the experiment's compute.cache_dir, else none (pipeline.compute.resolve_compute).
+    The steps that split their training data (calibration's inner folds, fine-tuning's early-stopping split) request
+    the patient `groups` by metadata routing: fit it with pipeline.routing.fit_with_groups.
+    """
     from features.clahe import CLAHE
     from features.handcrafted import handcrafted_union
     from features.masking import BreastMask
     from features.unsharp import UnsharpMask
 
     pre, feats, mdl = config["preprocessing"], config["features"], config["model"]
-    cal, ev, comp = config["calibration"], config["evaluation"], config["compute"]
-    cache = str(cache_dir) if cache_dir else None
+    from pipeline.compute import resolve_compute
+    from pipeline.routing import request_groups
+    from pipeline.tasks import get_task
+
+    cal, ev = config["calibration"], config["evaluation"]
+    compute = resolve_compute(config, cache_dir=cache_dir, default_cache=False)
+    cache = str(compute.cache_dir) if compute.cache_dir else None
     mask = bool(pre.get("breast_mask", True))
 
     enhance: list[tuple[str, Any]] = []
@@ -324,7 +429,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
     own_enhancement = bool(enhance) and cn["enabled"] and cn.get("input", "enhanced") == "raw"
     # the whole-breast mask is re-estimated on density samples only: a lesion crop is not a whole breast (Otsu on a
     # crop zeroes darker tissue inside it); its background is already zero from the full-image mask (pipeline.samples)
-    whole_breast = config["dataset"]["task"] == "density"
+    whole_breast = get_task(config["dataset"]["task"]).whole_breast
     steps: list[tuple[str, Any]] = [("mask", BreastMask())] if mask and whole_breast else []
     if not own_enhancement:
         steps += enhance
@@ -354,9 +459,10 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
         if cn["finetune"]["enabled"]:
             from cnn.finetune import FineTunedEmbedder
 
-            union_steps.append(("cnn", FineTunedEmbedder(
+            union_steps.append(("cnn", request_groups(FineTunedEmbedder(
                 backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"], input_size=size,
-                batch_size=cn["batch_size"], epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"], random_state=ev["seed"])))
+                batch_size=cn["batch_size"], epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"],
+                random_state=ev["seed"]))))
         else:
             from cnn.embedder import CNNEmbedder
 
@@ -371,12 +477,12 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             n_estimators=mdl["n_estimators"], max_depth=mdl["max_depth"], learning_rate=mdl["learning_rate"],
             subsample=mdl["subsample"], colsample_bytree=mdl["colsample_bytree"],
             min_child_weight=mdl["min_child_weight"], reg_lambda=mdl["reg_lambda"],
-            class_weight=mdl["class_weight"], n_jobs=comp["n_jobs"] if comp["n_jobs"] > 0 else None,
+            class_weight=None if mdl["class_weight"] == "none" else mdl["class_weight"], n_jobs=compute.n_jobs,
             random_state=ev["seed"]),
         method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
         target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"])
     return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
-                     ("classifier", clf)])
+                     ("classifier", request_groups(clf))])
 
 
 class MutualInfoSelector(SelectorMixin, BaseEstimator):
@@ -387,7 +493,11 @@ class MutualInfoSelector(SelectorMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X: Any, y: Any) -> "MutualInfoSelector":
+        """Score each feature's mutual information with y (NaN counted as 0); returns self."""
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
+        if len(y) < 2:
+            raise ValueError(f"MutualInfoSelector needs at least 2 samples to estimate mutual information; got "
+                             f"{len(y)} sample.")
         self.scores_ = mutual_info_classif(np.nan_to_num(X), y, random_state=self.random_state)
         return self
 
@@ -397,6 +507,12 @@ class MutualInfoSelector(SelectorMixin, BaseEstimator):
         mask = np.zeros(len(self.scores_), dtype=bool)
         mask[np.argsort(-self.scores_, kind="stable")[:k]] = True
         return mask
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.target_tags.required = True
+        return tags
 
 
 def enhanced_view(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
