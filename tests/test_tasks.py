@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+import pipeline.tasks as tasks_module
 from pipeline.tasks import TASKS, Task, decide, get_rule, get_task, register_rule, register_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +62,7 @@ def test_each_task_answers_for_its_data_metrics_and_decisions():
 def test_a_new_task_is_one_entry_with_a_derived_label_and_its_own_rule(monkeypatch):
     """A screening-like task: whole image, malignant vs not, normal+benign negatives, label from pathology."""
     monkeypatch.setattr("pipeline.tasks.TASKS", dict(TASKS))
-    monkeypatch.setattr("pipeline.tasks.DECISION_RULES", dict(__import__("pipeline.tasks").tasks.DECISION_RULES))
+    monkeypatch.setattr("pipeline.tasks.DECISION_RULES", dict(tasks_module.DECISION_RULES))
 
     class AlwaysPositive:
         name = "always"
