@@ -1,7 +1,7 @@
 """Mammoscope's Gradio app: upload a mammogram or DICOM, draw a region of interest, see calibrated probabilities.
 
-Thin by design: models come from the registry's champions (``pipeline.predict.load_task_models``), every number
-comes from ``pipeline.predict`` and display helpers from ``pipeline.app_support``. Safe defaults: binds
+Thin by design: models come from the registry's champions (``pipeline.serving.predict.load_task_models``), every number
+comes from ``pipeline.serving.predict`` and display helpers from ``app_support``. Safe defaults: binds
 127.0.0.1, serves no extra paths, caps uploads, queues requests with a concurrency limit, shows no
 patient-identifying DICOM values. Run ``mammoscope app`` or ``python gradio_app.py``.
 
@@ -18,8 +18,8 @@ from typing import Any, Mapping
 import gradio as gr
 import numpy as np
 
-from pipeline import predict as P
-from pipeline.app_support import (
+from pipeline.serving import predict as P
+from app_support import (
     ImageCache,
     box_from_corners,
     box_to_display,
@@ -34,8 +34,8 @@ from pipeline.app_support import (
     user_message,
 )
 from pipeline.errors import MammoscopeError, ModelNotFoundError
-from pipeline.imageio import IMAGE_SUFFIXES
-from pipeline.tasks import TASKS, get_task
+from pipeline.io.imageio import IMAGE_SUFFIXES
+from pipeline.config.tasks import TASKS, get_task
 
 __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
 

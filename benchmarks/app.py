@@ -31,7 +31,7 @@ from pipeline.paths import default_data_root, default_tracking_uri  # noqa: E402
 
 
 def _has_champions(uri: str) -> bool:
-    from pipeline.predict import TASKS, load_task_models
+    from pipeline.serving.predict import TASKS, load_task_models
     from pipeline.errors import MammoscopeError
 
     try:

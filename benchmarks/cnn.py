@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnn.embedder import CNNEmbedder, preprocess_batch  # noqa: E402
 from cnn.finetune import FineTunedEmbedder  # noqa: E402
-from pipeline.datasets.mias import load_mias  # noqa: E402
-from pipeline.evaluate import bootstrap_ci, patient_stratified_folds  # noqa: E402
+from pipeline.io.datasets.mias import load_mias  # noqa: E402
+from pipeline.evaluation.metrics import bootstrap_ci  # noqa: E402
+from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.paths import default_mias_dir  # noqa: E402
 from pipeline.samples import load_samples, resize_square  # noqa: E402
 

@@ -62,7 +62,7 @@ def noop(chunk: list) -> int:
 
 def build_featurizer(rows: list[dict], size: int) -> Featurize:
     from features import make_handcrafted_pipeline
-    from pipeline.experiment import resolve_config
+    from pipeline.config.experiment import resolve_config
     from pipeline.samples import load_samples
 
     cfg = resolve_config()
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import distributed
 
-    from pipeline.datasets import density_table, load_dataset
+    from pipeline.io.datasets import density_table, load_dataset
     from pipeline.paths import default_mias_dir
 
     logging.basicConfig(level=logging.WARNING)

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.tasks import TASKS, get_task  # noqa: E402
+from pipeline.config.tasks import TASKS, get_task  # noqa: E402
 
 VARIANTS = ("handcrafted", "cnn", "fused")
 # the tasks with mini-MIAS experiments (mias_<task>_<variant>.yaml), malignancy first as before
@@ -38,8 +38,8 @@ def _fmt(m: dict, key: str) -> str:
 
 
 def timing(overrides: list[str], cache: Path, store: Path) -> None:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
-    from pipeline.train import train_experiment
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import train_experiment
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     for label in ("cold", "warm"):
@@ -55,8 +55,8 @@ def timing(overrides: list[str], cache: Path, store: Path) -> None:
 
 
 def quality(overrides: list[str], cache: Path, tasks: list[str], variants: list[str]) -> None:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
-    from pipeline.train import evaluate_experiment, load_task_data
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import evaluate_experiment, load_task_data
 
     for task in tasks:
         data = None

@@ -24,9 +24,9 @@ import pandas as pd
 
 from features.breast import breast_mask, orient_chest_wall_left
 from features.preprocess import resize_image
-from pipeline.datasets.table import ROI_KINDS
+from pipeline.io.datasets.table import ROI_KINDS
 from pipeline.errors import ImageReadError, MammoscopeError
-from pipeline.imageio import read_image
+from pipeline.io.imageio import read_image
 
 __all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "check_image_size", "resize_square", "density_sample",
            "lesion_sample", "make_sample", "load_samples"]
@@ -39,7 +39,7 @@ MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is ref
 
 @functools.lru_cache(maxsize=1)
 def _default_crop_cached() -> tuple[tuple[str, float], ...]:
-    from pipeline.experiment import default_config
+    from pipeline.config.experiment import default_config
 
     s = default_config()["samples"]
     return (("context", float(s["context"])), ("min_side", float(s["min_side"])))
@@ -57,10 +57,10 @@ def __getattr__(name: str):
 
 
 def sample_recipe(task_or_recipe: str) -> str:
-    """A recipe name (``breast``, ``lesion``) from itself or from a task name (pipeline.tasks: the task's recipe)."""
+    """A recipe name (``breast``, ``lesion``) from itself or from a task name (pipeline.config.tasks: the task's recipe)."""
     if task_or_recipe in RECIPES:
         return task_or_recipe
-    from pipeline.tasks import get_task
+    from pipeline.config.tasks import get_task
 
     recipe = get_task(task_or_recipe).sample_recipe
     if recipe not in RECIPES:

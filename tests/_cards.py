@@ -1,8 +1,8 @@
 """Small model cards for tests that stand in a fitted pipeline for a registered model."""
 from __future__ import annotations
 
-from pipeline.card import ModelCard
-from pipeline.tasks import get_task
+from pipeline.config.card import ModelCard
+from pipeline.config.tasks import get_task
 
 
 def card(task: str, classes: list[str], threshold: float | None = None, size: int = 32, **extra) -> ModelCard:

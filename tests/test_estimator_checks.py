@@ -1,4 +1,4 @@
-"""Every estimator in features/, cnn/ and pipeline/model.py passes scikit-learn's estimator checks."""
+"""Every estimator in features/, cnn/ and pipeline/training/model.py passes scikit-learn's estimator checks."""
 from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -32,9 +32,9 @@ def _cnn_estimators() -> list:
 
 
 def _pipeline_estimators() -> list:
-    """The estimators of pipeline/model.py, each built with small valid arguments."""
+    """The estimators of pipeline/training/model.py, each built with small valid arguments."""
     from features import IntensityFeatures
-    from pipeline.model import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
+    from pipeline.training.model import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
                                 WeightedXGBClassifier)
 
     return [

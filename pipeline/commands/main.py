@@ -13,9 +13,9 @@ HELP = "the README's main job: scan, train both default models, register champio
 
 
 def default_experiments() -> list[str]:
-    """Each registered task's default experiment file that exists (pipeline.tasks: experiments/mias_<task>_fused)."""
-    from pipeline.experiment import EXPERIMENTS_DIR
-    from pipeline.tasks import TASKS
+    """Each registered task's default experiment file that exists (pipeline.config.tasks: experiments/mias_<task>_fused)."""
+    from pipeline.config.experiment import EXPERIMENTS_DIR
+    from pipeline.config.tasks import TASKS
 
     return [t.default_experiment for t in TASKS.values() if (EXPERIMENTS_DIR.parent / t.default_experiment).is_file()]
 
@@ -35,21 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
     from pipeline.paths import default_tracking_uri
 
     # validate both experiments before any work starts
     experiments = [load_experiment(EXPERIMENTS_DIR.parent / path, args.overrides) for path in default_experiments()]
     start = time.perf_counter()
     if not args.skip_scan:
-        from pipeline.scan import scan_dataset, summary_lines
+        from pipeline.io.scan import scan_dataset, summary_lines
 
         print("== data: the embedded default (mini-MIAS)", flush=True)
         for line in summary_lines(scan_dataset(None, progress=False)):
             print(line, flush=True)
 
     from pipeline.compute import compute_backend, resolve_compute
-    from pipeline.train import train_experiment
+    from pipeline.training.train import train_experiment
 
     results = []
     for exp in experiments:

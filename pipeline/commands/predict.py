@@ -29,8 +29,8 @@ exit status:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mammoscope predict`."""
-    from pipeline.batch import DEFAULT_BATCH_SIZE
-    from pipeline.tasks import TASKS
+    from pipeline.serving.batch import DEFAULT_BATCH_SIZE
+    from pipeline.config.tasks import TASKS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the batch prediction; returns the documented exit status."""
     import os
 
-    from pipeline.batch import BatchOptions, run_batch
+    from pipeline.serving.batch import BatchOptions, run_batch
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar: ours
     if args.batch_size < 1:

@@ -22,11 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.experiment import load_experiment
+    from pipeline.config.experiment import load_experiment
 
     exp = load_experiment(args.experiment, args.overrides)  # validated before any work starts
 
-    from pipeline.train import train_experiment
+    from pipeline.training.train import train_experiment
 
     from pipeline.compute import compute_backend, resolve_compute
 
