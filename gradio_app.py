@@ -1,26 +1,29 @@
 """Mammoscope's Gradio app: upload a mammogram or DICOM, draw a region of interest, see calibrated probabilities.
 
-Thin by design: models come from the registry's champions (``pipeline.predict.load_task_models``), every number
-comes from ``pipeline.predict`` and display helpers from ``pipeline.app_support``. Safe defaults: binds
+Thin by design: models come from the registry's champions (``pipeline.serving.predict.load_task_models``), every number
+comes from ``pipeline.serving.predict`` and display helpers from ``app_support``. Safe defaults: binds
 127.0.0.1, serves no extra paths, caps uploads, queues requests with a concurrency limit, shows no
 patient-identifying DICOM values. Run ``mammoscope app`` or ``python gradio_app.py``.
 
 API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` (optional) is
 ``"x0, y0, x1, y1"`` in pixels of the original image or ``""`` / left out for the whole image, and return plain JSON.
-Host and port: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (``pipeline.app_address``).
+Host and port: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (``app_support.server_address``).
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Mapping
 
 import gradio as gr
 import numpy as np
 
-from pipeline import predict as P
-from pipeline.app_address import DEFAULT_HOST, DEFAULT_PORT, server_address
-from pipeline.app_support import (
+from pipeline.serving import predict as P
+from app_support import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    server_address,
     ImageCache,
     box_from_corners,
     box_to_display,
@@ -35,7 +38,8 @@ from pipeline.app_support import (
     user_message,
 )
 from pipeline.errors import MammoscopeError, ModelNotFoundError
-from pipeline.imageio import IMAGE_SUFFIXES
+from pipeline.io.imageio import IMAGE_SUFFIXES
+from pipeline.config.tasks import TASKS, get_task
 
 __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
 
@@ -45,7 +49,7 @@ MAX_FILE_SIZE = "150mb"  # a full-field 16-bit mammogram is ~25-60 MB uncompress
 CONCURRENCY_LIMIT = 2  # predictions at once (CPU-bound); further requests wait in the queue
 QUEUE_MAX_SIZE = 64
 TOP_FEATURES = 8
-MALIGNANCY_LABEL = "Malignancy of the region (calibrated)"
+SAMPLE_CACHE_SIZE = 8  # (image, region) pairs whose samples are kept between the events of a click
 
 NOTE = ("**Decision support, not a diagnosis.** Probabilities are calibrated model outputs for research use; a "
         "qualified reader makes every clinical decision.")
@@ -56,10 +60,10 @@ HOW_TO = ("1. Upload a mammogram: PNG, JPEG, TIFF, PGM or DICOM (read on the ser
 
 
 def load_models(tracking_uri: str | None = None, alias: str = "champion") -> tuple[dict[str, Any], dict[str, str]]:
-    """({task: LoadedModel} for each task with a model at `alias`, {task: why not and which command trains it})."""
+    """({task: Predictor} for each task with a model at `alias`, {task: why not and which command trains it})."""
     models: dict[str, Any] = {}
     missing: dict[str, str] = {}
-    for task in P.TASKS:
+    for task in TASKS:
         try:
             models.update(P.load_task_models([task], alias=alias, tracking_uri=tracking_uri))
         except (ModelNotFoundError, MammoscopeError) as exc:
@@ -77,9 +81,24 @@ class _Handlers:
     """The app's event handlers; state between events is a small per-session dict (path, pending click)."""
 
     def __init__(self, models: Mapping[str, Any], missing: Mapping[str, str], cache: ImageCache) -> None:
-        self.models = dict(models)
+        self.models = {task: P.Predictor.from_loaded(m) for task, m in models.items()}
         self.missing = dict(missing)
         self.cache = cache
+        self._samples: dict[tuple, dict[str, P.Sample]] = {}  # (path, roi) -> {task: Sample}: once per click
+        self._lock = threading.Lock()
+
+    def samples(self, path: str, loaded: Any, box: tuple | None) -> dict[str, P.Sample]:
+        """Each model's sample of the image and region, made once and shared by the events of one click."""
+        key = (path, box)
+        with self._lock:
+            if key in self._samples:
+                return self._samples[key]
+        made = P.prepare_samples(loaded.image, loaded.meta, self.models, roi=box)
+        with self._lock:
+            while len(self._samples) >= SAMPLE_CACHE_SIZE:
+                self._samples.pop(next(iter(self._samples)))
+            self._samples[key] = made
+        return made
 
     # --- JSON API -------------------------------------------------------------------------------------------
     def _read(self, file: str | None, roi: str | None):
@@ -98,7 +117,8 @@ class _Handlers:
         if not self.models:
             raise gr.Error(" ".join(self.missing.values()) or "no model loaded")
         try:
-            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box)
+            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box,
+                                      samples=self.samples(file, loaded, box))
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None
         return {"results": results, "image": safe_meta(loaded.meta), "roi": list(box) if box else None,
@@ -110,7 +130,7 @@ class _Handlers:
         out: dict[str, Any] = {}
         for task, model in self.models.items():
             try:
-                ex = P.explain(loaded.image, loaded.meta, model, roi=box, top=TOP_FEATURES, heatmap=False)
+                ex = model.explain(self.samples(file, loaded, box)[task], top=TOP_FEATURES, heatmap=False)
             except (MammoscopeError, ValueError) as exc:
                 raise gr.Error(user_message(exc)) from None
             out[task] = {k: v for k, v in ex.items() if k != "heatmap"}
@@ -162,43 +182,52 @@ class _Handlers:
 
     def refresh(self, state: dict, roi: str):
         """Probabilities for the current image and region (skipped while a box is half drawn)."""
+        n = len(TASKS)
         if state and state.get("pending") is not None:
-            return [gr.skip()] * 4
+            return [gr.skip()] * (n + 2)
         if not state or not state.get("path"):
-            return None, None, "", gr.skip()  # keeps an upload error on show
+            return [None] * n + ["", gr.skip()]  # keeps an upload error on show
         if not self.models:
-            return None, None, "", "⚠️ " + " ".join(self.missing.values())
+            return [None] * n + ["", "⚠️ " + " ".join(self.missing.values())]
         try:
             loaded = self.cache.get(state["path"])
             box = parse_roi(roi)
-            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box)
+            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box,
+                                      samples=self.samples(state["path"], loaded, box))
         except (MammoscopeError, ValueError) as exc:
-            return None, None, "", f"⚠️ {user_message(exc)}"
-        density = results.get("density")
-        malignancy = results.get("malignancy")
-        call = malignancy.get("call") if malignancy else None
-        return (density["probabilities"] if density else None,
-                gr.Label(malignancy["probabilities"], label=f"{MALIGNANCY_LABEL}: call at the operating point = "
-                         f"{call or 'none'}") if malignancy else None,
-                self._result_markdown(results, box), "")
+            return [None] * n + ["", f"⚠️ {user_message(exc)}"]
+        labels = []
+        for task in TASKS:
+            r = results.get(task)
+            if r is None:
+                labels.append(None)
+            elif get_task(task).uses_threshold:
+                labels.append(gr.Label(r["probabilities"], label=f"{get_task(task).display_label}: call at the "
+                                       f"operating point = {r.get('call') or 'none'}"))
+            else:
+                labels.append(r["probabilities"])
+        return [*labels, self._result_markdown(results, box), ""]
 
     def _result_markdown(self, results: Mapping[str, Any], box: tuple | None) -> str:
         lines = []
-        d = results.get("density")
-        if d:
-            lines.append(f"**Density**: most likely **{d['predicted']}** "
-                         f"({d['probabilities'][d['predicted']]:.0%}) — model {_model_line(self.models['density'])}")
-        m = results.get("malignancy")
-        if m:
-            thr = m.get("threshold")
-            target = m.get("target_sensitivity")
+        for task, r in results.items():
+            spec = get_task(task)
+            model = _model_line(self.models[task])
+            if not spec.uses_threshold:
+                lines.append(f"**{task.capitalize()}**: most likely **{r['predicted']}** "
+                             f"({r['probabilities'][r['predicted']]:.0%}) — model {model}")
+                continue
+            thr = r.get("threshold")
+            target = r.get("target_sensitivity")
+            positive = r["classes"][1]
             op = (f"operating point {thr:.3f}" + (f" (chosen for {target:.0%} sensitivity)" if target else "")
                   if thr is not None else "no operating point stored")
-            lines.append(f"**Malignancy**: P(malignant) = **{m['probability_malignant']:.3f}**, {op} → call: "
-                         f"**{m.get('call') or 'none'}** — model {_model_line(self.models['malignancy'])}")
-            lines.append(f"Region: {format_roi(box)} (pixels of the original image)" if box else
-                         "Region: whole image")
-            lines.extend(f"*Note: {n}*" for n in m.get("notes", []))
+            lines.append(f"**{task.capitalize()}**: P({positive}) = **{r['probabilities'][positive]:.3f}**, {op} → "
+                         f"call: **{r.get('call') or 'none'}** — model {model}")
+            if not spec.whole_breast:
+                lines.append(f"Region: {format_roi(box)} (pixels of the original image)" if box else
+                             "Region: whole image")
+            lines.extend(f"*Note: {n}*" for n in r.get("notes", []))
         lines.extend(f"⚠️ {msg}" for msg in self.missing.values())
         return "\n\n".join(lines)
 
@@ -211,20 +240,17 @@ class _Handlers:
         try:
             loaded = self.cache.get(state["path"])
             box = parse_roi(roi)
+            samples = self.samples(state["path"], loaded, box)
             density_view = None
-            if "density" in self.models:
-                model = self.models["density"]
-                md = model.metadata
-                sample = P.prepare_sample(loaded.image, loaded.meta, "density", md.get("sample_params", {}), box)
-                density_view = enlarge(to_uint8(processed_view(sample, model)))
             overlay, table = None, ""
-            if "malignancy" in self.models:
-                model = self.models["malignancy"]
-                md = model.metadata
-                sample = P.prepare_sample(loaded.image, loaded.meta, "malignancy", md.get("sample_params", {}), box)
-                ex = P.explain(loaded.image, loaded.meta, model, roi=box, top=TOP_FEATURES, heatmap=True)
-                overlay = enlarge(heat_overlay(processed_view(sample, model), ex.get("heatmap")))
-                table = _contributions_markdown(ex)
+            for task, model in self.models.items():
+                sample = samples[task]
+                if get_task(task).uses_threshold:  # the explained task: heat map and contributions
+                    ex = model.explain(sample, top=TOP_FEATURES, heatmap=True)
+                    overlay = enlarge(heat_overlay(processed_view(sample.array, model), ex.get("heatmap")))
+                    table = _contributions_markdown(ex)
+                elif density_view is None:
+                    density_view = enlarge(to_uint8(processed_view(sample.array, model)))
         except (MammoscopeError, ValueError) as exc:
             return None, None, f"⚠️ {user_message(exc)}"
         return density_view, overlay, table
@@ -270,8 +296,8 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
                 status = gr.Markdown(elem_id="status")
                 gr.Markdown(HOW_TO)
             with gr.Column(scale=2):
-                density = gr.Label(label="Breast density (calibrated)", elem_id="density")
-                malignancy = gr.Label(label=MALIGNANCY_LABEL, elem_id="malignancy", show_heading=False)
+                task_labels = [gr.Label(label=spec.display_label or name, elem_id=name,
+                                        show_heading=not spec.uses_threshold) for name, spec in TASKS.items()]
                 summary = gr.Markdown(elem_id="summary")
         with gr.Row():
             processed = gr.Image(label="Processed view (density model input)", interactive=False, elem_id="processed",
@@ -284,7 +310,7 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
         api_out = gr.JSON(visible=False)
         api_trigger = gr.Button(visible=False)
 
-        results = [density, malignancy, summary, status]
+        results = [*task_labels, summary, status]
         views = [processed, heat, contributions]
         private = {"api_visibility": "private"}
         (upload.change(h.on_upload, [upload], [view, roi, state, status, facts], **private)
@@ -325,4 +351,4 @@ def launch(host: str | None = None, port: int | None = None, tracking_uri: str |
 
 if __name__ == "__main__":  # pragma: no cover
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    launch()  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (pipeline.app_address)
+    launch()  # host and port from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (app_support.server_address)

@@ -31,7 +31,7 @@ from pipeline.paths import default_data_root, default_tracking_uri  # noqa: E402
 
 
 def _has_champions(uri: str) -> bool:
-    from pipeline.predict import TASKS, load_task_models
+    from pipeline.serving.predict import TASKS, load_task_models
     from pipeline.errors import MammoscopeError
 
     try:
@@ -70,7 +70,7 @@ def _timed(client, path: Path) -> float:
     t = time.perf_counter()
     out = client.predict(handle_file(str(path)), "", api_name="/predict")
     ms = (time.perf_counter() - t) * 1000
-    for task in ("density", "malignancy"):
+    for task in out["results"]:
         total = sum(out["results"][task]["probabilities"].values())
         if abs(total - 1) > 1e-6:
             raise AssertionError(f"{task} probabilities sum to {total}")

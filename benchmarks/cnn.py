@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnn.embedder import CNNEmbedder, preprocess_batch  # noqa: E402
 from cnn.finetune import FineTunedEmbedder  # noqa: E402
-from pipeline.datasets.mias import load_mias  # noqa: E402
-from pipeline.evaluate import bootstrap_ci, patient_stratified_folds  # noqa: E402
+from pipeline.io.datasets.mias import load_mias  # noqa: E402
+from pipeline.evaluation.metrics import bootstrap_ci  # noqa: E402
+from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.paths import default_mias_dir  # noqa: E402
 from pipeline.samples import load_samples, resize_square  # noqa: E402
 
@@ -119,13 +120,13 @@ def task_data(task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         rows = table[table["pathology"].isin(["benign", "malignant"]) & (table["roi_kind"] == "circle")]
         rows = rows.reset_index(drop=True)
         # crop side max(2.5 r, 128) px around the lesion centre in the 1024 image: context 1.25 x diameter
-        X, errors = load_samples(rows, "malignancy", size=224, n_jobs=2, context=1.25, min_side=128)
+        X, errors = load_samples(rows, "lesion", size=224, n_jobs=2, context=1.25, min_side=128)
         rows = rows.drop(index=errors["position"].tolist()).reset_index(drop=True)
         y = (rows["pathology"] == "malignant").to_numpy(int)
         return X, y, rows["patient_id"].to_numpy(), "benign vs malignant lesion crops"
     rows = table.drop_duplicates("path")
     rows = rows[rows["density"].isin(["F", "D"])].reset_index(drop=True)
-    X, errors = load_samples(rows, "density", size=224, n_jobs=2)
+    X, errors = load_samples(rows, "breast", size=224, n_jobs=2)
     rows = rows.drop(index=errors["position"].tolist()).reset_index(drop=True)
     y = (rows["density"] == "D").to_numpy(int)
     return X, y, rows["patient_id"].to_numpy(), "fatty (F) vs dense (D) tissue, whole breast"

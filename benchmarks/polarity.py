@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/polarity.py [--cesm-step 1]``. Prints, per data set, how many of the images and of their
 inverses are judged wrong, the smallest |margin| (features.polarity.polarity_margin; read_image inverts a non-DICOM
-image past pipeline.imageio.PIXEL_POLARITY_MARGIN and overrules a DICOM tag past TAG_OVERRULE_MARGIN) and the time per
+image past pipeline.io.imageio.PIXEL_POLARITY_MARGIN and overrules a DICOM tag past TAG_OVERRULE_MARGIN) and the time per
 decision (the image is already in memory; the decision downsamples it first).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's fe
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from features.polarity import polarity_margin  # noqa: E402
-from pipeline.imageio import PIXEL_POLARITY_MARGIN, TAG_OVERRULE_MARGIN, read_image  # noqa: E402
+from pipeline.io.imageio import PIXEL_POLARITY_MARGIN, TAG_OVERRULE_MARGIN, read_image  # noqa: E402
 from pipeline.paths import default_data_root  # noqa: E402
 
 

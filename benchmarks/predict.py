@@ -30,8 +30,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.batch import TaskModel, iter_prepared, parse_model_uri, resolve_n_jobs  # noqa: E402
-from pipeline.batchio import discover_inputs  # noqa: E402
+from pipeline.serving.batch import TaskModel, iter_prepared, resolve_n_jobs  # noqa: E402
+from pipeline.io.batchio import discover_inputs  # noqa: E402
 from pipeline.paths import PROJECT_DIR, default_mias_dir  # noqa: E402
 
 
@@ -47,11 +47,9 @@ def _rate(n: int, seconds: float) -> float:
 
 
 def _load(model_uri: str, tracking_uri: str | None) -> TaskModel:
-    import registry
+    from pipeline.serving.predict import load_predictor
 
-    registry.configure(tracking_uri)
-    name, alias, version = parse_model_uri(model_uri)
-    return TaskModel.from_loaded(registry.load_model(name, alias or "champion", version=version))
+    return load_predictor(model_uri, tracking_uri=tracking_uri)
 
 
 def stage_rates(folder: Path, model: TaskModel, n: int, n_jobs: int, batch_size: int) -> dict[str, float]:
@@ -165,8 +163,8 @@ def main() -> int:
     except ModelNotFoundError:
         if not args.train_if_missing:
             raise
-        from pipeline.experiment import load_experiment
-        from pipeline.train import train_experiment
+        from pipeline.config.experiment import load_experiment
+        from pipeline.training.train import train_experiment
 
         print(f"no model at {args.model}: training {args.experiment}", flush=True)
         train_experiment(load_experiment(PROJECT_DIR / args.experiment), args.tracking_uri, progress=print)

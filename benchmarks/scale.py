@@ -50,7 +50,7 @@ class Featurize:
     def __call__(self, rows: list[dict]) -> np.ndarray:
         from pipeline.samples import load_samples
 
-        X, errors = load_samples(pd.DataFrame(rows), "density", self.size, n_jobs=1)
+        X, errors = load_samples(pd.DataFrame(rows), "breast", self.size, n_jobs=1)
         if len(errors):
             raise RuntimeError(f"unreadable rows: {errors['error'].tolist()}")
         return self.pipeline.transform(X)
@@ -62,7 +62,7 @@ def noop(chunk: list) -> int:
 
 def build_featurizer(rows: list[dict], size: int) -> Featurize:
     from features import make_handcrafted_pipeline
-    from pipeline.experiment import resolve_config
+    from pipeline.config.experiment import resolve_config
     from pipeline.samples import load_samples
 
     cfg = resolve_config()
@@ -74,7 +74,7 @@ def build_featurizer(rows: list[dict], size: int) -> Featurize:
         levels=hc["glcm"]["levels"], distances=tuple(hc["glcm"]["distances"]),
         angles=tuple(i * 180.0 / n_angles for i in range(n_angles)), bins=hc["intensity"]["bins"],
     )
-    X, _ = load_samples(pd.DataFrame(rows[:2]), "density", size)
+    X, _ = load_samples(pd.DataFrame(rows[:2]), "breast", size)
     return Featurize(pipe.fit(X), size)
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import distributed
 
-    from pipeline.datasets import density_table, load_dataset
+    from pipeline.io.datasets import density_table, load_dataset
     from pipeline.paths import default_mias_dir
 
     logging.basicConfig(level=logging.WARNING)

@@ -22,7 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.config.tasks import TASKS, get_task  # noqa: E402
+
 VARIANTS = ("handcrafted", "cnn", "fused")
+# the tasks with mini-MIAS experiments (mias_<task>_<variant>.yaml), malignancy first as before
+DEFAULT_TASKS = [t for t in reversed(TASKS) if (ROOT / "experiments" / f"mias_{t}_fused.yaml").is_file()]
 
 
 def _fmt(m: dict, key: str) -> str:
@@ -34,8 +38,8 @@ def _fmt(m: dict, key: str) -> str:
 
 
 def timing(overrides: list[str], cache: Path, store: Path) -> None:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
-    from pipeline.train import train_experiment
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import train_experiment
 
     uri = f"sqlite:///{store / 'mlflow.db'}"
     for label in ("cold", "warm"):
@@ -51,8 +55,8 @@ def timing(overrides: list[str], cache: Path, store: Path) -> None:
 
 
 def quality(overrides: list[str], cache: Path, tasks: list[str], variants: list[str]) -> None:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
-    from pipeline.train import evaluate_experiment, load_task_data
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import evaluate_experiment, load_task_data
 
     for task in tasks:
         data = None
@@ -66,7 +70,7 @@ def quality(overrides: list[str], cache: Path, tasks: list[str], variants: list[
             t0 = time.perf_counter()
             m, cv, _ = evaluate_experiment(exp.config, data, cache, lambda s: None)
             secs = time.perf_counter() - t0
-            if task == "malignancy":
+            if get_task(task).uses_threshold:
                 thr = ", ".join(f"{t:.2f}" for t in cv.fold_thresholds)
                 print(f"  {variant:11s} ROC AUC {_fmt(m, 'cv_roc_auc')}  PR AUC {_fmt(m, 'cv_pr_auc')}  "
                       f"Brier {m['cv_brier']:.3f}  ECE {m['cv_ece']:.3f}  ({secs:.0f} s)", flush=True)
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--tasks", nargs="+", default=["malignancy", "density"])
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=list(TASKS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: a fresh temp folder)")
     args = parser.parse_args(argv)

@@ -1,1 +1,1 @@
-"""Orchestration: image reading, dataset adapters, splits, experiments, training, prediction and the CLI."""
+"""Orchestration in rooms that read as the data flow: io -> config -> samples -> training -> serving -> cli."""

@@ -43,6 +43,8 @@ __all__ = [
     "FailureReport",
     "ComputeSession",
     "resolve_scheduler",
+    "ComputeSettings",
+    "resolve_compute",
     "add_scheduler_option",
     "compute_backend",
     "current_session",
@@ -98,6 +100,36 @@ def resolve_scheduler(
         if value is not None and (value.strip() or where == "--scheduler"):
             return _normalize(value, where)
     return None
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Where and how an experiment computes: worker threads, Dask scheduler (None = local) and feature cache."""
+
+    n_jobs: int | None
+    scheduler: str | None
+    cache_dir: Path | None
+
+
+def resolve_compute(config: Mapping[str, Any] | None = None, *, scheduler: str | None = None,
+                    cache_dir: str | Path | None = None, n_jobs: int | None = None,
+                    environ: Mapping[str, str] | None = None, default_cache: bool = True) -> ComputeSettings:
+    """The one place compute settings are resolved, for `train`, `main` and the Python API alike.
+
+    Each setting: the explicit argument (CLI flag / API keyword), else the experiment's ``compute`` section, else the
+    environment ($DASK_SCHEDULER_ADDRESS, $MAMMOSCOPE_CACHE), else the default (local; pipeline.paths.default_cache_dir;
+    n_jobs None = every core for XGBoost, from compute.n_jobs <= 0). `default_cache=False`: no cache (cache_dir
+    None) unless the argument or the experiment names one.
+    """
+    from pipeline.paths import default_cache_dir
+
+    comp = dict((config or {}).get("compute") or {})
+    jobs = n_jobs if n_jobs is not None else comp.get("n_jobs", 1)
+    jobs = None if jobs is None or int(jobs) <= 0 else int(jobs)
+    address = resolve_scheduler(scheduler, comp.get("scheduler"), environ)
+    folder = cache_dir or comp.get("cache_dir") or (default_cache_dir() if default_cache else None)
+    return ComputeSettings(n_jobs=jobs, scheduler=address,
+                           cache_dir=Path(folder).expanduser() if folder is not None else None)
 
 
 def add_scheduler_option(parser: "argparse.ArgumentParser") -> None:

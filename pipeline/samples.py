@@ -14,6 +14,7 @@ antialiased reduction), a few milliseconds for 1024 -> 224.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -23,21 +24,51 @@ import pandas as pd
 
 from features.breast import breast_mask, orient_chest_wall_left
 from features.preprocess import resize_image
-from pipeline.datasets.table import ROI_KINDS
+from pipeline.io.datasets.table import ROI_KINDS
 from pipeline.errors import ImageReadError, MammoscopeError, NoBreastError
-from pipeline.imageio import read_image
+from pipeline.io.imageio import read_image
 
-__all__ = ["TASKS", "DEFAULT_CROP", "MIN_IMAGE_SIDE", "BLANK_RANGE", "MIN_BREAST_SHARE", "check_image_size",
-           "check_not_blank", "check_breast", "check_roi_on_breast", "resize_square", "density_sample",
+__all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "MIN_BREAST_SHARE",
+           "check_image_size", "check_not_blank", "check_breast", "check_roi_on_breast", "resize_square", "density_sample",
            "lesion_sample", "make_sample", "load_samples"]
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("density", "malignancy")
-DEFAULT_CROP: dict[str, float] = {"context": 2.0, "min_side": 128.0}
+RECIPES = ("breast", "lesion")  # whole breast; square crop around the row's ROI
 MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is refused, never scored as a mammogram
 BLANK_RANGE = 0.02  # robust grey range (p99.5 - p0.5) below which an image is blank (no breast, no background)
 MIN_BREAST_SHARE = 0.02  # a breast region under 2 % of the image is a label, a marker or noise, not a breast
+
+
+@functools.lru_cache(maxsize=1)
+def _default_crop_cached() -> tuple[tuple[str, float], ...]:
+    from pipeline.config.experiment import default_config
+
+    s = default_config()["samples"]
+    return (("context", float(s["context"])), ("min_side", float(s["min_side"])))
+
+
+def _default_crop() -> dict[str, float]:
+    """The crop parameters' defaults: the `samples` section of experiments/defaults.yaml (one source of defaults)."""
+    return dict(_default_crop_cached())
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_CROP":  # read from defaults.yaml, never spelled out here
+        return _default_crop()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def sample_recipe(task_or_recipe: str) -> str:
+    """A recipe name (``breast``, ``lesion``) from itself or from a task name (pipeline.config.tasks: the task's recipe)."""
+    if task_or_recipe in RECIPES:
+        return task_or_recipe
+    from pipeline.config.tasks import get_task
+
+    recipe = get_task(task_or_recipe).sample_recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"task {task_or_recipe!r} has sample recipe {recipe!r}, unknown here; known: {RECIPES}")
+    return recipe
 
 
 def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN_IMAGE_SIDE) -> None:
@@ -205,12 +236,12 @@ def make_sample(
     raises ImageReadError, a blank image, one whose breast is too small and an ROI off the breast raise
     NoBreastError (naming row["path"] when the row has one): nothing of the kind is scored.
     """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
-    params = {**DEFAULT_CROP, **crop_params}
-    unknown = set(params) - set(DEFAULT_CROP)
+    recipe = sample_recipe(task)
+    defaults = _default_crop()
+    params = {**defaults, **crop_params}
+    unknown = set(params) - set(defaults)
     if unknown:
-        raise TypeError(f"unknown crop parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_CROP)}")
+        raise TypeError(f"unknown crop parameters {sorted(unknown)}; allowed: {sorted(defaults)}")
     check_image_size(image, row.get("path"))
     check_not_blank(image, row.get("path"))
     side = row.get("laterality")
@@ -219,7 +250,7 @@ def make_sample(
     mask = breast_mask(oriented)
     check_breast(mask, row.get("path"))
     masked = np.where(mask, oriented, np.float32(0.0))
-    if task == "density":
+    if recipe == "breast":
         return density_sample(masked, mask, size)
     cx, cy, extent = roi_geometry(row, image.shape[1], flipped, height=image.shape[0])
     check_roi_on_breast(mask, cx, cy, extent, row.get("path"))
@@ -237,7 +268,7 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
     for r in rows:
         # a finding without an ROI, where the caller allows it, is scored on its whole breast (as predict does)
         no_roi = whole_breast_without_roi and r.get("roi_kind") not in ROI_KINDS
-        row_task = "density" if no_roi else task
+        row_task = "breast" if no_roi else task
         try:
             out.append((r["_pos"], make_sample(image, r, row_task, laterality=meta.laterality, size=size, **crop)))
         except ImageReadError as exc:  # names the file already
@@ -261,8 +292,7 @@ def load_samples(
     """
     from joblib import Parallel, delayed
 
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}. Got {task!r} instead.")
+    sample_recipe(task)  # ValueError for an unknown task or recipe, before any file is read
     records = df.reset_index(drop=True).to_dict("records")
     groups: dict[str, list[dict]] = {}
     for pos, rec in enumerate(records):

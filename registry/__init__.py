@@ -31,6 +31,9 @@ Models (`registry.models`)
     load_model(name, alias="champion", *, version=None) -> LoadedModel(pipeline, name, version, alias,
                metadata, run_id)
         Raises pipeline.errors.ModelNotFoundError (what is missing, how to train/promote) if absent.
+        log_model(card=dict) stores the model card as card.json inside the model; load_model(read_card=f) returns
+        f(card dict or None, source) as LoadedModel.card (f raises to refuse a card it cannot read).
+    load_run_model(run_id, artifact="model", read_card=None) -> LoadedModel   (`runs:/RUN_ID/model`)
 
 Champion (`registry.champion`)
     maybe_promote(name, version, *, metric, value, higher_is_better=True, data_digest, alias="champion")
@@ -59,6 +62,7 @@ _EXPORTS = {
     "TrainingRun": "registry.runs",
     "log_model": "registry.models",
     "load_model": "registry.models",
+    "load_run_model": "registry.models",
     "ModelVersionInfo": "registry.models",
     "LoadedModel": "registry.models",
     "maybe_promote": "registry.champion",

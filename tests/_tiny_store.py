@@ -32,7 +32,7 @@ class TinyStore:
     cache_dir: Path
     versions: dict[str, int]  # task -> registered version at @champion
     names: dict[str, str]  # task -> registered model name
-    results: dict[str, object] = field(repr=False)  # task -> pipeline.train.TrainResult of the training
+    results: dict[str, object] = field(repr=False)  # task -> pipeline.training.train.TrainResult of the training
     lines: dict[str, list[str]] = field(repr=False)  # task -> progress lines printed by that training
 
     def model_uri(self, task: str) -> str:
@@ -41,14 +41,14 @@ class TinyStore:
 
 
 def tiny_experiment(task: str):
-    """The tiny experiment (pipeline.experiment.Experiment) the store trains for `task` ("density"/"malignancy")."""
-    from pipeline.experiment import load_experiment
+    """The tiny experiment (pipeline.config.experiment.Experiment) the store trains for `task` ("density"/"malignancy")."""
+    from pipeline.config.experiment import load_experiment
 
     return load_experiment(TINY_EXPERIMENT, [*TINY_OVERRIDES, *TASK_OVERRIDES[task]])
 
 
 def _train(folder: Path) -> TinyStore:
-    from pipeline.train import train_experiment
+    from pipeline.training.train import train_experiment
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     cache_dir = folder / "cache"

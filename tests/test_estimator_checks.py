@@ -1,4 +1,4 @@
-"""Every estimator in features/ (and cnn/, added by its owner) passes scikit-learn's estimator checks."""
+"""Every estimator in features/, cnn/ and pipeline/training/model.py passes scikit-learn's estimator checks."""
 from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -31,7 +31,22 @@ def _cnn_estimators() -> list:
     ]
 
 
-ESTIMATORS = [*_feature_estimators(), *_cnn_estimators()]
+def _pipeline_estimators() -> list:
+    """The estimators of pipeline/training/model.py, each built with small valid arguments."""
+    from features import IntensityFeatures
+    from pipeline.training.model import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
+                                WeightedXGBClassifier)
+
+    return [
+        CenterCrop(fraction=0.5),
+        PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2), inner_folds=2),
+        WeightedXGBClassifier(n_estimators=5, max_depth=2),
+        MutualInfoSelector(k=2),
+        CachedTransformer(IntensityFeatures(bins=8)),
+    ]
+
+
+ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_pipeline_estimators()]
 
 # Expected failures, per estimator class: {check name: why}. Empty means every check must pass.
 _EXPECTED_FAILURES: dict[str, dict[str, str]] = {}

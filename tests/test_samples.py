@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.datasets import load_dataset
-from pipeline.imageio import read_image
+from pipeline.io.datasets import load_dataset
+from pipeline.io.imageio import read_image
 from pipeline.samples import load_samples, make_sample
 
 
@@ -82,8 +82,8 @@ def test_findings_without_roi_are_whole_breast_samples_only_when_allowed(mias_di
 
 def test_cbis_findings_without_masks_name_the_missing_rois(cbis_dir):
     from pipeline.errors import DatasetError
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
-    from pipeline.train import load_task_data
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import load_task_data
 
     exp = load_experiment(EXPERIMENTS_DIR / "cbis_ddsm_malignancy.yaml", [f"dataset.path={cbis_dir}",
                                                                             "samples.n_jobs=1", "samples.size=64"])

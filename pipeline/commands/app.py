@@ -12,8 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: this machine only; "
                         "0.0.0.0 exposes it to the network)")
     parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT, else 7860)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
     parser.add_argument("--alias", default="champion", help="registry alias of the models to serve (default champion)")
 
 

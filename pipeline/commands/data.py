@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Scan the dataset; exit 0 even when some files are unreadable (they are listed and a warning is printed)."""
-    from pipeline.scan import scan_dataset, summary_lines
+    from pipeline.io.scan import scan_dataset, summary_lines
 
     start = time.perf_counter()
     result = scan_dataset(args.path, adapter=args.adapter, n_jobs=args.n_jobs, progress=not args.no_progress)

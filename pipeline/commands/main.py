@@ -10,12 +10,23 @@ import time
 
 HELP = "the README's main job: scan, train both default models, register champions"
 
-DEFAULT_EXPERIMENTS = ("experiments/mias_density_fused.yaml", "experiments/mias_malignancy_fused.yaml")
+
+
+def default_experiments() -> list[str]:
+    """Each registered task's default experiment file that exists (pipeline.config.tasks: experiments/mias_<task>_fused)."""
+    from pipeline.config.experiment import EXPERIMENTS_DIR
+    from pipeline.config.tasks import TASKS
+
+    return [t.default_experiment for t in TASKS.values() if (EXPERIMENTS_DIR.parent / t.default_experiment).is_file()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    from pipeline.commands import add_tracking_option
+    from pipeline.compute import add_scheduler_option
+
+    add_tracking_option(parser)
+    add_scheduler_option(parser)
+    parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: compute.cache_dir)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a setting in both experiments, e.g. --set evaluation.folds=3")
     parser.add_argument("--skip-scan", action="store_true", help="do not read every image first")
@@ -24,26 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
     from pipeline.paths import default_tracking_uri
 
     # validate both experiments before any work starts
-    experiments = [load_experiment(EXPERIMENTS_DIR.parent / path, args.overrides) for path in DEFAULT_EXPERIMENTS]
+    experiments = [load_experiment(EXPERIMENTS_DIR.parent / path, args.overrides) for path in default_experiments()]
     start = time.perf_counter()
     if not args.skip_scan:
-        from pipeline.scan import scan_dataset, summary_lines
+        from pipeline.io.scan import scan_dataset, summary_lines
 
         print("== data: the embedded default (mini-MIAS)", flush=True)
         for line in summary_lines(scan_dataset(None, progress=False)):
             print(line, flush=True)
 
-    from pipeline.train import train_experiment
+    from pipeline.compute import compute_backend, resolve_compute
+    from pipeline.training.train import train_experiment
 
     results = []
     for exp in experiments:
-        print(f"\n== train {exp.name} ({exp.task})", flush=True)
-        results.append(train_experiment(exp, args.tracking_uri, progress=lambda line: print(line, flush=True),
-                                        progress_bar=True))
+        compute = resolve_compute(exp.config, scheduler=args.scheduler, cache_dir=args.cache_dir)
+        print(f"\n== train {exp.name} ({exp.task})"
+              + (f"; Dask scheduler {compute.scheduler}" if compute.scheduler else ""), flush=True)
+        with compute_backend(compute.scheduler, cache_dir=compute.cache_dir):
+            results.append(train_experiment(exp, args.tracking_uri, cache_dir=compute.cache_dir,
+                                            progress=lambda line: print(line, flush=True), progress_bar=True))
 
     uri = args.tracking_uri or default_tracking_uri()
     print(f"\n== done in {time.perf_counter() - start:.0f} s; tracking store {uri}")

@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--name (one model) or --prefix (default mammoscope-)."""
     parser.add_argument("--name", help="only this registered model (default: every model named PREFIX*)")
     parser.add_argument("--prefix", default="mammoscope-", help="registered-model name prefix (default: %(default)s)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from registry.models import TRAIN_HINT
     from registry.store import configure
 
-    uri = configure()
+    uri = configure(args.tracking_uri)
     table = list_models(prefix=args.prefix, name=args.name)
     if table.empty:
         what = f"model {args.name!r}" if args.name else f"models named {args.prefix}*"

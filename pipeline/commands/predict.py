@@ -29,7 +29,8 @@ exit status:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `mammoscope predict`."""
-    from pipeline.batch import DEFAULT_BATCH_SIZE
+    from pipeline.serving.batch import DEFAULT_BATCH_SIZE
+    from pipeline.config.tasks import TASKS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
@@ -38,15 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--model",
         metavar="URI",
-        help="one registered model, e.g. models:/mammoscope-density/3 or models:/mammoscope-density@champion "
-        "(its task is read from the model)",
+        help="one model, e.g. models:/mammoscope-density/3, models:/mammoscope-density@champion or "
+        "runs:/RUN_ID/model (its task is read from its model card)",
     )
     which.add_argument("--alias", default="champion", help="registry alias of each task's model (default: champion)")
     parser.add_argument(
         "--task",
-        choices=("density", "malignancy", "both"),
+        choices=(*TASKS, "both"),
         default="both",
-        help="which task(s) to score with --alias (default: both; tasks without a model are skipped if another has one)",
+        help="which task to score with --alias (default: both = every registered task; tasks without a model are "
+        "skipped if another has one)",
     )
     parser.add_argument(
         "--include",
@@ -67,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-jobs", type=int, default=None, help="processes reading and preparing images (default: CPU cores, at most 4;"
         " 1 = read in the main process)"
     )
-    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or mlflow.db)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     from pipeline.compute import add_scheduler_option
 
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the batch prediction; returns the documented exit status."""
     import os
 
-    from pipeline.batch import BatchOptions, run_batch
+    from pipeline.serving.batch import BatchOptions, run_batch
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one progress bar: ours
     if args.batch_size < 1:

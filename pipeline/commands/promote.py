@@ -11,6 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="registered model name, e.g. mammoscope-density")
     parser.add_argument("version", type=int, help="model version number (see `mammoscope models`)")
     parser.add_argument("--alias", default="champion", help="alias to move (default: %(default)s)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from registry.champion import promote
     from registry.store import configure
 
-    configure()
+    configure(args.tracking_uri)
     decision = promote(args.name, args.version, alias=args.alias)
     print(f"{args.name} @{args.alias} -> version {args.version} ({decision.reason})")
     return 0

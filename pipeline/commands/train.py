@@ -10,8 +10,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="experiment file, e.g. experiments/mias_malignancy_fused.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override one setting (YAML value), e.g. --set features.cnn.enabled=false; repeatable")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
     parser.add_argument("--no-register", action="store_true",
                         help="evaluate and log the run only; do not fit, register or promote a final model")
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: compute.cache_dir)")
@@ -21,19 +22,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.experiment import load_experiment
+    from pipeline.config.experiment import load_experiment
 
     exp = load_experiment(args.experiment, args.overrides)  # validated before any work starts
 
-    from pipeline.train import train_experiment
+    from pipeline.training.train import train_experiment
 
-    from pipeline.compute import compute_backend, resolve_scheduler
+    from pipeline.compute import compute_backend, resolve_compute
 
-    scheduler = resolve_scheduler(args.scheduler, exp.config["compute"]["scheduler"])
-    print(f"experiment {exp.name}: task {exp.task}" + (f"; Dask scheduler {scheduler}" if scheduler else ""),
-          flush=True)
-    with compute_backend(scheduler, cache_dir=args.cache_dir or exp.config["compute"]["cache_dir"]):
-        result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=args.cache_dir,
+    compute = resolve_compute(exp.config, scheduler=args.scheduler, cache_dir=args.cache_dir)
+    print(f"experiment {exp.name}: task {exp.task}"
+          + (f"; Dask scheduler {compute.scheduler}" if compute.scheduler else ""), flush=True)
+    with compute_backend(compute.scheduler, cache_dir=compute.cache_dir):
+        result = train_experiment(exp, args.tracking_uri, register=not args.no_register, cache_dir=compute.cache_dir,
                                   progress=lambda line: print(line, flush=True), progress_bar=True)
     print(f"done in {result.seconds.get('total', 0):.0f} s; run {result.run_id}"
           + (f"; model {result.model_name} v{result.model_version}" if result.model_version else ""), flush=True)

@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--port, --host."""
     parser.add_argument("--port", type=int, default=5000, help="port to serve on (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback)")
+    from pipeline.commands import add_tracking_option
+
+    add_tracking_option(parser)
 
 
 def ui_command(tracking_uri: str, artifacts_dir: str | None, host: str, port: int) -> list[str]:
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Start the UI and wait until Ctrl-C; with a team server URI just print where it is."""
     from pipeline.paths import default_tracking_uri
 
-    uri = default_tracking_uri()
+    uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         print(f"MLflow tracking server (team mode): open {uri} in a browser")
         return 0

@@ -1,0 +1,326 @@
+"""The task registry: what each prediction task is, in one object per task.
+
+Every place that used to branch on a task name asks its `Task` instead: which table rows and label column it trains
+on, its classes and their order, whether they are ordinal, its sample recipe (``breast``: the whole breast;
+``lesion``: a crop around the finding's ROI), its metric function and headline metrics, its default champion
+metric, its decision rule and its output columns. Adding a task is one `register_task(Task(...))` entry plus, if it
+needs a new way to turn an image into a sample, its recipe in pipeline.samples.
+
+Decision rules are pluggable: a rule is an object with `name`, `fit_params(...)` (what training stores in the model
+card's ``decision`` dict) and `decide(proba, classes, decision)`; `register_rule` adds one (an ordinal cut-point rule,
+per-group thresholds, ...) and the card's ``decision["rule"]`` names the rule that reads it back.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "Task",
+    "DecisionRule",
+    "ThresholdRule",
+    "ArgmaxRule",
+    "TASKS",
+    "task_names",
+    "DECISION_RULES",
+    "ORDINAL_SCHEMES",
+    "ordinal_scheme",
+    "get_task",
+    "register_task",
+    "register_rule",
+    "get_rule",
+    "decide",
+]
+
+#: Known ordinal density label sets, in order (for the class order of quadratic-weighted kappa) with their dense part.
+ORDINAL_SCHEMES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("F", "G", "D"), ("D",)),
+    (("A", "B", "C", "D"), ("C", "D")),
+    (("1", "2", "3", "4"), ("3", "4")),
+)
+PATHOLOGIES = ("benign", "malignant")
+
+
+def ordinal_scheme(labels: Sequence[str]) -> list[str]:
+    """The known ordinal density scheme holding every label (F, G, D; A-D; 1-4), else the labels sorted."""
+    present = {str(v) for v in labels}
+    for scheme, _ in ORDINAL_SCHEMES:
+        if present <= set(scheme):
+            return list(scheme)
+    return sorted(present)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decision rules
+# --------------------------------------------------------------------------------------------------------------------
+class DecisionRule(Protocol):
+    """Turns calibrated probabilities into calls; its parameters live in the model card's ``decision`` dict."""
+
+    name: str
+
+    def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule's parameters of a fitted model (stored in the card's ``decision``, with ``rule`` = name)."""
+
+    def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
+        """One call (a class name, or None when the rule has no parameters to decide with) per row of proba."""
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """Binary: the positive class (classes[1]) when its probability reaches ``decision["threshold"]``."""
+
+    name: str = "threshold"
+
+    def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"threshold": _finite(getattr(classifier, "threshold_", None)),
+                "target_sensitivity": float(config["evaluation"]["target_sensitivity"])}
+
+    def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
+        threshold = _finite(decision.get("threshold"))
+        if threshold is None or len(classes) != 2:
+            return [None] * len(proba)
+        return [classes[1] if p >= threshold else classes[0] for p in np.asarray(proba)[:, 1]]
+
+
+@dataclass(frozen=True)
+class ArgmaxRule:
+    """The most probable class."""
+
+    name: str = "argmax"
+
+    def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"threshold": None, "target_sensitivity": None}
+
+    def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
+        return [classes[i] for i in np.argmax(np.asarray(proba), axis=1)]
+
+
+DECISION_RULES: dict[str, DecisionRule] = {}
+
+
+def register_rule(rule: DecisionRule) -> DecisionRule:
+    """Add (or replace) a decision rule under its name; returns it."""
+    DECISION_RULES[rule.name] = rule
+    return rule
+
+
+def get_rule(name: str) -> DecisionRule:
+    """The registered decision rule `name`; ValueError listing the known ones."""
+    try:
+        return DECISION_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown decision rule {name!r}; known: {sorted(DECISION_RULES)}") from None
+
+
+register_rule(ThresholdRule())
+register_rule(ArgmaxRule())
+
+
+def decide(proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
+    """Calls for proba (n, k) (columns in `classes` order) by the rule a model card's `decision` names."""
+    proba = np.asarray(proba, dtype=float)
+    classes = [str(c) for c in classes]
+    if proba.ndim != 2 or proba.shape[1] != len(classes) or not classes:
+        raise ValueError(f"proba must have shape (n, {len(classes)}) for classes {classes}. Got {proba.shape} instead.")
+    return get_rule(str(decision.get("rule") or "argmax")).decide(proba, classes, decision)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tasks
+# --------------------------------------------------------------------------------------------------------------------
+def _density_rows(full: pd.DataFrame, dataset: Mapping[str, Any]) -> pd.DataFrame:
+    from pipeline.io.datasets import density_table
+
+    return density_table(full)
+
+
+def _finding_rows(full: pd.DataFrame, dataset: Mapping[str, Any]) -> pd.DataFrame:
+    from pipeline.io.datasets import lesion_table
+
+    if not dataset.get("require_roi", True):
+        return full[full["pathology"].isin(PATHOLOGIES)].reset_index(drop=True)
+    return lesion_table(full)
+
+
+def _binary_metrics(y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: Sequence[str],
+                    **kw: Any) -> dict[str, float]:
+    from pipeline.evaluation.metrics import binary_metrics
+
+    return binary_metrics(y, np.asarray(proba)[:, 1], call, **kw)
+
+
+def _multiclass_metrics(y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: Sequence[str],
+                        **kw: Any) -> dict[str, float]:
+    from pipeline.evaluation.metrics import multiclass_metrics
+
+    return multiclass_metrics(y, proba, classes, **kw)
+
+
+BINARY_METRIC_KEYS = ("roc_auc", "pr_auc", "sens_at_target", "spec_at_target", "brier", "ece", "n", "n_positive")
+MULTICLASS_METRIC_KEYS = ("accuracy", "kappa_quadratic", "brier", "ece", "n")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task: data, labels, samples, metrics, decision and outputs."""
+
+    name: str
+    label_column: str                           # table column holding the label (derived by `derive_label` if set)
+    sample_recipe: str                          # pipeline.samples recipe: "breast" | "lesion" | ...
+    select_rows: Callable[[pd.DataFrame, Mapping[str, Any]], pd.DataFrame]  # (full table, dataset section) -> rows
+    metric_fn: Callable[..., dict[str, float]]  # (y, proba, call, classes, **kw) -> metrics
+    metric_keys: tuple[str, ...]                # the metric function's keys (before a prefix), for validation
+    headline_keys: tuple[str, ...]              # metrics printed, stored on the card and as version tags
+    default_champion_metric: str
+    decision_rule: str                          # DECISION_RULES name used at training time
+    default_classes: tuple[str, ...] | None = None   # None: resolved from the data (ordinal schemes, else sorted)
+    ordinal: bool = False
+    density_labels: bool = False                # its classes are breast-density labels (dense_classes among them)
+    exam_pooled: bool = False                   # the clinical unit is the exam: probabilities averaged per exam
+    derive_label: Callable[[pd.DataFrame], pd.Series] | None = None  # label from other columns (e.g. pathology)
+    needs_roi_note: str | None = None           # note shown when an image is scored without the ROI it expects
+    display_label: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- names ------------------------------------------------------------------------------------------------
+    @property
+    def default_model_name(self) -> str:
+        return f"mammoscope-{self.name}"
+
+    @property
+    def default_experiment(self) -> str:
+        return f"experiments/mias_{self.name}_fused.yaml"
+
+    @property
+    def rule(self) -> DecisionRule:
+        return get_rule(self.decision_rule)
+
+    @property
+    def uses_threshold(self) -> bool:
+        """Whether training picks an operating point on the positive-class probability (binary tasks)."""
+        return self.decision_rule == "threshold"
+
+    @property
+    def whole_breast(self) -> bool:
+        """Whether samples show a whole breast (so the breast mask is re-estimated on them)."""
+        return self.sample_recipe != "lesion"
+
+    # --- data -------------------------------------------------------------------------------------------------
+    def rows(self, full: pd.DataFrame, dataset: Mapping[str, Any]) -> pd.DataFrame:
+        """The task's rows of a dataset table, with the label column (derived where the task says so)."""
+        table = self.select_rows(full, dataset)
+        if self.derive_label is not None:
+            table = table.assign(**{self.label_column: self.derive_label(table)})
+        return table
+
+    def resolve_classes(self, labels: Sequence[str], configured: Sequence | None = None) -> list[str]:
+        """Class order: the experiment's, else the task's, else a known ordinal scheme containing them, else sorted."""
+        if configured is not None:
+            return [str(c) for c in configured]
+        if self.default_classes is not None:
+            return list(self.default_classes)
+        return ordinal_scheme(labels)
+
+    # --- evaluation and serving -------------------------------------------------------------------------------
+    def metrics(self, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: Sequence[str],
+                **kw: Any) -> dict[str, float]:
+        """The task's metrics of out-of-fold probabilities (and calls at the operating point, if any)."""
+        return self.metric_fn(y, proba, call if self.uses_threshold else None, classes, **kw)
+
+    def metric_names(self, classes: Sequence[str] | None = None) -> set[str]:
+        """Every metric key training can produce for this task (cv_, subgroup and exam prefixes, CI bounds)."""
+        base = set(self.metric_keys) | {f"recall_{c}" for c in (classes or [])}
+        base |= {f"{k}_ci_{side}" for k in self.metric_keys for side in ("low", "high")}
+        prefixes = ["cv_", "dense_", "nondense_"] + (["cv_exam_"] if self.exam_pooled else [])
+        return {p + k for p in prefixes for k in base}
+
+    def is_metric(self, key: str) -> bool:
+        """Whether `key` names a metric of this task (per-class recalls of any class included)."""
+        prefixes = ["cv_", "dense_", "nondense_"] + (["cv_exam_"] if self.exam_pooled else [])
+        if any(key.startswith(p + "recall_") for p in prefixes) and not self.uses_threshold:
+            return True
+        return key in self.metric_names()
+
+    def explain_target(self, proba: np.ndarray) -> int:
+        """The class index an explanation explains: the positive class of a binary task, else the most probable."""
+        return 1 if self.uses_threshold else int(np.argmax(proba))
+
+    def output_columns(self, classes: Sequence[str]) -> list[str]:
+        """Batch output columns of this task: probabilities per class, call, model name and version."""
+        return [f"{self.name}_p_{c}" for c in classes] + [f"{self.name}_{k}" for k in ("call", "model", "version")]
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task to the registry (a new task = one entry here + its sample recipe); returns it."""
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(task: "str | Task") -> Task:
+    """The registered Task (a Task passes through); ValueError naming the known tasks."""
+    if isinstance(task, Task):
+        return task
+    try:
+        return TASKS[str(task)]
+    except KeyError:
+        raise ValueError(f"task must be one of {list(TASKS)}. Got {task!r} instead.") from None
+
+
+register_task(Task(
+    name="density",
+    label_column="density",
+    sample_recipe="breast",
+    select_rows=_density_rows,
+    metric_fn=_multiclass_metrics,
+    metric_keys=MULTICLASS_METRIC_KEYS,
+    headline_keys=("cv_kappa_quadratic", "cv_accuracy", "cv_brier", "cv_ece", "dense_accuracy", "nondense_accuracy",
+                   "cv_exam_kappa_quadratic", "cv_exam_accuracy"),
+    default_champion_metric="cv_kappa_quadratic",
+    decision_rule="argmax",
+    ordinal=True,
+    density_labels=True,
+    exam_pooled=True,
+    display_label="Breast density (calibrated)",
+    description="one row per image, the whole breast; BI-RADS-style density classes",
+))
+register_task(Task(
+    name="malignancy",
+    label_column="pathology",
+    sample_recipe="lesion",
+    select_rows=_finding_rows,
+    metric_fn=_binary_metrics,
+    metric_keys=BINARY_METRIC_KEYS,
+    headline_keys=("cv_roc_auc", "cv_pr_auc", "cv_sens_at_target", "cv_spec_at_target", "cv_brier", "cv_ece",
+                   "dense_sens_at_target", "dense_spec_at_target", "nondense_sens_at_target",
+                   "nondense_spec_at_target"),
+    default_champion_metric="cv_roc_auc",
+    decision_rule="threshold",
+    default_classes=PATHOLOGIES,
+    needs_roi_note=("no ROI given: the whole breast was scored, but this model was trained on lesion crops; draw a "
+                    "box around the finding for a meaningful malignancy probability"),
+    display_label="Malignancy of the region (calibrated)",
+    description="one row per finding, a crop around its ROI; benign vs malignant",
+))
+
+
+
+def task_names() -> tuple[str, ...]:
+    """The registered task names, in registration order."""
+    return tuple(TASKS)

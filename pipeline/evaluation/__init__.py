@@ -1,0 +1,1 @@
+"""Honest evaluation's arithmetic: patient-level splits, operating points, metrics with bootstrap CIs."""

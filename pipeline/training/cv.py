@@ -1,0 +1,130 @@
+"""Cross-validation on given patient-level folds (locally or on a Dask cluster) and subgroup metrics of its output."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CVResult", "cross_validate", "subgroup_metrics"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cross-validation
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class CVResult:
+    """Out-of-fold predictions of one cross-validation."""
+
+    proba: np.ndarray                     # (n, k) out-of-fold probabilities, columns in `classes` order
+    fold: np.ndarray                      # (n,) index of the fold where each sample was tested
+    threshold: np.ndarray                 # (n,) operating point used for each sample (its fold's; NaN for multiclass)
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    fold_thresholds: list[float] = field(default_factory=list)
+    fold_metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def call(self) -> np.ndarray:
+        """Binary decision at each sample's fold threshold (positive class = column 1)."""
+        return self.proba[:, 1] >= self.threshold
+
+
+def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                   folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
+                   route_groups: bool = False,
+                   on_fold: Callable[[int, np.ndarray, np.ndarray, Any, np.ndarray], None] | None = None,
+                   n_jobs: int | None = None) -> CVResult:
+    """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
+
+    The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
+    own fit. `fit_groups_param` names the fit parameter that receives the training rows' patient ids
+    (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level; `route_groups=True` passes
+    them as `groups=` with scikit-learn metadata routing instead (pipeline.training.routing: every step that requested them,
+    e.g. the calibrated classifier and the fine-tuning embedder, gets the training rows' patient ids).
+
+    Each fold is fitted by the module-level `_fit_fold`, through `pipeline.compute.map_chunks` (one fold per task):
+    locally by `joblib.Parallel(n_jobs)` (default 1: in this process, in fold order, bit-identical to a plain loop);
+    inside a `pipeline.compute.compute_backend` block on a Dask cluster, as Dask tasks on the workers (with the
+    session's retries; every fold in flight at once, also on a cluster of one single-threaded worker, where joblib's
+    dask backend would fall back to this process). Estimators are made (`make_estimator`) and
+    `on_fold(i, train_idx, test_idx, fitted, test_proba)` is called here, on the client, in fold order as folds
+    finish (`test_proba`: the fold's out-of-fold probabilities, (len(test_idx), k), already computed).
+    """
+    from pipeline.compute import map_chunks
+
+    if n_jobs is not None and (not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be a non-zero int or None. Got {n_jobs!r} instead.")
+    n = len(y)
+    k = int(np.max(y)) + 1
+    proba = np.full((n, k), np.nan)
+    fold_of = np.full(n, -1)
+    thr = np.full(n, np.nan)
+    fold_thresholds: list[float] = []
+    fit = functools.partial(_fit_folds, X=X, y=y, groups=groups,
+                            fit_groups_param=ROUTED if route_groups else fit_groups_param)
+    specs = ((make_estimator(), tr, te) for tr, te in folds)  # lazy: each estimator made as its fold is sent
+    results = (fitted for _, chunk in map_chunks(fit, specs, 1, n_jobs=1 if n_jobs is None else int(n_jobs),
+                                                 max_in_flight=max(1, len(folds)), ordered=True)
+               for fitted in chunk)
+    for i, ((tr, te), (est, p)) in enumerate(zip(folds, results)):
+        cols = np.asarray(_classes_of(est), dtype=int)
+        proba[np.ix_(te, cols)] = p
+        proba[te] = np.nan_to_num(proba[te], nan=0.0)
+        fold_of[te] = i
+        t = float(getattr(_final(est), "threshold_", np.nan))
+        thr[te] = t
+        fold_thresholds.append(t)
+        if on_fold is not None:
+            on_fold(i, tr, te, est, proba[te])
+    return CVResult(proba=proba, fold=fold_of, threshold=thr, folds=folds, fold_thresholds=fold_thresholds)
+
+
+ROUTED = "<metadata routing>"  # _fit_fold: pass groups by metadata routing
+
+
+def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
+              test: np.ndarray, fit_groups_param: str | None) -> tuple[Any, np.ndarray]:
+    """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
+    if fit_groups_param == ROUTED:
+        from pipeline.training.routing import fit_with_groups
+
+        fit_with_groups(estimator, X[train], y[train], groups[train])
+    else:
+        fit_kw = {fit_groups_param: groups[train]} if fit_groups_param else {}
+        estimator.fit(X[train], y[train], **fit_kw)
+    return estimator, np.asarray(estimator.predict_proba(X[test]), dtype=float)
+
+
+def _fit_folds(specs: list[tuple[Any, np.ndarray, np.ndarray]], *, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+               fit_groups_param: str | None) -> list[tuple[Any, np.ndarray]]:
+    """`_fit_fold` of each (estimator, train_idx, test_idx): one map_chunks task (X, y, groups travel once, with
+    the function, to each worker)."""
+    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param) for est, tr, te in specs]
+
+
+def _final(est: Any) -> Any:
+    return est.steps[-1][1] if hasattr(est, "steps") else est
+
+
+def _classes_of(est: Any) -> np.ndarray:
+    return np.asarray(getattr(est, "classes_", None) if getattr(est, "classes_", None) is not None
+                      else _final(est).classes_)
+
+
+def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, density: Sequence,
+                     dense_classes: Sequence, classes: Sequence[str], **kw: Any) -> dict[str, float]:
+    """The task's metrics within dense (`dense_*`) and non-dense (`nondense_*`) samples where density is known."""
+    from pipeline.config.tasks import get_task
+
+    spec = get_task(task)
+    dens = pd.Series(list(density), dtype=object)
+    known = dens.notna().to_numpy() & (dens.astype(str) != "").to_numpy()
+    is_dense = dens.astype(str).isin({str(d) for d in dense_classes}).to_numpy()
+    out: dict[str, float] = {}
+    for name, sel in (("dense_", known & is_dense), ("nondense_", known & ~is_dense)):
+        if not sel.any():
+            continue
+        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=name, **kw))
+    return out
