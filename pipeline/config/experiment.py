@@ -139,7 +139,7 @@ SCHEMA: dict[str, Any] = {
         "size": Int(16, 1024),
         "context": Float(1.0, 10.0),
         "min_side": Int(8, 4096),
-        "n_jobs": Int(-1, 64),
+        "n_jobs": Int(-1, 64, nullable=True),
     },
     "preprocessing": {
         "breast_mask": Bool(),
@@ -201,6 +201,7 @@ SCHEMA: dict[str, Any] = {
     },
     "compute": {
         "n_jobs": Int(-1, 256),
+        "image_key": Choice(("content", "stat")),
         "scheduler": Str(nullable=True),
         "cache_dir": Str(nullable=True),
     },

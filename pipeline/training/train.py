@@ -31,10 +31,14 @@ __all__ = [
     "TaskData",
     "TrainResult",
     "load_task_data",
+    "load_task_features",
+    "task_table",
     "resolve_classes",
     "dense_classes_for",
     "sample_params",
     "evaluate_experiment",
+    "head_pipeline",
+    "fit_final",
     "exam_ids",
     "train_experiment",
     "build_card",
@@ -46,7 +50,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TaskData:
-    """Everything a training needs about its data: table rows, samples X, class indices y, patient groups."""
+    """Everything a training needs about its data: table rows, samples X (or streamed features), class indices y,
+    patient groups."""
 
     table: pd.DataFrame
     X: np.ndarray
@@ -57,6 +62,15 @@ class TaskData:
     density: np.ndarray
     source: str
     errors: list[Any] = field(default_factory=list)
+    features: np.ndarray | None = None   # streamed: frozen-feature rows (n, d) of the front; X is then None
+    front: Any = None                    # streamed: the fitted frozen steps (preprocess, features) before the head
+    example: np.ndarray | None = None    # streamed: two samples (input example of the registered model)
+    stream: Any = None                   # streamed: pipeline.training.stream.StreamResult (counts, timings)
+
+    @property
+    def streamed(self) -> bool:
+        """True when the data are the frozen-feature matrix (the head is fitted on `features`)."""
+        return self.features is not None
 
 
 @dataclass
@@ -116,13 +130,11 @@ def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.Dat
     return table[table["patient_id"].isin(chosen)].reset_index(drop=True)
 
 
-def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
-                   progress_bar: bool = False) -> TaskData:
-    """Dataset table of the task, labelled rows in the class set, and their samples at working resolution
-    (`progress_bar`: a tqdm bar on stderr while the samples are prepared)."""
+def task_table(config: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str], Path]:
+    """The task's labelled rows of the dataset (label in the class set, subsampled by dataset.max_samples), the
+    class order and the dataset path; raises DatasetError when they cannot make a two-class problem."""
     from pipeline.io.datasets import load_dataset
     from pipeline.paths import default_mias_dir
-    from pipeline.samples import load_samples
 
     ds = config["dataset"]
     spec = get_task(ds["task"])
@@ -152,31 +164,104 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     if table.empty or table[label_col].nunique() < 2:
         raise DatasetError(f"{path}: the {task} task needs rows of at least two classes of {classes}; found "
                            f"{table[label_col].value_counts().to_dict()} (check dataset.adapter/path/classes)")
-    sp = sample_params(config)
-    progress(f"{len(table)} {task} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"preparing {sp['size']} px samples")
-    X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
-                             whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"], progress_bar=progress_bar)
-    X = np.asarray(X, dtype=np.float32)
-    errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
+    return table, classes, path
+
+
+def _task_data(config: Mapping[str, Any], table: pd.DataFrame, classes: list[str], path: Path, errors: pd.DataFrame,
+               n_prepared: int, **arrays: Any) -> TaskData:
+    """TaskData of the rows that could be prepared (`errors` lists the others by table position)."""
+    ds = config["dataset"]
+    spec = get_task(ds["task"])
     if len(errors):
         bad = sorted(int(p) for p in errors["position"])
         log.warning("%d samples could not be prepared and were skipped, e.g. %s", len(errors),
                     errors["error"].head(3).tolist())
         table = table.drop(index=bad).reset_index(drop=True)
-    if len(X) != len(table):
-        raise DatasetError(f"load_samples returned {len(X)} samples for {len(table)} usable rows; cannot align them")
-    y = np.array([classes.index(str(v)) for v in table[label_col]], dtype=int)
+    if n_prepared != len(table):
+        raise DatasetError(f"{n_prepared} samples were prepared for {len(table)} usable rows; cannot align them")
+    y = np.array([classes.index(str(v)) for v in table[spec.label_column]], dtype=int)
     if len(set(y.tolist())) < 2:
-        raise DatasetError(f"{path}: after skipping {len(errors)} samples that could not be prepared, the {task} task "
-                           f"has {len(y)} samples of {len(set(y.tolist()))} class(es); it needs two. First problems: "
-                           + "; ".join(map(str, errors["error"].head(3).tolist() if len(errors) else [])))
+        raise DatasetError(f"{path}: after skipping {len(errors)} samples that could not be prepared, the "
+                           f"{spec.name} task has {len(y)} samples of {len(set(y.tolist()))} class(es); it needs two. "
+                           "First problems: " + "; ".join(map(str, errors["error"].head(3).tolist()
+                                                               if len(errors) else [])))
     dens = table["density"].astype(object).where(table["density"].notna(), None).to_numpy()
     density_labels = classes if spec.density_labels else ordinal_scheme([d for d in dens if d])
-    return TaskData(table=table, X=X, y=y, groups=table["patient_id"].astype(str).to_numpy(), classes=classes,
-                    dense_classes=dense_classes_for(density_labels, ds["dense_classes"]),
-                    density=dens, source=str(path), errors=errors.to_dict("records"))
+    return TaskData(table=table, X=arrays.pop("X", None), y=y, groups=table["patient_id"].astype(str).to_numpy(),
+                    classes=classes, dense_classes=dense_classes_for(density_labels, ds["dense_classes"]),
+                    density=dens, source=str(path), errors=errors.to_dict("records"), **arrays)
+
+
+def sample_jobs(config: Mapping[str, Any]) -> int:
+    """Worker processes preparing samples in memory: samples.n_jobs, else compute.n_jobs (0/None = every core)."""
+    from pipeline.compute import resolve_compute
+
+    own = config["samples"].get("n_jobs")
+    jobs = resolve_compute(config, default_cache=False).n_jobs if own is None else (None if int(own) <= 0 else own)
+    return -1 if jobs is None else int(jobs)
+
+
+def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
+                   progress_bar: bool = False) -> TaskData:
+    """Dataset table of the task, labelled rows in the class set, and their samples at working resolution, all in
+    memory (X (n, S*S)): the path of fine-tuning and of tests; training streams features instead
+    (`load_task_features`). `progress_bar`: a tqdm bar on stderr while the samples are prepared."""
+    from pipeline.samples import load_samples
+
+    ds = config["dataset"]
+    spec = get_task(ds["task"])
+    table, classes, path = task_table(config)
+    sp = sample_params(config)
+    progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
+             f"preparing {sp['size']} px samples")
+    X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=sample_jobs(config),
+                             whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
+                             min_side=sp["min_side"], progress_bar=progress_bar)
+    X = np.asarray(X, dtype=np.float32)
+    errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
+    return _task_data(config, table, classes, path, errors, len(X), X=X)
+
+
+def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
+                       cache_dir: str | Path | None = None, progress_bar: bool = False) -> TaskData | None:
+    """The task's rows and their frozen-feature matrix, streamed (pipeline.training.stream): every image read once
+    in worker processes (compute.n_jobs; Dask workers inside a compute_backend block), per-row features cached on
+    disk, nothing but the feature matrix (n, d) held here. None when the experiment's feature steps are not all
+    frozen (fine-tuning): use `load_task_data`."""
+    from pipeline.compute import current_session, resolve_compute
+    from pipeline.training import stream
+
+    ds = config["dataset"]
+    spec = get_task(ds["task"])
+    compute = resolve_compute(config, cache_dir=cache_dir)
+    session = current_session()
+    if session is not None and session.is_distributed and session.cache_dir is not None:
+        cache = session.cache_dir  # the folder the workers were pointed at (shared storage)
+    else:
+        cache = compute.cache_dir
+    parts = stream.split_pipeline(build_pipeline(config, cache))
+    if parts is None:
+        return None
+    front, _ = parts
+    table, classes, path = task_table(config)
+    sp = sample_params(config)
+    wbwr = not ds["require_roi"]
+    example = stream.first_samples(table, spec.sample_recipe, sp, whole_breast_without_roi=wbwr)
+    if not len(example):
+        raise DatasetError(f"{path}: none of the first rows of the {spec.name} task could be prepared; check the "
+                           "images (mammoscope data scan)")
+    stream.fit_front(front, example)
+    fspec = stream.make_spec(front, spec.sample_recipe, sp, whole_breast_without_roi=wbwr, cache_dir=cache,
+                             image_key=config["compute"].get("image_key", "content"))
+    distributed = session is not None and session.is_distributed
+    jobs = None if distributed else compute.n_jobs
+    where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
+    progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
+             f"streaming {sp['size']} px samples through the frozen feature steps {where}")
+    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
+    progress(result.summary())
+    return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
+                      front=front, example=example, stream=result)
 
 
 def exam_ids(data: TaskData) -> np.ndarray:
@@ -219,6 +304,9 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         if crossing:  # StratifiedGroupKFold guarantees this; checked because the whole evaluation rests on it
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
     pipe = build_pipeline(config, cache_dir)
+    X = data.X
+    if data.streamed:  # the frozen front already ran (streamed features): folds fit only the stateful head
+        pipe, X = head_pipeline(pipe), data.features
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
@@ -239,7 +327,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         bar.update(1)
 
     with bar:
-        cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
+        cv = cross_validate(lambda: clone(pipe), X, data.y, data.groups, folds,
                             route_groups=True, on_fold=fold_done)
     call = cv.call if task.uses_threshold else None
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
@@ -291,6 +379,30 @@ def headline_keys(task: str | Task) -> list[str]:
     return list(get_task(task).headline_keys)
 
 
+def head_pipeline(pipe: Any) -> Any:
+    """The stateful steps after the frozen front of an experiment's Pipeline (select, classifier)."""
+    from pipeline.training.stream import split_pipeline
+
+    parts = split_pipeline(pipe)
+    if parts is None:
+        raise ConfigError("the experiment's feature steps are not all frozen (fine-tuning): it cannot be fitted on "
+                          "streamed features; load its samples with load_task_data")
+    return parts[1]
+
+
+def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None) -> Any:
+    """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
+    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline."""
+    from pipeline.training.routing import fit_with_groups
+    from pipeline.training.stream import assemble
+
+    pipe = build_pipeline(config, cache_dir)
+    if not data.streamed:
+        return fit_with_groups(pipe, data.X, data.y, data.groups)
+    head = fit_with_groups(head_pipeline(pipe), data.features, data.y, data.groups)
+    return assemble(data.front, head)
+
+
 def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, register: bool = True,
                      cache_dir: str | Path | None = None, progress: Callable[[str], None] = log.info,
                      progress_bar: bool = False) -> TrainResult:
@@ -310,7 +422,9 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     cache = resolve_compute(cfg, cache_dir=cache_dir).cache_dir
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = load_task_data(cfg, progress, progress_bar=progress_bar)
+    # streamed (#18): samples + frozen features per image in worker processes, cached; fine-tuning: in memory
+    data = load_task_features(cfg, progress, cache_dir=cache, progress_bar=progress_bar) \
+        or load_task_data(cfg, progress, progress_bar=progress_bar)
     seconds["samples"] = time.perf_counter() - t0
     registry.configure(tracking_uri)
     tr = cfg["tracking"]
@@ -343,12 +457,13 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         if register:
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
-            final = fit_with_groups(build_pipeline(cfg, cache), data.X, data.y, data.groups)
+            final = fit_final(cfg, data, cache)
             strip_requests(disable_cache(final))
             card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id)
             registry.log_text(card.to_json(), "model_card/card.json")
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
-                                      input_example=data.X[:2], card=card.to_dict())
+                                      input_example=data.X[:2] if data.X is not None else data.example,
+                                      card=card.to_dict())
             decision = registry.maybe_promote(tr["registered_model_name"], info.version, metric=metric,
                                               value=metrics[metric], higher_is_better=tr["higher_is_better"],
                                               data_digest=digest)

@@ -1,0 +1,254 @@
+"""Archive benchmark: train on a synthetic screening archive of N unique images, streamed (pipeline.training.stream).
+
+    .venv/bin/python benchmarks/archive.py [--n 2000 10000 50000] [--tasks density malignancy] [--side 512]
+        [--jobs 1 2] [--cluster] [--set features.cnn.enabled=false ...] [--keep DIR]
+
+The archive: N images made from the real mini-MIAS mammograms in ../shared/data (random crop of 80-100 % of the
+side, horizontal flip with the laterality swapped, rotation of up to +-5 degrees, gamma and contrast changes,
+a little noise: each file unique), --side px PNGs, in a temp folder outside the repo, with a manifest CSV (density
+= MIAS background tissue F/G/D; findings with a centre keep their circle ROI, moved with the image). Each archive
+image is one patient.
+
+Each (task, N, workers) run is one subprocess (so its peak RSS is its own) on the default experiment of the task
+(experiments/defaults.yaml, manifest adapter, plus --set), with a fresh feature cache: stream the samples +
+frozen features (compute.n_jobs = --jobs, or a 2-worker LocalCluster with --cluster), patient-level CV of the head,
+final fit. MLflow logging is not run (not part of the data path). Printed per run: wall time per stage, images/s,
+worker-summed seconds per image of read / sample / features, peak RSS of the main process and of the workers;
+then the ratios of the issue's targets (memory at the largest N / smallest N; 2 workers vs 1; LocalCluster vs
+local), and the per-image cost extrapolated to 50,000 images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MIAS = ROOT.parent / "shared" / "data" / "mias"
+WORKER_CONFIG = {  # as benchmarks/scale.py and docs/scale-out.md recommend
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The archive
+# --------------------------------------------------------------------------------------------------------------------
+def _sources(mias: Path = MIAS) -> list[dict]:
+    man = pd.read_csv(mias / "manifest.csv", dtype=str, keep_default_na=False)
+    out: dict[str, dict] = {}
+    for r in man.to_dict("records"):
+        src = out.setdefault(r["file"], {"file": str(mias / r["file"]), "density": r["background_tissue"],
+                                         "laterality": r["laterality"], "findings": []})
+        if r["pathology"] in ("benign", "malignant") and r["x"] and r["y_top_origin"] and r["radius"]:
+            src["findings"].append((r["pathology"], float(r["x"]), float(r["y_top_origin"]), float(r["radius"])))
+    return list(out.values())
+
+
+def _augment_one(src: dict, side: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """(uint8 (side, side) image, 3x3 source->archive affine, scale, flipped) of one random variant of `src`."""
+    from skimage.io import imread
+    from skimage.transform import AffineTransform, warp
+
+    image = imread(src["file"]).astype(np.float32)
+    image = (image if image.ndim == 2 else image[..., 0]) / 255.0
+    h, w = image.shape
+    crop = rng.uniform(0.8, 1.0) * min(h, w)
+    x0, y0 = rng.uniform(0, w - crop), rng.uniform(0, h - crop)
+    angle = np.deg2rad(rng.uniform(-5, 5))
+    flip = bool(rng.random() < 0.5)
+    c, s = np.cos(angle), np.sin(angle)
+    cx, cy = w / 2.0, h / 2.0
+    rot = np.array([[c, -s, cx - c * cx + s * cy], [s, c, cy - s * cx - c * cy], [0, 0, 1]])
+    scale = side / crop
+    to_crop = np.array([[scale, 0, -x0 * scale], [0, scale, -y0 * scale], [0, 0, 1]])
+    mirror = np.array([[-1, 0, side - 1], [0, 1, 0], [0, 0, 1]]) if flip else np.eye(3)
+    matrix = mirror @ to_crop @ rot
+    out = warp(image, AffineTransform(matrix=matrix).inverse, output_shape=(side, side), order=1, cval=0.0)
+    gamma, gain = rng.uniform(0.8, 1.25), rng.uniform(0.9, 1.1)
+    out = np.clip(gain * np.power(np.clip(out, 0, 1), gamma) + rng.normal(0, 0.004, out.shape), 0, 1)
+    return (out * 255).round().astype(np.uint8), matrix, scale, flip
+
+
+def build_archive(n: int, folder: str | Path, *, side: int = 512, seed: int = 0) -> Path:
+    """Write `n` unique augmented mini-MIAS images and their manifest CSV under `folder`; returns the CSV's path."""
+    from skimage.io import imsave
+
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    sources = _sources()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        image, matrix, scale, flip = _augment_one(src, side, rng)
+        name = f"images/a{i:06d}.png"
+        imsave(folder / name, image, check_contrast=False)
+        side_lr = {"L": "R", "R": "L"}.get(src["laterality"], "") if flip else src["laterality"]
+        base = {"file": name, "patient_id": f"P{i:06d}", "density": src["density"], "laterality": side_lr,
+                "view": "MLO"}
+        if not src["findings"]:
+            rows.append({**base, "sample_id": f"a{i:06d}", "pathology": ""})
+        for k, (pathology, x, y, r) in enumerate(src["findings"]):
+            px, py, _ = matrix @ np.array([x, y, 1.0])
+            rows.append({**base, "sample_id": f"a{i:06d}_{k}", "pathology": pathology,
+                         "cx": round(float(px), 1), "cy": round(float(py), 1), "r": round(r * scale, 1)})
+    csv = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    return csv
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One run (in its own process)
+# --------------------------------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides: list[str]) -> dict:
+    """Stream + CV + final fit of the task's default experiment on the archive; the figures as a dict."""
+    import logging
+
+    from pipeline.compute import compute_backend
+    from pipeline.config.experiment import load_experiment
+    from pipeline.training.train import evaluate_experiment, fit_final, load_task_features
+
+    logging.basicConfig(level=logging.WARNING)
+    sets = [f"dataset.adapter=manifest", f"dataset.path={csv}", f"dataset.task={task}", f"compute.n_jobs={jobs}",
+            f"compute.cache_dir={cache}", "evaluation.bootstrap_resamples=200", *overrides]
+    if task == "density":
+        sets.append("dataset.classes=[F, G, D]")
+    exp = load_experiment(ROOT / "experiments" / "defaults.yaml", sets)
+    cfg = exp.config
+    local_cluster = None
+    if cluster:
+        import dask
+        from distributed import LocalCluster
+
+        dask.config.set(WORKER_CONFIG)
+        local_cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    out: dict = {"task": task, "jobs": jobs, "cluster": cluster}
+    try:
+        with compute_backend(local_cluster.scheduler_address if local_cluster else None, cache_dir=cache):
+            t = time.perf_counter()
+            data = load_task_features(cfg, lambda s: None, cache_dir=cache)
+            out["stream_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            metrics, _, _ = evaluate_experiment(cfg, data, cache, lambda s: None)
+            out["cv_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            fit_final(cfg, data, cache)
+            out["final_s"] = time.perf_counter() - t
+    finally:
+        if local_cluster is not None:
+            local_cluster.close()
+    st = data.stream
+    out.update(n_images=st.n_images, n_rows=len(data.y), n_features=int(data.features.shape[1]),
+               worker_read_s=st.seconds["worker_read"], worker_sample_s=st.seconds["worker_sample"],
+               worker_features_s=st.seconds["worker_features"], workers=st.workers,
+               worker_peak_rss_mb=st.worker_peak_rss / 2**20, main_peak_rss_mb=_peak_rss_mb(),
+               headline={k: metrics[k] for k in ("cv_kappa_quadratic", "cv_roc_auc") if k in metrics})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def _spawn(csv: Path, task: str, jobs: int, cluster: bool, overrides: list[str], tmp: Path) -> dict:
+    cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
+    cmd = [sys.executable, __file__, "--one", str(csv), task, str(jobs), "1" if cluster else "0", cache, "--",
+           *overrides]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["wall_s"] = time.perf_counter() - started
+    shutil.rmtree(cache, ignore_errors=True)
+    return res
+
+
+def _line(n: int, r: dict) -> str:
+    where = "LocalCluster(2)" if r["cluster"] else f"n_jobs={r['jobs']}"
+    per = r["n_images"]
+    return (f"N={n:>6} {r['task']:<10} {where:<15} wall {r['wall_s']:7.1f} s | stream {r['stream_s']:6.1f} s "
+            f"({per / r['stream_s']:6.1f} img/s) cv {r['cv_s']:6.1f} s final {r['final_s']:5.1f} s | per image "
+            f"(worker s): read {r['worker_read_s'] / per:.3f} sample {r['worker_sample_s'] / per:.3f} features "
+            f"{r['worker_features_s'] / per:.3f} | peak RSS main {r['main_peak_rss_mb']:.0f} MB, worker "
+            f"{r['worker_peak_rss_mb']:.0f} MB | rows {r['n_rows']} x {r['n_features']} | {r['headline']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[2000, 10000, 50000])
+    parser.add_argument("--tasks", nargs="+", default=["density", "malignancy"])
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="local worker processes to compare")
+    parser.add_argument("--cluster", action="store_true", help="also run on a 2-worker LocalCluster")
+    parser.add_argument("--side", type=int, default=512, help="archive image side, px")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--ratio-n", type=int, default=None,
+                        help="run the 1-worker / cluster comparisons at this N only (default: the smallest)")
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="mammoscope-archive-"))
+    print(f"archive folder {tmp} (removed at the end); overrides {args.overrides}", flush=True)
+    results: list[tuple[int, dict]] = []
+    ratio_n = args.ratio_n or min(args.n)
+    try:
+        for n in sorted(args.n):
+            t = time.perf_counter()
+            csv = build_archive(n, tmp / f"n{n}", side=args.side)
+            print(f"built {n} images ({args.side} px) in {time.perf_counter() - t:.0f} s", flush=True)
+            for task in args.tasks:
+                for jobs in sorted(args.jobs, reverse=True):
+                    if jobs != max(args.jobs) and n != ratio_n:
+                        continue
+                    results.append((n, _spawn(csv, task, jobs, False, args.overrides, tmp)))
+                    print(_line(n, results[-1][1]), flush=True)
+                if args.cluster and n == ratio_n:
+                    results.append((n, _spawn(csv, task, 2, True, args.overrides, tmp)))
+                    print(_line(n, results[-1][1]), flush=True)
+            shutil.rmtree(tmp / f"n{n}", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    best = max(args.jobs)
+    for task in args.tasks:
+        local = {n: r for n, r in results if r["task"] == task and r["jobs"] == best and not r["cluster"]}
+        if len(local) >= 2:
+            lo, hi = min(local), max(local)
+            print(f"{task}: peak RSS main at N={hi} / N={lo}: {local[hi]['main_peak_rss_mb'] / local[lo]['main_peak_rss_mb']:.2f}x "
+                  f"(target <= 1.5x for 5x images); workers {local[hi]['worker_peak_rss_mb'] / local[lo]['worker_peak_rss_mb']:.2f}x")
+        at = {(r["jobs"], r["cluster"]): r for n, r in results if r["task"] == task and n == ratio_n}
+        if (1, False) in at and (2, False) in at:
+            print(f"{task}: stream with 2 workers / 1 worker at N={ratio_n}: "
+                  f"{at[(1, False)]['stream_s'] / at[(2, False)]['stream_s']:.2f}x (target >= 1.7x)")
+        if (2, True) in at and (2, False) in at:
+            print(f"{task}: stream LocalCluster(2) / local n_jobs=2 throughput at N={ratio_n}: "
+                  f"{at[(2, False)]['stream_s'] / at[(2, True)]['stream_s']:.2f}x (target >= 0.85x)")
+        if local:
+            n = max(local)
+            r = local[n]
+            total = r["stream_s"] + r["cv_s"] + r["final_s"]
+            slowest = max(r["stream_s"], r["cv_s"], r["final_s"])
+            print(f"{task}: whole job / slowest stage at N={n}: {total / slowest:.2f}x (target <= 1.3x); "
+                  f"extrapolated to 50,000 images at {n / r['stream_s']:.1f} img/s stream + CV scaling linearly: "
+                  f"~{50000 / n * total / 60:.0f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        csv, task, jobs, cluster, cache = sys.argv[2:7]
+        extra = sys.argv[8:] if len(sys.argv) > 7 and sys.argv[7] == "--" else []
+        print(json.dumps(run_one(csv, task, int(jobs), cluster == "1", cache, extra)))
+        sys.exit(0)
+    sys.exit(main())

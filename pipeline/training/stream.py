@@ -1,0 +1,364 @@
+"""Stream a dataset table through an experiment's frozen feature steps: each image read once, on worker processes
+(or Dask workers), each row's features cached on disk; the main process only ever holds the feature matrix.
+
+A Pipeline from `build_pipeline` splits in two (`split_pipeline`):
+
+* the **front**: ``preprocess`` and the ``features`` FeatureUnion when every branch is a `CachedTransformer` (a
+  stateless extractor: its output for a row does not depend on the data it was fitted on);
+* the **head**: ``select`` (MutualInfoSelector, stateful) and ``classifier``: fitted in-fold on the feature rows.
+
+`stream_features` sends image groups (the rows sharing one file) to `pipeline.compute.map_chunks` (local joblib
+processes, or Dask tasks with retries inside a `compute_backend` block), at most a few chunks in flight, results in
+input order. A worker reads the image, makes the row's sample (pipeline.samples.make_sample), runs the preprocess
+step once and each missing branch, and writes each branch's row to
+``<cache>/stream/<branch key>/<row key[:2]>/<row key>.npy`` atomically (tmp file + os.replace), so a job killed at
+any moment leaves only whole entries, and its rerun computes only the rows without one. The branch key hashes the
+sample recipe and parameters, the code version of the sample path (`pipeline.samples`, `pipeline.io.imageio`,
+`features.breast`) and the preprocess and branch steps' keys (class, parameters, code version: CachedTransformer's);
+the row key hashes the image file (its bytes, or path + size + mtime with ``image_key="stat"``) and the row's fields
+that shape its sample (ROI, laterality). Branches are cached separately, so experiments sharing one (the handcrafted
+features of the handcrafted and the fused model) compute it once.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from pipeline.errors import MammoscopeError
+
+__all__ = ["IMAGE_KEYS", "FeatureSpec", "StreamResult", "split_pipeline", "fit_front", "stream_features",
+           "file_key", "assemble"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("content", "stat")  # how a file is identified in the cache: its bytes, or path + size + mtime
+ROW_FIELDS = ("roi_kind", "roi_cx", "roi_cy", "roi_r", "roi_x0", "roi_y0", "roi_x1", "roi_y1", "roi_mask_path",
+              "laterality")
+SAMPLE_MODULES = ("pipeline.samples", "pipeline.io.imageio", "pipeline.io.dicom", "features.breast",
+                  "features.polarity", "features.resize")
+IMAGES_PER_CHUNK = 2  # images per map_chunks task: small, so a lost task costs little and progress is smooth
+_READ_BLOCK = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Which steps are frozen
+# --------------------------------------------------------------------------------------------------------------------
+def split_pipeline(pipe: Pipeline) -> tuple[Pipeline, Pipeline] | None:
+    """(front, head) of an experiment's Pipeline, or None when a feature step is stateful (fine-tuning).
+
+    The front (``preprocess``, ``features``) holds only CachedTransformers (or passthrough); the head is the rest
+    (``select``, ``classifier``), fitted on the feature rows."""
+    from pipeline.training.model import CachedTransformer
+
+    names = [n for n, _ in pipe.steps]
+    if names[:2] != ["preprocess", "features"]:
+        return None
+    pre, union = pipe.steps[0][1], pipe.steps[1][1]
+    if not (pre in (None, "passthrough") or isinstance(pre, CachedTransformer)):
+        return None
+    if not isinstance(union, FeatureUnion) or not union.transformer_list:
+        return None
+    if not all(isinstance(t, CachedTransformer) for _, t in union.transformer_list):
+        return None
+    return Pipeline(pipe.steps[:2]), Pipeline(pipe.steps[2:])
+
+
+def fit_front(front: Pipeline, samples: np.ndarray) -> Pipeline:
+    """Fit the frozen front on a few samples (its steps learn only shapes); returns it."""
+    return front.fit(np.asarray(samples, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What a worker needs
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything a worker needs to turn image groups into feature rows (pickled once per map_chunks call)."""
+
+    recipe: str
+    size: int
+    crop: dict
+    whole_breast_without_roi: bool
+    preprocess: Any                     # fitted transformer (inner of the CachedTransformer) or None
+    branches: tuple                     # ((name, fitted inner transformer, cache key), ...) in FeatureUnion order
+    cache_dir: str | None
+    image_key: str = "content"
+
+
+def _sample_code_version() -> str:
+    import importlib
+
+    from pipeline.training.model import _module_digest
+
+    parts = []
+    for name in SAMPLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        parts.append(f"{name}:{_module_digest(name)}")
+    return "-".join(parts)
+
+
+def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *, whole_breast_without_roi: bool,
+              cache_dir: str | Path | None, image_key: str = "content") -> FeatureSpec:
+    """The worker spec of a fitted front (see `split_pipeline`) for a sample recipe and its parameters."""
+    if image_key not in IMAGE_KEYS:
+        raise ValueError(f"image_key must be one of {IMAGE_KEYS}. Got {image_key!r} instead.")
+    pre, union = front.steps[0][1], front.steps[1][1]
+    pre_key = pre._step_key() if pre not in (None, "passthrough") else "passthrough"
+    size = int(sample_params["size"])
+    crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
+    base = (recipe, size, sorted(crop.items()), bool(whole_breast_without_roi), _sample_code_version(), pre_key)
+    branches = tuple((name, t.transformer_, f"{name}-{t._step_key()}-{joblib.hash(base)[:12]}")
+                     for name, t in union.transformer_list)
+    return FeatureSpec(recipe=recipe, size=size, crop=crop, whole_breast_without_roi=bool(whole_breast_without_roi),
+                       preprocess=pre.transformer_ if pre not in (None, "passthrough") else None,
+                       branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key)
+
+
+def file_key(path: str, how: str = "content") -> str:
+    """Identity of an image file for the cache: BLAKE2 of its bytes, or of (real path, size, mtime_ns)."""
+    if how == "stat":
+        st = os.stat(path)
+        return hashlib.blake2b(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}".encode(),
+                               digest_size=16).hexdigest()
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(_READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _row_key(fkey: str, row: Mapping[str, Any], recipe: str) -> str:
+    fields = []
+    for name in ROW_FIELDS:
+        value = row.get(name)
+        fields.append(None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value))
+    return hashlib.blake2b(repr((fkey, recipe, fields)).encode(), digest_size=16).hexdigest()
+
+
+def _entry(cache_dir: str, branch_key: str, row_key: str) -> Path:
+    return Path(cache_dir) / "stream" / branch_key / row_key[:2] / f"{row_key}.npy"
+
+
+def _save_atomic(path: Path, row: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp.npy")
+    np.save(tmp, row)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The per-image work (runs on workers)
+# --------------------------------------------------------------------------------------------------------------------
+def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
+    """Feature rows of the rows sharing image `path`: {"rows": [(pos, row | error str)], "cached", "seconds"}."""
+    from pipeline.io.datasets.table import ROI_KINDS
+    from pipeline.io.imageio import read_image
+    from pipeline.samples import make_sample
+
+    seconds = {"read": 0.0, "sample": 0.0, "features": 0.0}
+    t = time.perf_counter()
+    try:
+        fkey = file_key(path, spec.image_key)
+    except OSError as exc:
+        return {"rows": [(r["_pos"], f"{path}: cannot read the file ({exc})") for r in rows], "cached": False,
+                "seconds": seconds}
+    recipes = []
+    for r in rows:
+        no_roi = spec.whole_breast_without_roi and r.get("roi_kind") not in ROI_KINDS
+        recipes.append("breast" if no_roi else spec.recipe)
+    keys = [_row_key(fkey, r, rec) for r, rec in zip(rows, recipes)]
+    parts: list[list[np.ndarray | None]] = [[None] * len(spec.branches) for _ in rows]
+    if spec.cache_dir:
+        for i, key in enumerate(keys):
+            for j, (_, _, bkey) in enumerate(spec.branches):
+                try:
+                    parts[i][j] = np.load(_entry(spec.cache_dir, bkey, key))
+                except (OSError, ValueError, EOFError):
+                    pass
+    if all(p is not None for row in parts for p in row):
+        seconds["read"] += time.perf_counter() - t
+        return {"rows": [(r["_pos"], np.concatenate(p)) for r, p in zip(rows, parts)], "cached": True,
+                "seconds": seconds}
+    try:
+        image, meta = read_image(path)
+    except MammoscopeError as exc:
+        return {"rows": [(r["_pos"], str(exc)) for r in rows], "cached": False, "seconds": seconds}
+    seconds["read"] += time.perf_counter() - t
+    out: list[tuple[int, Any]] = []
+    for r, rec, key, row_parts in zip(rows, recipes, keys, parts):
+        if all(p is not None for p in row_parts):
+            out.append((r["_pos"], np.concatenate(row_parts)))
+            continue
+        t = time.perf_counter()
+        try:
+            sample = make_sample(image, r, rec, laterality=meta.laterality, size=spec.size, **spec.crop)
+        except MammoscopeError as exc:
+            out.append((r["_pos"], str(exc) if str(exc).startswith(path) else f"{path}: {exc}"))
+            continue
+        except ValueError as exc:
+            out.append((r["_pos"], f"{path}: {exc}"))
+            continue
+        x = sample.reshape(1, -1).astype(np.float32, copy=False)
+        seconds["sample"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if spec.preprocess is not None:
+            x = np.asarray(spec.preprocess.transform(x), dtype=np.float32)
+        for j, (_, transformer, bkey) in enumerate(spec.branches):
+            if row_parts[j] is None:
+                row_parts[j] = np.asarray(transformer.transform(x))[0]
+                if spec.cache_dir:
+                    _save_atomic(_entry(spec.cache_dir, bkey, key), row_parts[j])
+        seconds["features"] += time.perf_counter() - t
+        out.append((r["_pos"], np.concatenate(row_parts)))
+    return {"rows": out, "cached": False, "seconds": seconds}
+
+
+def _chunk_features(groups: list[tuple[str, list[dict]]], spec: FeatureSpec) -> dict:
+    """One map_chunks task: the feature rows of a few image groups, and the worker's peak RSS (bytes)."""
+    results = [_image_features(spec, path, rows) for path, rows in groups]
+    return {"images": results, "pid": os.getpid(), "peak_rss": _peak_rss()}
+
+
+def _peak_rss() -> int:
+    """High-water resident set size of this process, bytes (0 where unknown)."""
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+    except (ImportError, OSError):  # pragma: no cover - non-POSIX
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The stream (runs in the main process)
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class StreamResult:
+    """Features of the rows that could be prepared (table order), what failed, and what it cost."""
+
+    features: np.ndarray                 # (n_ok, d)
+    positions: np.ndarray                # (n_ok,) row positions in the table
+    errors: pd.DataFrame                 # position, sample_id, path, error
+    n_images: int = 0
+    images_cached: int = 0               # images whose every row came from the cache (file read only to key it)
+    images_computed: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)   # wall time; summed worker time per stage
+    worker_peak_rss: int = 0             # bytes: highest peak RSS reported by a worker
+    workers: int = 0                     # distinct worker processes seen
+
+    def summary(self) -> str:
+        """One line for the log: images, from cache, computed, throughput."""
+        wall = self.seconds.get("wall", 0.0)
+        rate = self.n_images / wall if wall > 0 else float("nan")
+        return (f"features of {self.n_images} images: {self.images_cached} from the cache, {self.images_computed} "
+                f"computed, {len(self.errors)} rows skipped; {wall:.1f} s ({rate:.1f} images/s, "
+                f"{self.workers} worker process(es))")
+
+
+def _groups(table: pd.DataFrame) -> list[tuple[str, list[dict]]]:
+    records = table.reset_index(drop=True).to_dict("records")
+    groups: dict[str, list[dict]] = {}
+    for pos, rec in enumerate(records):
+        rec["_pos"] = pos
+        groups.setdefault(str(rec["path"]), []).append(rec)
+    return list(groups.items())
+
+
+def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | None = None,
+                    chunk_size: int = IMAGES_PER_CHUNK, max_in_flight: int | None = None,
+                    progress_bar: bool = False) -> StreamResult:
+    """Feature rows of every row of `table` (rows sharing a file read it once), computed where the active compute
+    session says (`n_jobs` local processes, None = every core; a Dask cluster inside `compute_backend`)."""
+    from tqdm.auto import tqdm
+
+    from pipeline.compute import map_chunks
+
+    groups = _groups(table)
+    n_rows = len(table)
+    jobs = -1 if n_jobs is None else int(n_jobs)
+    started = time.perf_counter()
+    features: np.ndarray | None = None
+    ok = np.zeros(n_rows, dtype=bool)
+    errors: list[dict] = []
+    stage = {"read": 0.0, "sample": 0.0, "features": 0.0}
+    cached = computed = 0
+    peak = 0
+    pids: set[int] = set()
+    func = functools.partial(_chunk_features, spec=spec)
+    bar = tqdm(total=len(groups), desc="samples + features", unit="img", file=sys.stderr, disable=not progress_bar,
+               dynamic_ncols=True)
+    with bar:
+        for start, result in map_chunks(func, groups, chunk_size, n_jobs=jobs, max_in_flight=max_in_flight,
+                                        ordered=True):
+            peak = max(peak, int(result["peak_rss"]))
+            pids.add(int(result["pid"]))
+            for k, (path, rows) in enumerate(groups[start:start + len(result["images"])]):
+                res = result["images"][k]
+                cached += bool(res["cached"])
+                computed += not res["cached"]
+                for name, value in res["seconds"].items():
+                    stage[name] += value
+                for pos, value in res["rows"]:
+                    if isinstance(value, np.ndarray):
+                        if features is None:
+                            features = np.zeros((n_rows, value.size), dtype=value.dtype)
+                        features[pos] = value
+                        ok[pos] = True
+                    else:
+                        rec = rows[[r["_pos"] for r in rows].index(pos)]
+                        errors.append({"position": pos, "sample_id": rec.get("sample_id"), "path": path,
+                                       "error": value})
+            bar.update(len(result["images"]))
+    positions = np.flatnonzero(ok)
+    if features is None:
+        features = np.zeros((0, 0), dtype=np.float64)
+    elif len(positions) < n_rows:
+        features = features[positions]
+    err = pd.DataFrame(sorted(errors, key=lambda e: e["position"]), columns=["position", "sample_id", "path", "error"])
+    for message in err["error"].head(5):
+        log.warning("sample skipped: %s", message)
+    res = StreamResult(features=features, positions=positions, errors=err, n_images=len(groups),
+                       images_cached=cached, images_computed=computed,
+                       seconds={"wall": time.perf_counter() - started, **{f"worker_{k}": v for k, v in stage.items()}},
+                       worker_peak_rss=peak, workers=len(pids))
+    log.info(res.summary())
+    return res
+
+
+def assemble(front: Pipeline, head: Pipeline) -> Pipeline:
+    """One image -> probability Pipeline from a fitted front and a head fitted on its features."""
+    return Pipeline(list(front.steps) + list(head.steps))
+
+
+def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, Any], *,
+                  whole_breast_without_roi: bool, n: int = 2, tries: int = 16) -> np.ndarray:
+    """Up to `n` samples (n, S*S) from the first rows that can be prepared (to fit the front on; input example)."""
+    from pipeline.samples import load_samples
+
+    size = int(sample_params["size"])
+    crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
+    got: list[np.ndarray] = []
+    for begin in range(0, min(len(table), tries), n):
+        X, _ = load_samples(table.iloc[begin:begin + n], recipe, size=size, n_jobs=1,
+                            whole_breast_without_roi=whole_breast_without_roi, **crop)
+        got.extend(X)
+        if len(got) >= n:
+            break
+    return np.asarray(got[:n], dtype=np.float32).reshape(-1, size * size)
+
