@@ -34,6 +34,7 @@ from pipeline.app_support import (
 )
 from pipeline.errors import MammoscopeError, ModelNotFoundError
 from pipeline.imageio import IMAGE_SUFFIXES
+from pipeline.trust_predict import trust_lines
 
 __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
 
@@ -199,6 +200,7 @@ class _Handlers:
             lines.append(f"Region: {format_roi(box)} (pixels of the original image)" if box else
                          "Region: whole image")
             lines.extend(f"*Note: {n}*" for n in m.get("notes", []))
+        lines.extend(trust_lines(results))  # prediction sets, threshold applied and why (pipeline.trust_predict)
         lines.extend(f"⚠️ {msg}" for msg in self.missing.values())
         return "\n\n".join(lines)
 

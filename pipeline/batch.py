@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.batchio import InputItem, ResultWriter, discover_inputs
 from pipeline.errors import MammoscopeError
+from pipeline.trust_predict import trust_columns, trust_row
 
 __all__ = [
     "BatchOptions",
@@ -67,6 +68,7 @@ class TaskModel:
     classes: tuple[str, ...]
     threshold: float | None
     sample_params: dict[str, Any]
+    trust: dict[str, Any] = field(default_factory=dict, compare=False)  # conformal / group thresholds (#17)
 
     def rule(self) -> dict[str, Any]:
         """The metadata pipeline.predict.decide reads: task, classes, threshold."""
@@ -92,6 +94,7 @@ class TaskModel:
             classes=tuple(str(c) for c in classes),
             threshold=None if threshold is None else float(threshold),
             sample_params=dict(meta.get("sample_params") or {}),
+            trust={k: meta[k] for k in ("conformal", "group_thresholds", "dense_classes", "threshold") if meta.get(k)},
         )
 
 
@@ -218,6 +221,7 @@ def result_columns(models: Sequence[TaskModel]) -> list[str]:
     for m in models:
         columns += [f"{m.task}_p_{c}" for c in m.classes]
         columns += [f"{m.task}_call", f"{m.task}_model", f"{m.task}_version"]
+        columns += trust_columns(m.task, m.trust)  # prediction set, threshold applied and why (pipeline.trust_predict)
     return columns + ["warnings", "error"]
 
 
@@ -270,6 +274,7 @@ def score_batch(batch: Sequence[Prepared], models: Sequence[TaskModel]) -> list[
                 rows[i][f"{model.task}_call"] = calls[j]
                 rows[i][f"{model.task}_model"] = model.name
                 rows[i][f"{model.task}_version"] = model.version
+                rows[i].update(trust_row(model.task, model.classes, model.trust, probabilities[j], rows[i]))
     return rows
 
 

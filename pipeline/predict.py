@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import MammoscopeError, ModelNotFoundError
+from pipeline.trust_predict import trust_entry
 
 __all__ = [
     "TASKS",
@@ -155,10 +156,12 @@ def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: 
                       "experiment": md.get("experiment")},
             "notes": [],
         }
+        entry.update(trust_entry(md, task, classes, proba, out.get("density")))  # pipeline.trust_predict
         if md.get("task", task) == "malignancy":
-            entry["threshold"] = _threshold(md)
+            entry.setdefault("threshold", _threshold(md))
             entry["target_sensitivity"] = md.get("target_sensitivity")
             p_pos = float(proba[1]) if len(proba) > 1 else float("nan")
+            rule["threshold"] = entry["threshold"]
             entry["call"] = decide(proba[None, :], rule)[0] if classes else None
             entry["probability_malignant"] = p_pos
             if roi is None:

@@ -28,6 +28,7 @@ from pipeline.evaluate import (
 )
 from pipeline.experiment import Experiment, flatten_config
 from pipeline.model import build_pipeline, disable_cache, final_classifier
+from pipeline.trust import FoldTrust, final_trust
 
 __all__ = [
     "ORDINAL_SCHEMES",
@@ -229,8 +230,10 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
     pipe = build_pipeline(config, cache_dir)
     started = time.perf_counter()
+    trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        trust.add_fold(tr, te, final_classifier(est), p)
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task == "malignancy" else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
@@ -252,6 +255,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
+    metrics.update(trust.metrics(cv.call if task == "malignancy" else None, kw))
     exams = exam_ids(data)
     exam_proba = None
     if task == "density" and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
@@ -274,6 +278,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     if task == "malignancy":
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
+    trust.add_columns(oof)
     return metrics, cv, oof
 
 
@@ -352,6 +357,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
                 "metrics": {k: metrics[k] for k in headline_keys(task) if k in metrics and np.isfinite(metrics[k])},
                 "cnn": bool(cfg["features"]["cnn"]["enabled"]),
                 "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"]),
+                **final_trust(cfg, data, clf),  # "conformal" and "group_thresholds" states (pipeline.trust)
             }
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2], metadata=meta)
