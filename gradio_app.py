@@ -34,6 +34,7 @@ from pipeline.app_support import (
 )
 from pipeline.errors import MammoscopeError, ModelNotFoundError
 from pipeline.imageio import IMAGE_SUFFIXES
+from pipeline.card_render import about_models
 from pipeline.trust_predict import trust_lines
 
 __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
@@ -283,6 +284,8 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
             contributions = gr.Markdown(elem_id="contributions")
         with gr.Accordion("Image facts (no patient-identifying values)", open=False):
             facts = gr.JSON(elem_id="facts")
+        with gr.Accordion("About this model", open=False, elem_id="about"):  # the model cards (#17)
+            gr.Markdown(about_models(models), elem_id="model-card")
         api_out = gr.JSON(visible=False)
         api_trigger = gr.Button(visible=False)
 

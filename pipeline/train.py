@@ -361,6 +361,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             }
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2], metadata=meta)
+            _log_card(cfg, data, metrics, meta, cv, digest, run.run_id)  # model card artifacts (#17)
             metric = tr["champion_metric"]
             if metric not in metrics:
                 raise ConfigError(f"tracking.champion_metric: {metric!r} is not a metric of this {task} experiment; "
@@ -376,6 +377,18 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         seconds["total"] = time.perf_counter() - t0
         registry.log_metrics({f"seconds_{k}": v for k, v in seconds.items()})
     return result
+
+
+def _log_card(cfg: Mapping[str, Any], data: TaskData, metrics: Mapping[str, float], meta: Mapping[str, Any],
+              cv: CVResult, digest: str, run_id: str | None) -> None:
+    """Render the model card (Markdown + self-contained HTML) from its dict and log all three with the run."""
+    import registry
+    from pipeline.card_draft import draft_card
+    from pipeline.card_render import render_html, render_markdown
+
+    card = draft_card(cfg, data, metrics, meta, cv.proba, headline=headline_keys(cfg["dataset"]["task"]),
+                      digest=digest, run_id=run_id, n_exams=len(set(exam_ids(data))))
+    registry.log_card(card, render_markdown(card), render_html(card))
 
 
 def _metric_lines(metrics: Mapping[str, float], keys: Sequence[str]) -> list[str]:

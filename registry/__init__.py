@@ -32,6 +32,10 @@ Models (`registry.models`)
                metadata, run_id)
         Raises pipeline.errors.ModelNotFoundError (what is missing, how to train/promote) if absent.
 
+Cards (`registry.cards`)
+    log_card(card_dict, markdown, html)   (run artifacts card/card.json, card/model_card.md, card/model_card.html)
+    load_card(name, alias="champion", *, version=None) -> card dict   (ModelNotFoundError if it has none)
+
 Champion (`registry.champion`)
     maybe_promote(name, version, *, metric, value, higher_is_better=True, data_digest, alias="champion")
         -> PromotionDecision(promoted, reason, new_value, old_value, old_version); rule in champion.RULE:
@@ -65,6 +69,8 @@ _EXPORTS = {
     "promote": "registry.champion",
     "list_models": "registry.champion",
     "PromotionDecision": "registry.champion",
+    "log_card": "registry.cards",
+    "load_card": "registry.cards",
 }
 
 __all__ = sorted(_EXPORTS)

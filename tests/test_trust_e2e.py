@@ -49,3 +49,40 @@ def test_registered_models_form_sets_and_name_the_threshold(tiny_store):
     assert mal["density_group"] == group
     assert mal["threshold"] == md["group_thresholds"]["groups"][group]["threshold"]
     assert mal["call"] == ("malignant" if mal["probability_malignant"] >= mal["threshold"] else "benign")
+
+
+def test_card_of_a_tiny_model_holds_its_real_metrics_and_counts(tiny_store):
+    import time
+
+    import registry
+    from pipeline.card_render import render_html, render_markdown
+
+    registry.configure(tiny_store.tracking_uri)
+    result = tiny_store.results["malignancy"]
+    card = registry.load_card(tiny_store.names["malignancy"], "champion")
+    oof = result.oof
+    assert card["dataset"]["n_samples"] == len(oof)
+    assert card["dataset"]["n_patients"] == oof["patient_id"].nunique()
+    assert card["dataset"]["class_counts"] == oof["label"].value_counts().to_dict()
+    assert card["metrics"]["cv_roc_auc"]["value"] == pytest.approx(result.metrics["cv_roc_auc"])
+    assert card["metrics"]["cv_roc_auc"]["low"] == pytest.approx(result.metrics["cv_roc_auc_ci_low"])
+    started = time.perf_counter()
+    md, page = render_markdown(card), render_html(card)
+    assert time.perf_counter() - started < 2.0
+    assert f"{result.metrics['cv_roc_auc']:.3f} [{result.metrics['cv_roc_auc_ci_low']:.3f}" in md
+    for section in ("Intended use", "Data", "Split protocol", "Subgroups", "Operating points", "Known limitations",
+                    "CLAIM / TRIPOD+AI", "per 1,000"):
+        assert section.lower() in md.lower(), section
+    assert page.count("data:image/png;base64,") == 2 and "http" not in page.replace("http-equiv", "")
+    assert len(md.splitlines()) < 90  # two printed pages
+
+
+def test_models_card_command_prints_the_card(tiny_store, capsys, monkeypatch):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_store.tracking_uri)
+    assert main(["models", "--card", f"{tiny_store.names['density']}@champion"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# Model card: {tiny_store.names['density']}")
+    assert "conformal_coverage_F" in out
+    assert main(["models", "--card", "no-such-model@champion"]) == 1
