@@ -28,9 +28,21 @@ CASES = {
     "mias_density": ("experiments/mias_density_handcrafted.yaml", []),
     "mias_lesions": ("experiments/mias_malignancy_handcrafted.yaml", []),
     "cdd_cesm": ("experiments/mias_malignancy_handcrafted.yaml",
-                 ["dataset.adapter=manifest", f"dataset.path={CDD / 'manifest.csv'}", "dataset.require_roi=false",
-                  "dataset.classes=[benign,malignant]"]),
+                 ["dataset.adapter=manifest", "dataset.require_roi=false", "dataset.classes=[benign,malignant]"]),
 }
+
+
+def benign_malignant_manifest(folder: Path) -> Path:
+    """CDD-CESM's manifest without its `normal` rows (the manifest adapter reads benign/malignant only), with
+    absolute file paths, written to `folder` (images stay where they are)."""
+    import pandas as pd
+
+    table = pd.read_csv(CDD / "manifest.csv")
+    table = table[table["pathology"].isin(["benign", "malignant"])].copy()
+    table["file"] = [str(CDD / f) for f in table["file"]]
+    out = folder / "cdd_cesm_benign_malignant.csv"
+    table.to_csv(out, index=False)
+    return out
 
 
 def _ci(m: dict, key: str) -> str:
@@ -72,6 +84,10 @@ def main() -> int:
     args = parser.parse_args()
     for name in args.only.split(","):
         path, extra = CASES[name]
+        if name == "cdd_cesm":
+            import tempfile
+
+            extra = [*extra, f"dataset.path={benign_malignant_manifest(Path(tempfile.mkdtemp()))}"]
         exp = load_experiment(ROOT / path, [*extra, f"evaluation.conformal.coverage={args.coverage}",
                                             f"features.cnn.enabled={str(args.cnn).lower()}",
                                             f"samples.size={args.size}", f"evaluation.folds={args.folds}",

@@ -50,7 +50,8 @@ class FoldTrust:
     @property
     def uses_groups(self) -> bool:
         """Per-group thresholds apply: a binary malignancy task with density labels and the option on."""
-        return self.task == "malignancy" and bool(self.grp["enabled"]) and self.k == 2 and bool(self.data.dense_classes)
+        return (self.task == "malignancy" and bool(self.grp["enabled"]) and self.k == 2
+                and bool(self.data.dense_classes) and any(g is not None for g in self.groups))
 
     def add_fold(self, tr: np.ndarray, te: np.ndarray, clf: Any, test_proba: np.ndarray) -> None:
         """Calibrate on the fold's validation rows (inside `tr`) and apply to its test rows `te`."""
@@ -113,8 +114,9 @@ def final_trust(config: Mapping[str, Any], data: Any, clf: Any) -> dict[str, Any
     if conf["enabled"]:
         out["conformal"] = conformal.calibrate(vp, data.y[val], conf["coverage"],
                                                class_conditional=conf["class_conditional"])
-    if config["dataset"]["task"] == "malignancy" and grp["enabled"] and k == 2 and data.dense_classes:
-        groups = operating.density_groups(data.density, data.dense_classes)
+    groups = operating.density_groups(data.density, data.dense_classes)
+    if (config["dataset"]["task"] == "malignancy" and grp["enabled"] and k == 2 and data.dense_classes
+            and any(g is not None for g in groups)):
         out["group_thresholds"] = operating.choose_group_thresholds(
             data.y[val], vp[:, 1], groups[val], target_sensitivity=target,
             min_positives=int(grp["min_positives"]), pooled=float(clf.threshold_))
