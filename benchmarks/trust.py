@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.experiment import load_experiment  # noqa: E402
+from pipeline.config.experiment import load_experiment  # noqa: E402
 from pipeline.paths import default_cache_dir  # noqa: E402
-from pipeline.train import evaluate_experiment, load_task_data  # noqa: E402
+from pipeline.training.train import evaluate_experiment, load_task_data  # noqa: E402
 
 CDD = ROOT.parent / "shared" / "data" / "cdd_cesm"
 CASES = {

@@ -36,8 +36,10 @@ Models (`registry.models`)
     load_run_model(run_id, artifact="model", read_card=None) -> LoadedModel   (`runs:/RUN_ID/model`)
 
 Cards (`registry.cards`)
-    log_card(card_dict, markdown, html)   (run artifacts card/card.json, card/model_card.md, card/model_card.html)
-    load_card(name, alias="champion", *, version=None) -> card dict   (ModelNotFoundError if it has none)
+    log_card(markdown, html)   (run artifacts model_card/model_card.md and .html, beside model_card/card.json; the
+        card's data itself is stored once, by log_model(card=...))
+    load_card(name, alias="champion", version=None, *, read_card=None) -> card dict (or read_card(dict, source))
+        the version's card.json without loading its pipeline; ModelNotFoundError if it has none
 
 Champion (`registry.champion`)
     maybe_promote(name, version, *, metric, value, higher_is_better=True, data_digest, alias="champion")

@@ -2,9 +2,12 @@
 
 Input is the plain dict of the model-card contract (`ModelCard.to_dict()`: schema_version, name, task, classes,
 decision, dataset, split, metrics {name: {value, low, high}}, subgroups {group: {metric: {...}}}, extra, ...); this
-module imports no card class, so it renders any card with those keys. Entries this renderer reads under `extra`:
-`reliability` ({"bins": [{"mean_predicted", "observed", "count"}], "what": str}), `conformal` ({coverage, method}),
-`group_thresholds` (pipeline.operating state), `limitations` (list of str), `screening_prevalence_per_1000`.
+module reads no card class, so it renders any card with those keys (`ModelCard.to_dict()` of
+pipeline.config.card). It reads `decision["group_thresholds"]` (pipeline.evaluation.operating state, under the
+`group_threshold` rule) and, under `extra`: `reliability` ({"bins": [{"mean_predicted", "observed", "count"}],
+"what": str}), `conformal` ({coverage, method, ...}: pipeline.evaluation.conformal state), `limitations` (list of
+str), `screening_prevalence_per_1000`. The card holds every CV metric; the Markdown shows the task's headline ones,
+the conformal coverage and the per-group operating point (`SHOWN_SUBGROUP_METRICS` for the subgroups).
 """
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-__all__ = ["about_models", "render_markdown", "render_html", "card_figures", "per_thousand", "checklist", "INTENDED_USE"]
+__all__ = ["about_models", "render_markdown", "render_html", "card_figures", "per_thousand", "checklist", "INTENDED_USE",
+           "SHOWN_SUBGROUP_METRICS"]
+
+#: The per-subgroup figures a rendered card shows (where the task has them); the card's data keeps them all.
+SHOWN_SUBGROUP_METRICS = ("n", "roc_auc", "sens_at_target", "spec_at_target", "groupthr_sens", "groupthr_spec",
+                          "accuracy", "kappa_quadratic")
 
 INTENDED_USE = {
     "use": "Decision support for a qualified reader of mammograms: a second opinion beside, never instead of, the "
@@ -87,9 +95,30 @@ def _limitations(card: Mapping[str, Any]) -> list[str]:
     views = ds.get("views") or {}
     if len(views) == 1:
         out.append(f"One view only ({next(iter(views))}); other views are untested.")
-    if card.get("task") == "malignancy" and _value(metrics, "dense_sens_at_target") is not None:
-        out.append("Malignancy metrics are per finding with its region given, not per screening exam.")
+    task = _task(card)
+    if task is not None and not task.whole_breast:
+        out.append(f"{task.name.capitalize()} metrics are per finding with its region given, not per screening exam.")
     return out
+
+
+def _task(card: Mapping[str, Any]) -> Any:
+    """The card's registered Task, None for a task this installation does not know."""
+    from pipeline.config.tasks import TASKS
+
+    return TASKS.get(str(card.get("task")))
+
+
+def _shown_metrics(card: Mapping[str, Any]) -> dict[str, Any]:
+    """The card's metrics the Markdown lists: the task's headline (non-subgroup) keys, the conformal coverage and set
+    size, the per-group operating point; every metric for a task this installation does not know."""
+    metrics = card.get("metrics") or {}
+    task = _task(card)
+    if task is None:
+        return dict(metrics)
+    keys = [k for k in task.headline_keys if not k.startswith(("dense_", "nondense_"))]
+    keys += [k for k in metrics if k.startswith(("conformal_coverage", "conformal_mean", "cv_groupthr_s"))
+             and "nominal" not in k]
+    return {k: metrics[k] for k in dict.fromkeys(keys) if k in metrics}
 
 
 def _sections(card: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
@@ -108,11 +137,14 @@ def _sections(card: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
         f"- {split.get('protocol', 'n/a')}, {split.get('folds', 'n/a')} folds, seed {split.get('seed', 'n/a')}; "
         "calibration, operating points and conformal sets are chosen on held-out patients inside each training "
         "fold, never on its test fold."]))
-    rows = ["| metric | value [95% CI] |", "|---|---|"] + [f"| {k} | {_ci(v)} |" for k, v in metrics.items()]
+    rows = ["| metric | value [95% CI] |", "|---|---|"] + [f"| {k} | {_ci(v)} |"
+                                                       for k, v in _shown_metrics(card).items()]
     out.append(("Headline metrics (out-of-fold)", rows))
-    groups = card.get("subgroups") or {}
+    groups = {g: {m: v for m, v in entries.items() if m in SHOWN_SUBGROUP_METRICS}
+              for g, entries in (card.get("subgroups") or {}).items()}
+    groups = {g: entries for g, entries in groups.items() if entries}
     if groups:
-        names = sorted({m for g in groups.values() for m in g})
+        names = [m for m in SHOWN_SUBGROUP_METRICS if any(m in g for g in groups.values())]
         rows = ["| metric | " + " | ".join(groups) + " |", "|---" * (len(groups) + 1) + "|"]
         rows += [f"| {m} | " + " | ".join(_ci(g[m]) if m in g else "-" for g in groups.values()) + " |"
                  for m in names]
@@ -131,9 +163,10 @@ def _operating_lines(card: Mapping[str, Any], decision: Mapping[str, Any], metri
                      extra: Mapping[str, Any]) -> list[str]:
     lines = []
     rule = decision.get("rule")
-    if rule == "threshold" and decision.get("threshold") is not None:
+    if decision.get("threshold") is not None:
         target = decision.get("target_sensitivity")
-        lines.append(f"- Single threshold {decision['threshold']:.3f} on P({(card.get('classes') or ['', 'pos'])[1]})"
+        lines.append(f"- {'Pooled' if decision.get('group_thresholds') else 'Single'} threshold "
+                     f"{decision['threshold']:.3f} on P({(card.get('classes') or ['', 'pos'])[1]})"
                      + (f", chosen for {target:.0%} sensitivity" if target else ""))
         prevalence = float(extra.get("screening_prevalence_per_1000") or DEFAULT_SCREENING_PREVALENCE)
         for label, sens_key, spec_key in (("single threshold", "cv_sens_at_target", "cv_spec_at_target"),
@@ -147,7 +180,7 @@ def _operating_lines(card: Mapping[str, Any], decision: Mapping[str, Any], metri
                          f"{k['false_alarms']:.0f} false alarms (recalls of healthy women)")
     elif rule:
         lines.append(f"- Decision rule: {rule}")
-    groups = (extra.get("group_thresholds") or {}).get("groups") or {}
+    groups = (decision.get("group_thresholds") or {}).get("groups") or {}
     for name, entry in groups.items():
         lines.append(f"- {name}: threshold {entry['threshold']:.3f} ({entry['reason']})")
     conf = extra.get("conformal") or {}
@@ -261,16 +294,14 @@ def render_html(card: Mapping[str, Any], figures: Mapping[str, bytes] | None = N
 
 
 def about_models(models: Mapping[str, Any]) -> str:
-    """Markdown of the loaded models' cards ({task: registry LoadedModel}) for the app's "About this model"; a model
-    without a card says so."""
-    from pipeline.errors import MammoscopeError
-    import registry
-
+    """Markdown of the loaded models' cards ({task: Predictor or anything with a `card`: a ModelCard or its dict}) for
+    the app's "About this model"; a model without a card says so."""
     parts = []
     for task, loaded in models.items():
-        try:
-            card = registry.load_card(loaded.name, version=loaded.version)
-            parts.append(render_markdown(card).replace("# Model card", "### Model card", 1).replace("\n## ", "\n#### "))
-        except MammoscopeError as exc:
-            parts.append(f"### {task}: no model card\n{exc}")
+        card = getattr(loaded, "card", None)
+        card = card.to_dict() if hasattr(card, "to_dict") else card
+        if not isinstance(card, Mapping):
+            parts.append(f"### {task}: no model card")
+            continue
+        parts.append(render_markdown(card).replace("# Model card", "### Model card", 1).replace("\n## ", "\n#### "))
     return "\n\n".join(parts) or "No model loaded."

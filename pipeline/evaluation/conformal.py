@@ -2,14 +2,14 @@
 
 The non-conformity score of a label is ``1 - p(label)`` (crepes.extras.hinge) of the calibrated probabilities. The
 calibration scores are those of rows the model did not see while fitting: the inner out-of-fold probabilities that
-`pipeline.model.PatientCalibratedClassifier` keeps of its validation patients (`validation_proba_`), so inside an
+`pipeline.training.model.PatientCalibratedClassifier` keeps of its validation patients (`validation_proba_`), so inside an
 outer CV fold nothing of the test fold is used. With ``class_conditional=True`` each label is calibrated on the rows
 of that label only (Mondrian conformal prediction), which holds the coverage in every class, rare ones included:
 a class with fewer than ``1 / (1 - coverage) - 1`` calibration rows is then always in the set (honest: too few to
 exclude it). p-values are not smoothed, so sets are deterministic and coverage is at least the nominal level
 (at most ``1 / (n_class + 1)`` above it).
 
-The state is a plain JSON-able dict (calibration scores and labels), stored with the model's metadata; sets are
+The state is a plain JSON-able dict (calibration scores and labels), stored in the model card (`extra.conformal`); sets are
 formed at predict time by a crepes ConformalClassifier fitted from it.
 """
 from __future__ import annotations
@@ -75,19 +75,20 @@ def predict_sets(state: Mapping[str, Any], proba: np.ndarray) -> np.ndarray:
     return out
 
 
-def set_label(task: str, classes: Sequence[str], member: Sequence[bool]) -> str:
-    """Words for one set: density "B or C"; malignancy "malignant", "benign" or "uncertain: second read"."""
+def set_label(classes: Sequence[str], member: Sequence[bool], *, several_is_uncertain: bool = False) -> str:
+    """Words for one set: "B or C"; with `several_is_uncertain` (a binary call, e.g. malignancy) a set of both
+    classes reads "uncertain: second read"; an empty set says that no class fits."""
     chosen = [str(c) for c, m in zip(classes, member) if m]
     if not chosen:
         return EMPTY
-    if task == "malignancy" and len(chosen) > 1:
+    if several_is_uncertain and len(chosen) > 1:
         return UNCERTAIN
     return " or ".join(chosen)
 
 
-def set_labels(task: str, classes: Sequence[str], sets: np.ndarray) -> list[str]:
+def set_labels(classes: Sequence[str], sets: np.ndarray, *, several_is_uncertain: bool = False) -> list[str]:
     """`set_label` of every row of a membership matrix (n, k)."""
-    return [set_label(task, classes, row) for row in np.asarray(sets, dtype=bool)]
+    return [set_label(classes, row, several_is_uncertain=several_is_uncertain) for row in np.asarray(sets, dtype=bool)]
 
 
 def nominal_interval(n: int, coverage: float, level: float = 0.95) -> tuple[float, float]:

@@ -4,7 +4,7 @@ validation rows of the training data only, with the pooled threshold as the fall
 At training time a row's group comes from its density label (`dataset.dense_classes`); at use time from the density
 model's prediction for the same image (`group_from_density`). A group needs `min_positives` positives and as many
 negatives among the validation rows to get its own threshold; otherwise it keeps the pooled threshold and the state
-says why. The state is a JSON-able dict stored with the model.
+says why. The state is a JSON-able dict stored in the model card (`decision.group_thresholds`).
 """
 from __future__ import annotations
 

@@ -11,9 +11,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from pipeline.config.tasks import get_task
 from pipeline.evaluation import conformal, operating
 
-__all__ = ["FoldTrust", "final_trust", "validation_rows"]
+__all__ = ["FoldTrust", "final_trust", "card_entries", "reliability_bins", "validation_rows", "GROUP_RULE"]
+
+GROUP_RULE = "group_threshold"  # the decision rule (pipeline.config.tasks) reading the per-group thresholds
 
 
 def validation_rows(clf: Any, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,13 +33,20 @@ def _settings(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return ev["conformal"], ev["group_thresholds"], float(ev["target_sensitivity"])
 
 
+def _uses_groups(config: Mapping[str, Any], data: Any, groups: np.ndarray) -> bool:
+    """Per-group thresholds apply: a binary operating-point task, the option on, density labels in the data."""
+    enabled = bool(config["evaluation"]["group_thresholds"]["enabled"])
+    return (get_task(config["dataset"]["task"]).uses_threshold and enabled and len(data.classes) == 2 and bool(data.dense_classes) and any(g is not None for g in groups))
+
+
 class FoldTrust:
     """Collects, fold by fold, the test rows' conformal sets and per-group thresholds, each fold's from its own
     training rows; then reports coverage, set size and the per-group vs single-threshold comparison."""
 
     def __init__(self, config: Mapping[str, Any], data: Any) -> None:
         self.conf, self.grp, self.target = _settings(config)
-        self.task = config["dataset"]["task"]
+        self.task = get_task(config["dataset"]["task"])
+        self.config = config
         self.data = data
         n, k = len(data.y), len(data.classes)
         self.k = k
@@ -49,9 +59,8 @@ class FoldTrust:
 
     @property
     def uses_groups(self) -> bool:
-        """Per-group thresholds apply: a binary malignancy task with density labels and the option on."""
-        return (self.task == "malignancy" and bool(self.grp["enabled"]) and self.k == 2
-                and bool(self.data.dense_classes) and any(g is not None for g in self.groups))
+        """Per-group thresholds apply: a binary operating-point task with density labels and the option on."""
+        return _uses_groups(self.config, self.data, self.groups)
 
     def add_fold(self, tr: np.ndarray, te: np.ndarray, clf: Any, test_proba: np.ndarray) -> None:
         """Calibrate on the fold's validation rows (inside `tr`) and apply to its test rows `te`."""
@@ -76,7 +85,7 @@ class FoldTrust:
         self.fold_states.append(state)
 
     def metrics(self, single_call: np.ndarray | None, kw: Mapping[str, Any]) -> dict[str, float]:
-        """conformal_* coverage metrics; for malignancy pooled/dense/non-dense sensitivity and specificity at the
+        """conformal_* coverage metrics; for a binary operating-point task (malignancy) pooled/dense/non-dense sensitivity and specificity at the
         per-group thresholds (`*_groupthr_*`) and at the single threshold (`*_singlethr_*`), same folds."""
         out: dict[str, float] = {}
         y = self.data.y
@@ -94,9 +103,10 @@ class FoldTrust:
         return out
 
     def add_columns(self, oof: pd.DataFrame) -> None:
-        """prediction_set (words) and, for malignancy, density_group / group_threshold / group_call / why."""
+        """prediction_set (words) and, with per-group thresholds, density_group / group_threshold / group_call / why."""
         if self.conf["enabled"]:
-            oof["prediction_set"] = conformal.set_labels(self.task, self.data.classes, self.sets)
+            oof["prediction_set"] = conformal.set_labels(self.data.classes, self.sets,
+                                                         several_is_uncertain=self.task.uses_threshold)
         if self.uses_groups:
             oof["density_group"] = self.groups
             oof["group_threshold"] = self.group_threshold
@@ -106,7 +116,7 @@ class FoldTrust:
 
 
 def final_trust(config: Mapping[str, Any], data: Any, clf: Any) -> dict[str, Any]:
-    """{"conformal": state | None, "group_thresholds": state | None} of the final model, for its metadata."""
+    """{"conformal": state | None, "group_thresholds": state | None} of the final model (its validation rows)."""
     conf, grp, target = _settings(config)
     k = len(data.classes)
     val, vp = validation_rows(clf, np.arange(len(data.y)), k)
@@ -115,9 +125,39 @@ def final_trust(config: Mapping[str, Any], data: Any, clf: Any) -> dict[str, Any
         out["conformal"] = conformal.calibrate(vp, data.y[val], conf["coverage"],
                                                class_conditional=conf["class_conditional"])
     groups = operating.density_groups(data.density, data.dense_classes)
-    if (config["dataset"]["task"] == "malignancy" and grp["enabled"] and k == 2 and data.dense_classes
-            and any(g is not None for g in groups)):
+    if _uses_groups(config, data, groups):
         out["group_thresholds"] = operating.choose_group_thresholds(
             data.y[val], vp[:, 1], groups[val], target_sensitivity=target,
             min_positives=int(grp["min_positives"]), pooled=float(clf.threshold_))
     return out
+
+
+def reliability_bins(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> dict[str, Any]:
+    """Equal-width bins of the positive-class (binary) or top-label (multiclass) probability: mean predicted,
+    observed frequency, count (the card's reliability diagram)."""
+    proba = np.asarray(proba, dtype=float)
+    y = np.asarray(y, dtype=int)
+    if proba.shape[1] == 2:
+        conf, hit, what = proba[:, 1], (y == 1).astype(float), "P(positive class) vs observed (out-of-fold)"
+    else:
+        conf, hit = proba.max(axis=1), (proba.argmax(axis=1) == y).astype(float)
+        what = "top-label confidence vs accuracy (out-of-fold)"
+    which = np.clip(np.digitize(conf, np.linspace(0, 1, n_bins + 1)[1:-1], right=True), 0, n_bins - 1)
+    bins = [{"mean_predicted": float(conf[which == b].mean()), "observed": float(hit[which == b].mean()),
+             "count": int((which == b).sum())} for b in range(n_bins) if (which == b).any()]
+    return {"what": what, "bins": bins}
+
+
+def card_entries(trust: Mapping[str, Any], data: Any, proba: np.ndarray, n_bins: int
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(decision update, extra entries) of the model card from `final_trust`'s states and the OOF probabilities.
+
+    With per-group thresholds the decision becomes the `group_threshold` rule carrying their state and the dense
+    classes (the card's one copy of them); "extra" gets the reliability bins and the conformal state (read back at
+    predict time to form the sets)."""
+    decision: dict[str, Any] = {}
+    if trust.get("group_thresholds"):
+        decision = {"rule": GROUP_RULE, "group_thresholds": trust["group_thresholds"],
+                    "dense_classes": [str(c) for c in data.dense_classes]}
+    extra = {"reliability": reliability_bins(data.y, proba, n_bins), "conformal": trust.get("conformal")}
+    return decision, extra

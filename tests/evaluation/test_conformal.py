@@ -1,4 +1,4 @@
-"""Conformal prediction sets (pipeline.conformal): coverage on a synthetic problem whose noise is known."""
+"""Conformal prediction sets (pipeline.evaluation.conformal): coverage on a synthetic problem whose noise is known."""
 import numpy as np
 import pytest
 
@@ -61,9 +61,9 @@ def test_a_class_too_rare_to_exclude_is_always_in_the_set():
 
 
 def test_set_words_and_nominal_interval():
-    assert set_label("density", ["A", "B", "C", "D"], [False, True, True, False]) == "B or C"
-    assert set_label("malignancy", ["benign", "malignant"], [False, True]) == "malignant"
-    assert set_label("malignancy", ["benign", "malignant"], [True, True]) == UNCERTAIN
+    assert set_label(["A", "B", "C", "D"], [False, True, True, False]) == "B or C"
+    assert set_label(["benign", "malignant"], [False, True], several_is_uncertain=True) == "malignant"
+    assert set_label(["benign", "malignant"], [True, True], several_is_uncertain=True) == UNCERTAIN
     lo, hi = nominal_interval(119, 0.90)
     assert 0.84 < lo < 0.86 and 0.94 < hi < 0.96  # about +-5 points on 119 lesions, as the issue says
 

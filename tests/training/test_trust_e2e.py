@@ -1,5 +1,6 @@
-"""Trust features through a real (tiny) training: CV reports coverage and per-group thresholds, the registered model
-carries its conformal and group-threshold states, and predict forms the set and says which threshold applied."""
+"""Trust features through a real (tiny) training: CV reports coverage and per-group thresholds, the registered model's
+card carries its conformal state (extra) and group thresholds (decision), and the Predictor forms the set and says
+which threshold applied."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,13 +33,15 @@ def test_cv_reports_coverage_per_class_and_group_thresholds(tiny_store):
 
 
 def test_registered_models_form_sets_and_name_the_threshold(tiny_store):
-    from pipeline.imageio import read_image
-    from pipeline.predict import load_task_models, predict_image
+    from pipeline.io.imageio import read_image
+    from pipeline.serving.predict import load_task_models, predict_image
 
     models = load_task_models(tracking_uri=tiny_store.tracking_uri)
-    md = models["malignancy"].metadata
-    assert md["conformal"]["coverage"] == 0.90 and len(md["conformal"]["alphas"]) > 0
-    assert set(md["group_thresholds"]["groups"]) == {"dense", "nondense"}
+    card = models["malignancy"].card
+    conformal, decision = card.extra["conformal"], card.decision
+    assert conformal["coverage"] == 0.90 and len(conformal["alphas"]) > 0
+    assert decision["rule"] == "group_threshold"
+    assert set(decision["group_thresholds"]["groups"]) == {"dense", "nondense"}
     image, meta = read_image(sorted((default_mias_dir() / "images").glob("*.png"))[0])
     out = predict_image(image, meta, models)
     assert set(out["density"]["prediction_set"]) <= {"F", "G", "D"}
@@ -47,19 +50,29 @@ def test_registered_models_form_sets_and_name_the_threshold(tiny_store):
                                            "none fits: atypical image, second read"}
     group = "dense" if out["density"]["predicted"] == "D" else "nondense"
     assert mal["density_group"] == group
-    assert mal["threshold"] == md["group_thresholds"]["groups"][group]["threshold"]
+    assert mal["threshold"] == decision["group_thresholds"]["groups"][group]["threshold"]
     assert mal["call"] == ("malignant" if mal["probability_malignant"] >= mal["threshold"] else "benign")
+
+
+def mlflow_artifacts(tiny_store, run_id, path):
+    """The run's artifacts under `path` (through the registry's configured MLflow client)."""
+    from registry.store import client
+
+    return client().list_artifacts(run_id, path)
 
 
 def test_card_of_a_tiny_model_holds_its_real_metrics_and_counts(tiny_store):
     import time
 
     import registry
-    from pipeline.card_render import render_html, render_markdown
+    from pipeline.config.card_render import render_html, render_markdown
 
     registry.configure(tiny_store.tracking_uri)
     result = tiny_store.results["malignancy"]
     card = registry.load_card(tiny_store.names["malignancy"], "champion")
+    # the run keeps the renderings beside the card's data (one card.json in the run, one in the model)
+    run_files = {a.path for a in mlflow_artifacts(tiny_store, result.run_id, "model_card")}
+    assert run_files == {"model_card/card.json", "model_card/model_card.md", "model_card/model_card.html"}
     oof = result.oof
     assert card["dataset"]["n_samples"] == len(oof)
     assert card["dataset"]["n_patients"] == oof["patient_id"].nunique()
