@@ -243,12 +243,27 @@ def resolve_version(name: str, alias: str | None = "champion", version: int | st
         ) from exc
 
 
+@contextlib.contextmanager
+def _no_download_progress_bar() -> Iterator[None]:
+    """Silence MLflow's artifact-download progress bars (MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR) for the block, unless
+    the user set the variable: loading a model is one step of the app's or a command's own output."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _load_local(artifact_uri: str, what: str, trusted_types: list[str] | None,
                 read_card: Callable[[Any, str], Any] | None) -> tuple[Any, dict[str, Any], Any]:
     """(pipeline, MLmodel metadata, card) of the model at `artifact_uri`, read with the skops trust rule."""
     import skops.io as sio  # lazy, see log_model
 
-    with tempfile.TemporaryDirectory(prefix="mammoscope-model-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mammoscope-model-") as tmp, _no_download_progress_bar():
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=tmp))
         except MlflowException as exc:

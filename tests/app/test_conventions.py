@@ -18,7 +18,7 @@ from app_support import server_address
 from pipeline.errors import ConfigError
 from tests._app_helpers import MIAS_PNG, free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_server_address_order_explicit_then_gradio_then_project_aliases():
