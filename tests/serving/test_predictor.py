@@ -58,8 +58,8 @@ def test_one_click_builds_each_sample_once(predictors, monkeypatch):
     monkeypatch.setattr(predict.SampleSpec, "prepare", counting)
     h = gradio_app._Handlers(predictors, {}, ImageCache())
     state = {"path": str(MIAS_PNG), "pending": None}
-    h.refresh(state, "100, 100, 300, 300")
-    h.refresh_views(state, "100, 100, 300, 300")
+    h.refresh(state, "450, 300, 650, 500")
+    h.refresh_views(state, "450, 300, 650, 500")
     assert sorted(calls) == ["density", "malignancy"]
 
 
@@ -70,7 +70,7 @@ def test_prepare_score_explain_on_one_sample(predictors):
         pytest.skip(f"{MIAS_PNG} is absent")
     image, meta = read_image(MIAS_PNG)
     p = predictors["malignancy"]
-    with_roi, without = p.prepare(image, meta, (100, 100, 300, 300)), p.prepare(image, meta)
+    with_roi, without = p.prepare(image, meta, (450, 300, 650, 500)), p.prepare(image, meta)
     assert with_roi.array.shape == (32, 32) and not with_roi.notes and without.notes  # no ROI: whole breast, noted
     scores = p.score([with_roi, without])
     assert scores.probabilities.shape == (2, 2) and np.allclose(scores.probabilities.sum(axis=1), 1.0)
