@@ -15,7 +15,7 @@ import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import ModelNotFoundError
-from registry.models import CARD_FILE, resolve_version
+from registry.models import CARD_FILE, _no_download_progress_bar, resolve_version
 
 __all__ = ["log_card", "load_card", "CARD_MD", "CARD_HTML", "MODEL_CARD_PATH"]
 
@@ -38,7 +38,8 @@ def load_card(name: str, alias: str | None = "champion", version: int | str | No
     mv = resolve_version(name, alias, version)
     source = f"{name} version {mv.version} {CARD_FILE}"
     try:
-        raw = json.loads(mlflow.artifacts.load_text(f"models:/{name}/{mv.version}/{MODEL_CARD_PATH}"))
+        with _no_download_progress_bar():  # the card is one line of the command's output, not a download
+            raw = json.loads(mlflow.artifacts.load_text(f"models:/{name}/{mv.version}/{MODEL_CARD_PATH}"))
     except (MlflowException, OSError, ValueError) as exc:
         raise ModelNotFoundError(f"{name} version {mv.version} has no readable model card ({CARD_FILE} in the "
                                  f"model's artifacts: {exc}); retrain it with `mammoscope train` to get one") from exc
