@@ -41,6 +41,7 @@ __all__ = [
     "safe_meta",
     "user_message",
     "processed_view",
+    "trust_lines",
 ]
 
 DISPLAY_MAX_SIDE = 1024
@@ -204,6 +205,19 @@ def safe_meta(meta: ImageMeta | None) -> dict[str, Any]:
         value = getattr(meta, key, None)
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def trust_lines(results: Mapping[str, Any]) -> list[str]:
+    """Markdown lines of predict_image results: each task's prediction set at its coverage, and the threshold a
+    per-group decision rule applied with the reason."""
+    lines = []
+    for task, entry in results.items():
+        if entry.get("prediction_set_label"):
+            lines.append(f"**{task.capitalize()} prediction set** ({entry['set_coverage']:.0%} coverage): "
+                         f"**{entry['prediction_set_label']}**")
+        if entry.get("threshold_reason") and entry.get("threshold") is not None:
+            lines.append(f"Threshold applied: {entry['threshold']:.3f}: {entry['threshold_reason']}")
+    return lines
 
 
 def user_message(exc: BaseException) -> str:

@@ -35,10 +35,12 @@ from app_support import (
     processed_view,
     safe_meta,
     to_uint8,
+    trust_lines,
     user_message,
 )
 from pipeline.errors import MammoscopeError, ModelNotFoundError
 from pipeline.io.imageio import IMAGE_SUFFIXES
+from pipeline.config.card_render import about_models
 from pipeline.config.tasks import TASKS, get_task
 
 __all__ = ["build_demo", "launch", "load_models", "DEFAULT_HOST", "DEFAULT_PORT"]
@@ -228,6 +230,7 @@ class _Handlers:
                 lines.append(f"Region: {format_roi(box)} (pixels of the original image)" if box else
                              "Region: whole image")
             lines.extend(f"*Note: {n}*" for n in r.get("notes", []))
+        lines.extend(trust_lines(results))  # prediction sets, threshold applied and why (app_support.trust_lines)
         lines.extend(f"⚠️ {msg}" for msg in self.missing.values())
         return "\n\n".join(lines)
 
@@ -307,6 +310,8 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
             contributions = gr.Markdown(elem_id="contributions")
         with gr.Accordion("Image facts (no patient-identifying values)", open=False):
             facts = gr.JSON(elem_id="facts")
+        with gr.Accordion("About this model", open=False, elem_id="about"):  # the loaded models' cards
+            gr.Markdown(about_models(h.models), elem_id="model-card")
         api_out = gr.JSON(visible=False)
         api_trigger = gr.Button(visible=False)
 

@@ -35,6 +35,12 @@ Models (`registry.models`)
         f(card dict or None, source) as LoadedModel.card (f raises to refuse a card it cannot read).
     load_run_model(run_id, artifact="model", read_card=None) -> LoadedModel   (`runs:/RUN_ID/model`)
 
+Cards (`registry.cards`)
+    log_card(markdown, html)   (run artifacts model_card/model_card.md and .html, beside model_card/card.json; the
+        card's data itself is stored once, by log_model(card=...))
+    load_card(name, alias="champion", version=None, *, read_card=None) -> card dict (or read_card(dict, source))
+        the version's card.json without loading its pipeline; ModelNotFoundError if it has none
+
 Champion (`registry.champion`)
     maybe_promote(name, version, *, metric, value, higher_is_better=True, data_digest, alias="champion")
         -> PromotionDecision(promoted, reason, new_value, old_value, old_version); rule in champion.RULE:
@@ -69,6 +75,8 @@ _EXPORTS = {
     "promote": "registry.champion",
     "list_models": "registry.champion",
     "PromotionDecision": "registry.champion",
+    "log_card": "registry.cards",
+    "load_card": "registry.cards",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -198,6 +198,8 @@ SCHEMA: dict[str, Any] = {
         "bootstrap_resamples": Int(0, 100000),
         "confidence_level": Float(0.5, 0.999),
         "ece_bins": Int(2, 100),
+        "conformal": {"enabled": Bool(), "coverage": Float(0.5, 0.999), "class_conditional": Bool()},
+        "group_thresholds": {"enabled": Bool(), "min_positives": Int(1, 100000)},
     },
     "compute": {
         "n_jobs": Int(-1, 256),

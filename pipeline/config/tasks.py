@@ -8,7 +8,9 @@ needs a new way to turn an image into a sample, its recipe in pipeline.samples.
 
 Decision rules are pluggable: a rule is an object with `name`, `fit_params(...)` (what training stores in the model
 card's ``decision`` dict) and `decide(proba, classes, decision)`; `register_rule` adds one (an ordinal cut-point rule,
-per-group thresholds, ...) and the card's ``decision["rule"]`` names the rule that reads it back.
+per-group thresholds, ...) and the card's ``decision["rule"]`` names the rule that reads it back. A rule whose
+`uses_context` is true also gets `context` (what other models said about the same images, e.g. ``{"density": [the
+predicted density class per row]}``): `group_threshold` picks each image's density-group threshold with it.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ __all__ = [
     "DecisionRule",
     "ThresholdRule",
     "ArgmaxRule",
+    "GroupThresholdRule",
     "TASKS",
     "task_names",
     "DECISION_RULES",
@@ -123,17 +126,64 @@ def get_rule(name: str) -> DecisionRule:
         raise ValueError(f"unknown decision rule {name!r}; known: {sorted(DECISION_RULES)}") from None
 
 
+@dataclass(frozen=True)
+class GroupThresholdRule:
+    """Binary, one threshold per density group (pipeline.evaluation.operating): ``decision["group_thresholds"]`` holds
+    each group's threshold and why, ``decision["dense_classes"]`` the density classes counted as dense. An image's
+    group comes from the density predicted for it (``context["density"]``); without one it gets the pooled
+    ``decision["threshold"]``, as the `threshold` rule would."""
+
+    name: str = "group_threshold"
+    uses_context: bool = True
+
+    def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The pooled operating point; training adds the groups' state (pipeline.training.trust.card_entries)."""
+        return ThresholdRule().fit_params(classifier, config)
+
+    def operating_points(self, n: int, decision: Mapping[str, Any], context: Mapping[str, Any] | None = None
+                         ) -> tuple[list[float | None], list[str | None], list[str]]:
+        """(threshold, density group, why) per row: the predicted density's group threshold, else the pooled one."""
+        from pipeline.evaluation.operating import apply_group_thresholds, group_from_density
+
+        state = decision.get("group_thresholds")
+        pooled = _finite(decision.get("threshold"))
+        if not state:
+            return [pooled] * n, [None] * n, ["single operating point (no per-group thresholds)"] * n
+        density = list((context or {}).get("density") or [None] * n)
+        if len(density) != n:
+            raise ValueError(f"context['density'] must have one entry per row ({n}). Got {len(density)} instead.")
+        dense = list(decision.get("dense_classes") or [])
+        groups = [group_from_density(None if d is None else str(d), dense) for d in density]
+        thresholds, why = apply_group_thresholds(state, groups)
+        why = [f"density predicted {d} ({g}): {w}" if g is not None else w for d, g, w in zip(density, groups, why)]
+        return [float(t) for t in thresholds], groups, why
+
+    def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any],
+               context: Mapping[str, Any] | None = None) -> list[str | None]:
+        if len(classes) != 2:
+            return [None] * len(proba)
+        thresholds, _, _ = self.operating_points(len(proba), decision, context)
+        return [None if t is None else (classes[1] if p >= t else classes[0])
+                for p, t in zip(np.asarray(proba)[:, 1], thresholds)]
+
+
 register_rule(ThresholdRule())
 register_rule(ArgmaxRule())
+register_rule(GroupThresholdRule())
 
 
-def decide(proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
-    """Calls for proba (n, k) (columns in `classes` order) by the rule a model card's `decision` names."""
+def decide(proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any],
+           context: Mapping[str, Any] | None = None) -> list[str | None]:
+    """Calls for proba (n, k) (columns in `classes` order) by the rule a model card's `decision` names; `context`
+    reaches rules that use it (`uses_context`)."""
     proba = np.asarray(proba, dtype=float)
     classes = [str(c) for c in classes]
     if proba.ndim != 2 or proba.shape[1] != len(classes) or not classes:
         raise ValueError(f"proba must have shape (n, {len(classes)}) for classes {classes}. Got {proba.shape} instead.")
-    return get_rule(str(decision.get("rule") or "argmax")).decide(proba, classes, decision)
+    rule = get_rule(str(decision.get("rule") or "argmax"))
+    if getattr(rule, "uses_context", False):
+        return rule.decide(proba, classes, decision, context=context)
+    return rule.decide(proba, classes, decision)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -257,9 +307,13 @@ class Task:
         """The class index an explanation explains: the positive class of a binary task, else the most probable."""
         return 1 if self.uses_threshold else int(np.argmax(proba))
 
-    def output_columns(self, classes: Sequence[str]) -> list[str]:
-        """Batch output columns of this task: probabilities per class, call, model name and version."""
-        return [f"{self.name}_p_{c}" for c in classes] + [f"{self.name}_{k}" for k in ("call", "model", "version")]
+    def output_columns(self, classes: Sequence[str], *, sets: bool = False, thresholds: bool = False) -> list[str]:
+        """Batch output columns of this task: probabilities per class, call, model name and version; with `sets` the
+        conformal prediction set (`_set`), with `thresholds` the threshold applied and why (`_threshold`,
+        `_threshold_reason`: per-group operating points)."""
+        cols = [f"{self.name}_p_{c}" for c in classes] + [f"{self.name}_{k}" for k in ("call", "model", "version")]
+        cols += [f"{self.name}_set"] if sets else []
+        return cols + ([f"{self.name}_threshold", f"{self.name}_threshold_reason"] if thresholds else [])
 
 
 TASKS: dict[str, Task] = {}

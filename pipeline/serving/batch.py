@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.io.batchio import InputItem, ResultWriter, discover_inputs
 from pipeline.errors import MammoscopeError
-from pipeline.serving.predict import Predictor
+from pipeline.serving.predict import Predictor, Scores, density_first
 from pipeline.config.tasks import get_task
 
 __all__ = [
@@ -185,11 +185,12 @@ def iter_prepared(
 
 
 def result_columns(models: Sequence[Predictor]) -> list[str]:
-    """Output columns: path, laterality, view, per task (Task.output_columns) probabilities/call/model/version,
-    warnings, error."""
+    """Output columns: path, laterality, view, per task (Predictor.output_columns: Task.output_columns)
+    probabilities/call/model/version and, where the card has them, prediction set and threshold applied and why,
+    then warnings, error."""
     columns = ["path", "laterality", "view"]
     for m in models:
-        columns += get_task(m.task).output_columns(m.classes)
+        columns += m.output_columns()
     return columns + ["warnings", "error"]
 
 
@@ -203,42 +204,44 @@ def _base_row(p: Prepared) -> dict[str, Any]:
     }
 
 
-def _score_task(model: Predictor, X: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
-    """(probabilities (n, k) normalised to sum to 1, the call of each row): Predictor.score, as the app."""
-    scores = model.score(X)
-    return scores.probabilities, scores.calls
+def _score_task(model: Predictor, X: np.ndarray, density: list[Any] | None = None) -> Scores:
+    """Predictor.score of the rows X (probabilities normalised to sum to 1, calls, sets, thresholds), as the app;
+    `density`: the density model's predicted class per row (None where it did not run), the decision context."""
+    return model.score(X, None if density is None else {"density": density})
 
 
 def score_batch(batch: Sequence[Prepared], models: Sequence[Predictor]) -> list[dict[str, Any]]:
-    """Rows for a batch: one predict_proba per task on the batch's samples; a batch that fails is retried image by
-    image so that one bad sample costs one row, not the batch."""
+    """Rows for a batch: one predict_proba per task on the batch's samples (density models first: their predicted
+    class picks the other models' per-group thresholds); a batch that fails is retried image by image so that one
+    bad sample costs one row, not the batch."""
     rows = [_base_row(p) for p in batch]
-    for model in models:
+    density: dict[int, Any] = {}  # batch index -> predicted density class
+    for model in density_first(models):
         ready = [i for i, p in enumerate(batch) if p.error is None and model.task in p.samples]
         if not ready:
             continue
         X = np.stack([batch[i].samples[model.task].reshape(-1) for i in ready])
+        context = [density.get(i) for i in ready] if density else None
         try:
-            results = [_score_task(model, X)]
+            results = [_score_task(model, X, context)]
             groups = [ready]
         except Exception:  # noqa: BLE001 - retried one by one below to find the offending image
             logger.debug("batch inference failed for %s; retrying image by image", model.task, exc_info=True)
             results, groups = [], []
             for i in ready:
                 try:
-                    results.append(_score_task(model, X[ready.index(i)][None, :]))
+                    results.append(_score_task(model, X[ready.index(i)][None, :],
+                                               None if context is None else [density.get(i)]))
                     groups.append([i])
                 except Exception as exc:  # noqa: BLE001
                     rows[i]["error"] = f"{batch[i].item.path}: {model.task} model failed: {type(exc).__name__}: {exc}"
-        for (probabilities, calls), idx in zip(results, groups):
+        for scores, idx in zip(results, groups):
             for j, i in enumerate(idx):
                 if rows[i]["error"]:
                     continue
-                for k, c in enumerate(model.classes):
-                    rows[i][f"{model.task}_p_{c}"] = float(probabilities[j, k])
-                rows[i][f"{model.task}_call"] = calls[j]
-                rows[i][f"{model.task}_model"] = model.name
-                rows[i][f"{model.task}_version"] = model.version
+                rows[i].update(model.output_row(scores, j))
+                if model.task_spec.density_labels:
+                    density[i] = scores.classes[int(np.argmax(scores.probabilities[j]))]
     return rows
 
 

@@ -4,7 +4,10 @@
 task's default model); it returns a `Predictor` holding the fitted pipeline and its `ModelCard` (pipeline.config.card), and
 refuses a model whose card it cannot read. `Predictor.prepare(image, meta, roi) -> Sample` makes the model input
 exactly as the training samples were made (pipeline.samples, with the card's sample parameters),
-`Predictor.score(samples) -> Scores` gives probabilities (rows sum to 1) and the card's decision-rule calls, and
+`Predictor.score(samples, context) -> Scores` gives probabilities (rows sum to 1), the card's decision-rule calls,
+the conformal prediction sets (from the card's ``extra["conformal"]`` state) and, under the `group_threshold` rule,
+each image's threshold and why (its density group from `context["density"]`, the density model's prediction for the
+same images: `predict_image` and `mammoscope predict` score density-label tasks first and pass it on), and
 `Predictor.explain(sample)` the feature contributions and a heat map. The Gradio app calls it for one sample,
 `mammoscope predict` (pipeline.serving.batch) for batches, the tests for both.
 """
@@ -21,6 +24,7 @@ import numpy as np
 from pipeline.errors import MammoscopeError, ModelNotFoundError
 from pipeline.config.tasks import TASKS, Task, get_task
 from pipeline.config.tasks import decide as decide_by_rule
+from pipeline.config.tasks import get_rule
 
 __all__ = [
     "TASKS",
@@ -34,6 +38,7 @@ __all__ = [
     "normalize_roi",
     "prepare_sample",
     "decide",
+    "density_first",
     "predict_image",
     "predict_paths",
     "explain",
@@ -131,6 +136,11 @@ def _nan_to_none(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
+def get_rule_of(decision: Mapping[str, Any]) -> Any:
+    """The decision rule a card's `decision` names (argmax when it names none)."""
+    return get_rule(str(decision.get("rule") or "argmax"))
+
+
 def decide(proba: np.ndarray, card: Any) -> list[str | None]:
     """The call for each row of `proba` (n, k) by the decision rule of `card` (a ModelCard, its dict, or a legacy
     {"task", "classes", "threshold"} dict: the task's rule with that threshold)."""
@@ -143,13 +153,21 @@ def decide(proba: np.ndarray, card: Any) -> list[str | None]:
 
 @dataclass
 class Scores:
-    """One model's output for a batch of samples: probabilities (n, k) in `classes` order, one call per row."""
+    """One model's output for a batch of samples: probabilities (n, k) in `classes` order, one call per row; where
+    the card has them, the conformal prediction set per row (members and words, at `set_coverage`) and the threshold
+    applied per row with its density group and reason (per-group operating points)."""
 
     task: str
     classes: list[str]
     probabilities: np.ndarray
     calls: list[str | None]
     model: dict[str, Any]
+    sets: list[list[str]] | None = None
+    set_labels: list[str] | None = None
+    set_coverage: float | None = None
+    thresholds: list[float | None] | None = None
+    density_groups: list[str | None] | None = None
+    threshold_reasons: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -199,6 +217,32 @@ class Predictor:
     def spec(self) -> SampleSpec:
         return SampleSpec(self.card.task, dict(self.card.sample_params))
 
+    @property
+    def conformal(self) -> dict[str, Any] | None:
+        """The card's conformal state (pipeline.evaluation.conformal), None when it has none."""
+        return self.card.extra.get("conformal") or None
+
+    @property
+    def per_image_thresholds(self) -> bool:
+        """Whether the decision rule sets a threshold per image (e.g. by density group) and says why."""
+        return hasattr(get_rule_of(self.card.decision), "operating_points")
+
+    def output_columns(self) -> list[str]:
+        """This model's batch output columns (Task.output_columns with its prediction set and threshold columns)."""
+        return self.task_spec.output_columns(self.classes, sets=self.conformal is not None,
+                                             thresholds=self.per_image_thresholds)
+
+    def output_row(self, scores: Scores, i: int) -> dict[str, Any]:
+        """Row i of `scores` as values of `output_columns()`."""
+        t = self.task
+        row: dict[str, Any] = {f"{t}_p_{c}": float(scores.probabilities[i, k]) for k, c in enumerate(scores.classes)}
+        row.update({f"{t}_call": scores.calls[i], f"{t}_model": self.name, f"{t}_version": self.version})
+        if scores.set_labels is not None:
+            row[f"{t}_set"] = scores.set_labels[i]
+        if scores.thresholds is not None:
+            row[f"{t}_threshold"], row[f"{t}_threshold_reason"] = scores.thresholds[i], scores.threshold_reasons[i]
+        return row
+
     def model_info(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "alias": self.alias,
                 "experiment": self.card.extra.get("experiment_name")}
@@ -208,20 +252,38 @@ class Predictor:
         """The model input for `image` (see SampleSpec.prepare)."""
         return self.spec.prepare(image, meta, roi, path)
 
-    def score(self, samples: Sequence[Sample | np.ndarray] | np.ndarray) -> Scores:
-        """Probabilities (n, k), rows normalised to sum to 1, and the card's decision-rule call of each row."""
+    def score(self, samples: Sequence[Sample | np.ndarray] | np.ndarray,
+              context: Mapping[str, Any] | None = None) -> Scores:
+        """Probabilities (n, k), rows normalised to sum to 1, the card's decision-rule call of each row, and the
+        prediction sets / per-image thresholds where the card has them. `context` (e.g. ``{"density": [predicted
+        density per row]}``) reaches a decision rule that uses it."""
         if isinstance(samples, np.ndarray):  # rows (n, S*S) or images (n, S, S)
             X = samples.reshape(len(samples), -1)
         else:
             X = np.stack([(s.row if isinstance(s, Sample) else np.asarray(s).reshape(-1)) for s in samples])
         proba = np.asarray(self.pipeline.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
         proba = proba / proba.sum(axis=1, keepdims=True)
-        calls = decide_by_rule(proba, list(self.classes), self.card.decision)
-        return Scores(self.task, list(self.classes), proba, calls, self.model_info())
+        calls = decide_by_rule(proba, list(self.classes), self.card.decision, context)
+        scores = Scores(self.task, list(self.classes), proba, calls, self.model_info())
+        state = self.conformal
+        if state is not None:
+            from pipeline.evaluation.conformal import predict_sets, set_labels
 
-    def result(self, sample: Sample, scores: Scores | None = None, i: int = 0) -> dict[str, Any]:
-        """The JSON-able result of one sample: classes, probabilities, predicted, call, threshold, model, notes."""
-        scores = scores if scores is not None else self.score([sample])
+            member = predict_sets(state, proba)
+            scores.sets = [[c for c, m in zip(self.classes, row) if m] for row in member]
+            scores.set_labels = set_labels(self.classes, member, several_is_uncertain=self.task_spec.uses_threshold)
+            scores.set_coverage = float(state["coverage"])
+        rule = get_rule_of(self.card.decision)
+        if hasattr(rule, "operating_points"):
+            scores.thresholds, scores.density_groups, scores.threshold_reasons = rule.operating_points(
+                len(proba), self.card.decision, context)
+        return scores
+
+    def result(self, sample: Sample, scores: Scores | None = None, i: int = 0,
+               context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON-able result of one sample: classes, probabilities, predicted, call, threshold, model, notes; the
+        prediction set and, under per-group thresholds, the threshold applied with its density group and reason."""
+        scores = scores if scores is not None else self.score([sample], context)
         proba = scores.probabilities[i]
         classes = scores.classes
         entry: dict[str, Any] = {
@@ -232,10 +294,16 @@ class Predictor:
             "model": scores.model,
             "notes": list(sample.notes),
         }
+        if scores.sets is not None:
+            entry["prediction_set"], entry["prediction_set_label"] = scores.sets[i], scores.set_labels[i]
+            entry["set_coverage"] = scores.set_coverage
         if self.task_spec.uses_threshold:
             entry["threshold"] = self.threshold
             entry["target_sensitivity"] = self.card.target_sensitivity
             entry[f"probability_{classes[1]}"] = float(proba[1])
+        if scores.thresholds is not None:
+            entry["threshold"], entry["density_group"] = scores.thresholds[i], scores.density_groups[i]
+            entry["threshold_reason"] = scores.threshold_reasons[i]
         return entry
 
     def explain(self, sample: Sample, top: int = 10, heatmap: bool = True) -> dict[str, Any]:
@@ -322,16 +390,27 @@ def prepare_samples(image: np.ndarray, meta: Any, models: Mapping[str, Predictor
     return {task: Predictor.from_loaded(p).prepare(image, meta, roi, path) for task, p in models.items()}
 
 
+def density_first(models: Iterable[Predictor]) -> list[Predictor]:
+    """The predictors in scoring order: those predicting breast density first (their predicted class is the
+    others' context), the rest in the order given."""
+    return sorted(models, key=lambda m: not m.task_spec.density_labels)
+
+
 def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
                   path: str | Path | None = None, samples: Mapping[str, Sample] | None = None) -> dict[str, Any]:
-    """{task: Predictor.result} (JSON-able) of one image; `samples` (from prepare_samples) are reused if given."""
+    """{task: Predictor.result} (JSON-able, in `models` order) of one image; `samples` (from prepare_samples) are
+    reused if given. A density model's predicted class is the context of the other models' decision rules."""
     samples = dict(samples or {})
+    predictors = {task: Predictor.from_loaded(p) for task, p in models.items()}
     out: dict[str, Any] = {}
-    for task, p in models.items():
-        p = Predictor.from_loaded(p)
+    context: dict[str, Any] = {}
+    for task in sorted(predictors, key=lambda t: not predictors[t].task_spec.density_labels):  # density_first
+        p = predictors[task]
         sample = samples.get(task) or p.prepare(image, meta, roi, path)
-        out[task] = p.result(sample)
-    return out
+        out[task] = p.result(sample, context=context or None)
+        if p.task_spec.density_labels:
+            context["density"] = [out[task]["predicted"]]
+    return {task: out[task] for task in models}
 
 
 def predict_paths(paths: Iterable[str | Path], models: Mapping[str, Predictor], rois: Mapping[str, Any] | None = None

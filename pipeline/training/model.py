@@ -300,7 +300,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     `FrozenEstimator`, on the rest; the threshold is chosen on that calibration split.
     `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`
     is the highest threshold on the positive-class probability reaching `target_sensitivity` on that validation
-    data; `validation_index_` lists the rows it was chosen on.
+    data; `validation_index_` lists the rows it was chosen on and `validation_proba_` their held-out probabilities.
     """
 
     def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
@@ -354,6 +354,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             oof[val] = cal.predict_proba(X[val])
         self.calibrated_ = cal
         self.validation_index_ = np.sort(val)
+        self.validation_proba_ = oof[self.validation_index_]  # held-out patients' probabilities (conformal, groups)
         if k == 2:
             self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
         else:

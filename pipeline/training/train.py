@@ -25,6 +25,7 @@ from pipeline.training.cv import CVResult, cross_validate, subgroup_metrics
 from pipeline.config.experiment import Experiment, flatten_config
 from pipeline.training.model import build_pipeline, disable_cache, final_classifier
 from pipeline.config.tasks import ORDINAL_SCHEMES, Task, get_task, ordinal_scheme
+from pipeline.training.trust import FoldTrust, card_entries, final_trust
 
 __all__ = [
     "ORDINAL_SCHEMES",
@@ -310,8 +311,10 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
+    trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        trust.add_fold(tr, te, final_classifier(est), p)
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task.uses_threshold else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
@@ -335,6 +338,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
+    metrics.update(trust.metrics(call, kw))
     exams = exam_ids(data)
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
@@ -357,6 +361,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     if task.uses_threshold:
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
+    trust.add_columns(oof)
     return metrics, cv, oof
 
 
@@ -464,6 +469,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2] if data.X is not None else data.example,
                                       card=card.to_dict())
+            _log_rendered_card(card)
             decision = registry.maybe_promote(tr["registered_model_name"], info.version, metric=metric,
                                               value=metrics[metric], higher_is_better=tr["higher_is_better"],
                                               data_digest=digest)
@@ -477,9 +483,20 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     return result
 
 
+def _log_rendered_card(card: ModelCard) -> None:
+    """The card's Markdown and self-contained HTML beside its card.json in the run (model_card/)."""
+    import registry
+    from pipeline.config.card_render import render_html, render_markdown
+
+    d = card.to_dict()
+    registry.log_card(render_markdown(d), render_html(d))
+
+
 def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv: CVResult, classifier: Any,
                digest: str, run_id: str | None) -> ModelCard:
-    """The model card of a trained model: task, classes, decision rule, sample parameters, data, split, metrics."""
+    """The model card of a trained model: task, classes, decision rule (with per-density-group thresholds where
+    the data allow), sample parameters, data, split, metrics (conformal coverage included), reliability bins and
+    the conformal state the Predictor forms prediction sets with."""
     cfg = exp.config
     spec = get_task(exp.task)
     table = data.table
@@ -494,14 +511,16 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         entries = {k: v for k, v in entries.items() if v is not None}
         if entries:
             subgroups[group] = entries
-    cv_keys = [k for k in metrics if k.startswith("cv_") and not k.endswith(("_ci_low", "_ci_high"))]
+    cv_keys = [k for k in metrics if k.startswith(("cv_", "conformal_")) and not k.endswith(("_ci_low", "_ci_high"))]
     ordered = [k for k in headline if k in cv_keys] + [k for k in cv_keys if k not in headline]
+    decision_trust, extra_trust = card_entries(final_trust(cfg, data, classifier), data, cv.proba,
+                                               int(cfg["evaluation"]["ece_bins"]))
     return ModelCard(
         name=str(cfg["tracking"]["registered_model_name"]),
         task=spec.name,
         classes=list(data.classes),
         ordinal=spec.ordinal,
-        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg)},
+        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg), **decision_trust},
         sample_params=sample_params(cfg),
         preprocessing=dict(cfg["preprocessing"]),
         features=dict(cfg["features"]),
@@ -521,7 +540,7 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         extra={"experiment_name": exp.name, "dense_classes": list(data.dense_classes),
                "selection_metric": cfg["tracking"]["champion_metric"],
                "cnn": bool(cfg["features"]["cnn"]["enabled"]),
-               "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"])},
+               "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"]), **extra_trust},
     )
 
 

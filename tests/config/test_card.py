@@ -44,7 +44,10 @@ def test_training_stores_the_card_with_the_model_and_loading_returns_it(tiny_sto
     p = load_predictor(tiny_store.model_uri("malignancy"), tracking_uri=tiny_store.tracking_uri)
     d = p.card.to_dict()
     assert d["task"] == "malignancy" and d["classes"] == ["benign", "malignant"] and not d["ordinal"]
-    assert d["decision"]["rule"] == "threshold" and 0 <= d["decision"]["threshold"] <= 1
+    # mini-MIAS findings carry density labels: the threshold rule becomes one threshold per density group (#17)
+    assert d["decision"]["rule"] == "group_threshold" and 0 <= d["decision"]["threshold"] <= 1
+    assert set(d["decision"]["group_thresholds"]["groups"]) == {"dense", "nondense"}
+    assert d["decision"]["dense_classes"] == ["D"] and d["extra"]["conformal"]["coverage"] == 0.90
     assert d["decision"]["target_sensitivity"] == 0.95
     assert d["sample_params"]["size"] == 32 and d["dataset"]["n_samples"] == sum(d["dataset"]["class_counts"].values())
     auc = d["metrics"]["cv_roc_auc"]
