@@ -523,3 +523,64 @@ def test_train_command_validates_the_scheduler_before_any_work(tmp_path, capsys)
     assert main(["train", tiny, "--tracking-uri", f"sqlite:///{db}", "--set", "compute.scheduler=head"]) == 1
     assert "compute.scheduler: 'head' is not a Dask scheduler address" in capsys.readouterr().err
     assert time.perf_counter() - start < 30 and not db.exists()  # refused before data, training or tracking
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streamed training features (pipeline.training.stream) on the cluster
+# --------------------------------------------------------------------------------------------------------------------
+STREAM_QUICK = ["evaluation.bootstrap_resamples=0", "model.n_estimators=5", "evaluation.folds=3",
+                "calibration.inner_folds=2", "samples.size=32", "features.cnn.enabled=false",
+                "features.handcrafted.glcm.levels=16", "preprocessing.clahe.kernel_size=8", "dataset.classes=[F, G, D]"]
+
+
+def _stream_config(csv: Path) -> dict:
+    from pipeline.config.experiment import load_experiment
+
+    return load_experiment(ROOT / "experiments" / "defaults.yaml",
+                           ["dataset.adapter=manifest", f"dataset.path={csv}", "compute.n_jobs=2",
+                            *STREAM_QUICK]).config
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_streamed_features_on_the_cluster_match_local_and_a_killed_worker_loses_no_image(local_cluster, tmp_path):
+    """Training's streamed feature stage inside compute_backend: each image's work runs on the workers, rows come
+    back in order, equal to the local path; SIGKILL of a worker mid-stream costs a retry and no image."""
+    import threading
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.archive import build_archive
+    from pipeline.training.train import load_task_features
+
+    csv = build_archive(24, tmp_path / "archive", side=128, seed=3)
+    cfg = _stream_config(csv)
+    local = load_task_features(cfg, lambda s: None, cache_dir=tmp_path / "local")
+    assert local.stream.images_computed == 24
+
+    cache = tmp_path / "cluster"
+    pids = sorted(set(local_cluster.run(worker_pid).values()))
+    killed: list[int] = []
+
+    def kill_one_worker_after_some_entries() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = [p for p in cache.rglob("*.npy") if not p.name.startswith(".")] if cache.exists() else []
+            if len(done) >= 4:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+                return
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_one_worker_after_some_entries, daemon=True)
+    with compute_backend(local_cluster, retries=2, cache_dir=cache) as session, \
+            distributed.get_task_stream(client=local_cluster) as stream:
+        watcher.start()
+        streamed = load_task_features(cfg, lambda s: None, cache_dir=cache)
+        watcher.join(timeout=5)
+        local_cluster.wait_for_workers(2, timeout=60)  # the nanny restarts the dead worker
+    assert any("mammoscope-chunk-" in str(t["key"]) for t in stream.data), "the images were not read on the workers"
+    assert killed, "no worker was killed (the stream finished before 4 cache entries were seen)"
+    assert len(session.report.lost_workers) >= 1, session.report
+    assert streamed.stream.n_images == 24 and len(streamed.stream.errors) == 0
+    np.testing.assert_array_equal(streamed.y, local.y)
+    np.testing.assert_allclose(streamed.features, local.features, rtol=0, atol=FEATURE_ATOL)
