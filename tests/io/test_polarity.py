@@ -146,3 +146,24 @@ def test_all_nan_tiff_is_refused(tmp_path):
     tifffile.imwrite(path, np.full((64, 64), np.nan, np.float32))
     with pytest.raises(ImageReadError, match="every pixel is NaN"):
         read_image(path)
+
+
+@pytest.mark.slow
+def test_every_tenth_mias_image_inverted_gives_its_original_sample(mias_dir, tmp_path):
+    """33 real images across tissue types and both sides: inverted PNG -> same 224 px sample (MAD <= 0.02)."""
+    worst = {}
+    for number in range(1, 323, 10):
+        source = mias_dir / "images" / f"mdb{number:03d}.png"
+        with Image.open(source) as im:
+            pixels = np.asarray(im.convert("L"))
+        inverted_path = tmp_path / f"{source.stem}_inverted.png"
+        Image.fromarray(255 - pixels).save(inverted_path)
+        original, _ = read_image(source)
+        with pytest.warns(UserWarning, match="inverted"):
+            image, meta = read_image(inverted_path)
+        assert meta.inverted_by == "pixels", source.stem
+        row = {"sample_id": source.stem}
+        worst[source.stem] = float(np.abs(make_sample(original, row, "density", size=224)
+                                          - make_sample(image, row, "density", size=224)).mean())
+    bad = {k: v for k, v in worst.items() if v > 0.02}
+    assert not bad, bad
