@@ -115,7 +115,7 @@ SCHEMA: dict[str, Any] = {
     "dataset": {
         "adapter": Choice(("mias", "cbis", "manifest", "folder"), nullable=True),
         "path": Str(nullable=True),
-        "task": Choice(("density", "malignancy")),
+        "task": Choice(("density", "malignancy", "screening")),
         "classes": ListOf(_label, min_len=2, nullable=True),
         "dense_classes": ListOf(_label, min_len=1, nullable=True),
         "require_roi": Bool(),
@@ -158,6 +158,18 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "selection": {"k_best": Int(1, None, nullable=True)},
+    },
+    "screening": {
+        "scale": Float(1.0, 8.0),
+        "tile_size": Int(16, 1024),
+        "overlap": Float(0.0, 0.9),
+        "max_tiles": Int(1, 256),
+        "min_breast": Float(0.0, 1.0),
+        "poolings": ListOf(Choice(("max", "mean", "topk")), min_len=1),
+        "top_k": Int(1, 256),
+        "whole_breast": Bool(),
+        "view_fusion": Choice(("mean", "max")),
+        "map_C": Float(0.0, None, lo_open=True),
     },
     "model": {
         "n_estimators": Int(1, 100000),
@@ -337,7 +349,7 @@ def _fill_derived(config: dict[str, Any], path: str | Path | None) -> None:
     tr = config["tracking"]
     tr["experiment_name"] = tr["experiment_name"] or f"mammoscope-{task}"
     tr["registered_model_name"] = tr["registered_model_name"] or f"mammoscope-{task}"
-    tr["champion_metric"] = tr["champion_metric"] or ("cv_roc_auc" if task == "malignancy" else "cv_kappa_quadratic")
+    tr["champion_metric"] = tr["champion_metric"] or ("cv_roc_auc" if task in ("malignancy", "screening") else "cv_kappa_quadratic")
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -264,6 +264,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             oof[val] = cal.predict_proba(X[val])
         self.calibrated_ = cal
         self.validation_index_ = np.sort(val)
+        self.validation_proba_ = oof[self.validation_index_]  # screening: in-fold per-breast/per-exam thresholds
         if k == 2:
             self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
         else:
