@@ -160,3 +160,25 @@ def test_heatmap_peaks_inside_the_breast_and_follows_a_moved_lesion(tmp_path):
         assert abs(py - cy) <= 16 and abs(px - cx) <= 16
         peaks.append((py, px))
     assert np.hypot(peaks[0][0] - peaks[1][0], peaks[0][1] - peaks[1][1]) >= 15
+
+
+def test_screening_model_scores_images_breasts_and_exams_consistently(tiny_mias, tmp_path):
+    from pipeline.screening.predict import fit_screening_model, fused_rows, score_image, score_table
+
+    table, X, y = tiny_mias
+    config = resolve_config(None, TINY)
+    model = fit_screening_model(config, X, y, table, tmp_path / "cache")
+    assert set(model.thresholds) == {"image", "breast", "exam"}
+    images = score_table(model, table, X)
+    fused = fused_rows(model, images)
+    exams = fused[fused["level"] == "exam"].set_index("exam_id")["p_malignant"]
+    breasts = fused[fused["level"] == "breast"].set_index("breast_id")["p_malignant"]
+    for exam, rows in images.groupby("exam_id"):  # an exam = its most suspicious breast = mean of its views
+        assert np.isclose(exams[exam], max(rows.groupby("breast_id")["p_malignant"].mean()))
+        assert all(np.isclose(breasts[b], v) for b, v in rows.groupby("breast_id")["p_malignant"].mean().items())
+    from pipeline.imageio import read_image
+
+    image, _ = read_image(table.loc[0, "path"])
+    one = score_image(model, image, table.loc[0, "laterality"])
+    assert np.isclose(one["p_malignant"], images.loc[0, "p_malignant"], atol=1e-5)
+    assert one["heatmap"].shape == image.shape and one["heatmap"].max() > 0
