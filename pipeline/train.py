@@ -141,6 +141,9 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
 
     ds = config["dataset"]
     task = ds["task"]
+    if task == "screening":  # hook (#15): the Task registry (#14) routes screening to pipeline.screening
+        raise ConfigError("dataset.task: screening is trained by pipeline.screening (fit_screening_model; "
+                          "benchmarks/screening.py for its CV), not yet by mammoscope train")
     path = Path(ds["path"]).expanduser() if ds["path"] else default_mias_dir()
     full = load_dataset(ds["adapter"], path)
     table = density_table(full) if task == "density" else lesion_table(full)
