@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 __all__ = ["tile_grid", "tile_heatmap", "TileEmbedder", "TilePooling", "TileScorer", "POOLINGS"]
 
 POOLINGS = ("max", "mean", "topk")
+_CHUNK = 32  # images whose tiles are embedded together
 
 
 def _positions(length: int, tile: int, stride: int) -> list[int]:
@@ -152,19 +153,17 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float32)
         images = _images(X, self.image_shape)
         t, k, d = int(self.tile_size), int(self.max_tiles), self.n_embedding_
-        tiles, owners = [], []
-        for i, image in enumerate(images):
-            _, stack = self.tiles_of(image)
-            tiles.append(stack)
-            owners += [i] * len(stack)
         out = np.zeros((len(images), k, 1 + d), np.float32)
-        if tiles:
+        for start in range(0, len(images), _CHUNK):  # bounded memory: the tiles of _CHUNK images at a time
+            tiles, owners = [], []
+            for i in range(start, min(start + _CHUNK, len(images))):
+                _, stack = self.tiles_of(images[i])
+                tiles.append(stack)
+                owners += [(i, j) for j in range(len(stack))]
             emb = self.embedder_.transform(np.concatenate(tiles).reshape(-1, t * t))
-            slot = np.zeros(len(images), int)
-            for owner, e in zip(owners, emb):
-                out[owner, slot[owner], 0] = 1.0
-                out[owner, slot[owner], 1:] = e
-                slot[owner] += 1
+            for (i, j), e in zip(owners, emb):
+                out[i, j, 0] = 1.0
+                out[i, j, 1:] = e
         return out.reshape(len(images), k * (1 + d))
 
     def __sklearn_tags__(self):
