@@ -78,8 +78,8 @@ def run(name: str, args: argparse.Namespace) -> None:
         overrides["dataset"] = {"max_samples": args.max_images}
     config = load_experiment(EXPERIMENTS[name], overrides).config
     ev, how = config["evaluation"], config["screening"]["view_fusion"]
-    cold = Path(tempfile.mkdtemp(prefix="screening_cold_", dir=args.cache))
-    print(f"== {name}: {config['name']} (cold cache {cold})", flush=True)
+    cold = args.screening_cache or Path(tempfile.mkdtemp(prefix="screening_cold_", dir=args.cache))
+    print(f"== {name}: {config['name']} ({'given' if args.screening_cache else 'cold'} cache {cold})", flush=True)
     t0 = time.perf_counter()
     data = load_screening_data(config, progress=print)
     t_samples = time.perf_counter() - t0
@@ -117,7 +117,7 @@ def run(name: str, args: argparse.Namespace) -> None:
         print(f"{lv}: AUC gain {gain:+.3f} vs plain CI half-width {half:.3f} -> {'beats' if gain >= half else 'does not beat'}")
     print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
           f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
-    if not args.keep_cold:
+    if not args.keep_cold and not args.screening_cache:
         shutil.rmtree(cold, ignore_errors=True)
 
 
@@ -128,6 +128,9 @@ def main() -> None:
     parser.add_argument("--time-images", type=int, default=8, help="images timed for the per-image score")
     parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache folder")
     parser.add_argument("--keep-cold", action="store_true", help="keep the screening cache (re-runs reuse nothing)")
+    parser.add_argument("--screening-cache", type=Path, default=None,
+                        help="reuse this screening feature cache (a kept cold cache): the training time printed is "
+                             "then not from an empty cache")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING)
