@@ -94,7 +94,10 @@ def dense_classes_for(classes: Sequence[str], configured: Sequence | None) -> li
 def sample_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters that turn an image into a model input (stored with the model, reused by predict)."""
     s = config["samples"]
-    return {"size": int(s["size"]), "context": float(s["context"]), "min_side": int(s["min_side"])}
+    params = {"size": int(s["size"]), "context": float(s["context"]), "min_side": int(s["min_side"])}
+    if get_task(config["dataset"]["task"]).sample_recipe == "highres":  # the breast at scale x size (screening)
+        params["scale"] = float(config["screening"]["scale"])
+    return params
 
 
 def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.DataFrame:
@@ -128,6 +131,10 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     spec = get_task(ds["task"])
     task = spec.name
     path = Path(ds["path"]).expanduser() if ds["path"] else default_mias_dir()
+    if not path.is_absolute() and not path.exists():  # experiments name paths relative to the project folder
+        from pipeline.paths import PROJECT_DIR
+
+        path = PROJECT_DIR / path
     full = load_dataset(ds["adapter"], path)
     table = spec.rows(full, ds)
     label_col = spec.label_column
@@ -157,7 +164,8 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
              f"preparing {sp['size']} px samples")
     X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"], progress_bar=progress_bar)
+                             min_side=sp["min_side"], progress_bar=progress_bar,
+                             **({"scale": sp["scale"]} if "scale" in sp else {}))
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
     if len(errors):
@@ -218,12 +226,20 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         crossing = set(data.groups[tr]) & set(data.groups[te])
         if crossing:  # StratifiedGroupKFold guarantees this; checked because the whole evaluation rests on it
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
+    levels = None
+    if task.levels:  # breasts and exams beside images (screening): in-fold thresholds per level
+        from pipeline.training.levels import LevelTracker, check_folds
+
+        check_folds(folds, data.table)
+        levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"])
     pipe = build_pipeline(config, cache_dir)
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        if levels is not None:
+            levels.on_fold(i, tr, te, est, p)
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task.uses_threshold else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
@@ -247,6 +263,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
+    if levels is not None:
+        metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=task.levels, **kw))
     exams = exam_ids(data)
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
@@ -266,6 +284,9 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         for j, c in enumerate(data.classes):
             oof[f"exam_p_{c}"] = exam_proba[:, j]
         oof["exam_predicted"] = [data.classes[i] for i in exam_proba.argmax(axis=1)]
+    if levels is not None:
+        for column, values in levels.oof_columns(cv.proba[:, 1]).items():
+            oof[column] = values
     if task.uses_threshold:
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
@@ -344,8 +365,13 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
             final = fit_with_groups(build_pipeline(cfg, cache), data.X, data.y, data.groups)
+            decision_extra = None
+            if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
+                from pipeline.training.screening import finish_screening_model
+
+                decision_extra = finish_screening_model(final, cfg, data.X, data.y, data.table, cache)
             strip_requests(disable_cache(final))
-            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id)
+            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra)
             registry.log_text(card.to_json(), "model_card/card.json")
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2], card=card.to_dict())
@@ -363,7 +389,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
 
 
 def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv: CVResult, classifier: Any,
-               digest: str, run_id: str | None) -> ModelCard:
+               digest: str, run_id: str | None, decision_extra: Mapping[str, Any] | None = None) -> ModelCard:
     """The model card of a trained model: task, classes, decision rule, sample parameters, data, split, metrics."""
     cfg = exp.config
     spec = get_task(exp.task)
@@ -386,7 +412,7 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         task=spec.name,
         classes=list(data.classes),
         ordinal=spec.ordinal,
-        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg)},
+        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg), **(decision_extra or {})},
         sample_params=sample_params(cfg),
         preprocessing=dict(cfg["preprocessing"]),
         features=dict(cfg["features"]),
