@@ -30,16 +30,16 @@ from sklearn.base import clone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluate import patient_stratified_folds  # noqa: E402
-from pipeline.experiment import load_experiment  # noqa: E402
-from pipeline.imageio import read_image  # noqa: E402
-from pipeline.model import build_pipeline, disable_cache  # noqa: E402
+from pipeline.config.experiment import load_experiment  # noqa: E402
+from pipeline.evaluation.splits import patient_stratified_folds  # noqa: E402
+from pipeline.io.imageio import read_image  # noqa: E402
 from pipeline.paths import default_cache_dir  # noqa: E402
-from pipeline.samples import load_samples  # noqa: E402
-from pipeline.screening.data import load_screening_data  # noqa: E402
-from pipeline.screening.evaluate import LEVELS, cross_validate_levels  # noqa: E402
-from pipeline.screening.model import build_screening_pipeline, whole_image_config  # noqa: E402
-from pipeline.screening.samples import screening_sample  # noqa: E402
+from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: E402
+from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
+from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
+from pipeline.training.routing import fit_with_groups  # noqa: E402
+from pipeline.training.screening import build_screening_pipeline, whole_image_config  # noqa: E402
+from pipeline.training.train import load_task_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = {"cdd": ROOT / "experiments" / "cdd_cesm_screening.yaml", "mias": ROOT / "experiments" / "mias_screening.yaml"}
@@ -67,7 +67,8 @@ def score_time(pipe, table, side: int, n: int) -> float:
         if i == 1:  # the first image warms the networks up: not timed
             t0 = time.perf_counter()
         image, meta = read_image(r.path)
-        sample, _ = screening_sample(image, r.laterality, side, r.path)
+        lat = r.laterality if isinstance(r.laterality, str) else meta.laterality
+        sample, _ = highres_sample(image, lat, side, r.path)
         fitted.predict_proba(sample.reshape(1, -1))
     return (time.perf_counter() - t0) / max(len(rows) - 1, 1)
 
@@ -81,9 +82,10 @@ def run(name: str, args: argparse.Namespace) -> None:
     cold = args.screening_cache or Path(tempfile.mkdtemp(prefix="screening_cold_", dir=args.cache))
     print(f"== {name}: {config['name']} ({'given' if args.screening_cache else 'cold'} cache {cold})", flush=True)
     t0 = time.perf_counter()
-    data = load_screening_data(config, progress=print)
+    data = load_task_data(config, progress=print)
+    data.side = sample_side(config["samples"]["size"], config["screening"]["scale"])
     t_samples = time.perf_counter() - t0
-    groups = data.table["patient_id"].astype(str).to_numpy()
+    groups = data.groups
     folds = patient_stratified_folds(data.y, groups, ev["folds"], ev["seed"])
     print(f"{len(data.y)} images, {data.y.sum()} malignant, {len(set(groups))} patients; samples "
           f"{data.side} px in {t_samples:.0f} s", flush=True)
@@ -91,7 +93,7 @@ def run(name: str, args: argparse.Namespace) -> None:
     # screening: training from an empty cache = samples + features of every image + the final fit
     pipe = build_screening_pipeline(config, cold)
     t1 = time.perf_counter()
-    final = clone(pipe).fit(data.X, data.y, classifier__groups=groups)
+    final = fit_with_groups(clone(pipe), data.X, data.y, groups)
     t_train = t_samples + time.perf_counter() - t1
     print(f"screening: trained on all images from an empty cache in {t_train:.0f} s ({t_train / 60:.1f} min); "
           f"peak memory {peak_mib():.0f} MiB", flush=True)

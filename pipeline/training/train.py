@@ -161,7 +161,7 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
                            f"{table[label_col].value_counts().to_dict()} (check dataset.adapter/path/classes)")
     sp = sample_params(config)
     progress(f"{len(table)} {task} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"preparing {sp['size']} px samples")
+             f"preparing {round(sp.get('scale', 1.0) * sp['size'])} px samples")
     X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=int(config["samples"]["n_jobs"]),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
                              min_side=sp["min_side"], progress_bar=progress_bar,
