@@ -56,7 +56,8 @@ NOTE = ("**Decision support, not a diagnosis.** Probabilities are calibrated mod
 HOW_TO = ("1. Upload a mammogram: PNG, JPEG, TIFF, PGM or DICOM (read on the server, windowed and 16-bit preserved). "
           "2. Click two opposite corners on the image to draw a region of interest around a finding (click again to "
           "start a new box; *Whole image* clears it). Results refresh by themselves: density on the whole breast, "
-          "malignancy on the region.")
+          "malignancy on the region; with no region drawn, the screening model (when one is trained) scores the "
+          "whole image and maps where it looks.")
 
 
 def load_models(tracking_uri: str | None = None, alias: str = "champion") -> tuple[dict[str, Any], dict[str, str]]:
