@@ -58,7 +58,8 @@ NOTE = ("**Decision support, not a diagnosis.** Probabilities are calibrated mod
 HOW_TO = ("1. Upload a mammogram: PNG, JPEG, TIFF, PGM or DICOM (read on the server, windowed and 16-bit preserved). "
           "2. Click two opposite corners on the image to draw a region of interest around a finding (click again to "
           "start a new box; *Whole image* clears it). Results refresh by themselves: density on the whole breast, "
-          "malignancy on the region.")
+          "malignancy on the region; with no region drawn, the screening model (when one is trained) scores the "
+          "whole image and maps where it looks.")
 
 
 def load_models(tracking_uri: str | None = None, alias: str = "champion") -> tuple[dict[str, Any], dict[str, str]]:
@@ -89,13 +90,17 @@ class _Handlers:
         self._samples: dict[tuple, dict[str, P.Sample]] = {}  # (path, roi) -> {task: Sample}: once per click
         self._lock = threading.Lock()
 
+    def active(self, box: tuple | None) -> dict[str, Any]:
+        """The models that answer for this region: a whole-image model (screening) only when none is drawn."""
+        return {t: m for t, m in self.models.items() if box is None or not get_task(t).region_free}
+
     def samples(self, path: str, loaded: Any, box: tuple | None) -> dict[str, P.Sample]:
         """Each model's sample of the image and region, made once and shared by the events of one click."""
         key = (path, box)
         with self._lock:
             if key in self._samples:
                 return self._samples[key]
-        made = P.prepare_samples(loaded.image, loaded.meta, self.models, roi=box)
+        made = P.prepare_samples(loaded.image, loaded.meta, self.active(box), roi=box)
         with self._lock:
             while len(self._samples) >= SAMPLE_CACHE_SIZE:
                 self._samples.pop(next(iter(self._samples)))
@@ -119,7 +124,7 @@ class _Handlers:
         if not self.models:
             raise gr.Error(" ".join(self.missing.values()) or "no model loaded")
         try:
-            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box,
+            results = P.predict_image(loaded.image, loaded.meta, self.active(box), roi=box,
                                       samples=self.samples(file, loaded, box))
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None
@@ -130,12 +135,12 @@ class _Handlers:
         """Top handcrafted-feature contributions (log-odds) and notes per task; heat maps are shown in the page."""
         loaded, box = self._read(file, roi)
         out: dict[str, Any] = {}
-        for task, model in self.models.items():
+        for task, model in self.active(box).items():
             try:
                 ex = model.explain(self.samples(file, loaded, box)[task], top=TOP_FEATURES, heatmap=False)
             except (MammoscopeError, ValueError) as exc:
                 raise gr.Error(user_message(exc)) from None
-            out[task] = {k: v for k, v in ex.items() if k != "heatmap"}
+            out[task] = {k: v for k, v in ex.items() if not k.startswith("heatmap")}
         return {"explanations": out, "roi": list(box) if box else None}
 
     # --- page events ----------------------------------------------------------------------------------------
@@ -194,7 +199,7 @@ class _Handlers:
         try:
             loaded = self.cache.get(state["path"])
             box = parse_roi(roi)
-            results = P.predict_image(loaded.image, loaded.meta, self.models, roi=box,
+            results = P.predict_image(loaded.image, loaded.meta, self.active(box), roi=box,
                                       samples=self.samples(state["path"], loaded, box))
         except (MammoscopeError, ValueError) as exc:
             return [None] * n + ["", f"⚠️ {user_message(exc)}"]
@@ -246,9 +251,16 @@ class _Handlers:
             samples = self.samples(state["path"], loaded, box)
             density_view = None
             overlay, table = None, ""
-            for task, model in self.models.items():
+            active = self.active(box)
+            whole_map = next((t for t in active if get_task(t).region_free), None)
+            for task, model in active.items():
                 sample = samples[task]
-                if get_task(task).uses_threshold:  # the explained task: heat map and contributions
+                if task == whole_map:  # no region drawn: the screening map at the original image's scale
+                    ex = model.explain(sample, heatmap=True)
+                    overlay = enlarge(heat_overlay(loaded.display.astype(np.float32) / 255.0,
+                                                   _to_display(ex.get("heatmap_original"), loaded.display.shape)))
+                    table = "\n\n".join(f"*{n}*" for n in ex.get("notes", []))
+                elif get_task(task).uses_threshold and whole_map is None:  # heat map and contributions
                     ex = model.explain(sample, top=TOP_FEATURES, heatmap=True)
                     overlay = enlarge(heat_overlay(processed_view(sample.array, model), ex.get("heatmap")))
                     table = _contributions_markdown(ex)
@@ -257,6 +269,17 @@ class _Handlers:
         except (MammoscopeError, ValueError) as exc:
             return None, None, f"⚠️ {user_message(exc)}"
         return density_view, overlay, table
+
+
+def _to_display(heat: Any, shape: tuple[int, ...]) -> Any:
+    """A heat map (H, W) of the original image resized to the display image's (h, w), scaled to [0, 1]."""
+    if heat is None:
+        return None
+    from skimage.transform import resize
+
+    small = resize(np.asarray(heat, np.float32), shape[:2], order=1, anti_aliasing=True).astype(np.float32)
+    peak = float(small.max())
+    return small / peak if peak > 0 else small
 
 
 def _contributions_markdown(ex: Mapping[str, Any]) -> str:

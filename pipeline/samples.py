@@ -5,6 +5,9 @@ image's intensity), zero everything outside the breast mask (background, film la
 
 * task ``density``: crop to the breast's bounding box, pad (not stretch) to a square with the breast against the
   left edge and centred vertically, resize to S x S;
+* recipe ``highres`` (task ``screening``): the masked breast cropped to its bounding box, padded to a square
+  (breast against the left edge) and resized to ``round(scale * S)`` px, with the `Geometry` to map a heat map of
+  it back onto the original image;
 * task ``malignancy``: a square around the ROI centre with side ``max(context * 2 r, min_side)`` (boxes: ``context``
   times their longer side), padded with zeros where it leaves the image, resized to S x S. ROI coordinates are
   mirrored with the image.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,11 +34,12 @@ from pipeline.io.imageio import read_image
 
 __all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "MIN_BREAST_SHARE",
            "check_image_size", "check_not_blank", "check_breast", "check_roi_on_breast", "resize_square", "density_sample",
-           "lesion_sample", "make_sample", "load_samples"]
+           "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "highres_sample",
+           "map_to_original"]
 
 logger = logging.getLogger(__name__)
 
-RECIPES = ("breast", "lesion")  # whole breast; square crop around the row's ROI
+RECIPES = ("breast", "lesion", "highres")  # whole breast; square crop around the row's ROI; breast at scale x S
 MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is refused, never scored as a mammogram
 BLANK_RANGE = 0.02  # robust grey range (p99.5 - p0.5) below which an image is blank (no breast, no background)
 MIN_BREAST_SHARE = 0.02  # a breast region under 2 % of the image is a label, a marker or noise, not a breast
@@ -238,6 +243,7 @@ def make_sample(
     """
     recipe = sample_recipe(task)
     defaults = _default_crop()
+    scale = float(crop_params.pop("scale", 1.0))  # the highres recipe's multiple of `size`
     params = {**defaults, **crop_params}
     unknown = set(params) - set(defaults)
     if unknown:
@@ -246,6 +252,8 @@ def make_sample(
     check_not_blank(image, row.get("path"))
     side = row.get("laterality")
     side = side if isinstance(side, str) and side in ("L", "R") else laterality
+    if recipe == "highres":
+        return highres_sample(image, side, sample_side(size, scale), row.get("path"))[0]
     oriented, flipped = orient_chest_wall_left(image, side)
     mask = breast_mask(oriented)
     check_breast(mask, row.get("path"))
@@ -255,6 +263,56 @@ def make_sample(
     cx, cy, extent = roi_geometry(row, image.shape[1], flipped, height=image.shape[0])
     check_roi_on_breast(mask, cx, cy, extent, row.get("path"))
     return lesion_sample(masked, cx, cy, extent, size, context=params["context"], min_side=params["min_side"])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a highres sample came from: image shape, mirroring, the padded breast square's corner and side."""
+
+    shape: tuple[int, int]
+    flipped: bool
+    r0: int
+    c0: int
+    h: int
+    w: int
+    side: int
+
+
+def sample_side(size: int, scale: float) -> int:
+    """Side in px of the high-resolution sample: round(scale * size)."""
+    return int(round(float(scale) * int(size)))
+
+
+def highres_sample(image: np.ndarray, laterality: str | None, side: int, path: Any = None
+                   ) -> tuple[np.ndarray, Geometry]:
+    """(float32 (side, side) masked breast, Geometry) of an image already read; NoBreastError without a breast."""
+    check_image_size(image, path)
+    oriented, flipped = orient_chest_wall_left(image, laterality if laterality in ("L", "R") else None)
+    mask = breast_mask(oriented)
+    check_breast(mask, path)
+    masked = np.where(mask, oriented, np.float32(0.0))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = masked[r0:r1, c0:c1]
+    h, w = crop.shape
+    sq = max(h, w)
+    if sq < side:
+        logger.debug("%s: breast box %d px is smaller than the %d px screening sample (upsampled)", path, sq, side)
+    padded = np.zeros((sq, sq), np.float32)
+    top = (sq - h) // 2
+    padded[top:top + h, :w] = crop
+    geom = Geometry(tuple(image.shape), bool(flipped), int(r0) - top, int(c0), sq, sq, sq)
+    return resize_square(padded, side), geom
+
+
+def map_to_original(heat: np.ndarray, geom: Geometry) -> np.ndarray:
+    """A (side, side) map of a highres sample placed on the original image (H, W), float32, 0 elsewhere."""
+    full = np.zeros(geom.shape, np.float32)
+    big = resize_square(np.asarray(heat, np.float32), geom.side) if heat.shape[0] != geom.side else heat
+    y0, x0 = max(geom.r0, 0), max(geom.c0, 0)
+    y1, x1 = min(geom.r0 + geom.side, geom.shape[0]), min(geom.c0 + geom.side, geom.shape[1])
+    full[y0:y1, x0:x1] = big[y0 - geom.r0:y1 - geom.r0, x0 - geom.c0:x1 - geom.c0]
+    return full[:, ::-1].copy() if geom.flipped else full
 
 
 def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict,
@@ -309,7 +367,8 @@ def load_samples(
     results = list(tqdm(done, total=len(groups), desc="preparing samples", unit="img", file=sys.stderr,
                         disable=not progress_bar, dynamic_ncols=True))
     by_pos = dict(item for chunk in results for item in chunk)
-    X = np.zeros((0, size * size), dtype=np.float32)
+    width = sample_side(size, crop_params.get("scale", 1.0)) if sample_recipe(task) == "highres" else size
+    X = np.zeros((0, width * width), dtype=np.float32)
     good = [by_pos[p] for p in range(len(records)) if isinstance(by_pos[p], np.ndarray)]
     if good:
         X = np.stack([g.reshape(-1) for g in good]).astype(np.float32, copy=False)

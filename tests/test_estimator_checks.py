@@ -31,6 +31,17 @@ def _cnn_estimators() -> list:
     ]
 
 
+def _tile_estimators() -> list:
+    """The screening tile estimators of features/tiles.py (tiny random backbone, one tile slot or a few)."""
+    from features.tiles import TileEmbedder, TilePooling, TileScorer
+
+    return [
+        TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1),
+        TilePooling(max_tiles=1, top_k=2),
+        TileScorer(max_tiles=1, C=1.0),
+    ]
+
+
 def _pipeline_estimators() -> list:
     """The estimators of pipeline/training/model.py, each built with small valid arguments."""
     from features import IntensityFeatures
@@ -46,7 +57,7 @@ def _pipeline_estimators() -> list:
     ]
 
 
-ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_pipeline_estimators()]
+ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_tile_estimators(), *_pipeline_estimators()]
 
 # Expected failures, per estimator class: {check name: why}. Empty means every check must pass.
 _EXPECTED_FAILURES: dict[str, dict[str, str]] = {}

@@ -17,7 +17,8 @@ def default_experiments() -> list[str]:
     from pipeline.config.experiment import EXPERIMENTS_DIR
     from pipeline.config.tasks import TASKS
 
-    return [t.default_experiment for t in TASKS.values() if (EXPERIMENTS_DIR.parent / t.default_experiment).is_file()]
+    return [t.default_experiment for t in TASKS.values()
+            if t.in_main and (EXPERIMENTS_DIR.parent / t.default_experiment).is_file()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +66,11 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         state = "champion" if r.promoted else f"champion kept ({r.promotion_reason})"
         print(f"  {r.model_name} v{r.model_version}: {state}")
+    from pipeline.config.tasks import TASKS
+
+    for t in (t for t in TASKS.values() if not t.in_main):
+        print(f"  {t.name}: not trained here (too long for this job); train it with "
+              f"`mammoscope train {t.default_experiment}`")
     print("next: `mammoscope models` (versions, aliases, metrics), `mammoscope ui` (MLflow UI), "
           "`mammoscope app` (the app on the champions), `mammoscope predict FILES`")
     if args.serve:

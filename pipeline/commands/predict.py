@@ -18,6 +18,9 @@ output:
   operating point, model name and version, then warnings and error. The format follows the extension of --out:
   .csv, .jsonl, .json or .parquet. Rows are written and synced after every batch, so an interrupted run loses at
   most one batch; running again with the same --out skips the images already there (--resume, the default).
+  A screening model (task screening) also writes <out stem>.screening.breasts.csv (views of a breast fused) and
+  <out stem>.screening.exams.csv (an exam = its most suspicious breast) when a manifest names patient_id (or
+  exam_id), laterality and view; --maps DIR writes a PNG heat-map overlay per image.
 
 exit status:
   0  every image was scored
@@ -73,6 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_tracking_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--maps", metavar="DIR", default=None,
+                        help="screening model: write a PNG heat-map overlay per image into DIR")
     from pipeline.compute import add_scheduler_option
 
     add_scheduler_option(parser)
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         n_jobs=args.n_jobs,
         tracking_uri=args.tracking_uri,
         progress=not args.no_progress,
+        maps=args.maps,
     )
     from pipeline.compute import compute_backend, resolve_scheduler
 

@@ -173,6 +173,18 @@ SCHEMA: dict[str, Any] = {
         },
         "selection": {"k_best": Int(1, None, nullable=True)},
     },
+    "screening": {
+        "scale": Float(1.0, 8.0),
+        "tile_size": Int(16, 1024),
+        "overlap": Float(0.0, 0.9),
+        "max_tiles": Int(1, 256),
+        "min_breast": Float(0.0, 1.0),
+        "poolings": ListOf(Choice(("max", "mean", "topk")), min_len=1),
+        "top_k": Int(1, 256),
+        "whole_breast": Bool(),
+        "view_fusion": Choice(("mean", "max")),
+        "map_C": Float(0.0, None, lo_open=True),
+    },
     "model": {
         "n_estimators": Int(1, 100000),
         "max_depth": Int(1, 32),

@@ -239,6 +239,9 @@ class Task:
     density_labels: bool = False                # its classes are breast-density labels (dense_classes among them)
     exam_pooled: bool = False                   # the clinical unit is the exam: probabilities averaged per exam
     derive_label: Callable[[pd.DataFrame], pd.Series] | None = None  # label from other columns (e.g. pathology)
+    levels: tuple[str, ...] = ()                # fused units scored beside images: "breast" (views), "exam"
+    pipeline_builder: str = "standard"          # pipeline.training.model.PIPELINE_BUILDERS name
+    region_free: bool = False                   # a whole-image model: the app shows it when no region is drawn
     needs_roi_note: str | None = None           # note shown when an image is scored without the ROI it expects
     display_label: str = ""
     description: str = ""
@@ -251,7 +254,12 @@ class Task:
 
     @property
     def default_experiment(self) -> str:
-        return f"experiments/mias_{self.name}_fused.yaml"
+        return str(self.extra.get("experiment") or f"experiments/mias_{self.name}_fused.yaml")
+
+    @property
+    def in_main(self) -> bool:
+        """Whether `mammoscope main` trains this task (screening's cold training exceeds main's time budget)."""
+        return bool(self.extra.get("in_main", True))
 
     @property
     def rule(self) -> DecisionRule:
@@ -293,12 +301,15 @@ class Task:
         """Every metric key training can produce for this task (cv_, subgroup and exam prefixes, CI bounds)."""
         base = set(self.metric_keys) | {f"recall_{c}" for c in (classes or [])}
         base |= {f"{k}_ci_{side}" for k in self.metric_keys for side in ("low", "high")}
-        prefixes = ["cv_", "dense_", "nondense_"] + (["cv_exam_"] if self.exam_pooled else [])
-        return {p + k for p in prefixes for k in base}
+        return {p + k for p in self._metric_prefixes() for k in base}
+
+    def _metric_prefixes(self) -> list[str]:
+        levels = dict.fromkeys((["exam"] if self.exam_pooled else []) + list(self.levels))
+        return ["cv_", "dense_", "nondense_"] + [f"cv_{lv}_" for lv in levels]
 
     def is_metric(self, key: str) -> bool:
         """Whether `key` names a metric of this task (per-class recalls of any class included)."""
-        prefixes = ["cv_", "dense_", "nondense_"] + (["cv_exam_"] if self.exam_pooled else [])
+        prefixes = self._metric_prefixes()
         if any(key.startswith(p + "recall_") for p in prefixes) and not self.uses_threshold:
             return True
         return key in self.metric_names()
@@ -373,6 +384,41 @@ register_task(Task(
     description="one row per finding, a crop around its ROI; benign vs malignant",
 ))
 
+
+def _screening_rows(full: pd.DataFrame, dataset: Mapping[str, Any]) -> pd.DataFrame:
+    from pipeline.io.datasets.screening import image_rows
+
+    return image_rows(full)
+
+
+def _screening_label(table: pd.DataFrame) -> pd.Series:
+    from pipeline.io.datasets.screening import screening_label
+
+    return screening_label(table)
+
+
+register_task(Task(
+    name="screening",
+    label_column="screening",
+    sample_recipe="highres",
+    select_rows=_screening_rows,
+    derive_label=_screening_label,
+    metric_fn=_binary_metrics,
+    metric_keys=BINARY_METRIC_KEYS,
+    headline_keys=("cv_roc_auc", "cv_spec_at_target", "cv_sens_at_target", "cv_breast_roc_auc",
+                   "cv_breast_spec_at_target", "cv_breast_sens_at_target", "cv_exam_roc_auc",
+                   "cv_exam_spec_at_target", "cv_exam_sens_at_target", "cv_brier", "cv_ece",
+                   "dense_roc_auc", "nondense_roc_auc"),
+    default_champion_metric="cv_roc_auc",
+    decision_rule="threshold",
+    default_classes=("not_malignant", "malignant"),
+    levels=("breast", "exam"),
+    pipeline_builder="tiles",
+    region_free=True,
+    extra={"experiment": "experiments/cdd_cesm_screening.yaml", "in_main": False},
+    display_label="Screening: cancer in this image (calibrated)",
+    description="one row per image, the whole breast at higher resolution in tiles; malignant vs benign or normal",
+))
 
 
 def task_names() -> tuple[str, ...]:

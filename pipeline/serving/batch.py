@@ -279,6 +279,7 @@ class BatchOptions:
     n_jobs: int | None = None
     tracking_uri: str | None = None
     progress: bool = True
+    maps: str | None = None  # folder for PNG heat-map overlays of the screening model (--maps)
 
 
 @dataclass
@@ -296,6 +297,8 @@ class BatchSummary:
     problems: dict[str, int] = field(default_factory=dict)
     message: str = ""
     exams_out: str = ""
+    levels_out: list[str] = field(default_factory=list)
+    maps_out: int = 0
 
     def text(self) -> str:
         """Human-readable summary for stderr."""
@@ -308,6 +311,9 @@ class BatchSummary:
         ]
         if self.exams_out:
             lines.append(f"{self.exams_out}: density per exam (the mean over each exam's images)")
+        lines += [f"{path}: screening per {path.rsplit('.', 2)[-2].rstrip('s')}" for path in self.levels_out]
+        if self.maps_out:
+            lines.append(f"{self.maps_out} screening heat-map overlays written")
         if self.problems:
             lines.append("failures by cause:")
             lines += [f"  {n:5d}  {problem}" for problem, n in sorted(self.problems.items(), key=lambda kv: -kv[1])]
@@ -390,6 +396,14 @@ def run_batch(options: BatchOptions) -> BatchSummary:
     writer.close()
     summary = _summarise(writer, items, skipped, len(todo), time.perf_counter() - start)
     summary.exams_out = write_exam_summary(writer.out, writer.all_rows(), items, models) or ""
+    for model in (m for m in models if get_task(m.task).levels):  # screening: per breast, per exam, --maps
+        from pipeline.serving.screening import write_level_files, write_maps
+
+        wanted = {item.key for item in items}
+        rows = [r for r in writer.all_rows() if str(r.get("path")) in wanted]
+        summary.levels_out += write_level_files(writer.out, rows, items, model)
+        if options.maps:
+            summary.maps_out += len(write_maps(options.maps, rows, model))
     return summary
 
 

@@ -81,6 +81,7 @@ class Sample:
     array: np.ndarray
     notes: tuple[str, ...] = ()
     path: str | None = None
+    geometry: Any = None  # highres recipe: pipeline.samples.Geometry, to put a map of the sample on the image
 
     @property
     def row(self) -> np.ndarray:
@@ -101,7 +102,7 @@ class SampleSpec:
         A task whose recipe crops around an ROI, given no ROI, gets the whole breast (with the task's note).
         An image too small to be a mammogram raises ImageReadError naming `path` (pipeline.samples).
         """
-        from pipeline.samples import make_sample
+        from pipeline.samples import highres_sample, make_sample, sample_side
 
         spec = get_task(self.task)
         laterality = getattr(meta, "laterality", None) if meta is not None else None
@@ -110,6 +111,13 @@ class SampleSpec:
         row: dict[str, Any] = {"sample_id": "input", "laterality": laterality}
         if path is not None:
             row["path"] = str(path)
+        if spec.sample_recipe == "highres":  # the whole breast at scale x size, whatever region is drawn
+            from pipeline.samples import check_not_blank
+
+            check_not_blank(np.asarray(image), path)
+            array, geometry = highres_sample(np.asarray(image, dtype=np.float32), laterality,
+                                             sample_side(size, float(self.params.get("scale", 1.0))), path)
+            return Sample(self.task, array, (), None if path is None else str(path), geometry)
         region = normalize_roi(roi)
         recipe, notes = spec.sample_recipe, ()
         if not spec.whole_breast:
@@ -451,6 +459,10 @@ def explain_sample(predictor: Predictor, sample: Sample, top: int = 10, heatmap:
     a fine-tuned head, else the occlusion sensitivity of the whole model (`occlusion_map`)."""
     from pipeline.training.model import final_classifier
 
+    if predictor.task_spec.levels:  # screening: the tile-score map on the original image
+        from pipeline.serving.screening import explain_screening
+
+        return explain_screening(predictor, sample, heatmap=heatmap)
     pipe = predictor.pipeline
     x = sample.row.reshape(1, -1)
     proba = pipe.predict_proba(x)[0]

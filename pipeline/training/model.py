@@ -354,7 +354,8 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             oof[val] = cal.predict_proba(X[val])
         self.calibrated_ = cal
         self.validation_index_ = np.sort(val)
-        self.validation_proba_ = oof[self.validation_index_]  # held-out patients' probabilities (conformal, groups)
+        self.validation_proba_ = oof[self.validation_index_]  # held-out patients' probabilities (conformal,
+        # per-density-group thresholds, screening's per-breast/per-exam thresholds)
         if k == 2:
             self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
         else:
@@ -412,6 +413,10 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
     from pipeline.compute import resolve_compute
     from pipeline.training.routing import request_groups
     from pipeline.config.tasks import get_task
+
+    builder = get_task(config["dataset"]["task"]).pipeline_builder
+    if builder != "standard":  # a task with its own Pipeline (screening: whole breast + tiles at high resolution)
+        return _pipeline_builder(builder)(config, cache_dir)
 
     cal, ev = config["calibration"], config["evaluation"]
     compute = resolve_compute(config, cache_dir=cache_dir, default_cache=False)
@@ -485,6 +490,15 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
         target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"])
     return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
                      ("classifier", request_groups(clf))])
+
+
+def _pipeline_builder(name: str) -> Any:
+    """The `build(config, cache_dir) -> Pipeline` function a Task's `pipeline_builder` names (imported lazily)."""
+    if name == "tiles":
+        from pipeline.training.screening import build_screening_pipeline
+
+        return build_screening_pipeline
+    raise ValueError(f"unknown pipeline builder {name!r}; known: standard, tiles")
 
 
 class MutualInfoSelector(SelectorMixin, BaseEstimator):

@@ -109,7 +109,10 @@ def dense_classes_for(classes: Sequence[str], configured: Sequence | None) -> li
 def sample_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The parameters that turn an image into a model input (stored with the model, reused by predict)."""
     s = config["samples"]
-    return {"size": int(s["size"]), "context": float(s["context"]), "min_side": int(s["min_side"])}
+    params = {"size": int(s["size"]), "context": float(s["context"]), "min_side": int(s["min_side"])}
+    if get_task(config["dataset"]["task"]).sample_recipe == "highres":  # the breast at scale x size (screening)
+        params["scale"] = float(config["screening"]["scale"])
+    return params
 
 
 def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.DataFrame:
@@ -141,6 +144,10 @@ def task_table(config: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str], Path
     spec = get_task(ds["task"])
     task = spec.name
     path = Path(ds["path"]).expanduser() if ds["path"] else default_mias_dir()
+    if not path.is_absolute() and not path.exists():  # experiments name paths relative to the project folder
+        from pipeline.paths import PROJECT_DIR
+
+        path = PROJECT_DIR / path
     full = load_dataset(ds["adapter"], path)
     table = spec.rows(full, ds)
     label_col = spec.label_column
@@ -214,10 +221,11 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     table, classes, path = task_table(config)
     sp = sample_params(config)
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"preparing {sp['size']} px samples")
+             f"preparing {round(sp.get('scale', 1.0) * sp['size'])} px samples")
     X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=sample_jobs(config),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"], progress_bar=progress_bar)
+                             min_side=sp["min_side"], progress_bar=progress_bar,
+                             **({"scale": sp["scale"]} if "scale" in sp else {}))
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
     return _task_data(config, table, classes, path, errors, len(X), X=X)
@@ -240,6 +248,8 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
         cache = session.cache_dir  # the folder the workers were pointed at (shared storage)
     else:
         cache = compute.cache_dir
+    if spec.levels:  # screening fits its tile scorer on the high-resolution samples themselves: in memory
+        return None
     parts = stream.split_pipeline(build_pipeline(config, cache))
     if parts is None:
         return None
@@ -304,6 +314,12 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         crossing = set(data.groups[tr]) & set(data.groups[te])
         if crossing:  # StratifiedGroupKFold guarantees this; checked because the whole evaluation rests on it
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
+    levels = None
+    if task.levels:  # breasts and exams beside images (screening): in-fold thresholds per level
+        from pipeline.training.levels import LevelTracker, check_folds
+
+        check_folds(folds, data.table)
+        levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"])
     pipe = build_pipeline(config, cache_dir)
     X = data.X
     if data.streamed:  # the frozen front already ran (streamed features): folds fit only the stateful head
@@ -315,6 +331,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         trust.add_fold(tr, te, final_classifier(est), p)
+        if levels is not None:
+            levels.on_fold(i, tr, te, est, p)
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task.uses_threshold else None
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
@@ -339,6 +357,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
     metrics.update(trust.metrics(call, kw))
+    if levels is not None:
+        metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=task.levels, **kw))
     exams = exam_ids(data)
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
@@ -358,6 +378,9 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         for j, c in enumerate(data.classes):
             oof[f"exam_p_{c}"] = exam_proba[:, j]
         oof["exam_predicted"] = [data.classes[i] for i in exam_proba.argmax(axis=1)]
+    if levels is not None:
+        for column, values in levels.oof_columns(cv.proba[:, 1]).items():
+            oof[column] = values
     if task.uses_threshold:
         oof["threshold"] = cv.threshold
         oof["call"] = np.where(call, data.classes[1], data.classes[0])
@@ -463,8 +486,13 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
             final = fit_final(cfg, data, cache)
+            decision_extra = None
+            if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
+                from pipeline.training.screening import finish_screening_model
+
+                decision_extra = finish_screening_model(final, cfg, data.X, data.y, data.table, cache)
             strip_requests(disable_cache(final))
-            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id)
+            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra)
             registry.log_text(card.to_json(), "model_card/card.json")
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2] if data.X is not None else data.example,
@@ -493,10 +521,11 @@ def _log_rendered_card(card: ModelCard) -> None:
 
 
 def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv: CVResult, classifier: Any,
-               digest: str, run_id: str | None) -> ModelCard:
+               digest: str, run_id: str | None, decision_extra: Mapping[str, Any] | None = None) -> ModelCard:
     """The model card of a trained model: task, classes, decision rule (with per-density-group thresholds where
-    the data allow), sample parameters, data, split, metrics (conformal coverage included), reliability bins and
-    the conformal state the Predictor forms prediction sets with."""
+    the data allow; screening: per-level thresholds in `decision_extra`), sample parameters, data, split, metrics
+    (conformal coverage included), reliability bins and the conformal state the Predictor forms prediction sets
+    with."""
     cfg = exp.config
     spec = get_task(exp.task)
     table = data.table
@@ -520,7 +549,8 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         task=spec.name,
         classes=list(data.classes),
         ordinal=spec.ordinal,
-        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg), **decision_trust},
+        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg), **decision_trust,
+                  **(decision_extra or {})},
         sample_params=sample_params(cfg),
         preprocessing=dict(cfg["preprocessing"]),
         features=dict(cfg["features"]),

@@ -76,7 +76,7 @@ def test_a_new_task_is_one_entry_with_a_derived_label_and_its_own_rule(monkeypat
     register_rule(AlwaysPositive())
     base = get_task("malignancy")
     screening = register_task(Task(
-        name="screening", label_column="screening_label", sample_recipe="breast",
+        name="screening_like", label_column="screening_label", sample_recipe="breast",
         select_rows=lambda full, ds: full, metric_fn=base.metric_fn, metric_keys=base.metric_keys,
         headline_keys=("cv_roc_auc",), default_champion_metric="cv_roc_auc", decision_rule="always",
         default_classes=("negative", "malignant"),
@@ -84,7 +84,23 @@ def test_a_new_task_is_one_entry_with_a_derived_label_and_its_own_rule(monkeypat
     table = screening.rows(pd.DataFrame({"pathology": ["malignant", "benign", None]}), {})
     assert table["screening_label"].tolist() == ["malignant", "negative", "negative"]
     assert decide(np.array([[0.9, 0.1]]), screening.resolve_classes([]), {"rule": "always"}) == ["malignant"]
-    config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["dataset.task=screening"]).config
+    config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["dataset.task=screening_like"]).config
+    assert config["tracking"]["champion_metric"] == "cv_roc_auc"
+
+
+def test_screening_is_a_registered_task_labelled_from_pathology_and_normal():
+    screening = get_task("screening")
+    full = pd.DataFrame({"path": ["a", "a", "b", "c", "d"], "sample_id": list("vwxyz"),
+                         "pathology": ["benign", "malignant", "benign", None, None],
+                         "is_normal": [False, False, False, True, False]})
+    rows = screening.rows(full, {})
+    assert rows["path"].tolist() == ["a", "b", "c"]  # one row per image; d has no known status
+    assert rows["screening"].tolist() == ["malignant", "not_malignant", "not_malignant"]
+    assert screening.resolve_classes([]) == ["not_malignant", "malignant"] and screening.uses_threshold
+    assert screening.is_metric("cv_breast_roc_auc") and screening.is_metric("cv_exam_spec_at_target")
+    assert not get_task("malignancy").is_metric("cv_breast_roc_auc")
+    config = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml").config
+    assert config["tracking"]["registered_model_name"] == "mammoscope-screening"
     assert config["tracking"]["champion_metric"] == "cv_roc_auc"
 
 

@@ -14,7 +14,7 @@ from tests._app_helpers import MIAS_PNG
 def predictors(tiny_store):
     from pipeline.serving.predict import load_task_models
 
-    return load_task_models(alias="champion", tracking_uri=tiny_store.tracking_uri)
+    return load_task_models(("density", "malignancy"), alias="champion", tracking_uri=tiny_store.tracking_uri)
 
 
 def test_app_and_batch_give_identical_probabilities_for_the_same_image_and_model(tiny_store, predictors, tmp_path):

@@ -29,6 +29,9 @@ _PATHOLOGY = {
     "1": "malignant",
     "cancer": "malignant",
 }
+# images read as normal (no finding): pathology stays empty (density/malignancy unchanged); the screening task
+# (pipeline.screening.labels) counts them as not malignant through the extra column ``is_normal``
+_NORMAL = {"normal", "norm", "negative", "none"}
 _BOX = ("x0", "y0", "x1", "y1")
 _CIRCLE = ("cx", "cy", "r")
 _SIDES = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
@@ -83,14 +86,17 @@ def load_manifest(csv: str | Path) -> pd.DataFrame:
     out["patient_id"] = df["patient_id"].astype(str)
     out["density"] = df["density"].str.upper() if "density" in df.columns else np.nan
     if "pathology" in df.columns:
-        mapped = df["pathology"].str.strip().str.lower().map(_PATHOLOGY)
-        bad = df["pathology"].notna() & mapped.isna()
+        text = df["pathology"].str.strip().str.lower()
+        mapped = text.map(_PATHOLOGY)
+        normal = text.isin(_NORMAL)
+        bad = df["pathology"].notna() & mapped.isna() & ~normal
         if bad.any():
             raise DatasetError(
                 f"{csv}: pathology values {sorted(set(df.loc[bad, 'pathology']))[:5]} are not understood; "
-                "use benign or malignant (or leave empty for unknown)"
+                "use benign, malignant or normal (or leave empty for unknown)"
             )
         out["pathology"] = mapped
+        out["is_normal"] = normal
     if "laterality" in df.columns:
         out["laterality"] = df["laterality"].str.strip().str.upper().map(_SIDES)
     if "view" in df.columns:

@@ -87,6 +87,7 @@ def load_mias(root: str | Path) -> pd.DataFrame:
                 "source": "mini-MIAS",
                 "image_id": ref,
                 "abnormality_class": klass.upper(),
+                "is_normal": klass.upper() == "NORM",  # screening: a normal image is a negative
                 "background_tissue": tissue.upper(),
             }
         )

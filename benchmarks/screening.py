@@ -1,0 +1,147 @@
+"""Benchmark of screening mode against the plain whole-image recipe, patient-level 5-fold CV (seed 0), same folds.
+
+Prints for each dataset (CDD-CESM malignant vs not, mini-MIAS malignant images vs the rest), at image, breast
+(views fused by the experiment's view_fusion) and exam (most suspicious breast) level: ROC AUC [95% CI] and the
+specificity at the threshold chosen inside the training folds for 95% sensitivity, with the sensitivity reached;
+for the screening recipe also the training time from an empty feature cache (samples + every image's features +
+the final fit), the time to score one image from its file (2 threads, no cache) and the peak memory.
+
+Plain recipe: pad to square, 224 px, CLAHE, unsharp mask, GLCM (64 levels) + 32-bin histogram + first-order
+statistics, frozen EfficientNet-Lite0, XGBoost with sigmoid calibration (experiments/defaults.yaml, density-style
+whole-breast sample, binary labels).
+
+Run: nohup .venv/bin/python benchmarks/screening.py > screening.log 2>&1 &   (--datasets mias for the short one,
+--max-images 60 for a smoke run). Timings are wall-clock on a shared machine: treat them as noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.config.experiment import load_experiment  # noqa: E402
+from pipeline.evaluation.splits import patient_stratified_folds  # noqa: E402
+from pipeline.io.imageio import read_image  # noqa: E402
+from pipeline.paths import default_cache_dir  # noqa: E402
+from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: E402
+from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
+from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
+from pipeline.training.routing import fit_with_groups  # noqa: E402
+from pipeline.training.screening import build_screening_pipeline, whole_image_config  # noqa: E402
+from pipeline.training.train import load_task_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = {"cdd": ROOT / "experiments" / "cdd_cesm_screening.yaml", "mias": ROOT / "experiments" / "mias_screening.yaml"}
+
+
+def peak_mib() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def line(name: str, m: dict) -> str:
+    """One printed row: per level AUC [CI] and spec @ in-fold 95%-sens threshold (sens reached)."""
+    cells = [f"{lv:>6} AUC {m[f'{lv}_roc_auc']:.3f} [{m[f'{lv}_roc_auc_ci_low']:.3f}-{m[f'{lv}_roc_auc_ci_high']:.3f}]"
+             f" spec {m[f'{lv}_spec_at_target']:.2f} (sens {m[f'{lv}_sens_at_target']:.2f}, n {int(m[f'{lv}_n'])})"
+             for lv in LEVELS]
+    return f"{name:<10}" + " | ".join(cells)
+
+
+def score_time(pipe, table, side: int, n: int) -> float:
+    """Seconds to score one image from its file: read, screening sample, features, classifier (no cache)."""
+    fitted = disable_cache(pipe)
+    rows = table.head(n + 1)
+    t0 = time.perf_counter()
+    for i, r in enumerate(rows.itertuples()):
+        if i == 1:  # the first image warms the networks up: not timed
+            t0 = time.perf_counter()
+        image, meta = read_image(r.path)
+        lat = r.laterality if isinstance(r.laterality, str) else meta.laterality
+        sample, _ = highres_sample(image, lat, side, r.path)
+        fitted.predict_proba(sample.reshape(1, -1))
+    return (time.perf_counter() - t0) / max(len(rows) - 1, 1)
+
+
+def run(name: str, args: argparse.Namespace) -> None:
+    overrides = {"compute": {"n_jobs": 2}}
+    if args.max_images:
+        overrides["dataset"] = {"max_samples": args.max_images}
+    config = load_experiment(EXPERIMENTS[name], overrides).config
+    ev, how = config["evaluation"], config["screening"]["view_fusion"]
+    cold = args.screening_cache or Path(tempfile.mkdtemp(prefix="screening_cold_", dir=args.cache))
+    print(f"== {name}: {config['name']} ({'given' if args.screening_cache else 'cold'} cache {cold})", flush=True)
+    t0 = time.perf_counter()
+    data = load_task_data(config, progress=print)
+    data.side = sample_side(config["samples"]["size"], config["screening"]["scale"])
+    t_samples = time.perf_counter() - t0
+    groups = data.groups
+    folds = patient_stratified_folds(data.y, groups, ev["folds"], ev["seed"])
+    print(f"{len(data.y)} images, {data.y.sum()} malignant, {len(set(groups))} patients; samples "
+          f"{data.side} px in {t_samples:.0f} s", flush=True)
+
+    # screening: training from an empty cache = samples + features of every image + the final fit
+    pipe = build_screening_pipeline(config, cold)
+    t1 = time.perf_counter()
+    final = fit_with_groups(clone(pipe), data.X, data.y, groups)
+    t_train = t_samples + time.perf_counter() - t1
+    print(f"screening: trained on all images from an empty cache in {t_train:.0f} s ({t_train / 60:.1f} min); "
+          f"peak memory {peak_mib():.0f} MiB", flush=True)
+    scr = cross_validate_levels(lambda: clone(pipe), data.X, data.y, data.table, ev, how, folds, progress=print)
+    print(line("screening", scr.metrics), flush=True)  # printed at once: the plain recipe takes a while
+    torch.set_num_threads(2)
+    per_image = score_time(final, data.table, data.side, args.time_images)
+    print(f"screening: {per_image:.2f} s per image (2 threads, from the file, no cache)", flush=True)
+
+    # plain recipe on the same images and folds
+    plain_cfg = whole_image_config(config)
+    X224, errors = load_samples(data.table, "density", size=int(config["samples"]["size"]))
+    assert errors.empty, errors.head()
+    plain_pipe = build_pipeline(plain_cfg, args.cache / "plain")
+    plain = cross_validate_levels(lambda: clone(plain_pipe), X224, data.y, data.table, ev, how, folds, progress=print)
+    del X224
+
+    print(f"\n## {name}: patient-level {ev['folds']}-fold CV, seed {ev['seed']}, 95% bootstrap CIs, "
+          f"breast = views fused by {how}, exam = most suspicious breast")
+    print(line("plain", plain.metrics))
+    print(line("screening", scr.metrics))
+    for lv in LEVELS:
+        half = (plain.metrics[f"{lv}_roc_auc_ci_high"] - plain.metrics[f"{lv}_roc_auc_ci_low"]) / 2
+        gain = scr.metrics[f"{lv}_roc_auc"] - plain.metrics[f"{lv}_roc_auc"]
+        print(f"{lv}: AUC gain {gain:+.3f} vs plain CI half-width {half:.3f} -> {'beats' if gain >= half else 'does not beat'}")
+    print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
+          f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
+    if not args.keep_cold and not args.screening_cache:
+        shutil.rmtree(cold, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="cdd,mias", help="comma-separated: mias, cdd")
+    parser.add_argument("--max-images", type=int, default=None, help="at most this many images (smoke run)")
+    parser.add_argument("--time-images", type=int, default=8, help="images timed for the per-image score")
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache folder")
+    parser.add_argument("--keep-cold", action="store_true", help="keep the screening cache (re-runs reuse nothing)")
+    parser.add_argument("--screening-cache", type=Path, default=None,
+                        help="reuse this screening feature cache (a kept cold cache): the training time printed is "
+                             "then not from an empty cache")
+    args = parser.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(2)
+    for name in args.datasets.split(","):
+        run(name.strip(), args)
+
+
+if __name__ == "__main__":
+    main()

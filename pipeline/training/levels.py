@@ -1,0 +1,133 @@
+"""Screening evaluation at three levels: image, breast (its views fused: mean or max of their probabilities) and
+exam (its most suspicious breast), from one patient-level cross-validation.
+
+The operating point of each level is chosen inside the training folds: the final classifier's inner out-of-fold
+probabilities of the training images (`PatientCalibratedClassifier.validation_proba_`) are fused the same way and
+the highest threshold reaching the target sensitivity there is applied unchanged to the test fold.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.evaluation.metrics import binary_metrics, choose_threshold
+from pipeline.evaluation.splits import patient_stratified_folds
+from pipeline.io.datasets.screening import level_ids
+from pipeline.training.cv import cross_validate
+from pipeline.training.model import final_classifier
+
+__all__ = ["LEVELS", "fuse", "level_ids", "level_proba", "check_folds", "LevelTracker", "LevelCV",
+           "cross_validate_levels"]
+
+log = logging.getLogger(__name__)
+LEVELS = ("image", "breast", "exam")
+
+
+def fuse(p: np.ndarray, y: np.ndarray, ids: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(group ids, group label = any positive, group probability = mean or max of its rows), groups sorted."""
+    if how not in ("mean", "max"):
+        raise ValueError(f"fusion must be 'mean' or 'max'; got {how!r}")
+    df = pd.DataFrame({"id": np.asarray(ids, str), "y": np.asarray(y, int), "p": np.asarray(p, float)})
+    g = df.groupby("id", sort=True)
+    return g.size().index.to_numpy(), g["y"].max().to_numpy(), g["p"].agg(how).to_numpy()
+
+
+def level_proba(p: np.ndarray, y: np.ndarray, ids: Mapping[str, np.ndarray], how: str
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per level (ids, y, p); an exam's probability is the max over its breasts' fused probabilities."""
+    out = {"image": fuse(p, y, ids["image"], "max"), "breast": fuse(p, y, ids["breast"], how)}
+    b_ids, b_y, b_p = out["breast"]
+    exam_of_breast = pd.Series(ids["exam"], index=ids["breast"]).groupby(level=0).first().reindex(b_ids).to_numpy()
+    out["exam"] = fuse(b_p, b_y, exam_of_breast, "max")
+    return out
+
+
+def check_folds(folds: list[tuple[np.ndarray, np.ndarray]], table: pd.DataFrame) -> None:
+    """Raise RuntimeError when any patient, breast or exam has rows on both sides of a fold."""
+    ids = {"patient": table["patient_id"].astype(str).to_numpy(), **level_ids(table)}
+    for tr, te in folds:
+        for level, col in ids.items():
+            crossing = set(col[tr]) & set(col[te])
+            if crossing:
+                raise RuntimeError(f"{level} {sorted(crossing)[:3]} is in both a training and a test fold")
+
+
+class LevelTracker:
+    """Collects, fold by fold, the in-fold operating point of each level and the test units' calls at it; then the
+    metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the benchmark)."""
+
+    def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean") -> None:
+        self.ids = level_ids(table)
+        self.y = np.asarray(y, int)
+        self.target = float(target_sensitivity)
+        self.how = how
+        self.thresholds: dict[str, list[float]] = {lv: [] for lv in LEVELS}
+        self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
+
+    def on_fold(self, i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        """Thresholds from the fold's classifier's inner OOF probabilities (training rows only), applied to te."""
+        clf = final_classifier(est)
+        sub = {k: v[tr][clf.validation_index_] for k, v in self.ids.items()}
+        inner = level_proba(clf.validation_proba_[:, 1], self.y[tr][clf.validation_index_], sub, self.how)
+        outer = level_proba(p[:, 1], self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
+        for lv in LEVELS:
+            t = choose_threshold(inner[lv][1], inner[lv][2], self.target)
+            self.thresholds[lv].append(float(t))
+            self.calls[lv].update({u: float(q) >= t for u, q in zip(outer[lv][0], outer[lv][2])})
+
+    def metrics(self, p: np.ndarray, prefix: str = "{level}_", levels: tuple[str, ...] = LEVELS,
+                **kw: Any) -> dict[str, float]:
+        """binary_metrics of the out-of-fold positive-class probabilities `p` at each level (prefix per level)."""
+        fused = level_proba(np.asarray(p, float), self.y, self.ids, self.how)
+        out: dict[str, float] = {}
+        for lv in levels:
+            u, yy, pp = fused[lv]
+            out.update(binary_metrics(yy, pp, np.array([self.calls[lv][k] for k in u]),
+                                      prefix=prefix.format(level=lv), **kw))
+        return out
+
+    def oof_columns(self, p: np.ndarray) -> dict[str, np.ndarray]:
+        """Per image row: its breast and exam ids and their fused out-of-fold probabilities."""
+        fused = level_proba(np.asarray(p, float), self.y, self.ids, self.how)
+        out: dict[str, np.ndarray] = {}
+        for lv in ("breast", "exam"):
+            u, _, pp = fused[lv]
+            out[f"{lv}_id"] = self.ids[lv]
+            out[f"p_{lv}"] = pd.Series(pp, index=u).reindex(self.ids[lv]).to_numpy()
+        return out
+
+
+@dataclass
+class LevelCV:
+    """Out-of-fold results of a screening cross-validation at each level."""
+
+    metrics: dict[str, float]
+    oof: pd.DataFrame                     # one row per image: ids, fold, label, p, fused breast and exam p
+    thresholds: dict[str, list[float]]    # per level, the in-fold threshold of each fold
+
+
+def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, table: pd.DataFrame,
+                          ev: Mapping[str, Any], how: str = "mean",
+                          folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                          progress: Callable[[str], None] = log.info) -> LevelCV:
+    """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds."""
+    groups = table["patient_id"].astype(str).to_numpy()
+    folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
+    check_folds(folds, table)
+    tracker = LevelTracker(table, y, ev["target_sensitivity"], how)
+
+    def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        tracker.on_fold(i, tr, te, est, p)
+        progress(f"fold {i + 1}/{len(folds)}: train {len(tr)} test {len(te)} images")
+
+    cv = cross_validate(make_estimator, X, y, groups, folds, route_groups=True, on_fold=on_fold)
+    kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
+              ece_bins=ev["ece_bins"])
+    metrics = tracker.metrics(cv.proba[:, 1], **kw)
+    oof = pd.DataFrame({"sample_id": tracker.ids["image"], "patient_id": groups, "fold": cv.fold, "y": y,
+                        "p": cv.proba[:, 1], **tracker.oof_columns(cv.proba[:, 1])})
+    return LevelCV(metrics, oof, tracker.thresholds)

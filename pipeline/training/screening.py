@@ -1,0 +1,115 @@
+"""The screening estimator: whole-breast features (the 224 px recipe) fused with pooled tile embeddings of the
+breast at `screening.scale` x the working resolution -> calibrated XGBoost; and the tile scorer behind the map.
+
+    Pipeline([
+        ("features", FeatureUnion([
+            ("whole", Pipeline([Resize(S), <preprocess + FeatureUnion(handcrafted, CNN) of the density recipe>])),
+            ("tiles", Pipeline([("embed", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),
+                                ("pool", TilePooling)])),
+        ])),
+        ("select", ...), ("classifier", PatientCalibratedClassifier(WeightedXGBClassifier)),
+    ])
+
+Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S).
+
+`finish_screening_model` completes a final fit for serving: the tile scorer of the map is fitted on the same rows and
+kept on the Pipeline as ``heatmap_`` (persisted with it by skops), and the operating point of each level (breast,
+exam) is chosen on the classifier's inner out-of-fold probabilities (``validation_proba_``) of the training rows.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import FeatureUnion, Pipeline
+
+from pipeline.evaluation.metrics import choose_threshold
+from pipeline.io.datasets.screening import level_ids
+from pipeline.training.levels import LEVELS, level_proba
+from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
+
+__all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
+           "level_thresholds", "finish_screening_model"]
+
+
+def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config of the plain whole-breast recipe (the density sample recipe, binary labels)."""
+    plain = copy.deepcopy(dict(config))
+    plain["dataset"] = {**plain["dataset"], "task": "density"}
+    return plain
+
+
+def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> CachedTransformer:
+    """Cached per image: CLAHE -> unsharp (radius scaled to the high resolution) -> TileEmbedder."""
+    from features.clahe import CLAHE
+    from features.tiles import TileEmbedder
+    from features.unsharp import UnsharpMask
+
+    pre, sc, cn = config["preprocessing"], config["screening"], config["features"]["cnn"]
+    steps: list[tuple[str, Any]] = []
+    if pre["clahe"]["enabled"]:
+        steps.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
+                                     keep_zero=True)))
+    if pre["unsharp"]["enabled"]:
+        steps.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"] * float(sc["scale"]),
+                                             amount=pre["unsharp"]["amount"], keep_zero=True)))
+    n_jobs = int(config["compute"]["n_jobs"])
+    steps.append(("embed", TileEmbedder(tile_size=int(sc["tile_size"]), overlap=float(sc["overlap"]),
+                                        max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
+                                        backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"],
+                                        batch_size=int(cn["batch_size"]),
+                                        n_threads=n_jobs if n_jobs > 0 else None)))
+    return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
+
+
+def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
+    """The screening Pipeline of a resolved config (dataset.task screening)."""
+    from features.resize import Resize
+    from features.tiles import TilePooling
+
+    sc = config["screening"]
+    plain = build_pipeline(whole_image_config(config), cache_dir)
+    union: list[tuple[str, Any]] = []
+    if sc["whole_breast"]:
+        union.append(("whole", Pipeline([("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
+                                         ("preprocess", plain.named_steps["preprocess"]),
+                                         ("features", plain.named_steps["features"])])))
+    union.append(("tiles", Pipeline([
+        ("embed", tile_embedding_step(config, cache_dir)),
+        ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
+    ])))
+    return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
+                     ("classifier", plain.named_steps["classifier"])])
+
+
+def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
+    """Tile embeddings -> TileScorer (each tile inherits its image's label): the per-tile scores of the map."""
+    from features.tiles import TileScorer
+
+    sc = config["screening"]
+    return Pipeline([("embed", tile_embedding_step(config, cache_dir)),
+                     ("scorer", TileScorer(max_tiles=int(sc["max_tiles"]), top_k=1, C=float(sc["map_C"]),
+                                           random_state=int(config["evaluation"]["seed"])))])
+
+
+def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float
+                     ) -> dict[str, float]:
+    """Per level (image, breast, exam): the highest threshold reaching `target` sensitivity on the fitted
+    classifier's inner out-of-fold probabilities of its training rows (`table`, `y`), fused as at scoring time."""
+    ids = {k: v[classifier.validation_index_] for k, v in level_ids(table).items()}
+    inner = level_proba(classifier.validation_proba_[:, 1], np.asarray(y)[classifier.validation_index_], ids, how)
+    return {lv: float(choose_threshold(inner[lv][1], inner[lv][2], target)) for lv in LEVELS}
+
+
+def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.ndarray, y: np.ndarray,
+                           table: pd.DataFrame, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Fit the map's tile scorer onto `final` (``final.heatmap_``) and return the card's extra decision entries:
+    ``level_thresholds`` {image, breast, exam} and ``view_fusion``."""
+    final.heatmap_ = disable_cache(build_map_pipeline(config, cache_dir).fit(X, y))
+    how = str(config["screening"]["view_fusion"])
+    thresholds = level_thresholds(final_classifier(final), table, y, how,
+                                  float(config["evaluation"]["target_sensitivity"]))
+    return {"level_thresholds": thresholds, "view_fusion": how}

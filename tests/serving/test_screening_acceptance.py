@@ -1,0 +1,151 @@
+"""Acceptance (#15): a tiny screening experiment trained end to end on real CDD-CESM images and registered; one exam
+scored through the Predictor, the app (gradio_client, no region) and `mammoscope predict` (per-image, per-breast and
+per-exam rows that agree with each other)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+from pipeline.paths import default_data_root
+
+CDD = default_data_root() / "cdd_cesm" / "manifest.csv"
+NAME = "mammoscope-screening-acceptance"
+TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
+                     "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
+        "samples": {"size": 32},
+        "screening": {"scale": 2.0, "tile_size": 32, "max_tiles": 4},
+        "model": {"n_estimators": 15}, "calibration": {"inner_folds": 2},
+        "evaluation": {"folds": 3, "bootstrap_resamples": 20},
+        "dataset": {"max_samples": 28},
+        "compute": {"n_jobs": 1},
+        "tracking": {"experiment_name": "mammoscope-test", "registered_model_name": NAME}}
+
+pytestmark = pytest.mark.skipif(not CDD.is_file(), reason="CDD-CESM is not in shared/data")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.training.train import train_experiment
+
+    root = tmp_path_factory.mktemp("screening")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", TINY)
+    result = train_experiment(exp, uri, cache_dir=root / "cache")
+    return uri, result, root
+
+
+def test_train_cross_validates_every_level_and_registers_the_champion_with_its_card(trained):
+    from pipeline.serving.predict import load_predictor
+
+    uri, result, _ = trained
+    for level in ("", "breast_", "exam_"):
+        assert 0.0 <= result.metrics[f"cv_{level}roc_auc"] <= 1.0
+        assert np.isfinite(result.metrics[f"cv_{level}spec_at_target"])
+    assert result.metrics["cv_n"] > result.metrics["cv_breast_n"] > result.metrics["cv_exam_n"]
+    assert result.promoted and result.model_name == NAME
+    predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
+    card = predictor.card
+    assert card.task == "screening" and card.classes == ["not_malignant", "malignant"]
+    assert card.decision["rule"] == "threshold" and card.sample_params["scale"] == 2.0
+    assert set(card.decision["level_thresholds"]) == {"image", "breast", "exam"}
+    assert "cv_exam_roc_auc" in card.metrics
+    assert getattr(predictor.pipeline, "heatmap_", None) is not None  # the map travels with the model
+
+
+def _exam(result) -> pd.DataFrame:
+    """The rows of one patient with both breasts imaged in two views (an exam of four images)."""
+    oof = result.oof
+    table = pd.read_csv(CDD)
+    table["path"] = [str((CDD.parent / f).resolve()) for f in table["file"]]
+    table = table[table["patient_id"].isin(set(oof["patient_id"]))]
+    full = table.groupby("patient_id").filter(lambda g: len(g) == 4 and g["laterality"].nunique() == 2)
+    return full[full["patient_id"] == sorted(full["patient_id"])[0]].reset_index(drop=True)
+
+
+def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from pipeline.cli import main
+    from pipeline.io.imageio import read_image
+    from pipeline.serving.predict import load_predictor
+    from pipeline.serving.screening import level_rows
+    from tests._app_helpers import running_app
+
+    uri, result, _ = trained
+    exam = _exam(result)
+    predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
+    samples = []
+    for row in exam.itertuples():
+        image, meta = read_image(row.path)
+        from dataclasses import replace
+
+        samples.append(predictor.prepare(image, replace(meta, laterality=row.laterality), path=row.path))
+    scores = predictor.score(samples)
+    p = scores.probabilities[:, 1]
+    expected = level_rows(exam.assign(sample_id=exam["path"]), p, predictor.card)
+    # Predictor: a breast = the mean of its two views, the exam = its most suspicious breast
+    breast_p = exam.assign(p=p).groupby("laterality")["p"].mean()
+    assert np.allclose(sorted(expected["breast"]["screening_p_malignant"]), sorted(breast_p))
+    assert np.isclose(expected["exam"]["screening_p_malignant"].iloc[0], breast_p.max())
+
+    # the app, no region: the screening probability, operating point and call; same number as the Predictor
+    first = exam.loc[0, "path"]
+    with running_app(uri, models={"screening": predictor}) as (url, _demo):
+        client = Client(url, verbose=False)
+        out = client.predict(handle_file(first), "", api_name="/predict")
+    app = out["results"]["screening"]
+    assert app["call"] in ("not_malignant", "malignant") and app["threshold"] == predictor.threshold
+    image, meta = read_image(first)  # the app reads laterality from the file (CDD-CESM PNGs carry none)
+    alone = predictor.score([predictor.prepare(image, meta, path=first)]).probabilities[0, 1]
+    assert app["probabilities"]["malignant"] == pytest.approx(alone, abs=1e-9)
+    ex = predictor.explain(predictor.prepare(image, meta, path=first))
+    assert ex["heatmap_original"].shape == image.shape and ex["heatmap_original"].max() > 0
+
+    # mammoscope predict on a manifest naming patients, laterality and views: three files that agree
+    manifest = tmp_path / "exam.csv"
+    exam[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
+    out_csv = tmp_path / "results.csv"
+    code = main(["predict", str(manifest), "--model", f"models:/{NAME}@champion", "--tracking-uri", uri,
+                 "--out", str(out_csv), "--maps", str(tmp_path / "maps"), "--n-jobs", "1", "--no-progress"])
+    assert code == 0
+    images = pd.read_csv(out_csv)
+    by_path = dict(zip(images["path"], images["screening_p_malignant"]))
+    assert np.allclose([by_path[str(Path(x))] for x in exam["path"]], p, atol=1e-6)
+    breasts = pd.read_csv(tmp_path / "results.screening.breasts.csv")
+    exams = pd.read_csv(tmp_path / "results.screening.exams.csv")
+    assert len(breasts) == 2 and len(exams) == 1 and (breasts["n_images"] == 2).all()
+    merged = images.assign(breast=images["laterality"]).groupby("breast")["screening_p_malignant"].mean()
+    assert np.allclose(breasts.set_index("laterality")["screening_p_malignant"].sort_index(), merged.sort_index())
+    assert np.isclose(exams["screening_p_malignant"].iloc[0], breasts["screening_p_malignant"].max())
+    thresholds = predictor.card.decision["level_thresholds"]
+    assert (breasts["screening_threshold"] == thresholds["breast"]).all()
+    assert exams["screening_call"].iloc[0] == ("malignant" if exams["screening_p_malignant"].iloc[0]
+                                               >= thresholds["exam"] else "not_malignant")
+    maps = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(maps) == 4
+    from PIL import Image
+
+    assert Image.open(maps[0]).size[::-1] == read_image(exam.loc[0, "path"])[0].shape
+
+
+def test_the_app_page_shows_the_screening_map_without_a_region_and_the_lesion_model_with_one(trained):
+    import gradio_app
+    from app_support import ImageCache
+    from pipeline.serving.predict import load_predictor
+
+    uri, result, _ = trained
+    predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
+    path = _exam(result).loc[0, "path"]
+    handlers = gradio_app._Handlers({"screening": predictor}, {}, ImageCache())
+    state = {"path": path, "pending": None}
+    *labels, summary, _status = handlers.refresh(state, "")
+    assert "operating point" in summary and "call" in summary and labels[list(gradio_app.TASKS).index("screening")]
+    _processed, overlay, notes = handlers.refresh_views(state, "")
+    loaded = handlers.cache.get(path)
+    assert overlay is not None and overlay.shape[:2][0] >= loaded.display.shape[0] and "heat map" in notes
+    assert handlers.active((10, 10, 200, 200)) == {}  # a drawn region: the region's (lesion) model answers

@@ -1,0 +1,69 @@
+"""Screening training: fusion per breast / exam, folds at every level, a tiny image/breast/exam CV on real images."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+
+from pipeline.config.experiment import resolve_config
+from pipeline.io.datasets.screening import CLASSES, screening_table
+from pipeline.samples import load_samples
+from pipeline.training.levels import check_folds, cross_validate_levels, fuse
+from pipeline.training.screening import build_screening_pipeline
+
+TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
+                     "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
+        "samples": {"size": 32},
+        "screening": {"scale": 2.0, "tile_size": 32, "max_tiles": 6},
+        "model": {"n_estimators": 20}, "calibration": {"inner_folds": 2},
+        "evaluation": {"folds": 3, "bootstrap_resamples": 50}, "dataset": {"task": "screening"}}
+
+
+def test_fuse_mean_max_and_exam_is_most_suspicious_breast():
+    ids, y, p = fuse(np.array([0.2, 0.6, 0.9]), np.array([0, 1, 0]), np.array(["b", "a", "b"]), "mean")
+    assert list(ids) == ["a", "b"] and list(y) == [1, 0] and np.allclose(p, [0.6, 0.55])
+    assert np.allclose(fuse(np.array([0.2, 0.9]), np.array([0, 0]), np.array(["b", "b"]), "max")[2], [0.9])
+
+
+def test_check_folds_catches_a_breast_across_folds():
+    t = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "patient_id": ["p1", "p1", "p2", "p2"],
+                      "laterality": ["L", "L", "R", "R"]})
+    check_folds([(np.array([0, 1]), np.array([2, 3]))], t)
+    with pytest.raises(RuntimeError, match="patient"):
+        check_folds([(np.array([0, 2]), np.array([1, 3]))], t)
+
+
+@pytest.fixture(scope="module")
+def tiny_mias(mias_dir):
+    from pipeline.io.datasets import load_dataset
+
+    table = screening_table(load_dataset("mias", mias_dir))
+    pos = table[table["screening"] == CLASSES[1]].head(12)
+    neg = table[table["screening"] == CLASSES[0]].head(24)
+    table = pd.concat([pos, neg]).reset_index(drop=True)
+    X, errors = load_samples(table, "highres", size=32, scale=2.0)
+    assert errors.empty
+    return table, X, (table["screening"] == CLASSES[1]).to_numpy().astype(int)
+
+
+def test_tiny_screening_cv_on_real_images_reports_every_level(tiny_mias, tmp_path):
+    table, X, y = tiny_mias
+    config = resolve_config(None, TINY)
+    pipe = build_screening_pipeline(config, tmp_path / "cache")
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    from pipeline.evaluation.splits import patient_stratified_folds
+
+    folds = patient_stratified_folds(y, table["patient_id"].to_numpy(), 3, 0)
+    res = cross_validate_levels(lambda: clone(pipe), X, y, table, config["evaluation"], folds=folds,
+                                progress=lambda m: seen.append(m))
+    for lv in ("image", "breast", "exam"):
+        assert 0.0 <= res.metrics[f"{lv}_roc_auc"] <= 1.0 and len(res.thresholds[lv]) == 3
+        assert np.isfinite(res.metrics[f"{lv}_spec_at_target"])
+    assert res.metrics["image_n"] == len(table) and res.metrics["exam_n"] == table["patient_id"].nunique()
+    # no patient, breast or exam crosses folds: every unit has one fold
+    for col in ("patient_id", "breast_id", "exam_id"):
+        assert (res.oof.groupby(col)["fold"].nunique() == 1).all()
+    # tiles: the tile matrix has one row per image, so a tile travels with its image (and patient)
+    tiles = pipe.named_steps["features"].transformer_list[-1][1]
+    assert clone(tiles).fit(X[:3]).transform(X[:3]).shape[0] == 3
