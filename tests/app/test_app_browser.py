@@ -44,6 +44,15 @@ def test_upload_crop_and_results_appear_without_a_predict_button(tiny_store, tmp
             page.wait_for_function(SUMMARY_HAS, arg="Region: whole image", timeout=60_000)
             assert f"version {versions['density']}@champion" in page.inner_text("#summary")
             assert "%" in page.inner_text("#density")
+            # #17: the density prediction set at its coverage, and the model card behind "About this model"
+            page.wait_for_function(SUMMARY_HAS, arg="prediction set", timeout=60_000)
+            assert "coverage" in page.inner_text("#summary")
+            page.click("#about button, #about .label-wrap")
+            page.wait_for_function("() => document.querySelector('#model-card') && "
+                                   "document.querySelector('#model-card').innerText.includes('Intended use')",
+                                   timeout=30_000)
+            card = page.inner_text("#model-card")
+            assert "Model card" in card and "Not for" in card
 
             image = page.locator("#view img")
             box = image.bounding_box()

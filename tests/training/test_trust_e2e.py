@@ -36,7 +36,7 @@ def test_registered_models_form_sets_and_name_the_threshold(tiny_store):
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_task_models, predict_image
 
-    models = load_task_models(tracking_uri=tiny_store.tracking_uri)
+    models = load_task_models(["density", "malignancy"], tracking_uri=tiny_store.tracking_uri)
     card = models["malignancy"].card
     conformal, decision = card.extra["conformal"], card.decision
     assert conformal["coverage"] == 0.90 and len(conformal["alphas"]) > 0
