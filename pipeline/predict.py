@@ -118,7 +118,8 @@ def _threshold(metadata: Mapping[str, Any]) -> float | None:
 def decide(proba: np.ndarray, metadata: Mapping[str, Any]) -> list[str | None]:
     """The call for each row of `proba` (n, k), columns in metadata["classes"] order: for a malignancy model the
     positive class (classes[1]) when its probability reaches metadata["threshold"], else classes[0] (None for every
-    row when the model has no operating point); for a density model the most probable class."""
+    row when the model has no operating point); for a density model the ordinal cut-points of
+    metadata["cutpoints"] on the expected class (pipeline.ordinal) when it has them, else the most probable class."""
     proba = np.asarray(proba, dtype=float)
     classes = [str(c) for c in metadata.get("classes") or []]
     if proba.ndim != 2 or proba.shape[1] != len(classes) or not classes:
@@ -129,6 +130,11 @@ def decide(proba: np.ndarray, metadata: Mapping[str, Any]) -> list[str | None]:
         if threshold is None or len(classes) != 2:
             return [None] * len(proba)
         return [classes[1] if p >= threshold else classes[0] for p in proba[:, 1]]
+    cuts = metadata.get("cutpoints")
+    if cuts is not None and len(cuts) == len(classes) - 1:  # #16: ordinal decision stored by train
+        from pipeline.ordinal import apply_cutpoints
+
+        return [classes[i] for i in apply_cutpoints(proba, cuts)]
     return [classes[i] for i in np.argmax(proba, axis=1)]
 
 
@@ -163,6 +169,8 @@ def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Any], roi: 
             entry["probability_malignant"] = p_pos
             if roi is None:
                 entry["notes"].append(NO_ROI_NOTE)
+        elif md.get("cutpoints") is not None and classes:  # #16: the ordinal density call, beside the arg-max
+            entry["call"] = decide(proba[None, :], rule)[0]
         out[task] = entry
     return out
 

@@ -212,7 +212,7 @@ def _metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | Non
               confidence_level=ev["confidence_level"], seed=ev["seed"], ece_bins=ev["ece_bins"], prefix=prefix)
     if task == "malignancy":
         return binary_metrics(y, proba[:, 1], call, **kw)
-    return multiclass_metrics(y, proba, classes, **kw)
+    return multiclass_metrics(y, proba, classes, pred=call, **kw)
 
 
 def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None,
@@ -229,11 +229,16 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
     pipe = build_pipeline(config, cache_dir)
     started = time.perf_counter()
+    exams = exam_ids(data)
+    calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # #16: the model's own decisions
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        calls[te] = final_classifier(est).decide(p)
+        exam_calls[te] = final_classifier(est).decide(exam_average(p, exams[te]))
         thr = float(final_classifier(est).threshold_)
         call = p[:, 1] >= thr if task == "malignancy" else None
-        fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
+        fm = _metrics(task, data.y[te], p, call if task == "malignancy" else calls[te], data.classes, ev, prefix="",
+                      n_resamples=0)
         fm = {k: v for k, v in fm.items() if not k.endswith(("_ci_low", "_ci_high"))}
         if task == "malignancy":
             fm["threshold"] = thr
@@ -247,25 +252,28 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
                         fit_groups_param="classifier__groups", on_fold=fold_done)
     call = cv.call if task == "malignancy" else None
-    metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
+    metrics = _metrics(task, data.y, cv.proba, call if task == "malignancy" else calls, data.classes, ev,
+                       prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
-    exams = exam_ids(data)
     exam_proba = None
     if task == "density" and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
         exam_proba = exam_average(cv.proba, exams)
         # one row per (exam, label): an exam's images share their averaged call, so counting each image would
         # shrink the bootstrap CI; exams whose images carry different labels keep one row per label
         first = ~pd.DataFrame({"exam": exams, "y": data.y}).duplicated().to_numpy()
-        metrics.update(multiclass_metrics(data.y[first], exam_proba[first], data.classes, prefix="cv_exam_", **kw))
+        metrics.update(multiclass_metrics(data.y[first], exam_proba[first], data.classes, prefix="cv_exam_",
+                                          pred=exam_calls[first], **kw))
     oof = pd.DataFrame({"sample_id": data.table["sample_id"].astype(str), "patient_id": data.groups,
                         "fold": cv.fold, "label": [data.classes[i] for i in data.y],
                         "density": data.density})
     for j, c in enumerate(data.classes):
         oof[f"p_{c}"] = cv.proba[:, j]
     oof["predicted"] = [data.classes[i] for i in cv.proba.argmax(axis=1)]
+    if task != "malignancy":
+        oof["call"] = [data.classes[i] for i in calls]
     if exam_proba is not None:
         oof["exam_id"] = exams
         for j, c in enumerate(data.classes):
@@ -346,6 +354,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             clf = final_classifier(final)
             meta = {
                 "task": task, "classes": data.classes, "threshold": float(clf.threshold_),
+                "cutpoints": None if clf.cutpoints_ is None else [float(c) for c in clf.cutpoints_],  # #16 ordinal
                 "target_sensitivity": float(cfg["evaluation"]["target_sensitivity"]),
                 "sample_params": sample_params(cfg), "experiment": exp.name, "data_digest": digest,
                 "dense_classes": data.dense_classes, "selection_metric": tr["champion_metric"],

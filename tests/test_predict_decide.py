@@ -32,6 +32,13 @@ def test_density_call_is_the_most_probable_class_whatever_the_threshold():
     assert decide(np.zeros((0, 3)), DENSITY) == []
 
 
+def test_density_call_follows_stored_ordinal_cutpoints():
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.45, 0.35]])  # expected index 0.7, 1.5, 1.15
+    assert decide(proba, {**DENSITY, "cutpoints": [0.8, 1.4]}) == ["F", "D", "G"]
+    assert decide(proba, {**DENSITY, "cutpoints": [0.6, 1.1]}) == ["G", "D", "D"]
+    assert decide(proba, {**DENSITY, "cutpoints": None}) == ["F", "D", "G"]  # models trained before #16
+
+
 def test_decide_refuses_probabilities_that_do_not_match_the_classes():
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         decide(np.array([[0.5, 0.5]]), DENSITY)
