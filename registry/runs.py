@@ -160,6 +160,23 @@ def fold_run(
         return child.info.run_id
 
 
+def child_run(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Record a finished, named child run of the active parent run (e.g. one arm of a benchmark); returns its id."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("child_run needs an active parent run: call it inside `with training_run(...)`.")
+    with mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in (tags or {}).items()}) as child:
+        if params:
+            log_params(params)
+        if metrics:
+            mlflow.log_metrics(_clean_metrics(metrics))
+        return child.info.run_id
+
+
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     """Log numeric metrics (numpy scalars fine; inf becomes NaN) into the active run."""
     mlflow.log_metrics(_clean_metrics(metrics), step=step)
