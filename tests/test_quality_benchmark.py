@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """benchmarks/quality.py as a module (benchmarks/ is not a package); registered so its dataclasses work."""
+    if "bench_quality" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_quality"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["bench_quality"]
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +67,14 @@ def test_paired_ci_of_an_arm_against_itself_is_zero_and_resamples_whole_patients
     ci = mod.paired_ci(mod._auc, {"a": arm, "b": dict(arm), "a-b": None}, res)
     assert ci["a-b"] == (0.0, 0.0, 0.0)
     assert ci["a"][1] <= ci["a"][0] <= ci["a"][2]
+
+
+def test_ablation_walks_from_plain_to_shipped_one_change_at_a_time():
+    mod = _module()
+    bt = next(t for t in mod.TASKS if t.key == "tissue")
+    arms = mod.arm_configs(bt, {}, {}, [], ablate=True, variants=False)
+    steps = [a for a in arms if a.startswith("+ ")]
+    assert arms["plain"] != arms["shipped"] and len(steps) >= 3
+    assert arms[steps[-1]] == arms["shipped"]  # the walk ends at the shipped default
+    assert arms["plain"]["samples"] == arms["shipped"]["samples"]  # same samples, so the same rows and folds
+    assert arms["plain"]["evaluation"]["decision"] == "argmax" and arms["shipped"]["evaluation"]["decision"] == "ordinal"
