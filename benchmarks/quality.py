@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -66,12 +67,13 @@ class BenchTask:
     prepare: Callable[[Path], Mapping[str, Any]] | None = None  # makes dataset overrides (e.g. a filtered manifest)
     prevalence: Mapping[str, float] | None = None  # subsample (whole patients) to these class shares
     needs: str = "mias"                        # data folder that must exist under the data root
+    extras: bool = True                        # run the plain variants and the --ablate walk for this entry
 
 
 TASKS: tuple[BenchTask, ...] = (
     BenchTask("tissue", "tissue F/G/D", "mini-MIAS", "mias_density_fused.yaml"),
     BenchTask("tissue_20_60_20", "tissue F/G/D 20/60/20", "mini-MIAS", "mias_density_fused.yaml",
-              prevalence={"F": 0.2, "G": 0.6, "D": 0.2}),
+              prevalence={"F": 0.2, "G": 0.6, "D": 0.2}, extras=False),
     BenchTask("lesions", "lesion benign/malignant", "mini-MIAS", "mias_malignancy_fused.yaml"),
     BenchTask("cdd_malignancy", "whole image benign/malignant", "CDD-CESM", "mias_malignancy_fused.yaml",
               prepare=_cdd_benign_malignant, needs="cdd_cesm"),
@@ -212,29 +214,62 @@ class Arm:
     thresholds: list[float] = field(default_factory=list)
 
 
-def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Path | None, exams: np.ndarray) -> Arm:
-    """Cross-validate one configuration on the given folds."""
+def _fit_key(config: Mapping[str, Any]) -> str:
+    """What a cross-validation fits (the config without the density decision rule, which only reads its output)."""
+    import json
+
+    c = {k: v for k, v in config.items() if k not in ("name", "description")}
+    c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Path | None, exams: np.ndarray,
+            memo: dict[str, dict[str, Any]] | None = None) -> Arm:
+    """Cross-validate one configuration on the given folds (a fit already made for an equal config is reused: an
+    arm differing only by the density decision reads the same out-of-fold probabilities)."""
     from sklearn.base import clone
 
     from pipeline.evaluate import cross_validate, exam_average
+    from pipeline.experiment import deep_merge
     from pipeline.model import build_pipeline, final_classifier
 
-    pipe = build_pipeline(config, cache)
-    n = len(data.y)
-    call = np.zeros(n, int)
-    exam_call = np.zeros(n, int)
+    memo = {} if memo is None else memo
+    digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
+    key = hashlib.blake2b((_fit_key(config) + digest + hashlib.blake2b(np.ascontiguousarray(data.X).tobytes())
+                           .hexdigest()).encode(), digest_size=12).hexdigest()
+    disk = Path(cache) / "quality-cv" / f"{key}.npz" if cache else None
+    if key not in memo and disk is not None and disk.is_file():  # a rerun: this arm's CV on these rows and folds
+        z = np.load(disk)
+        memo[key] = {"proba": z["proba"], "thresholds": list(z["thresholds"]), "seconds": float(z["seconds"]),
+                     "calls": {r: z[f"call_{r}"] for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}}
+    if key not in memo:
+        fit_cfg = deep_merge(config, {"evaluation": {"decision": "ordinal"}})  # cut-points fitted too (cheap)
+        pipe = build_pipeline(fit_cfg, cache)
+        n = len(data.y)
+        calls = {r: np.zeros(n, int) for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}
 
-    def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
-        clf = final_classifier(est)
-        call[te] = clf.decide(p)
-        exam_call[te] = clf.decide(exam_average(p, exams[te]))
+        def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+            clf = final_classifier(est)
+            pe = exam_average(p, exams[te])
+            calls["ordinal"][te], calls["exam_ordinal"][te] = clf.decide(p), clf.decide(pe)
+            calls["argmax"][te] = p.argmax(axis=1) if p.shape[1] > 2 else clf.decide(p)
+            calls["exam_argmax"][te] = pe.argmax(axis=1) if p.shape[1] > 2 else clf.decide(pe)
 
-    t0 = time.perf_counter()
-    cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
-                        fit_groups_param="classifier__groups", on_fold=on_fold)
-    return Arm(name, config, cv.proba, call, cv.proba.argmax(axis=1), exam_call,
-               folds_digest(folds, data.table["sample_id"].astype(str).to_numpy()), time.perf_counter() - t0,
-               list(cv.fold_thresholds))
+        t0 = time.perf_counter()
+        cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
+                            fit_groups_param="classifier__groups", on_fold=on_fold)
+        memo[key] = {"proba": cv.proba, "calls": calls, "seconds": time.perf_counter() - t0,
+                     "thresholds": list(cv.fold_thresholds)}
+        if disk is not None:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = disk.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, proba=cv.proba, thresholds=np.asarray(cv.fold_thresholds), seconds=memo[key]["seconds"],
+                     **{f"call_{r}": c for r, c in calls.items()})
+            os.replace(tmp, disk)
+    done = memo[key]
+    rule = config["evaluation"].get("decision", "argmax") if config["dataset"]["task"] == "density" else "argmax"
+    return Arm(name, config, done["proba"], done["calls"][rule], done["proba"].argmax(axis=1),
+               done["calls"][f"exam_{rule}"], digest, done["seconds"], list(done["thresholds"]))
 
 
 def _prevalence_subsample(data: Any, shares: Mapping[str, float], seed: int) -> Any:
@@ -371,7 +406,8 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 continue
             t0 = time.perf_counter()
             base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
-            configs = arm_configs(bt, base, common, overrides or [], ablate, variants, extra)
+            configs = arm_configs(bt, base, common, overrides or [], ablate and bt.extras, variants and bt.extras,
+                                  extra)
             data = load_task_data(configs["shipped"], progress=lambda s: None)
             if bt.prevalence:
                 data = _prevalence_subsample(data, bt.prevalence, seed=0)
@@ -382,10 +418,11 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
             progress(f"{bt.key}: {len(data.y)} images of {len(set(data.groups))} patients {counts}; "
                      f"{len(folds)} patient-level folds ({time.perf_counter() - t0:.0f} s to load)")
             arms: dict[str, Arm] = {}
+            memo: dict[str, dict[str, Any]] = {}
             for name, cfg in configs.items():
                 if cfg["samples"] != configs["shipped"]["samples"]:
                     raise RuntimeError(f"{bt.key}/{name}: arms must share the shipped samples")
-                arms[name] = run_arm(name, cfg, data, folds, cache, exams)
+                arms[name] = run_arm(name, cfg, data, folds, cache, exams, memo)
                 progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}")
             digests[bt.key] = {a: arm.folds for a, arm in arms.items()}
             rows, per_arm = score_task(bt, data, arms, exams, n_resamples, seed=0)
