@@ -15,6 +15,10 @@ and every figure's CI comes from one set of patient resamples, so "shipped - pla
 Nothing in an arm is tuned on its test folds: thresholds and ordinal cut-points are fitted on inner out-of-fold
 predictions of each training fold; the shipped settings were fixed before this benchmark (see SETTINGS_NOTE).
 A new task/dataset is one entry in TASKS.
+
+Reruns are fast: features come from the feature cache (CachedTransformer), and each arm's out-of-fold result is
+kept under <cache>/quality-cv/, keyed by its config, its rows (sample bytes) and its folds; delete that folder (or
+pass a fresh --cache-dir) after changing model code.
 """
 from __future__ import annotations
 
