@@ -224,6 +224,7 @@ def _fit_key(config: Mapping[str, Any]) -> str:
 
     c = {k: v for k, v in config.items() if k not in ("name", "description")}
     c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
+    c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
     return json.dumps(c, sort_keys=True, default=str)
 
 
