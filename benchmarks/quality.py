@@ -446,7 +446,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
         wall = time.perf_counter() - started
         if tracking_uri is not False:
             _log(table, arm_table, logged, tracking_uri, quick, ablate, wall, n_resamples)
-    return {"table": table, "arms": arm_table, "folds": digests, "seconds": wall}
+    return {"table": table, "arms": arm_table, "folds": digests, "seconds": wall, "tracking_uri": tracking_uri}
 
 
 def _second(m: Mapping[str, float], classes: list[str]) -> str:

@@ -169,7 +169,9 @@ def child_run(
     """Record a finished, named child run of the active parent run (e.g. one arm of a benchmark); returns its id."""
     if mlflow.active_run() is None:
         raise RuntimeError("child_run needs an active parent run: call it inside `with training_run(...)`.")
-    with mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in (tags or {}).items()}) as child:
+    parent = mlflow.active_run().info
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.experiment_id,  # else: the Default one
+                          tags={k: str(v) for k, v in (tags or {}).items()}) as child:
         if params:
             log_params(params)
         if metrics:

@@ -23,9 +23,15 @@ def _module():
 
 @pytest.fixture(scope="module")
 def quick(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from registry import store
+
     tmp = tmp_path_factory.mktemp("quality")
-    return _module().run(["tissue", "cdd_malignancy"], quick=True, variants=False, cache_dir=tmp / "cache",
-                         tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", n_resamples=50, progress=lambda s: None)
+    before = store.configured_uri()
+    try:
+        return _module().run(["tissue", "cdd_malignancy"], quick=True, variants=False, cache_dir=tmp / "cache",
+                             tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", n_resamples=50, progress=lambda s: None)
+    finally:
+        store.configure(before) if before else store.reset()
 
 
 def test_quick_table_has_the_columns_and_both_task_kinds(quick: dict):
@@ -78,3 +84,17 @@ def test_ablation_walks_from_plain_to_shipped_one_change_at_a_time():
     assert arms[steps[-1]] == arms["shipped"]  # the walk ends at the shipped default
     assert arms["plain"]["samples"] == arms["shipped"]["samples"]  # same samples, so the same rows and folds
     assert arms["plain"]["evaluation"]["decision"] == "argmax" and arms["shipped"]["evaluation"]["decision"] == "ordinal"
+
+
+def test_quick_run_is_one_mlflow_experiment_with_a_child_run_per_arm(quick: dict):
+    from registry import store
+
+    before = store.configured_uri()
+    store.configure(quick["tracking_uri"])
+    try:
+        client = store.client()
+        exp = client.get_experiment_by_name("mammoscope-quality")
+        names = {r.info.run_name for r in client.search_runs([exp.experiment_id], max_results=100)}
+    finally:
+        store.configure(before) if before else store.reset()
+    assert "quick" in names and "tissue/plain" in names and "tissue/shipped" in names
