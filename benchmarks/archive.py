@@ -123,12 +123,13 @@ def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides
 
     from pipeline.compute import compute_backend
     from pipeline.config.experiment import load_experiment
+    from pipeline.config.tasks import get_task
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_features
 
     logging.basicConfig(level=logging.WARNING)
     sets = [f"dataset.adapter=manifest", f"dataset.path={csv}", f"dataset.task={task}", f"compute.n_jobs={jobs}",
             f"compute.cache_dir={cache}", "evaluation.bootstrap_resamples=200", *overrides]
-    if task == "density":
+    if get_task(task).density_labels:  # the archive's density labels are mini-MIAS's
         sets.append("dataset.classes=[F, G, D]")
     exp = load_experiment(ROOT / "experiments" / "defaults.yaml", sets)
     cfg = exp.config
