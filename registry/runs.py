@@ -151,8 +151,22 @@ def fold_run(
     """Record fold `i` as a finished child run of the active parent run (name `fold-<i>`); returns its run id."""
     if mlflow.active_run() is None:
         raise RuntimeError("fold_run needs an active parent run: call it inside `with training_run(...)`.")
-    child_tags = {"mammoscope.fold": str(i), **{k: str(v) for k, v in (tags or {}).items()}}
-    with mlflow.start_run(run_name=f"fold-{i}", nested=True, tags=child_tags) as child:
+    # through child_run: a nested start_run without experiment_id lands in the Default experiment, not the parent's
+    return child_run(f"fold-{i}", params, metrics, {"mammoscope.fold": str(i), **(tags or {})})
+
+
+def child_run(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> str:
+    """Record a finished, named child run of the active parent run (e.g. one arm of a benchmark); returns its id."""
+    if mlflow.active_run() is None:
+        raise RuntimeError("child_run needs an active parent run: call it inside `with training_run(...)`.")
+    parent = mlflow.active_run().info
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.experiment_id,  # else: the Default one
+                          tags={k: str(v) for k, v in (tags or {}).items()}) as child:
         if params:
             log_params(params)
         if metrics:

@@ -207,6 +207,7 @@ SCHEMA: dict[str, Any] = {
         "folds": Int(2, 50),
         "seed": Int(0, 2**32 - 1),
         "target_sensitivity": Float(0.0, 1.0, lo_open=True),
+        "decision": Choice(("ordinal", "argmax")),
         "bootstrap_resamples": Int(0, 100000),
         "confidence_level": Float(0.5, 0.999),
         "ece_bins": Int(2, 100),

@@ -27,6 +27,8 @@ __all__ = [
     "ThresholdRule",
     "ArgmaxRule",
     "GroupThresholdRule",
+    "OrdinalCutpointsRule",
+    "ORDINAL_RULE",
     "TASKS",
     "task_names",
     "DECISION_RULES",
@@ -109,6 +111,31 @@ class ArgmaxRule:
         return [classes[i] for i in np.argmax(np.asarray(proba), axis=1)]
 
 
+ORDINAL_RULE = "ordinal_cutpoints"
+
+
+@dataclass(frozen=True)
+class OrdinalCutpointsRule:
+    """Ordered classes (#16): the number of ``decision["cutpoints"]`` (K-1, increasing) below the expected class
+    index (pipeline.evaluation.ordinal); fitted to maximise quadratic kappa on inner out-of-fold probabilities of the
+    training data (PatientCalibratedClassifier.cutpoints_). A card without cut-points calls the most probable class."""
+
+    name: str = ORDINAL_RULE
+
+    def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+        cuts = getattr(classifier, "cutpoints_", None)
+        return {"threshold": None, "target_sensitivity": None,
+                "cutpoints": None if cuts is None else [float(c) for c in cuts]}
+
+    def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
+        from pipeline.evaluation.ordinal import apply_cutpoints
+
+        cuts = decision.get("cutpoints")
+        if cuts is None:
+            return [classes[i] for i in np.argmax(np.asarray(proba), axis=1)]
+        return [classes[i] for i in apply_cutpoints(proba, cuts)]
+
+
 DECISION_RULES: dict[str, DecisionRule] = {}
 
 
@@ -170,6 +197,7 @@ class GroupThresholdRule:
 register_rule(ThresholdRule())
 register_rule(ArgmaxRule())
 register_rule(GroupThresholdRule())
+register_rule(OrdinalCutpointsRule())
 
 
 def decide(proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any],
@@ -214,7 +242,7 @@ def _multiclass_metrics(y: np.ndarray, proba: np.ndarray, call: np.ndarray | Non
                         **kw: Any) -> dict[str, float]:
     from pipeline.evaluation.metrics import multiclass_metrics
 
-    return multiclass_metrics(y, proba, classes, **kw)
+    return multiclass_metrics(y, proba, classes, pred=call, **kw)
 
 
 BINARY_METRIC_KEYS = ("roc_auc", "pr_auc", "sens_at_target", "spec_at_target", "brier", "ece", "n", "n_positive")
@@ -233,7 +261,8 @@ class Task:
     metric_keys: tuple[str, ...]                # the metric function's keys (before a prefix), for validation
     headline_keys: tuple[str, ...]              # metrics printed, stored on the card and as version tags
     default_champion_metric: str
-    decision_rule: str                          # DECISION_RULES name used at training time
+    decision_rule: str                          # DECISION_RULES name used at training time (ordinal tasks:
+                                                # with evaluation.decision "argmax"; see `training_rule`)
     default_classes: tuple[str, ...] | None = None   # None: resolved from the data (ordinal schemes, else sorted)
     ordinal: bool = False
     density_labels: bool = False                # its classes are breast-density labels (dense_classes among them)
@@ -265,6 +294,18 @@ class Task:
     def rule(self) -> DecisionRule:
         return get_rule(self.decision_rule)
 
+    def training_rule(self, config: Mapping[str, Any]) -> DecisionRule:
+        """The rule training fits and stores on the card: an ordinal task with evaluation.decision "ordinal" calls
+        by cut-points (ORDINAL_RULE), every other task (or "argmax") by its `decision_rule`."""
+        if self.ordinal and config["evaluation"].get("decision", "ordinal") == "ordinal":
+            return get_rule(ORDINAL_RULE)
+        return self.rule
+
+    def classifier_decision(self, config: Mapping[str, Any]) -> str:
+        """PatientCalibratedClassifier's `decision`: "ordinal" when the training rule needs cut-points, else
+        "argmax"."""
+        return "ordinal" if self.training_rule(config).name == ORDINAL_RULE else "argmax"
+
     @property
     def uses_threshold(self) -> bool:
         """Whether training picks an operating point on the positive-class probability (binary tasks)."""
@@ -294,8 +335,9 @@ class Task:
     # --- evaluation and serving -------------------------------------------------------------------------------
     def metrics(self, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: Sequence[str],
                 **kw: Any) -> dict[str, float]:
-        """The task's metrics of out-of-fold probabilities (and calls at the operating point, if any)."""
-        return self.metric_fn(y, proba, call if self.uses_threshold else None, classes, **kw)
+        """The task's metrics of out-of-fold probabilities and the model's calls (binary: at the operating point;
+        multiclass: class indices of the decision rule, None = arg-max)."""
+        return self.metric_fn(y, proba, call, classes, **kw)
 
     def metric_names(self, classes: Sequence[str] | None = None) -> set[str]:
         """Every metric key training can produce for this task (cv_, subgroup and exam prefixes, CI bounds)."""

@@ -213,15 +213,16 @@ def binary_metrics(y_true: Sequence[int], p_pos: Sequence[float], call: Sequence
 
 def multiclass_metrics(y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], *,
                        n_resamples: int = 1000, confidence_level: float = 0.95, seed: int = 0,
-                       ece_bins: int = 10, prefix: str = "") -> dict[str, float]:
+                       ece_bins: int = 10, prefix: str = "", pred: Sequence[int] | None = None) -> dict[str, float]:
     """Accuracy, quadratic-weighted Cohen's kappa (with CI), per-class recall, multiclass Brier, top-label ECE.
 
-    `y_true` holds class indices into `classes` (ordinal order for the weighted kappa); `proba` is (n, k).
+    `y_true` holds class indices into `classes` (ordinal order for the weighted kappa); `proba` is (n, k); `pred`
+    the model's calls (class indices, e.g. ordinal cut-points; None = arg-max of proba).
     """
     y = np.asarray(y_true).astype(int)
     proba = np.asarray(proba, dtype=float)
     labels = list(range(len(classes)))
-    pred = proba.argmax(axis=1)
+    pred = proba.argmax(axis=1) if pred is None else np.asarray(pred, dtype=int)
     out: dict[str, float] = {f"{prefix}n": float(len(y))}
     if len(y) == 0:
         return out

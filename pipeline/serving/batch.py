@@ -241,7 +241,8 @@ def score_batch(batch: Sequence[Prepared], models: Sequence[Predictor]) -> list[
                     continue
                 rows[i].update(model.output_row(scores, j))
                 if model.task_spec.density_labels:
-                    density[i] = scores.classes[int(np.argmax(scores.probabilities[j]))]
+                    # the density model's own call (ordinal cut-points where its card has them), as the app
+                    density[i] = scores.calls[j] or scores.classes[int(np.argmax(scores.probabilities[j]))]
     return rows
 
 

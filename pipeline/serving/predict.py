@@ -417,7 +417,7 @@ def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor],
         sample = samples.get(task) or p.prepare(image, meta, roi, path)
         out[task] = p.result(sample, context=context or None)
         if p.task_spec.density_labels:
-            context["density"] = [out[task]["predicted"]]
+            context["density"] = [out[task]["call"] or out[task]["predicted"]]  # its decision rule's call
     return {task: out[task] for task in models}
 
 

@@ -301,10 +301,14 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`
     is the highest threshold on the positive-class probability reaching `target_sensitivity` on that validation
     data; `validation_index_` lists the rows it was chosen on and `validation_proba_` their held-out probabilities.
+    For multiclass problems with decision="ordinal" (classes ordered as given), `cutpoints_` are the cut-points on
+    the expected class index that maximise quadratic kappa on that same validation data
+    (pipeline.evaluation.ordinal); decision="argmax" (or binary) leaves them None.
     """
 
     def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
-                 fraction: float = 0.25, target_sensitivity: float = 0.95, random_state: int = 0) -> None:
+                 fraction: float = 0.25, target_sensitivity: float = 0.95, random_state: int = 0,
+                 decision: str = "argmax") -> None:
         self.estimator = estimator
         self.method = method
         self.holdout = holdout
@@ -312,6 +316,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self.fraction = fraction
         self.target_sensitivity = target_sensitivity
         self.random_state = random_state
+        self.decision = decision
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> "PatientCalibratedClassifier":
         """Fit, calibrate and choose the operating point on held-out patients of (X, y); returns self."""
@@ -321,6 +326,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if self.holdout not in ("cv", "split"):
             raise ValueError(f"The 'holdout' parameter of PatientCalibratedClassifier must be 'cv' or 'split'. "
                              f"Got {self.holdout!r} instead.")
+        if self.decision not in ("argmax", "ordinal"):
+            raise ValueError(f"The 'decision' parameter of PatientCalibratedClassifier must be 'argmax' or "
+                             f"'ordinal'. Got {self.decision!r} instead.")
         from sklearn.utils.multiclass import check_classification_targets
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
@@ -360,6 +368,11 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
         else:
             self.threshold_ = float("nan")
+        self.cutpoints_ = None
+        if k > 2 and self.decision == "ordinal":
+            from pipeline.evaluation.ordinal import fit_cutpoints
+
+            self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val])
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -369,12 +382,23 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         p = np.asarray(self.calibrated_.predict_proba(X), dtype=float)
         return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
 
-    def predict(self, X: Any) -> np.ndarray:
-        """Binary: positive class when its probability >= threshold_; multiclass: most probable class."""
-        p = self.predict_proba(X)
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class index of each row of (n, k) probabilities: binary, positive when p >= threshold_; multiclass,
+        cut-points on the expected class (decision="ordinal") or the most probable class."""
+        check_is_fitted(self)
+        p = np.asarray(proba, dtype=float)
         if len(self.classes_) == 2:
-            return self.classes_[(p[:, 1] >= self.threshold_).astype(int)]
-        return self.classes_[np.argmax(p, axis=1)]
+            return (p[:, 1] >= self.threshold_).astype(int)
+        if getattr(self, "cutpoints_", None) is not None:
+            from pipeline.evaluation.ordinal import apply_cutpoints
+
+            return apply_cutpoints(p, self.cutpoints_)
+        return np.argmax(p, axis=1)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class `decide` calls from the calibrated probabilities."""
+        calls = self.decide(self.predict_proba(X))  # first: predict_proba raises NotFittedError before classes_
+        return self.classes_[calls]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -487,7 +511,8 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             class_weight=None if mdl["class_weight"] == "none" else mdl["class_weight"], n_jobs=compute.n_jobs,
             random_state=ev["seed"]),
         method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
-        target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"])
+        target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"],
+        decision=get_task(config["dataset"]["task"]).classifier_decision(config))
     return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
                      ("classifier", request_groups(clf))])
 

@@ -329,12 +329,17 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                disable=not progress_bar, dynamic_ncols=True)
     trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
+    exams = exam_ids(data)
+    calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # #16: the model's own calls
+
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
-        trust.add_fold(tr, te, final_classifier(est), p)
+        clf = final_classifier(est)
+        trust.add_fold(tr, te, clf, p)
         if levels is not None:
             levels.on_fold(i, tr, te, est, p)
-        thr = float(final_classifier(est).threshold_)
-        call = p[:, 1] >= thr if task.uses_threshold else None
+        calls[te], exam_calls[te] = clf.decide(p), clf.decide(exam_average(p, exams[te]))
+        thr = float(clf.threshold_)
+        call = p[:, 1] >= thr if task.uses_threshold else calls[te]
         fm = _metrics(task, data.y[te], p, call, data.classes, ev, prefix="", n_resamples=0)
         fm = {k: v for k, v in fm.items() if not k.endswith(("_ci_low", "_ci_high"))}
         if task.uses_threshold:
@@ -350,7 +355,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     with bar:
         cv = cross_validate(lambda: clone(pipe), X, data.y, data.groups, folds,
                             route_groups=True, on_fold=fold_done)
-    call = cv.call if task.uses_threshold else None
+    call = cv.call if task.uses_threshold else calls  # multiclass: the fold models' decide() (e.g. cut-points)
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
               ece_bins=ev["ece_bins"])
@@ -359,20 +364,22 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     metrics.update(trust.metrics(call, kw))
     if levels is not None:
         metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=task.levels, **kw))
-    exams = exam_ids(data)
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
         exam_proba = exam_average(cv.proba, exams)
         # one row per (exam, label): an exam's images share their averaged call, so counting each image would
         # shrink the bootstrap CI; exams whose images carry different labels keep one row per label
         first = ~pd.DataFrame({"exam": exams, "y": data.y}).duplicated().to_numpy()
-        metrics.update(task.metrics(data.y[first], exam_proba[first], None, data.classes, prefix="cv_exam_", **kw))
+        metrics.update(task.metrics(data.y[first], exam_proba[first], exam_calls[first], data.classes,
+                                    prefix="cv_exam_", **kw))
     oof = pd.DataFrame({"sample_id": data.table["sample_id"].astype(str), "patient_id": data.groups,
                         "fold": cv.fold, "label": [data.classes[i] for i in data.y],
                         "density": data.density})
     for j, c in enumerate(data.classes):
         oof[f"p_{c}"] = cv.proba[:, j]
     oof["predicted"] = [data.classes[i] for i in cv.proba.argmax(axis=1)]
+    if not task.uses_threshold:
+        oof["call"] = [data.classes[i] for i in calls]
     if exam_proba is not None:
         oof["exam_id"] = exams
         for j, c in enumerate(data.classes):
@@ -549,8 +556,8 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         task=spec.name,
         classes=list(data.classes),
         ordinal=spec.ordinal,
-        decision={"rule": spec.decision_rule, **spec.rule.fit_params(classifier, cfg), **decision_trust,
-                  **(decision_extra or {})},
+        decision={"rule": (rule := spec.training_rule(cfg)).name, **rule.fit_params(classifier, cfg),
+                  **decision_trust, **(decision_extra or {})},
         sample_params=sample_params(cfg),
         preprocessing=dict(cfg["preprocessing"]),
         features=dict(cfg["features"]),

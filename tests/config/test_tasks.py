@@ -59,6 +59,35 @@ def test_each_task_answers_for_its_data_metrics_and_decisions():
         get_rule("cut-points")
 
 
+def test_ordinal_tasks_train_the_cutpoint_rule_unless_the_experiment_asks_for_argmax():
+    """evaluation.decision picks the density rule (#16); a binary task keeps its threshold whatever it says."""
+    from pipeline.training.model import build_pipeline, final_classifier
+
+    for task, decision, rule, fitted in (("density", "ordinal", "ordinal_cutpoints", "ordinal"),
+                                         ("density", "argmax", "argmax", "argmax"),
+                                         ("malignancy", "ordinal", "threshold", "argmax")):
+        config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml",
+                                 [f"dataset.task={task}", f"evaluation.decision={decision}"]).config
+        spec = get_task(task)
+        assert spec.training_rule(config).name == rule and spec.classifier_decision(config) == fitted
+        assert final_classifier(build_pipeline(config)).decision == fitted
+    with pytest.raises(ConfigError, match="evaluation.decision"):
+        load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["evaluation.decision=median"])
+
+
+def test_ordinal_rule_stores_the_classifiers_cutpoints_and_reads_them_back():
+    rule = get_rule("ordinal_cutpoints")
+
+    class Fitted:
+        cutpoints_ = np.array([0.7, 1.3])
+
+    params = rule.fit_params(Fitted(), {})
+    assert params["cutpoints"] == [0.7, 1.3] and params["threshold"] is None
+    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.0, 0.4, 0.6]])  # expected index 0.5, 1.1, 1.6
+    assert decide(proba, ["F", "G", "D"], {"rule": "ordinal_cutpoints", **params}) == ["F", "G", "D"]
+    assert rule.fit_params(object(), {})["cutpoints"] is None  # no cut-points fitted: the card calls the arg-max
+
+
 def test_a_new_task_is_one_entry_with_a_derived_label_and_its_own_rule(monkeypatch):
     """A screening-like task: whole image, malignant vs not, normal+benign negatives, label from pathology."""
     monkeypatch.setattr("pipeline.config.tasks.TASKS", dict(TASKS))

@@ -200,7 +200,8 @@ def test_run_contents(store) -> None:
     for child_id in store.v1.fold_ids:
         child = c.get_run(child_id)
         assert child.data.tags["mlflow.parentRunId"] == store.v1.run.run_id
-        assert "roc_auc" in child.data.metrics
+        assert child.info.experiment_id == run.info.experiment_id  # the parent's experiment, not Default (#16)
+        assert child.data.tags["mammoscope.fold"] in ("0", "1") and "roc_auc" in child.data.metrics
 
 
 def test_artifacts_live_beside_the_database_not_in_cwd(store) -> None:

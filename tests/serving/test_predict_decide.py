@@ -2,6 +2,8 @@
 image size every scoring path refuses below."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -34,6 +36,21 @@ def test_density_call_is_the_most_probable_class_whatever_the_threshold():
     assert decide(np.zeros((0, 3)), DENSITY) == []
 
 
+def _ordinal(cuts):
+    """A density card dict whose decision is the ordinal cut-point rule (#16)."""
+    return {"task": "density", "classes": ["F", "G", "D"],
+            "decision": {"rule": "ordinal_cutpoints", "threshold": None, "cutpoints": cuts}}
+
+
+def test_density_call_follows_the_cards_ordinal_cutpoints():
+    proba = np.array([[0.5, 0.3, 0.2], [0.1, 0.3, 0.6], [0.2, 0.45, 0.35]])  # expected index 0.7, 1.5, 1.15
+    assert decide(proba, _ordinal([0.8, 1.4])) == ["F", "D", "G"]
+    assert decide(proba, _ordinal([0.6, 1.1])) == ["G", "D", "D"]
+    assert decide(proba, _ordinal(None)) == ["F", "D", "G"]  # a card without cut-points: the most probable class
+    with pytest.raises(ValueError, match="K-1"):
+        decide(proba, _ordinal([0.5]))
+
+
 def test_decide_refuses_probabilities_that_do_not_match_the_classes():
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         decide(np.array([[0.5, 0.5]]), DENSITY)
@@ -56,6 +73,8 @@ class _Loaded:
 
     def __init__(self, metadata: dict, row: list[float]) -> None:
         self.card = card(metadata["task"], metadata["classes"], metadata.get("threshold"))
+        if "decision" in metadata:
+            self.card = dataclasses.replace(self.card, decision=metadata["decision"])
         self.pipeline = _Fixed(row)
         self.name, self.version, self.alias = f"m-{metadata['task']}", 1, "champion"
 
@@ -75,6 +94,18 @@ def test_app_and_batch_paths_make_the_same_call(threshold: float):
     assert app["malignancy"]["call"] == row["malignancy_call"] == expected
     assert app["density"]["predicted"] == row["density_call"] == "G"
     assert row["malignancy_p_malignant"] == pytest.approx(0.3, abs=1e-12)
+
+
+def test_app_and_batch_paths_make_the_same_ordinal_density_call():
+    """A card with cut-points: the app and `mammoscope predict` both call by them, not by the arg-max."""
+    image = breast_like(96, 64)
+    loaded = {"density": _Loaded(_ordinal([0.5, 1.1]), [1.0, 3.0, 2.0])}  # expected index 7/6 > 1.1, arg-max G
+    app = predict_image(image, None, loaded)
+    prepared = Prepared(item=InputItem(path="x.png"),
+                        samples={"density": prepare_sample(image, None, "density", {"size": 32})})
+    row = score_batch([prepared], [TaskModel.from_loaded(loaded["density"])])[0]
+    assert app["density"]["predicted"] == "G"
+    assert app["density"]["call"] == row["density_call"] == "D"
 
 
 def test_too_small_image_is_refused_on_every_scoring_path(tmp_path):

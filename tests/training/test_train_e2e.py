@@ -44,6 +44,12 @@ def test_tiny_experiment_trains_registers_and_promotes(trained):
     assert (oof.groupby("exam_id")["exam_predicted"].nunique() == 1).all()
     assert result.metrics["cv_exam_n"] == len(oof.drop_duplicates(["exam_id", "label"]))
     assert np.isfinite(result.metrics["cv_exam_kappa_quadratic"])
+    # density metrics score the fold models' own calls (ordinal cut-points, #16), kept in the OOF `call` column
+    from sklearn.metrics import cohen_kappa_score
+
+    assert set(oof["call"]) <= {"F", "G", "D"}
+    assert result.metrics["cv_kappa_quadratic"] == pytest.approx(
+        cohen_kappa_score(oof["label"], oof["call"], labels=["F", "G", "D"], weights="quadratic"))
 
     import registry
 
@@ -68,6 +74,12 @@ def test_champion_loads_back_with_identical_predictions(trained):
     md = loaded.card.to_dict()
     assert md["task"] == "density" and md["classes"] == ["F", "G", "D"]
     assert md["sample_params"]["size"] == size
+    # the streamed head kept the ordinal decision: its cut-points are the card's decision (#16)
+    from pipeline.training.model import final_classifier
+
+    clf = final_classifier(loaded.pipeline)
+    assert clf.decision == "ordinal" and md["decision"]["rule"] == "ordinal_cutpoints"
+    assert md["decision"]["cutpoints"] == pytest.approx(list(clf.cutpoints_)) and len(clf.cutpoints_) == 2
 
     data = load_task_data(exp.config, lambda s: None)
     from pipeline.training.model import disable_cache
@@ -89,6 +101,8 @@ def test_champion_loads_back_with_identical_predictions(trained):
     assert out["density"]["model"]["version"] == 1
     expected = loaded.pipeline.predict_proba(sample.reshape(1, -1))[0]
     np.testing.assert_allclose(list(probs.values()), expected / expected.sum(), rtol=1e-9)
+    call = md["classes"][int(loaded.pipeline.predict(sample.reshape(1, -1))[0])]
+    assert out["density"]["call"] == call  # the card's rule makes the classifier's own decide() call
 
 
 @pytest.mark.slow

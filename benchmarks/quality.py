@@ -1,0 +1,514 @@
+"""Benchmark: is it any good? The plain recipe beside the shipped default of every task on every real dataset, on
+the SAME patient-level folds, with paired patient-level bootstrap CIs of the difference; logged to MLflow.
+
+    .venv/bin/python benchmarks/quality.py                 # every task in TASKS (tens of minutes, 2 cores)
+    .venv/bin/python benchmarks/quality.py --ablate        # + plain -> shipped one change at a time
+    .venv/bin/python benchmarks/quality.py --quick         # CI-sized: a few real images per task
+    .venv/bin/python benchmarks/quality.py --tasks tissue cdd_malignancy --set features.cnn.batch_size=8
+
+The plain recipe (PLAIN): pad to square, 224 px, CLAHE, unsharp mask, GLCM at 64 levels (distance 1, 4 angles) +
+32-bin histogram + first-order statistics, frozen EfficientNet-Lite0, XGBoost with its library defaults, sigmoid
+calibration in patient-grouped inner folds, arg-max / in-fold 95%-sensitivity threshold. It shares the shipped
+default's samples (the same breast crop or ROI crop), so the two differ only by the overrides in PLAIN.
+Every arm of a task is cross-validated on one list of folds (5-fold StratifiedGroupKFold by patient, seed 0),
+and every figure's CI comes from one set of patient resamples, so "shipped - plain" is a paired difference.
+Nothing in an arm is tuned on its test folds: thresholds and ordinal cut-points are fitted on inner out-of-fold
+predictions of each training fold; the shipped settings were fixed before this benchmark (see SETTINGS_NOTE).
+A new task/dataset is one entry in TASKS.
+
+Reruns are fast: features come from the feature cache (CachedTransformer), and each arm's out-of-fold result is
+kept under <cache>/quality-cv/, keyed by its config, its rows (sample bytes) and its folds; delete that folder (or
+pass a fresh --cache-dir) after changing model code.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.paths import default_data_root  # noqa: E402
+
+DATA = default_data_root()
+EXPERIMENTS = ROOT / "experiments"
+
+SETTINGS_NOTE = ("shipped settings were fixed before this benchmark (not chosen on these folds); thresholds and "
+                 "ordinal cut-points are fitted inside each training fold on inner out-of-fold predictions")
+
+
+def _cdd_benign_malignant(workdir: Path) -> dict[str, Any]:
+    """CDD-CESM benign vs malignant whole images: a manifest without the normal images (absolute file paths)."""
+    src = DATA / "cdd_cesm" / "manifest.csv"
+    df = pd.read_csv(src, dtype=str, keep_default_na=False)
+    df = df[df["pathology"].isin(["benign", "malignant"])].copy()
+    df["file"] = [str((src.parent / f).resolve()) for f in df["file"]]
+    out = workdir / "cdd_cesm_benign_malignant.csv"
+    df.to_csv(out, index=False)
+    return {"dataset": {"adapter": "manifest", "path": str(out), "require_roi": False}}
+
+
+@dataclass(frozen=True)
+class BenchTask:
+    """One row group of the table: a task on a dataset, scored with its shipped default experiment."""
+
+    key: str                                   # --tasks name
+    task: str                                  # what is called
+    dataset: str                               # where
+    experiment: str                            # the shipped default experiment file in experiments/
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Path], Mapping[str, Any]] | None = None  # makes dataset overrides (e.g. a filtered manifest)
+    prevalence: Mapping[str, float] | None = None  # subsample (whole patients) to these class shares
+    needs: str = "mias"                        # data folder that must exist under the data root
+    extras: bool = True                        # run the plain variants and the --ablate walk for this entry
+
+
+TASKS: tuple[BenchTask, ...] = (
+    BenchTask("tissue", "tissue F/G/D", "mini-MIAS", "mias_density_fused.yaml"),
+    BenchTask("tissue_20_60_20", "tissue F/G/D 20/60/20", "mini-MIAS", "mias_density_fused.yaml",
+              prevalence={"F": 0.2, "G": 0.6, "D": 0.2}, extras=False),
+    BenchTask("lesions", "lesion benign/malignant", "mini-MIAS", "mias_malignancy_fused.yaml"),
+    BenchTask("cdd_malignancy", "whole image benign/malignant", "CDD-CESM", "mias_malignancy_fused.yaml",
+              prepare=_cdd_benign_malignant, needs="cdd_cesm"),
+    # #15 adds: BenchTask("screening", "whole image malignant vs not", "mini-MIAS", "<screening>.yaml"), ...
+)
+
+#: The plain recipe, as overrides of a shipped experiment (its dataset and samples are kept).
+PLAIN: dict[str, Any] = {
+    "preprocessing": {"breast_mask": False, "clahe": {"enabled": True, "clip_limit": 0.01, "kernel_size": None},
+                      "unsharp": {"enabled": True, "radius": 2.0, "amount": 1.0}},
+    "features": {"handcrafted": {"enabled": True, "glcm": {"levels": 64, "distances": [1], "angles": 4},
+                                 "intensity": {"bins": 32}, "scales": [1.0]},
+                 "cnn": {"enabled": True, "backbone": "efficientnet_lite0", "weights": "imagenet", "pooling": "avg",
+                         "input": "enhanced", "finetune": {"enabled": False}},
+                 "selection": {"k_best": None}},
+    "model": {"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3, "subsample": 1.0, "colsample_bytree": 1.0,
+              "min_child_weight": 1.0, "reg_lambda": 1.0, "class_weight": None},  # XGBoost's own defaults
+    "calibration": {"method": "sigmoid", "holdout": "cv", "inner_folds": 3},
+    "evaluation": {"decision": "argmax"},
+}
+VARIANTS = {"fused": {}, "handcrafted": {"features": {"cnn": {"enabled": False}}},
+            "cnn": {"features": {"handcrafted": {"enabled": False}}}}
+
+#: --ablate: from plain towards shipped, one group of config keys at a time (each step keeps the ones before).
+ABLATION: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("breast mask", ("preprocessing.breast_mask",)),
+    ("CLAHE/unsharp as shipped", ("preprocessing.clahe", "preprocessing.unsharp")),
+    ("GLCM distances/scales as shipped", ("features.handcrafted",)),
+    ("XGBoost settings as shipped", ("model.n_estimators", "model.max_depth", "model.learning_rate",
+                                     "model.subsample", "model.colsample_bytree", "model.min_child_weight",
+                                     "model.reg_lambda")),
+    ("class weighting as shipped", ("model.class_weight",)),
+    ("calibration as shipped", ("calibration",)),
+    ("decision rule as shipped", ("evaluation.decision",)),
+    ("CNN settings as shipped", ("features.cnn", "features.selection")),
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    from pipeline.config.experiment import deep_merge
+
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out = deep_merge(out, layer)
+    return out
+
+
+def patient_resamples(groups: np.ndarray, n_resamples: int, seed: int) -> list[np.ndarray]:
+    """Row indices of `n_resamples` bootstrap resamples of whole patients (the same list serves every arm)."""
+    groups = np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    rows = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([rows[g] for g in rng.integers(0, len(uniq), len(uniq))]) for _ in range(n_resamples)]
+
+
+def paired_ci(stat: Callable[[np.ndarray], float], arms: Mapping[str, Any], resamples: list[np.ndarray],
+              level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """{arm: (value, low, high)} of stat(arm_data, rows) and {"a-b": ...} differences on the SAME resamples.
+
+    `arms` maps a name to whatever `stat(data, rows)` reads; pairs are requested as keys "a-b" of `arms` names.
+    """
+    names = [n for n in arms if "-" not in n]
+    out: dict[str, tuple[float, float, float]] = {}
+    alpha = (1 - level) / 2
+    boot = {n: np.array([stat(arms[n], r) for r in resamples]) for n in names}
+    full = np.arange(len(next(iter(arms.values()))["y"])) if names else None
+    for n in names:
+        b = boot[n][np.isfinite(boot[n])]
+        lo, hi = np.quantile(b, [alpha, 1 - alpha]) if len(b) else (np.nan, np.nan)
+        out[n] = (float(stat(arms[n], full)), float(lo), float(hi))
+    for pair in (n for n in arms if "-" in n):
+        a, b = pair.split("-", 1)
+        d = boot[a] - boot[b]
+        d = d[np.isfinite(d)]
+        lo, hi = np.quantile(d, [alpha, 1 - alpha]) if len(d) else (np.nan, np.nan)
+        out[pair] = (out[a][0] - out[b][0], float(lo), float(hi))
+    return out
+
+
+def _auc(d: Mapping[str, np.ndarray], rows: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = d["y"][rows]
+    return float(roc_auc_score(y, d["p"][rows])) if 0 < y.sum() < len(y) else np.nan
+
+
+def _rate(label: int) -> Callable[[Mapping[str, np.ndarray], np.ndarray], float]:
+    def stat(d: Mapping[str, np.ndarray], rows: np.ndarray) -> float:
+        sel = d["y"][rows] == label
+        return float(np.mean(d["call"][rows][sel] == label)) if sel.any() else np.nan
+    return stat
+
+
+def _kappa(d: Mapping[str, np.ndarray], rows: np.ndarray) -> float:
+    from pipeline.evaluation.ordinal import quadratic_kappa
+
+    return float(quadratic_kappa(d["y"][rows], d["call"][rows], d["k"])[0])
+
+
+def folds_digest(folds: list[tuple[np.ndarray, np.ndarray]], ids: np.ndarray) -> str:
+    """Short hash of which sample ids are tested in which fold (equal digests = identical folds)."""
+    text = "|".join(",".join(sorted(map(str, ids[te]))) for _, te in folds)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    """One cross-validated configuration of a task: out-of-fold probabilities and calls."""
+
+    name: str
+    config: dict[str, Any]
+    proba: np.ndarray
+    call: np.ndarray                 # class index per image (binary: at the fold's in-fold threshold)
+    argmax: np.ndarray
+    exam_call: np.ndarray            # per image: its exam's call (density), from the exam-averaged probabilities
+    folds: str
+    seconds: float
+    thresholds: list[float] = field(default_factory=list)
+
+
+def _fit_key(config: Mapping[str, Any]) -> str:
+    """What a cross-validation fits (the config without the density decision rule, which only reads its output)."""
+    import json
+
+    c = {k: v for k, v in config.items() if k not in ("name", "description")}
+    c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
+    c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
+    return json.dumps(c, sort_keys=True, default=str)
+
+
+def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Path | None, exams: np.ndarray,
+            memo: dict[str, dict[str, Any]] | None = None) -> Arm:
+    """Cross-validate one configuration on the given folds (a fit already made for an equal config is reused: an
+    arm differing only by the density decision reads the same out-of-fold probabilities)."""
+    from sklearn.base import clone
+
+    from pipeline.config.experiment import deep_merge
+    from pipeline.config.tasks import get_task
+    from pipeline.evaluation.metrics import exam_average
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.model import build_pipeline, final_classifier
+
+    memo = {} if memo is None else memo
+    digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
+    key = hashlib.blake2b((_fit_key(config) + digest + hashlib.blake2b(np.ascontiguousarray(data.X).tobytes())
+                           .hexdigest()).encode(), digest_size=12).hexdigest()
+    disk = Path(cache) / "quality-cv" / f"{key}.npz" if cache else None
+    if key not in memo and disk is not None and disk.is_file():  # a rerun: this arm's CV on these rows and folds
+        z = np.load(disk)
+        memo[key] = {"proba": z["proba"], "thresholds": list(z["thresholds"]), "seconds": float(z["seconds"]),
+                     "calls": {r: z[f"call_{r}"] for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}}
+    if key not in memo:
+        fit_cfg = deep_merge(config, {"evaluation": {"decision": "ordinal"}})  # cut-points fitted too (cheap)
+        pipe = build_pipeline(fit_cfg, cache)
+        n = len(data.y)
+        calls = {r: np.zeros(n, int) for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}
+
+        def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+            clf = final_classifier(est)
+            pe = exam_average(p, exams[te])
+            calls["ordinal"][te], calls["exam_ordinal"][te] = clf.decide(p), clf.decide(pe)
+            calls["argmax"][te] = p.argmax(axis=1) if p.shape[1] > 2 else clf.decide(p)
+            calls["exam_argmax"][te] = pe.argmax(axis=1) if p.shape[1] > 2 else clf.decide(pe)
+
+        t0 = time.perf_counter()
+        cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
+                            route_groups=True, on_fold=on_fold)
+        memo[key] = {"proba": cv.proba, "calls": calls, "seconds": time.perf_counter() - t0,
+                     "thresholds": list(cv.fold_thresholds)}
+        if disk is not None:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            tmp = disk.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, proba=cv.proba, thresholds=np.asarray(cv.fold_thresholds), seconds=memo[key]["seconds"],
+                     **{f"call_{r}": c for r, c in calls.items()})
+            os.replace(tmp, disk)
+    done = memo[key]
+    rule = config["evaluation"].get("decision", "argmax") if get_task(config["dataset"]["task"]).ordinal else "argmax"
+    return Arm(name, config, done["proba"], done["calls"][rule], done["proba"].argmax(axis=1),
+               done["calls"][f"exam_{rule}"], digest, done["seconds"], list(done["thresholds"]))
+
+
+def _prevalence_subsample(data: Any, shares: Mapping[str, float], seed: int) -> Any:
+    """The task data restricted to whole patients so the class shares approach `shares` (seeded)."""
+    from pipeline.training.train import TaskData
+
+    rng = np.random.default_rng(seed)
+    label = pd.Series(data.y).groupby(data.groups).first()
+    counts = label.value_counts()
+    total = min(counts.get(data.classes.index(c), 0) / s for c, s in shares.items() if s > 0)
+    keep: list[str] = []
+    for c, s in shares.items():
+        pats = label.index[label == data.classes.index(c)].to_numpy()
+        keep += list(rng.permutation(pats)[: int(round(total * s))])
+    sel = np.isin(data.groups, keep)
+    return TaskData(table=data.table[sel].reset_index(drop=True), X=data.X[sel], y=data.y[sel],
+                    groups=data.groups[sel], classes=data.classes, dense_classes=data.dense_classes,
+                    density=data.density[sel], source=data.source)
+
+
+def arm_configs(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any], cli: list[str],
+                ablate: bool, variants: bool, extra: Mapping[str, list[str]] | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """{arm name: resolved config}: plain (and its variants), shipped, extra shipped variants, the ablation walk."""
+    from pipeline.config.experiment import parse_overrides, resolve_config
+    from pipeline.config.tasks import get_task
+
+    path = EXPERIMENTS / bt.experiment
+    over = _merge(base, common, parse_overrides(cli))
+    shipped = resolve_config(path, over)
+    plain_over = _merge(PLAIN, base, common, parse_overrides(cli))
+    arms = {"plain": resolve_config(path, plain_over)}
+    if variants:
+        for v, o in VARIANTS.items():
+            if o:
+                arms[f"plain_{v}"] = resolve_config(path, _merge(plain_over, o))
+    arms["shipped"] = shipped
+    ordinal = get_task(shipped["dataset"]["task"]).ordinal
+    if ordinal:
+        arms["shipped_argmax"] = resolve_config(path, _merge(over, {"evaluation": {"decision": "argmax"}}))
+    for name, items in (extra or {}).items():
+        arms[name] = resolve_config(path, _merge(over, parse_overrides(items)))
+    if ablate:
+        step, prev = dict(plain_over), arms["plain"]
+        for label, keys in ABLATION:
+            if keys == ("evaluation.decision",) and not ordinal:
+                continue  # the decision rule applies to ordered multiclass tasks only
+            for key in keys:
+                step = _merge(step, _nest(key, _get(shipped, key)))
+            cfg = resolve_config(path, step)
+            if cfg != prev:  # a step that changes nothing for this task is not run
+                arms[f"+ {label}"] = prev = cfg
+    return arms
+
+
+def _fmt(v: tuple[float, float, float], signed: bool = False) -> str:
+    x, lo, hi = v
+    if not np.isfinite(x):
+        return "n/a"
+    s = "+.2f" if signed else ".2f"
+    return f"{x:{s}} [{lo:{s}}, {hi:{s}}]"
+
+
+def score_task(bt: BenchTask, data: Any, arms: dict[str, Arm], exams: np.ndarray, n_resamples: int,
+               seed: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Table rows (plain vs shipped, paired) and every arm's headline metrics (for MLflow and the arms table)."""
+    y = data.y
+    k = len(data.classes)
+    res = patient_resamples(data.groups, n_resamples, seed)
+    n_txt = f"{len(y)} / {len(set(data.groups))}"
+    rows: list[dict[str, Any]] = []
+    per_arm: dict[str, dict[str, float]] = {a: {} for a in arms}
+
+    def add(metric: str, stat: Callable, key: str, field_name: str = "call", resamples: list = res,
+            sel: np.ndarray | None = None) -> None:
+        sel = np.arange(len(y)) if sel is None else sel
+        d = {a: {"y": y[sel], "p": arm.proba[sel, -1], "call": getattr(arm, field_name)[sel], "k": k}
+             for a, arm in arms.items()}
+        d["shipped-plain"] = None
+        for a in arms:
+            if a not in ("plain", "shipped"):
+                d[f"{a}-plain"] = None
+        ci = paired_ci(stat, d, resamples)
+        for a in arms:
+            per_arm[a][key], per_arm[a][f"{key}_ci_low"], per_arm[a][f"{key}_ci_high"] = ci[a]
+            if a != "plain":
+                per_arm[a][f"{key}_minus_plain"], per_arm[a][f"{key}_minus_plain_ci_low"], \
+                    per_arm[a][f"{key}_minus_plain_ci_high"] = ci[f"{a}-plain"]
+        rows.append({"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt, "metric": metric,
+                     "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
+                     "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)})
+
+    if k == 2:
+        add("ROC AUC", _auc, "roc_auc")
+        add("spec at in-fold 95%-sens thr", _rate(0), "spec_at_target")
+        add("sens reached", _rate(1), "sens_at_target")
+    else:
+        add("kappa_w per image", _kappa, "kappa_quadratic")
+        for j, c in enumerate(data.classes):
+            add(f"recall {c} per image", _rate(j), f"recall_{c}")
+        first = ~pd.DataFrame({"exam": exams, "y": y}).duplicated().to_numpy()
+        if first.sum() < len(y):
+            eres = patient_resamples(data.groups[first], n_resamples, seed)
+            add(f"kappa_w per exam (n={int(first.sum())})", _kappa, "exam_kappa_quadratic", "exam_call", eres, first)
+            for j, c in (list(enumerate(data.classes))[0], list(enumerate(data.classes))[-1]):
+                add(f"recall {c} per exam", _rate(j), f"exam_recall_{c}", "exam_call", eres, first)
+    for a in arms:
+        per_arm[a]["seconds"] = arms[a].seconds
+    return rows, per_arm
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: bool = True,
+        cache_dir: Path | None = None, tracking_uri: str | None = None, overrides: list[str] | None = None,
+        n_resamples: int | None = None, progress: Callable[[str], None] = print,
+        extra: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    """Run the benchmark; returns {"table": DataFrame, "arms": DataFrame, "folds": {task: {arm: digest}}, ...}."""
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from pipeline.paths import default_cache_dir
+    from pipeline.training.train import exam_ids, load_task_data
+
+    started = time.perf_counter()
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    common: dict[str, Any] = {"evaluation": {"folds": 5, "seed": 0}}
+    if quick:
+        common = _merge(common, {"dataset": {"max_samples": 30}, "evaluation": {"folds": 3}})
+    n_resamples = n_resamples if n_resamples is not None else (100 if quick else 1000)
+    table_rows: list[dict[str, Any]] = []
+    arm_rows: list[dict[str, Any]] = []
+    digests: dict[str, dict[str, str]] = {}
+    logged: list[tuple[str, str, dict[str, Any], dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="mammoscope-quality-") as tmp:
+        for bt in (t for t in TASKS if t.key in tasks):
+            if not (DATA / bt.needs).is_dir():
+                progress(f"{bt.key}: {DATA / bt.needs} is absent; skipped")
+                continue
+            t0 = time.perf_counter()
+            base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
+            configs = arm_configs(bt, base, common, overrides or [], ablate and bt.extras, variants and bt.extras,
+                                  extra)
+            data = load_task_data(configs["shipped"], progress=lambda s: None)
+            if bt.prevalence:
+                data = _prevalence_subsample(data, bt.prevalence, seed=0)
+            ev = configs["shipped"]["evaluation"]
+            folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
+            exams = exam_ids(data)
+            counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
+            progress(f"{bt.key}: {len(data.y)} images of {len(set(data.groups))} patients {counts}; "
+                     f"{len(folds)} patient-level folds ({time.perf_counter() - t0:.0f} s to load)")
+            arms: dict[str, Arm] = {}
+            memo: dict[str, dict[str, Any]] = {}
+            for name, cfg in configs.items():
+                if cfg["samples"] != configs["shipped"]["samples"]:
+                    raise RuntimeError(f"{bt.key}/{name}: arms must share the shipped samples")
+                arms[name] = run_arm(name, cfg, data, folds, cache, exams, memo)
+                progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}")
+            digests[bt.key] = {a: arm.folds for a, arm in arms.items()}
+            rows, per_arm = score_task(bt, data, arms, exams, n_resamples, seed=0)
+            table_rows += rows
+            head = "roc_auc" if len(data.classes) == 2 else "kappa_quadratic"
+            for a, m in per_arm.items():
+                arm_rows.append({"task": bt.key, "arm": a, "folds": arms[a].folds, "metric": head, "value": _fmt(
+                    (m[head], m[f"{head}_ci_low"], m[f"{head}_ci_high"])),
+                    "minus plain (paired)": "" if a == "plain" else _fmt(
+                        (m[f"{head}_minus_plain"], m[f"{head}_minus_plain_ci_low"],
+                         m[f"{head}_minus_plain_ci_high"]), signed=True),
+                    "second": _second(m, data.classes), "s": f"{m['seconds']:.0f}"})
+                logged.append((bt.key, a, arms[a].config, m))
+        table = pd.DataFrame(table_rows)
+        arm_table = pd.DataFrame(arm_rows)
+        wall = time.perf_counter() - started
+        if tracking_uri is not False:
+            _log(table, arm_table, logged, tracking_uri, quick, ablate, wall, n_resamples)
+    return {"table": table, "arms": arm_table, "folds": digests, "seconds": wall, "tracking_uri": tracking_uri}
+
+
+def _second(m: Mapping[str, float], classes: list[str]) -> str:
+    if "spec_at_target" in m:
+        return f"spec {m['spec_at_target']:.2f} at sens {m['sens_at_target']:.2f}"
+    return " ".join(f"{c} {m[f'recall_{c}']:.2f}" for c in classes)
+
+
+def _log(table: pd.DataFrame, arms: pd.DataFrame, logged: list, uri: str | None, quick: bool, ablate: bool,
+         wall: float, n_resamples: int) -> None:
+    """One MLflow experiment: a parent run per benchmark call, a child run per (task, arm), the tables as files."""
+    import registry
+    from registry import store
+    from pipeline.paths import default_tracking_uri
+
+    store.configure(uri or default_tracking_uri())
+    with registry.training_run("mammoscope-quality", "quick" if quick else "full",
+                               params={"quick": quick, "ablate": ablate, "bootstrap": "patient-level, paired",
+                                       "n_resamples": n_resamples, "settings": SETTINGS_NOTE},
+                               tags={"mammoscope.benchmark": "quality"}):
+        for key, arm, cfg, metrics in logged:
+            registry.child_run(f"{key}/{arm}", params={k: cfg[k] for k in
+                                                      ("preprocessing", "features", "model", "calibration")},
+                               metrics=metrics, tags={"mammoscope.task": key, "mammoscope.arm": arm})
+        registry.log_metrics({"wall_seconds": wall})
+        registry.log_table(table, "quality_table.csv")
+        registry.log_table(arms, "quality_arms.csv")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=[t.key for t in TASKS], choices=[t.key for t in TASKS])
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 30 images per task, 3 folds, 100 resamples")
+    parser.add_argument("--ablate", action="store_true", help="walk from plain to shipped one change at a time")
+    parser.add_argument("--no-variants", action="store_true", help="skip plain handcrafted-only / CNN-only")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: the project's)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
+    parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--resamples", type=int, default=None)
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help="an extra arm: the shipped default with these overrides (exploratory: it is compared on "
+                             "the reported folds, so adopting it needs nested CV or other data)")
+    args = parser.parse_args(argv)
+    extra = {a.split(":", 1)[0]: a.split(":", 1)[1].split(",") for a in args.arm}
+    logging.basicConfig(level=logging.WARNING)
+    out = run(args.tasks, quick=args.quick, ablate=args.ablate, variants=not args.no_variants,
+              cache_dir=args.cache_dir, tracking_uri=False if args.no_mlflow else args.tracking_uri,
+              overrides=args.overrides, n_resamples=args.resamples, extra=extra)
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
+        print(f"\nPlain recipe vs shipped default ({'QUICK' if args.quick else 'full'}; 95% CIs: patient-level "
+              f"bootstrap, the difference paired on the same resamples; {SETTINGS_NOTE})")
+        print(out["table"].to_string(index=False))
+        print("\nEvery arm (same folds: digest per arm):")
+        print(out["arms"].to_string(index=False))
+    print(f"\nwall time {out['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

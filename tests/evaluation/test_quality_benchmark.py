@@ -1,0 +1,100 @@
+"""benchmarks/quality.py --quick on a few real images: the table's columns, and plain and shipped on identical folds."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module():
+    """benchmarks/quality.py as a module (benchmarks/ is not a package); registered so its dataclasses work."""
+    if "bench_quality" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_quality"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["bench_quality"]
+
+
+@pytest.fixture(scope="module")
+def quick(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from registry import store
+
+    tmp = tmp_path_factory.mktemp("quality")
+    before = store.configured_uri()
+    try:
+        return _module().run(["tissue", "cdd_malignancy"], quick=True, variants=False, cache_dir=tmp / "cache",
+                             tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", n_resamples=50, progress=lambda s: None)
+    finally:
+        store.configure(before) if before else store.reset()
+
+
+def test_quick_table_has_the_columns_and_both_task_kinds(quick: dict):
+    table = quick["table"]
+    assert list(table.columns) == ["task", "dataset", "n images / patients", "metric", "plain", "shipped",
+                                   "shipped - plain (paired)"]
+    metrics = set(table["metric"])
+    assert "kappa_w per image" in metrics and "recall D per image" in metrics
+    assert any(m.startswith("kappa_w per exam") for m in metrics)
+    if "CDD-CESM" in set(table["dataset"]):
+        assert {"ROC AUC", "spec at in-fold 95%-sens thr", "sens reached"} <= metrics
+    cell = table.loc[table["metric"] == "kappa_w per image", "shipped - plain (paired)"].iloc[0]
+    assert cell.startswith(("+", "-")) and "[" in cell  # a signed difference with its paired CI
+
+
+def test_plain_and_shipped_used_identical_folds(quick: dict):
+    for task, digests in quick["folds"].items():
+        assert {"plain", "shipped"} <= set(digests)
+        assert len(set(digests.values())) == 1, (task, digests)
+    assert quick["seconds"] > 0
+
+
+def test_folds_digest_tells_different_folds_apart():
+    mod = _module()
+    ids = np.array([f"s{i}" for i in range(6)])
+    a = [(np.array([2, 3, 4, 5]), np.array([0, 1])), (np.array([0, 1]), np.array([2, 3, 4, 5]))]
+    b = [(np.array([0, 3, 4, 5]), np.array([2, 1])), (np.array([2, 1]), np.array([0, 3, 4, 5]))]
+    assert mod.folds_digest(a, ids) == mod.folds_digest([(t, v[::-1]) for t, v in a], ids)
+    assert mod.folds_digest(a, ids) != mod.folds_digest(b, ids)
+
+
+def test_paired_ci_of_an_arm_against_itself_is_zero_and_resamples_whole_patients():
+    mod = _module()
+    groups = np.repeat(np.arange(20), 2)
+    res = mod.patient_resamples(groups, 30, seed=0)
+    assert all(len(r) == 40 and np.all(np.bincount(groups[r], minlength=20) % 2 == 0) for r in res)
+    rng = np.random.default_rng(0)
+    arm = {"y": rng.integers(0, 2, 40), "p": rng.random(40)}
+    ci = mod.paired_ci(mod._auc, {"a": arm, "b": dict(arm), "a-b": None}, res)
+    assert ci["a-b"] == (0.0, 0.0, 0.0)
+    assert ci["a"][1] <= ci["a"][0] <= ci["a"][2]
+
+
+def test_ablation_walks_from_plain_to_shipped_one_change_at_a_time():
+    mod = _module()
+    bt = next(t for t in mod.TASKS if t.key == "tissue")
+    arms = mod.arm_configs(bt, {}, {}, [], ablate=True, variants=False)
+    steps = [a for a in arms if a.startswith("+ ")]
+    assert arms["plain"] != arms["shipped"] and len(steps) >= 3
+    assert arms[steps[-1]] == arms["shipped"]  # the walk ends at the shipped default
+    assert arms["plain"]["samples"] == arms["shipped"]["samples"]  # same samples, so the same rows and folds
+    assert arms["plain"]["evaluation"]["decision"] == "argmax" and arms["shipped"]["evaluation"]["decision"] == "ordinal"
+
+
+def test_quick_run_is_one_mlflow_experiment_with_a_child_run_per_arm(quick: dict):
+    from registry import store
+
+    before = store.configured_uri()
+    store.configure(quick["tracking_uri"])
+    try:
+        client = store.client()
+        exp = client.get_experiment_by_name("mammoscope-quality")
+        names = {r.info.run_name for r in client.search_runs([exp.experiment_id], max_results=100)}
+    finally:
+        store.configure(before) if before else store.reset()
+    assert "quick" in names and "tissue/plain" in names and "tissue/shipped" in names
