@@ -149,9 +149,7 @@ def fold_run(
     tags: Mapping[str, Any] | None = None,
 ) -> str:
     """Record fold `i` as a finished child run of the active parent run (name `fold-<i>`); returns its run id."""
-    if mlflow.active_run() is None:
-        raise RuntimeError("fold_run needs an active parent run: call it inside `with training_run(...)`.")
-    # through child_run: a nested start_run without experiment_id lands in the Default experiment, not the parent's
+    # through child_run (which refuses to run without an active parent run): a nested start_run without experiment_id lands in the Default experiment, not the parent's
     return child_run(f"fold-{i}", params, metrics, {"mammoscope.fold": str(i), **(tags or {})})
 
 

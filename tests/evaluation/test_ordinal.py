@@ -9,19 +9,11 @@ from sklearn.metrics import cohen_kappa_score, recall_score
 from sklearn.model_selection import cross_val_predict
 
 from pipeline.evaluation.ordinal import apply_cutpoints, expected_index, fit_cutpoints, quadratic_kappa
-
-
-def _ordinal_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Screening-like 10/40/40/10 % ordinal classes from a noisy latent score seen through 5 features."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=n)
-    y = np.digitize(z, np.quantile(z, [0.1, 0.5, 0.9]))
-    X = z[:, None] * rng.uniform(0.5, 1.0, 5) + rng.normal(scale=1.0, size=(n, 5))
-    return X, y
+from tests._ordinal import ordinal_problem
 
 
 def test_ordinal_decision_raises_rare_class_recall_without_losing_kappa():
-    X, y = _ordinal_problem(4000, seed=0)
+    X, y = ordinal_problem(4000, seed=0)
     train, test = np.arange(2000), np.arange(2000, 4000)
     model = LogisticRegression(max_iter=1000)
     inner = cross_val_predict(model, X[train], y[train], cv=3, method="predict_proba")  # training data only

@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.ordinal import apply_cutpoints
-
-
-def _ordinal_problem(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Screening-like 10/40/40/10 % ordinal classes from a noisy latent score seen through 5 features."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=n)
-    y = np.digitize(z, np.quantile(z, [0.1, 0.5, 0.9]))
-    X = z[:, None] * rng.uniform(0.5, 1.0, 5) + rng.normal(scale=1.0, size=(n, 5))
-    return X, y
+from tests._ordinal import ordinal_problem
 
 
 def test_classifier_fits_cutpoints_on_inner_folds_and_predict_applies_them():
     from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
 
-    X, y = _ordinal_problem(300, seed=3)
+    X, y = ordinal_problem(300, seed=3)
     groups = np.repeat(np.arange(150), 2)
     base = WeightedXGBClassifier(n_estimators=30, max_depth=2)
     ordinal = PatientCalibratedClassifier(base, decision="ordinal").fit(X, y, groups=groups)
