@@ -67,16 +67,21 @@ def test_every_mias_image_and_its_inverse_is_judged_right(mias_dir):
     assert not wrong, wrong
 
 
-@pytest.mark.parametrize("ref", ["mdb001", "mdb030", "mdb134"])  # right fatty, left fatty-glandular, dense
-def test_inverted_png_gives_the_sample_of_the_original(mias_dir, tmp_path, ref):
-    source = mias_dir / "images" / f"{ref}.png"
+def _read_with_inverse(source, tmp_path):
+    """(original image, its meta, image read back from an inverted PNG copy, that meta); the inverse warns."""
     with Image.open(source) as im:
         pixels = np.asarray(im.convert("L"))
-    inverted_path = tmp_path / f"{ref}_inverted.png"
+    inverted_path = tmp_path / f"{source.stem}_inverted.png"
     Image.fromarray(255 - pixels).save(inverted_path)
     original, meta0 = read_image(source)
     with pytest.warns(UserWarning, match="inverted"):
         image, meta = read_image(inverted_path)
+    return original, meta0, image, meta
+
+
+@pytest.mark.parametrize("ref", ["mdb001", "mdb030", "mdb134"])  # right fatty, left fatty-glandular, dense
+def test_inverted_png_gives_the_sample_of_the_original(mias_dir, tmp_path, ref):
+    original, meta0, image, meta = _read_with_inverse(mias_dir / "images" / f"{ref}.png", tmp_path)
     assert not meta0.inverted and meta0.inverted_by is None and not meta0.warnings
     assert meta.inverted and meta.inverted_by == "pixels"
     assert any("inverted" in w for w in meta.warnings)
@@ -154,13 +159,7 @@ def test_every_tenth_mias_image_inverted_gives_its_original_sample(mias_dir, tmp
     worst = {}
     for number in range(1, 323, 10):
         source = mias_dir / "images" / f"mdb{number:03d}.png"
-        with Image.open(source) as im:
-            pixels = np.asarray(im.convert("L"))
-        inverted_path = tmp_path / f"{source.stem}_inverted.png"
-        Image.fromarray(255 - pixels).save(inverted_path)
-        original, _ = read_image(source)
-        with pytest.warns(UserWarning, match="inverted"):
-            image, meta = read_image(inverted_path)
+        original, _, image, meta = _read_with_inverse(source, tmp_path)
         assert meta.inverted_by == "pixels", source.stem
         row = {"sample_id": source.stem}
         worst[source.stem] = float(np.abs(make_sample(original, row, "density", size=224)
