@@ -38,7 +38,7 @@ from app_support import (
     trust_lines,
     user_message,
 )
-from pipeline.errors import MammoscopeError, ModelNotFoundError
+from pipeline.errors import MammoscopeError
 from pipeline.io.imageio import IMAGE_SUFFIXES
 from pipeline.config.card_render import about_models
 from pipeline.config.tasks import TASKS, get_task
@@ -64,14 +64,9 @@ HOW_TO = ("1. Upload a mammogram: PNG, JPEG, TIFF, PGM or DICOM (read on the ser
 
 def load_models(tracking_uri: str | None = None, alias: str = "champion") -> tuple[dict[str, Any], dict[str, str]]:
     """({task: Predictor} for each task with a model at `alias`, {task: why not and which command trains it})."""
-    models: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    for task in TASKS:
-        try:
-            models.update(P.load_task_models([task], alias=alias, tracking_uri=tracking_uri))
-        except (ModelNotFoundError, MammoscopeError) as exc:
-            missing[task] = str(exc)
-            log.warning("%s", exc)
+    models, missing = P.load_available_models(alias=alias, tracking_uri=tracking_uri)
+    for message in missing.values():
+        log.warning("%s", message)
     return models, missing
 
 

@@ -127,10 +127,8 @@ def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_features
 
     logging.basicConfig(level=logging.WARNING)
-    sets = [f"dataset.adapter=manifest", f"dataset.path={csv}", f"dataset.task={task}", f"compute.n_jobs={jobs}",
+    sets = ["dataset.adapter=manifest", f"dataset.path={csv}", f"dataset.task={task}", f"compute.n_jobs={jobs}",
             f"compute.cache_dir={cache}", "evaluation.bootstrap_resamples=200", *overrides]
-    from pipeline.config.tasks import get_task
-
     if get_task(task).ordinal:  # the archive's density labels are mini-MIAS's tissue classes
         sets.append("dataset.classes=[F, G, D]")
     exp = load_experiment(ROOT / "experiments" / "defaults.yaml", sets)

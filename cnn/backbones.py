@@ -135,8 +135,6 @@ def _lite_features(model):
 
 def _architecture(name: str):
     """Randomly initialised (features, head) for a backbone name."""
-    import torch.nn as nn
-
     if name == "tiny":
         return _tiny_features(), None
     if name in _LITE:

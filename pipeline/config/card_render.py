@@ -84,7 +84,7 @@ def checklist(card: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def _limitations(card: Mapping[str, Any]) -> list[str]:
-    ds, metrics = card.get("dataset") or {}, card.get("metrics") or {}
+    ds = card.get("dataset") or {}
     out = list((card.get("extra") or {}).get("limitations") or [])
     n = ds.get("n_samples")
     if isinstance(n, int) and n < 1000:

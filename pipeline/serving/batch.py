@@ -14,7 +14,6 @@ import collections
 import functools
 import logging
 import math
-import os
 import sys
 import time
 import warnings
@@ -338,8 +337,7 @@ def load_models(options: BatchOptions) -> list[Predictor]:
     """The Predictors to score with: --model, else each requested task's model at --alias. With --task both
     (every registered task), a task without a model is skipped (logged) as long as another has one."""
     from pipeline.errors import ModelNotFoundError
-    from pipeline.serving.predict import load_predictor, load_task_models
-    from pipeline.config.tasks import TASKS
+    from pipeline.serving.predict import load_available_models, load_predictor, load_task_models
 
     one = None if options.task in ("both", "all") else options.task
     if options.model_uri:
@@ -349,17 +347,12 @@ def load_models(options: BatchOptions) -> list[Predictor]:
         return [model]
     if one is not None:
         return [load_task_models((one,), options.alias, options.tracking_uri)[one]]
-    models, missing = [], []
-    for task in TASKS:
-        try:
-            models.append(load_task_models((task,), options.alias, options.tracking_uri)[task])
-        except ModelNotFoundError as exc:
-            missing.append(str(exc))
-    if not models:
-        raise ModelNotFoundError("; ".join(missing))
-    for message in missing:
+    available, missing = load_available_models(alias=options.alias, tracking_uri=options.tracking_uri)
+    if not available:
+        raise ModelNotFoundError("; ".join(missing.values()))
+    for message in missing.values():
         logger.warning("skipping a task: %s", message)
-    return models
+    return list(available.values())
 
 
 def run_batch(options: BatchOptions) -> BatchSummary:

@@ -34,6 +34,7 @@ __all__ = [
     "Predictor",
     "parse_model_uri",
     "load_predictor",
+    "load_available_models",
     "load_task_models",
     "normalize_roi",
     "prepare_sample",
@@ -387,6 +388,20 @@ def load_task_models(tasks: Sequence[str] | None = None, alias: str = "champion"
                 f"no {task} model at models:/{name}@{alias} ({exc}). Train one with "
                 f"`mammoscope train {spec.default_experiment}` (or `mammoscope main` for every task)") from exc
     return out
+
+
+def load_available_models(tasks: Sequence[str] | None = None, alias: str = "champion",
+                          tracking_uri: str | None = None) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """({task: Predictor} for each task with a model at `alias`, {task: why not and which command trains it}): the
+    app and `mammoscope predict` serve what is registered and say what is missing."""
+    models: dict[str, Predictor] = {}
+    missing: dict[str, str] = {}
+    for task in (tasks if tasks is not None else list(TASKS)):
+        try:
+            models.update(load_task_models([task], alias=alias, tracking_uri=tracking_uri))
+        except MammoscopeError as exc:
+            missing[task] = str(exc)
+    return models, missing
 
 
 # --------------------------------------------------------------------------------------------------------------------

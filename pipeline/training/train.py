@@ -447,10 +447,8 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     import matplotlib.pyplot as plt
 
     import registry
-    from pipeline.paths import default_cache_dir
-
     from pipeline.compute import resolve_compute
-    from pipeline.training.routing import fit_with_groups, strip_requests
+    from pipeline.training.routing import strip_requests
 
     cfg = exp.config
     task = exp.task
