@@ -14,7 +14,10 @@ Every arm of a task is cross-validated on one list of folds (5-fold StratifiedGr
 and every figure's CI comes from one set of patient resamples, so "shipped - plain" is a paired difference.
 Nothing in an arm is tuned on its test folds: thresholds and ordinal cut-points are fitted on inner out-of-fold
 predictions of each training fold; the shipped settings were fixed before this benchmark (see SETTINGS_NOTE).
-A new task/dataset is one entry in TASKS.
+A new task/dataset is one entry in TASKS. Screening entries (whole images, malignant vs not: `levels=True`) compare
+the plain recipe on the 224 px whole breast with the shipped screening recipe (tiles at higher resolution + the
+whole breast) and print each figure per image, per breast (views fused as the experiment says) and per exam (its
+most suspicious breast), the operating point of each level chosen inside the training folds.
 
 Reruns are fast: features come from the feature cache (CachedTransformer), and each arm's out-of-fold result is
 kept under <cache>/quality-cv/, keyed by its config, its rows (sample bytes) and its folds; delete that folder (or
@@ -72,6 +75,7 @@ class BenchTask:
     prevalence: Mapping[str, float] | None = None  # subsample (whole patients) to these class shares
     needs: str = "mias"                        # data folder that must exist under the data root
     extras: bool = True                        # run the plain variants and the --ablate walk for this entry
+    levels: bool = False                       # screening: figures per image, breast and exam (see run_levels)
 
 
 TASKS: tuple[BenchTask, ...] = (
@@ -81,7 +85,10 @@ TASKS: tuple[BenchTask, ...] = (
     BenchTask("lesions", "lesion benign/malignant", "mini-MIAS", "mias_malignancy_fused.yaml"),
     BenchTask("cdd_malignancy", "whole image benign/malignant", "CDD-CESM", "mias_malignancy_fused.yaml",
               prepare=_cdd_benign_malignant, needs="cdd_cesm"),
-    # #15 adds: BenchTask("screening", "whole image malignant vs not", "mini-MIAS", "<screening>.yaml"), ...
+    BenchTask("screening_mias", "screening malignant vs not", "mini-MIAS", "mias_screening.yaml", levels=True,
+              extras=False),
+    BenchTask("screening_cdd", "screening malignant vs not", "CDD-CESM", "cdd_cesm_screening.yaml", levels=True,
+              needs="cdd_cesm", extras=False),
 )
 
 #: The plain recipe, as overrides of a shipped experiment (its dataset and samples are kept).
@@ -389,6 +396,124 @@ def score_task(bt: BenchTask, data: Any, arms: dict[str, Arm], exams: np.ndarray
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Screening entries: whole images, malignant vs not, at image / breast / exam level
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class LevelArm:
+    """One cross-validated screening configuration: out-of-fold P(malignant) per image, in-fold calls per level."""
+
+    name: str
+    config: dict[str, Any]
+    proba: np.ndarray                 # (n_images,) positive-class probability
+    calls: dict[str, dict[str, bool]]  # level -> unit id -> call at the level's in-fold threshold
+    folds: str
+    seconds: float
+
+
+def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any,
+                  folds: list, cache: Path | None, how: str) -> LevelArm:
+    """Patient-level CV of one screening arm on the given folds, thresholds per level chosen in the training folds
+    (pipeline.training.levels.LevelTracker); the out-of-fold result is kept under <cache>/quality-cv/ like run_arm's."""
+    import json
+
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.levels import LEVELS, LevelTracker
+
+    digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
+    key = hashlib.blake2b((_fit_key(config) + name + digest + hashlib.blake2b(np.ascontiguousarray(X).tobytes())
+                           .hexdigest()).encode(), digest_size=12).hexdigest()
+    disk = Path(cache) / "quality-cv" / f"levels-{key}.npz" if cache else None
+    if disk is not None and disk.is_file():
+        z = np.load(disk)
+        calls = json.loads(str(z["calls"]))
+        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]))
+    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how)
+    t0 = time.perf_counter()
+    cv = cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=tracker.on_fold)
+    seconds = time.perf_counter() - t0
+    calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
+    if disk is not None:
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        tmp = disk.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds)
+        os.replace(tmp, disk)
+    return LevelArm(name, config, cv.proba[:, 1], calls, digest, seconds)
+
+
+def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, n_resamples: int, seed: int
+                 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Table rows per level (AUC, spec at the in-fold 95%-sensitivity threshold, sensitivity reached; shipped -
+    plain paired on the same whole-patient resamples of that level's units) and every arm's headline metrics."""
+    from pipeline.training.levels import LEVELS, level_ids, level_proba
+
+    ids = level_ids(data.table)
+    patient_of = {lv: pd.Series(data.groups, index=ids[lv]).groupby(level=0).first() for lv in LEVELS}
+    rows: list[dict[str, Any]] = []
+    per_arm: dict[str, dict[str, float]] = {a: {"seconds": arm.seconds} for a, arm in arms.items()}
+    for lv in LEVELS:
+        fused = {a: level_proba(arm.proba, data.y, ids, how)[lv] for a, arm in arms.items()}
+        units, y = fused["plain"][0], fused["plain"][1]
+        res = patient_resamples(patient_of[lv].reindex(units).to_numpy(), n_resamples, seed)
+        d: dict[str, Any] = {a: {"y": y, "p": f[2], "call": np.array([arms[a].calls[lv][u] for u in units], int)}
+                             for a, f in fused.items()}
+        d["shipped-plain"] = None
+        n_txt = f"{len(units)} {lv}s / {len(set(data.groups))}"
+        for metric, stat, key in (("ROC AUC", _auc, "roc_auc"), ("spec at in-fold 95%-sens thr", _rate(0),
+                                                                  "spec_at_target"),
+                                  ("sens reached", _rate(1), "sens_at_target")):
+            ci = paired_ci(stat, d, res)
+            for a in arms:
+                per_arm[a][f"{lv}_{key}"], per_arm[a][f"{lv}_{key}_ci_low"], per_arm[a][f"{lv}_{key}_ci_high"] = ci[a]
+            per_arm["shipped"][f"{lv}_{key}_minus_plain"] = ci["shipped-plain"][0]
+            rows.append({"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt,
+                         "metric": f"{metric} per {lv}", "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
+                         "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)})
+    return rows, per_arm
+
+
+def run_levels(bt: BenchTask, common: Mapping[str, Any], cli: list[str], cache: Path, n_resamples: int,
+               progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
+                                                         dict[str, str], dict[str, LevelArm]]:
+    """A screening entry: the plain recipe (PLAIN on the 224 px whole breast, binary labels) beside the shipped
+    screening recipe, on one list of patient-level folds (no patient, breast or exam on both sides of a fold)."""
+    from sklearn.base import clone
+
+    from pipeline.config.experiment import parse_overrides, resolve_config
+    from pipeline.config.tasks import get_task
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from pipeline.samples import load_samples
+    from pipeline.training.levels import check_folds
+    from pipeline.training.model import build_pipeline
+    from pipeline.training.screening import build_screening_pipeline, whole_image_config
+    from pipeline.training.train import load_task_data
+
+    path = EXPERIMENTS / bt.experiment
+    over = _merge(bt.overrides, common, parse_overrides(cli))
+    shipped = resolve_config(path, over)
+    plain = whole_image_config(resolve_config(path, _merge(PLAIN, over)))
+    t0 = time.perf_counter()
+    data = load_task_data(shipped, progress=lambda s: None)
+    X224, errors = load_samples(data.table, get_task(plain["dataset"]["task"]).sample_recipe,
+                                size=int(plain["samples"]["size"]), n_jobs=int(shipped["compute"]["n_jobs"]))
+    if len(errors):
+        raise RuntimeError(f"{bt.key}: {len(errors)} images give a screening sample but no 224 px sample")
+    ev = shipped["evaluation"]
+    folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
+    check_folds(folds, data.table)
+    progress(f"{bt.key}: {len(data.y)} images ({int(data.y.sum())} malignant) of {len(set(data.groups))} patients; "
+             f"{len(folds)} patient-level folds ({time.perf_counter() - t0:.0f} s to load)")
+    how = shipped["screening"]["view_fusion"]
+    plain_pipe, shipped_pipe = build_pipeline(plain, cache), build_screening_pipeline(shipped, cache)
+    arms = {"plain": run_level_arm("plain", plain, lambda: clone(plain_pipe), X224, data, folds, cache, how),
+            "shipped": run_level_arm("shipped", shipped, lambda: clone(shipped_pipe), data.X, data, folds, cache,
+                                     how)}
+    for name, arm in arms.items():
+        progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}")
+    rows, per_arm = score_levels(bt, data, arms, how, n_resamples, seed=0)
+    return rows, per_arm, {a: arm.folds for a, arm in arms.items()}, arms
+
+
+# --------------------------------------------------------------------------------------------------------------------
 def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: bool = True,
         cache_dir: Path | None = None, tracking_uri: str | None = None, overrides: list[str] | None = None,
         n_resamples: int | None = None, progress: Callable[[str], None] = print,
@@ -412,6 +537,20 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
         for bt in (t for t in TASKS if t.key in tasks):
             if not (DATA / bt.needs).is_dir():
                 progress(f"{bt.key}: {DATA / bt.needs} is absent; skipped")
+                continue
+            if bt.levels:
+                rows, per_arm, digests[bt.key], level_arms = run_levels(bt, common, overrides or [], cache,
+                                                                        n_resamples, progress)
+                table_rows += rows
+                for a, m in per_arm.items():
+                    arm_rows.append({"task": bt.key, "arm": a, "folds": level_arms[a].folds, "metric": "image_roc_auc",
+                                     "value": _fmt((m["image_roc_auc"], m["image_roc_auc_ci_low"],
+                                                    m["image_roc_auc_ci_high"])),
+                                     "minus plain (paired)": "" if a == "plain" else
+                                     f"{m['image_roc_auc_minus_plain']:+.2f}",
+                                     "second": f"spec {m['image_spec_at_target']:.2f} at sens "
+                                               f"{m['image_sens_at_target']:.2f}", "s": f"{m['seconds']:.0f}"})
+                    logged.append((bt.key, a, level_arms[a].config, m))
                 continue
             t0 = time.perf_counter()
             base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})

@@ -98,3 +98,30 @@ def test_quick_run_is_one_mlflow_experiment_with_a_child_run_per_arm(quick: dict
     finally:
         store.configure(before) if before else store.reset()
     assert "quick" in names and "tissue/plain" in names and "tissue/shipped" in names
+
+
+def test_screening_rows_pair_arms_per_level_on_whole_patients():
+    """score_levels: a row per level and metric; an arm against its copy differs by exactly 0; breasts fuse views."""
+    import pandas as pd
+
+    mod = _module()
+    rng = np.random.default_rng(0)
+    n_pat = 24
+    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
+                           "view": view} for p in range(n_pat) for side in "LR" for view in ("CC", "MLO")])
+    y = np.array([int(p % 3 == 0 and side == "L") for p in range(n_pat) for side in "LR" for _ in range(2)])
+    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    p = np.clip(0.6 * y + 0.4 * rng.random(len(y)), 0, 1)
+    from pipeline.training.levels import LEVELS, level_ids, level_proba
+
+    fused = level_proba(p, y, level_ids(table), "mean")
+    calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
+    arm = mod.LevelArm("plain", {}, p, calls, "f", 1.0)
+    arms = {"plain": arm, "shipped": mod.LevelArm("shipped", {}, p.copy(), calls, "f", 1.0)}
+    bt = next(t for t in mod.TASKS if t.levels)
+    rows, per_arm = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
+    assert [r["metric"] for r in rows] == [f"{m} per {lv}" for lv in LEVELS for m in
+                                           ("ROC AUC", "spec at in-fold 95%-sens thr", "sens reached")]
+    assert {r["shipped - plain (paired)"] for r in rows} == {"+0.00 [+0.00, +0.00]"}
+    assert [r["n images / patients"].split()[0] for r in rows[::3]] == [str(len(y)), str(2 * n_pat), str(n_pat)]
+    assert per_arm["shipped"]["image_roc_auc"] > 0.9  # the separable scores above
