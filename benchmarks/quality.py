@@ -89,6 +89,9 @@ TASKS: tuple[BenchTask, ...] = (
               extras=False),
     BenchTask("screening_cdd", "screening malignant vs not", "CDD-CESM", "cdd_cesm_screening.yaml", levels=True,
               needs="cdd_cesm", extras=False),
+    # the same benign/malignant images as cdd_malignancy, scored by the shipped whole-image (screening) recipe
+    BenchTask("cdd_malignancy_screening", "whole image benign/malignant, screening recipe", "CDD-CESM",
+              "cdd_cesm_screening.yaml", prepare=_cdd_benign_malignant, levels=True, needs="cdd_cesm", extras=False),
 )
 
 #: The plain recipe, as overrides of a shipped experiment (its dataset and samples are kept).
@@ -471,8 +474,8 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, 
     return rows, per_arm
 
 
-def run_levels(bt: BenchTask, common: Mapping[str, Any], cli: list[str], cache: Path, n_resamples: int,
-               progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
+def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any], cli: list[str], cache: Path,
+               n_resamples: int, progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
                                                          dict[str, str], dict[str, LevelArm]]:
     """A screening entry: the plain recipe (PLAIN on the 224 px whole breast, binary labels) beside the shipped
     screening recipe, on one list of patient-level folds (no patient, breast or exam on both sides of a fold)."""
@@ -488,7 +491,7 @@ def run_levels(bt: BenchTask, common: Mapping[str, Any], cli: list[str], cache: 
     from pipeline.training.train import load_task_data
 
     path = EXPERIMENTS / bt.experiment
-    over = _merge(bt.overrides, common, parse_overrides(cli))
+    over = _merge(base, common, parse_overrides(cli))
     shipped = resolve_config(path, over)
     plain = whole_image_config(resolve_config(path, _merge(PLAIN, over)))
     t0 = time.perf_counter()
@@ -539,7 +542,8 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 progress(f"{bt.key}: {DATA / bt.needs} is absent; skipped")
                 continue
             if bt.levels:
-                rows, per_arm, digests[bt.key], level_arms = run_levels(bt, common, overrides or [], cache,
+                base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
+                rows, per_arm, digests[bt.key], level_arms = run_levels(bt, base, common, overrides or [], cache,
                                                                         n_resamples, progress)
                 table_rows += rows
                 for a, m in per_arm.items():
