@@ -11,7 +11,15 @@ Method of :func:`breast_mask`
    scanner edges; the largest 8-connected component is kept (the breast is by far the largest bright object, labels
    and markers are small and separate).
 4. Holes inside the component (dark fat lobules, a dark lesion core) are filled, then the mask is dilated back by
-   the opening radius intersected with the threshold mask, and upsampled to (H, W) by nearest neighbour.
+   the opening radius intersected with the threshold mask.
+5. Dim breast inside the outline (``fill_convex``, on by default): on digital and contrast-enhanced images whose
+   background is flat black, Otsu over the non-black pixels falls *inside* the breast's own intensities, and half of
+   it still cuts the dim tissue by the chest wall or around a dark centre, even where a lesion sits (CDD-CESM
+   subtracted images lost 30-50 % of the breast that way). So every pixel above the background floor
+   (``floor_levels`` of 255 above the image minimum) inside the convex hull of the component, and connected to it,
+   joins the mask. A breast outline is convex, so this adds the dim tissue and, on films, at most a sliver of film
+   between the pectoral muscle and the skin line (+1.8 % of the image on mini-MIAS vs +5.8 % on CDD-CESM, up to 31 %).
+6. Upsampled to (H, W) by nearest neighbour.
 
 Orientation
 -----------
@@ -25,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
+from skimage.morphology import convex_hull_image
 
 __all__ = ["breast_mask", "chest_wall_side", "orient_chest_wall_left"]
 
@@ -52,8 +61,17 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~keep[background] & (background > 0)
 
 
+def _fill_convex(component: np.ndarray, above_floor: np.ndarray) -> np.ndarray:
+    """`component` plus the above-floor pixels inside its convex hull that connect to it (holes filled again)."""
+    grown = _fill_holes(component | (convex_hull_image(component) & above_floor))
+    labels, _ = ndi.label(grown, structure=np.ones((3, 3), bool))
+    keep = np.unique(labels[component])
+    return np.isin(labels, keep[keep > 0])
+
+
 def breast_mask(
-    image: np.ndarray, *, work_size: int = 128, otsu_fraction: float = 0.5, opening_radius: int = 2
+    image: np.ndarray, *, work_size: int = 128, otsu_fraction: float = 0.5, opening_radius: int = 2,
+    fill_convex: bool = True, floor_levels: int = 2,
 ) -> np.ndarray:
     """Boolean (H, W) mask of the breast: largest bright component after a fraction of Otsu's threshold, holes filled.
 
@@ -97,6 +115,8 @@ def breast_mask(
     if opening_radius > 0:
         component = ndi.maximum_filter(component.view(np.uint8), size=size).astype(bool) & bright
     component = _fill_holes(component)
+    if fill_convex and component.any():
+        component = _fill_convex(component, levels > floor_levels)
 
     if stride == 1:
         return component

@@ -33,6 +33,12 @@ def cbis_dir() -> Path:
     return _data_dir("cbis_ddsm")
 
 
+@pytest.fixture(scope="session")
+def cdd_dir() -> Path:
+    """The CDD-CESM folder (images/, manifest.csv)."""
+    return _data_dir("cdd_cesm")
+
+
 @pytest.fixture
 def tmp_images(tmp_path: Path) -> Callable[..., list[Path]]:
     """Factory writing `n` small synthetic breast-like PNGs (bright half-disc at the left edge) into a folder."""
