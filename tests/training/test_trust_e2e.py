@@ -48,7 +48,8 @@ def test_registered_models_form_sets_and_name_the_threshold(tiny_store):
     mal = out["malignancy"]
     assert mal["prediction_set_label"] in {"benign", "malignant", "uncertain: second read",
                                            "none fits: atypical image, second read"}
-    group = "dense" if out["density"]["predicted"] == "D" else "nondense"
+    density_call = out["density"]["call"] or out["density"]["predicted"]  # its decision rule's call (cut-points)
+    group = "dense" if density_call == "D" else "nondense"
     assert mal["density_group"] == group
     assert mal["threshold"] == decision["group_thresholds"]["groups"][group]["threshold"]
     assert mal["call"] == ("malignant" if mal["probability_malignant"] >= mal["threshold"] else "benign")
