@@ -49,6 +49,10 @@ ROW_FIELDS = ("roi_kind", "roi_cx", "roi_cy", "roi_r", "roi_x0", "roi_y0", "roi_
 SAMPLE_MODULES = ("pipeline.samples", "pipeline.io.imageio", "pipeline.io.dicom", "features.breast",
                   "features.polarity", "features.resize")
 IMAGES_PER_CHUNK = 2  # images per map_chunks task: small, so a lost task costs little and progress is smooth
+# On Dask, tasks grow from IMAGES_PER_CHUNK to about TASK_SECONDS of worker time, at most MAX_IMAGES_PER_CHUNK images
+# (Dask's per-task round trips cost milliseconds; a handcrafted-only image takes ~20 ms): docs/scale-out.md
+TASK_SECONDS = 0.5
+MAX_IMAGES_PER_CHUNK = 32
 _READ_BLOCK = 1 << 20
 
 
@@ -305,7 +309,8 @@ def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | Non
                dynamic_ncols=True)
     with bar:
         for start, result in map_chunks(func, groups, chunk_size, n_jobs=jobs, max_in_flight=max_in_flight,
-                                        ordered=True):
+                                        ordered=True, task_seconds=TASK_SECONDS,
+                                        max_chunk_size=max(chunk_size, MAX_IMAGES_PER_CHUNK)):
             peak = max(peak, int(result["peak_rss"]))
             pids.add(int(result["pid"]))
             for k, (path, rows) in enumerate(groups[start:start + len(result["images"])]):
