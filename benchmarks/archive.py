@@ -13,7 +13,8 @@ Each (task, N, workers) run is one subprocess (so its peak RSS is its own) on th
 (experiments/defaults.yaml, manifest adapter, plus --set), with a fresh feature cache: stream the samples +
 frozen features (compute.n_jobs = --jobs, or a 2-worker LocalCluster with --cluster), patient-level CV of the head,
 final fit. MLflow logging is not run (not part of the data path). Printed per run: wall time per stage, images/s,
-worker-summed seconds per image of read / sample / features, peak RSS of the main process and of the workers;
+worker-summed seconds per image of read / sample / features, CPU per image of the stream (main process; its
+worker processes, startup included), peak RSS of the main process and of the workers;
 then the ratios of the issue's targets (memory at the largest N / smallest N; 2 workers vs 1; LocalCluster vs
 local), and the per-image cost extrapolated to 50,000 images.
 """
@@ -117,6 +118,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds (user + system) so far of this process and of its live child processes (workers, nannies):
+    on a shared machine CPU per image compares the paths where wall time mostly measures the neighbours' load."""
+    try:
+        import psutil  # installed with dask.distributed (the [dask] extra)
+    except ImportError:
+        t = os.times()
+        return t.user + t.system, float("nan")
+    me = psutil.Process()
+    times = me.cpu_times()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            ct = child.cpu_times()
+            children += ct.user + ct.system
+        except psutil.Error:
+            pass
+    return times.user + times.system, children
+
+
 def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides: list[str]) -> dict:
     """Stream + CV + final fit of the task's default experiment on the archive; the figures as a dict."""
     import logging
@@ -143,9 +164,10 @@ def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides
     out: dict = {"task": task, "jobs": jobs, "cluster": cluster}
     try:
         with compute_backend(local_cluster.scheduler_address if local_cluster else None, cache_dir=cache):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _cpu_seconds()
             data = load_task_features(cfg, lambda s: None, cache_dir=cache)
             out["stream_s"] = time.perf_counter() - t
+            out["stream_cpu_s"] = [b - a for a, b in zip(cpu, _cpu_seconds())]
             t = time.perf_counter()
             metrics, _, _ = evaluate_experiment(cfg, data, cache, lambda s: None)
             out["cv_s"] = time.perf_counter() - t
@@ -185,7 +207,8 @@ def _line(n: int, r: dict) -> str:
     return (f"N={n:>6} {r['task']:<10} {where:<15} wall {r['wall_s']:7.1f} s | stream {r['stream_s']:6.1f} s "
             f"({per / r['stream_s']:6.1f} img/s) cv {r['cv_s']:6.1f} s final {r['final_s']:5.1f} s | per image "
             f"(worker s): read {r['worker_read_s'] / per:.3f} sample {r['worker_sample_s'] / per:.3f} features "
-            f"{r['worker_features_s'] / per:.3f} | peak RSS main {r['main_peak_rss_mb']:.0f} MB, worker "
+            f"{r['worker_features_s'] / per:.3f} | CPU ms per image main {1000 * r['stream_cpu_s'][0] / per:.1f} "
+            f"workers {1000 * r['stream_cpu_s'][1] / per:.1f} | peak RSS main {r['main_peak_rss_mb']:.0f} MB, worker "
             f"{r['worker_peak_rss_mb']:.0f} MB | rows {r['n_rows']} x {r['n_features']} | {r['headline']}")
 
 
@@ -234,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{at[(1, False)]['stream_s'] / at[(2, False)]['stream_s']:.2f}x (target >= 1.7x)")
         if (2, True) in at and (2, False) in at:
             print(f"{task}: stream LocalCluster(2) / local n_jobs=2 throughput at N={ratio_n}: "
-                  f"{at[(2, False)]['stream_s'] / at[(2, True)]['stream_s']:.2f}x (target >= 0.85x)")
+                  f"{at[(2, False)]['stream_s'] / at[(2, True)]['stream_s']:.2f}x (target >= 0.85x); CPU per image "
+                  f"local / LocalCluster {sum(at[(2, False)]['stream_cpu_s']) / sum(at[(2, True)]['stream_cpu_s']):.2f}x")
         if local:
             n = max(local)
             r = local[n]

@@ -9,6 +9,11 @@ uses ``torch.use_deterministic_algorithms`` (warn-only) so that CPU runs repeat 
 ``FineTunedEmbedder`` wraps this as a scikit-learn transformer whose ``fit(X, y, groups=None)`` fine-tunes on the
 training data it is given and then embeds like ``CNNEmbedder``: inside cross-validation ``fit`` only ever sees the
 training fold, so fine-tuning never sees the test fold.
+
+The images may live on disk: any (N, H, W) numpy array works, and a read-only ``np.memmap`` / ``np.load(...,
+mmap_mode="r")`` array (float16 or float32, e.g. a sample store written by the training stream) is read one batch
+at a time (``batch_images``): resizing, augmentation and normalisation happen per batch, so memory holds a batch,
+never the whole set, and the model is the same as with the images in RAM.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import numpy as np
 
 from cnn.embedder import CNNEmbedder, images_from_X
 
-__all__ = ["FinetuneResult", "finetune", "patient_split", "FineTunedEmbedder"]
+__all__ = ["FinetuneResult", "finetune", "patient_split", "batch_images", "FineTunedEmbedder"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +86,22 @@ def _auc(y: np.ndarray, proba: np.ndarray) -> float:
     return float(roc_auc_score(y, proba, multi_class="ovr"))
 
 
+def batch_images(images, indices: np.ndarray, size: int):
+    """Grey tensor (k, 1, size, size) float32 of images[indices], read (from RAM or a memmap) and resized here."""
+    import torch
+
+    block = np.asarray(images[np.asarray(indices)], dtype=np.float32)   # only these k images are read
+    tensor = torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(1)
+    if tensor.shape[-2:] == (size, size):
+        return tensor
+    with torch.no_grad():
+        return torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False,
+                                               antialias=tensor.shape[-1] > size)
+
+
 def _check_inputs(images, labels, groups):
-    images = np.asarray(images, dtype=np.float32)
+    if not isinstance(images, np.ndarray) or images.dtype not in (np.float16, np.float32, np.float64):
+        images = np.asarray(images, dtype=np.float32)   # arrays (a memmap too) stay where they are: read per batch
     if images.ndim != 3:
         raise ValueError(f"Expected images of shape (N, H, W). Got shape {images.shape} instead.")
     labels = np.asarray(labels)
@@ -105,6 +124,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
              out_path: str | Path | None = None) -> FinetuneResult:
     """Fine-tune ``backbone`` + a linear head on images (N, H, W) in [0, 1] with labels; split by groups (patients).
 
+    ``images`` may be a memmap (read one batch at a time, see the module docstring).
     Returns the best epoch's model (by ``monitor``: "val_loss" or "val_auc"), the per-epoch history (train_loss,
     val_loss, val_auc, val_accuracy, seconds) and, when ``out_path`` is given, the path of the saved weights file.
     ``groups=None`` treats every image as its own patient. ``val_fraction=0`` trains all ``epochs`` with no
@@ -141,14 +161,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
             model = ImageClassifier(embed, nn.Linear(dim, len(classes)), mean=net.mean, std=net.std,
                                     input_size=size).to(device)
 
-            # resize once (grey, (N, 1, S, S)); augmentation and normalisation happen per batch
-            tensor = torch.from_numpy(images).unsqueeze(1)
-            with torch.no_grad():
-                grey = torch.cat([
-                    torch.nn.functional.interpolate(tensor[i:i + 64], size=(size, size), mode="bilinear",
-                                                    align_corners=False, antialias=tensor.shape[-1] > size)
-                    for i in range(0, len(tensor), 64)
-                ])
+            # read + resize per batch (the images may be a memmap on disk); augmentation, normalisation too
             y_t = torch.from_numpy(y)
             counts = np.bincount(y[train_idx], minlength=len(classes)).astype(np.float64)
             class_weight = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
@@ -169,7 +182,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
                     yield chunk
 
             def prepare(chunk, train):
-                g = grey[chunk]
+                g = batch_images(images, chunk, size)
                 if train and augmenter is not None:
                     g = torch.stack([augmenter(img) for img in g])
                 x = preprocess_batch(g[:, 0].to(device), input_size=size, mean=model.mean, std=model.std,

@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 import re
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ __all__ = [
     "compute_backend",
     "current_session",
     "map_chunks",
+    "ChunkSizer",
+    "adaptive_chunk_size",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ ENV_VAR = "DASK_SCHEDULER_ADDRESS"
 LOCAL = "local"
 DEFAULT_RETRIES = 2            # Dask re-runs a task that raised this many times before the error reaches the client
 DEFAULT_CHUNK_SIZE = 16        # items (images, rows) per task in map_chunks
+DASK_WINDOW_PER_THREAD = 4     # map_chunks on Dask: chunks in flight (running + waiting for order) per worker thread
+SIZER_WINDOW = 8               # adaptive chunks: per-item time is the median over the last this many chunks
 CONNECT_TIMEOUT_S = 30.0       # seconds to reach the scheduler and to wait for a first worker
 ERROR_TOPIC = "mammoscope-task-error"  # scheduler event topic: a map_chunks task raised (Dask retries it)
 _SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
@@ -375,12 +380,51 @@ def compute_backend(
 # --------------------------------------------------------------------------------------------------------------------
 # Streaming chunks
 # --------------------------------------------------------------------------------------------------------------------
-def _chunks(items: Iterable[T], size: int) -> Iterator[tuple[int, list[T]]]:
+def _chunks(items: Iterable[T], size: "int | ChunkSizer") -> Iterator[tuple[int, list[T]]]:
+    """(start, chunk) of consecutive items; with a ChunkSizer, each chunk takes the sizer's size at that moment."""
     iterator = iter(items)
     start = 0
-    while chunk := list(itertools.islice(iterator, size)):
+    while chunk := list(itertools.islice(iterator, size if isinstance(size, int) else size.size)):
         yield start, chunk
         start += len(chunk)
+
+
+def adaptive_chunk_size(seconds_per_item: float, target_s: float, minimum: int, maximum: int) -> int:
+    """Items per task so a task holds about `target_s` seconds of work, within [minimum, maximum]."""
+    if not seconds_per_item > 0:  # no measurable work (cached items, a clock that did not tick): the cap
+        return maximum
+    return int(min(maximum, max(minimum, round(target_s / seconds_per_item))))
+
+
+@dataclass
+class ChunkSizer:
+    """Chunk size of a map_chunks stream on Dask, grown (or shrunk) from the worker time of finished chunks.
+
+    Starts at `minimum` (the caller's chunk_size: first results come quickly, and a slow start, e.g. a worker's first
+    imports, cannot make the first task huge); after each finished chunk the size is `adaptive_chunk_size` of the
+    median seconds per item over the last SIZER_WINDOW chunks, capped at `maximum` so a lost task costs little and
+    the results in flight stay bounded."""
+
+    minimum: int
+    maximum: int
+    target_s: float
+    size: int = 0
+    recent: list = field(default_factory=list)   # seconds per item of the last chunks
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.maximum:
+            raise ValueError(f"chunk sizes must satisfy 1 <= minimum <= maximum. Got {self.minimum}, {self.maximum}.")
+        if not self.target_s > 0:
+            raise ValueError(f"target seconds per task must be > 0. Got {self.target_s!r} instead.")
+        self.size = self.size or self.minimum
+
+    def observe(self, n_items: int, seconds: float) -> int:
+        """Record one finished chunk of `n_items` that took `seconds` on its worker; returns the next size."""
+        if n_items > 0:
+            self.recent = [*self.recent[-(SIZER_WINDOW - 1):], max(0.0, float(seconds)) / n_items]
+            per_item = sorted(self.recent)[len(self.recent) // 2]
+            self.size = adaptive_chunk_size(per_item, self.target_s, self.minimum, self.maximum)
+        return self.size
 
 
 def _run_chunk(func: Callable[[list[T]], R], start: int, chunk: list[T]) -> tuple[int, R]:
@@ -397,6 +441,13 @@ def _run_chunk(func: Callable[[list[T]], R], start: int, chunk: list[T]) -> tupl
         raise
 
 
+def _run_chunk_timed(func: Callable[[list[T]], R], start: int, chunk: list[T]) -> tuple[int, R, float]:
+    """`_run_chunk` and the seconds it took on the worker (what ChunkSizer learns from)."""
+    began = time.perf_counter()
+    start, result = _run_chunk(func, start, chunk)
+    return start, result, time.perf_counter() - began
+
+
 def map_chunks(
     func: Callable[[list[T]], R],
     items: Iterable[T],
@@ -405,23 +456,34 @@ def map_chunks(
     max_in_flight: int | None = None,
     n_jobs: int | None = None,
     ordered: bool = False,
+    task_seconds: float | None = None,
+    max_chunk_size: int | None = None,
 ) -> Iterator[tuple[int, R]]:
-    """Yield ``(start, func(items[start:start+chunk_size]))`` as chunks complete, at most `max_in_flight` at once.
+    """Yield ``(start, func(items[start:start+size]))`` as chunks complete, at most `max_in_flight` at once.
 
     `items` may be a lazy iterable (it is read only as chunks are submitted). Inside a `compute_backend` block on a
     cluster, chunks are Dask tasks with the session's retries (a chunk on a worker that dies is run again elsewhere);
     otherwise they run in local joblib processes (`n_jobs`, default joblib's). `func` must be picklable; it is sent
     to the workers once. `start` is the offset of the chunk's first item, so results can be put back in order;
     ``ordered=True`` yields them in input order instead (finished chunks wait for earlier ones, and count towards
-    `max_in_flight`).
+    `max_in_flight`; on Dask its default is DASK_WINDOW_PER_THREAD chunks per worker thread, locally 2 per process).
+
+    `task_seconds` (Dask only): chunks start at `chunk_size` items and grow to about that many seconds of worker
+    time each, up to `max_chunk_size` items (default 16 x chunk_size): each Dask task costs milliseconds of
+    scheduling and round trips, which would dominate tasks of a few ms of work. Local joblib batches small tasks
+    itself, so the local path keeps `chunk_size`.
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1. Got {chunk_size!r} instead.")
     if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
         raise ValueError(f"max_in_flight must be an int >= 1 or None. Got {max_in_flight!r} instead.")
+    sizer = None
+    if task_seconds is not None:
+        sizer = ChunkSizer(minimum=chunk_size, maximum=max(chunk_size, max_chunk_size or 16 * chunk_size),
+                           target_s=task_seconds)
     session = current_session()
     if session is not None and session.client is not None:
-        yield from _map_chunks_dask(session, func, items, chunk_size, max_in_flight, ordered)
+        yield from _map_chunks_dask(session, func, items, chunk_size, max_in_flight, ordered, sizer)
         return
     import joblib
 
@@ -438,13 +500,14 @@ def _map_chunks_dask(
     chunk_size: int,
     max_in_flight: int | None,
     ordered: bool = False,
+    sizer: ChunkSizer | None = None,
 ) -> Iterator[tuple[int, R]]:
     from collections import deque
 
     from distributed import as_completed
 
     client = session.client
-    limit = max_in_flight or 2 * max(1, session.total_threads())
+    limit = max_in_flight or DASK_WINDOW_PER_THREAD * max(1, session.total_threads())
     tag = uuid.uuid4().hex[:8]
     # `func` travels once, as a task of its own: workers fetch it from each other and Dask recomputes it if every
     # copy is lost with its workers (scattered data could not be recovered; scatter(broadcast=True) also trips a
@@ -453,9 +516,13 @@ def _map_chunks_dask(
     running = as_completed(loop=client.loop, with_results=False)
     submitted: deque[int] = deque()   # starts in submission order (ordered=True)
     finished: dict[int, Any] = {}     # results waiting for an earlier chunk (ordered=True)
+    sizes: dict[int, int] = {}        # items of each chunk in flight (for the sizer)
 
     def emit(future) -> Iterator[tuple[int, R]]:
-        start, result = _take(future)
+        start, result, seconds = _take(future)
+        n_items = sizes.pop(start, 0)
+        if sizer is not None:
+            sizer.observe(n_items, seconds)
         if not ordered:
             yield start, result
             return
@@ -465,9 +532,10 @@ def _map_chunks_dask(
             yield first, finished.pop(first)
 
     try:
-        for start, chunk in _chunks(items, chunk_size):
-            running.add(client.submit(_run_chunk, func_future, start, chunk, retries=session.retries, pure=False,
-                                      key=f"mammoscope-chunk-{tag}-{start}"))
+        for start, chunk in _chunks(items, sizer if sizer is not None else chunk_size):
+            sizes[start] = len(chunk)
+            running.add(client.submit(_run_chunk_timed, func_future, start, chunk, retries=session.retries,
+                                      pure=False, key=f"mammoscope-chunk-{tag}-{start}"))
             if ordered:
                 submitted.append(start)
             while running.count() + len(finished) >= limit:

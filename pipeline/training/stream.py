@@ -16,7 +16,8 @@ any moment leaves only whole entries, and its rerun computes only the rows witho
 sample recipe and parameters, the code version of the sample path (`pipeline.samples`, `pipeline.io.imageio`,
 `features.breast`) and the preprocess and branch steps' keys (class, parameters, code version: CachedTransformer's);
 the row key hashes the image file (its bytes, or path + size + mtime with ``image_key="stat"``) and the row's fields
-that shape its sample (ROI, laterality). Branches are cached separately, so experiments sharing one (the handcrafted
+that shape its sample (ROI, laterality). A row that fails (unreadable file, no breast found) leaves its message in
+``<cache>/stream/errors-<key>/...txt``, keyed the same way, so a rerun reports it without reading the file again. Branches are cached separately, so experiments sharing one (the handcrafted
 features of the handcrafted and the fused model) compute it once.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from pipeline.errors import MammoscopeError
 
 __all__ = ["IMAGE_KEYS", "FeatureSpec", "StreamResult", "split_pipeline", "fit_front", "stream_features",
-           "file_key", "assemble"]
+           "file_key", "assemble", "SampleStore", "sample_store_path", "stream_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,10 @@ ROW_FIELDS = ("roi_kind", "roi_cx", "roi_cy", "roi_r", "roi_x0", "roi_y0", "roi_
 SAMPLE_MODULES = ("pipeline.samples", "pipeline.io.imageio", "pipeline.io.dicom", "features.breast",
                   "features.polarity", "features.resize")
 IMAGES_PER_CHUNK = 2  # images per map_chunks task: small, so a lost task costs little and progress is smooth
+# On Dask, tasks grow from IMAGES_PER_CHUNK to about TASK_SECONDS of worker time, at most MAX_IMAGES_PER_CHUNK images
+# (Dask's per-task round trips cost milliseconds; a handcrafted-only image takes ~20 ms): docs/scale-out.md
+TASK_SECONDS = 0.5
+MAX_IMAGES_PER_CHUNK = 32
 _READ_BLOCK = 1 << 20
 
 
@@ -95,6 +100,8 @@ class FeatureSpec:
     branches: tuple                     # ((name, fitted inner transformer, cache key), ...) in FeatureUnion order
     cache_dir: str | None
     image_key: str = "content"
+    preprocess_key: str = ""            # the preprocess step's cache key (class, parameters, code version)
+    error_key: str = ""                 # cache folder of the rows that failed (unreadable file, no breast)
 
 
 def _sample_code_version() -> str:
@@ -126,7 +133,8 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
                      for name, t in union.transformer_list)
     return FeatureSpec(recipe=recipe, size=size, crop=crop, whole_breast_without_roi=bool(whole_breast_without_roi),
                        preprocess=pre.transformer_ if pre not in (None, "passthrough") else None,
-                       branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key)
+                       branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key,
+                       preprocess_key=pre_key, error_key=f"errors-{joblib.hash(base[:-1])[:12]}")
 
 
 def file_key(path: str, how: str = "content") -> str:
@@ -154,6 +162,31 @@ def _entry(cache_dir: str, branch_key: str, row_key: str) -> Path:
     return Path(cache_dir) / "stream" / branch_key / row_key[:2] / f"{row_key}.npy"
 
 
+def _error_entry(spec: FeatureSpec, row_key: str) -> Path | None:
+    if not (spec.cache_dir and spec.error_key):
+        return None
+    return Path(spec.cache_dir) / "stream" / spec.error_key / row_key[:2] / f"{row_key}.txt"
+
+
+def _cached_error(spec: FeatureSpec, row_key: str) -> str | None:
+    entry = _error_entry(spec, row_key)
+    try:
+        return entry.read_text(encoding="utf-8") if entry is not None else None
+    except OSError:
+        return None
+
+
+def _save_error(spec: FeatureSpec, row_key: str, message: str) -> None:
+    """Remember that this row failed (keyed like its features: file content, recipe, code version)."""
+    entry = _error_entry(spec, row_key)
+    if entry is None:
+        return
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.with_name(f".{entry.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(message, encoding="utf-8")
+    os.replace(tmp, entry)
+
+
 def _save_atomic(path: Path, row: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{time.monotonic_ns()}.tmp.npy")
@@ -164,11 +197,33 @@ def _save_atomic(path: Path, row: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 # The per-image work (runs on workers)
 # --------------------------------------------------------------------------------------------------------------------
+def _sample_row(spec: FeatureSpec, image: np.ndarray, meta: Any, row: dict, recipe: str, path: str, *,
+                prepare: bool) -> np.ndarray | str:
+    """The row's sample (1, S*S) float32 (after the preprocess step when `prepare`), or the error message."""
+    from pipeline.samples import make_sample
+
+    try:
+        sample = make_sample(image, row, recipe, laterality=meta.laterality, size=spec.size, **spec.crop)
+    except MammoscopeError as exc:
+        return str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+    except ValueError as exc:
+        return f"{path}: {exc}"
+    x = sample.reshape(1, -1).astype(np.float32, copy=False)
+    if prepare and spec.preprocess is not None:
+        x = np.asarray(spec.preprocess.transform(x), dtype=np.float32)
+    return x
+
+
+def _recipes(spec: FeatureSpec, rows: list[dict]) -> list[str]:
+    from pipeline.io.datasets.table import ROI_KINDS
+
+    return ["breast" if spec.whole_breast_without_roi and r.get("roi_kind") not in ROI_KINDS else spec.recipe
+            for r in rows]
+
+
 def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
     """Feature rows of the rows sharing image `path`: {"rows": [(pos, row | error str)], "cached", "seconds"}."""
-    from pipeline.io.datasets.table import ROI_KINDS
     from pipeline.io.imageio import read_image
-    from pipeline.samples import make_sample
 
     seconds = {"read": 0.0, "sample": 0.0, "features": 0.0}
     t = time.perf_counter()
@@ -177,10 +232,7 @@ def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
     except OSError as exc:
         return {"rows": [(r["_pos"], f"{path}: cannot read the file ({exc})") for r in rows], "cached": False,
                 "seconds": seconds}
-    recipes = []
-    for r in rows:
-        no_roi = spec.whole_breast_without_roi and r.get("roi_kind") not in ROI_KINDS
-        recipes.append("breast" if no_roi else spec.recipe)
+    recipes = _recipes(spec, rows)
     keys = [_row_key(fkey, r, rec) for r, rec in zip(rows, recipes)]
     parts: list[list[np.ndarray | None]] = [[None] * len(spec.branches) for _ in rows]
     if spec.cache_dir:
@@ -190,30 +242,34 @@ def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
                     parts[i][j] = np.load(_entry(spec.cache_dir, bkey, key))
                 except (OSError, ValueError, EOFError):
                     pass
-    if all(p is not None for row in parts for p in row):
+    # rows that failed before (unreadable file, no breast...) stay failed for the same file and code: not re-read
+    failed = [None if all(p is not None for p in row_parts) else _cached_error(spec, key)
+              for key, row_parts in zip(keys, parts)]
+    if all(f is not None or all(p is not None for p in row) for f, row in zip(failed, parts)):
         seconds["read"] += time.perf_counter() - t
-        return {"rows": [(r["_pos"], np.concatenate(p)) for r, p in zip(rows, parts)], "cached": True,
-                "seconds": seconds}
+        return {"rows": [(r["_pos"], f if f is not None else np.concatenate(p))
+                         for r, p, f in zip(rows, parts, failed)], "cached": True, "seconds": seconds}
     try:
         image, meta = read_image(path)
     except MammoscopeError as exc:
+        for key in keys:
+            _save_error(spec, key, str(exc))
         return {"rows": [(r["_pos"], str(exc)) for r in rows], "cached": False, "seconds": seconds}
     seconds["read"] += time.perf_counter() - t
     out: list[tuple[int, Any]] = []
-    for r, rec, key, row_parts in zip(rows, recipes, keys, parts):
+    for r, rec, key, row_parts, fail in zip(rows, recipes, keys, parts, failed):
         if all(p is not None for p in row_parts):
             out.append((r["_pos"], np.concatenate(row_parts)))
             continue
+        if fail is not None:
+            out.append((r["_pos"], fail))
+            continue
         t = time.perf_counter()
-        try:
-            sample = make_sample(image, r, rec, laterality=meta.laterality, size=spec.size, **spec.crop)
-        except MammoscopeError as exc:
-            out.append((r["_pos"], str(exc) if str(exc).startswith(path) else f"{path}: {exc}"))
+        x = _sample_row(spec, image, meta, r, rec, path, prepare=False)
+        if isinstance(x, str):
+            _save_error(spec, key, x)
+            out.append((r["_pos"], x))
             continue
-        except ValueError as exc:
-            out.append((r["_pos"], f"{path}: {exc}"))
-            continue
-        x = sample.reshape(1, -1).astype(np.float32, copy=False)
         seconds["sample"] += time.perf_counter() - t
         t = time.perf_counter()
         if spec.preprocess is not None:
@@ -305,7 +361,8 @@ def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | Non
                dynamic_ncols=True)
     with bar:
         for start, result in map_chunks(func, groups, chunk_size, n_jobs=jobs, max_in_flight=max_in_flight,
-                                        ordered=True):
+                                        ordered=True, task_seconds=TASK_SECONDS,
+                                        max_chunk_size=max(chunk_size, MAX_IMAGES_PER_CHUNK)):
             peak = max(peak, int(result["peak_rss"]))
             pids.add(int(result["pid"]))
             for k, (path, rows) in enumerate(groups[start:start + len(result["images"])]):
@@ -362,3 +419,122 @@ def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, 
             break
     return np.asarray(got[:n], dtype=np.float32).reshape(-1, size * size)
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The sample store: prepared samples on disk for the steps that train on samples (fine-tuning)
+# --------------------------------------------------------------------------------------------------------------------
+SAMPLE_DTYPE = np.float16  # half the disk of float32; samples are in [0, 1] (rounding error < 5e-4)
+
+
+@dataclass
+class SampleStore:
+    """Prepared samples of a table on disk: ``samples`` (n_rows, S*S) is a read-only memmap in table order (rows
+    that failed are zeros and not ``ok``); index it to read only those rows (`cnn.finetune` reads one batch)."""
+
+    path: Path
+    samples: np.ndarray
+    ok: np.ndarray                       # (n_rows,) bool
+    errors: pd.DataFrame                 # position, sample_id, path, error
+    reused: bool = False                 # True when a complete store of the same key was found
+
+    def images(self) -> np.ndarray:
+        """The samples as (n_rows, S, S) images: a memmap view, nothing read."""
+        side = int(round(np.sqrt(self.samples.shape[1])))
+        return self.samples.reshape(len(self.samples), side, side)
+
+
+def sample_store_path(table: pd.DataFrame, spec: FeatureSpec, dtype: Any = SAMPLE_DTYPE) -> Path:
+    """Where the store of `table`'s samples lives: ``<cache>/samples/<key>.npy``, the key hashing the sample recipe,
+    the preprocess step and the code version (as the feature cache) and each row's file (path, size, mtime) and
+    sample-shaping fields, in table order."""
+    if not spec.cache_dir:
+        raise ValueError("a sample store needs a cache folder (compute.cache_dir): the spec has none")
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((spec.recipe, spec.size, sorted(spec.crop.items()), spec.whole_breast_without_roi,
+                        _sample_code_version(), spec.preprocess_key, np.dtype(dtype).str)).encode())
+    for rec in table.reset_index(drop=True).to_dict("records"):
+        path = str(rec["path"])
+        try:
+            st = os.stat(path)
+            stamp = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = (path, None, None)
+        digest.update(repr((stamp, [None if pd.isna(rec.get(f)) else str(rec.get(f)) for f in ROW_FIELDS
+                                    if f in rec])).encode())
+    return Path(spec.cache_dir) / "samples" / f"{digest.hexdigest()}.npy"
+
+
+def _chunk_samples(groups: list[tuple[str, list[dict]]], spec: FeatureSpec, dtype: Any) -> list[list[tuple]]:
+    """One map_chunks task of the sample store: per image group, [(pos, prepared sample (S*S,) | error str)]."""
+    from pipeline.io.imageio import read_image
+
+    out = []
+    for path, rows in groups:
+        try:
+            image, meta = read_image(path)
+        except MammoscopeError as exc:
+            out.append([(r["_pos"], str(exc)) for r in rows])
+            continue
+        got = []
+        for r, rec in zip(rows, _recipes(spec, rows)):
+            x = _sample_row(spec, image, meta, r, rec, path, prepare=True)
+            got.append((r["_pos"], x if isinstance(x, str) else x[0].astype(dtype)))
+        out.append(got)
+    return out
+
+
+def stream_samples(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | None = None,
+                   chunk_size: int = IMAGES_PER_CHUNK, dtype: Any = SAMPLE_DTYPE,
+                   progress_bar: bool = False) -> SampleStore:
+    """Prepared samples (the sample, then the front's preprocess step) of every row of `table` in a store on disk.
+
+    Workers (local processes, or Dask inside `compute_backend`) read each image once and prepare its rows; this
+    process writes each chunk's rows into a .npy memmap as they arrive (in order, a few chunks in flight), so it
+    holds a chunk, never the set. The file is written under a temporary name and renamed when complete, with an
+    ``.ok.npy`` mask beside it; a complete store of the same key (`sample_store_path`) is reused as it is."""
+    from tqdm.auto import tqdm
+
+    from pipeline.compute import map_chunks
+
+    path = sample_store_path(table, spec, dtype)
+    ok_path = path.with_suffix(".ok.npy")
+    err_path = path.with_suffix(".errors.csv")
+    if path.is_file() and ok_path.is_file() and err_path.is_file():
+        return SampleStore(path, np.load(path, mmap_mode="r"), np.load(ok_path), pd.read_csv(err_path), reused=True)
+    groups = _groups(table)
+    n_rows = len(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}.{time.monotonic_ns()}"
+    tmp = path.with_name(f".{path.stem}.{tag}.tmp.npy")
+    store = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, spec.size * spec.size))
+    ok = np.zeros(n_rows, dtype=bool)
+    errors: list[dict] = []
+    func = functools.partial(_chunk_samples, spec=spec, dtype=dtype)
+    try:
+        with tqdm(total=len(groups), desc="samples to disk", unit="img", file=sys.stderr,
+                  disable=not progress_bar, dynamic_ncols=True) as bar:
+            for start, result in map_chunks(func, groups, chunk_size, n_jobs=-1 if n_jobs is None else n_jobs,
+                                            ordered=True, task_seconds=TASK_SECONDS,
+                                            max_chunk_size=max(chunk_size, MAX_IMAGES_PER_CHUNK)):
+                for (img_path, rows), got in zip(groups[start:start + len(result)], result):
+                    by_pos = {r["_pos"]: r for r in rows}
+                    for pos, value in got:
+                        if isinstance(value, str):
+                            errors.append({"position": pos, "sample_id": by_pos[pos].get("sample_id"),
+                                           "path": img_path, "error": value})
+                        else:
+                            store[pos] = value
+                            ok[pos] = True
+                bar.update(len(result))
+        store.flush()
+        del store
+        err = pd.DataFrame(sorted(errors, key=lambda e: e["position"]),
+                           columns=["position", "sample_id", "path", "error"])
+        err.to_csv(err_path, index=False)
+        _save_atomic(ok_path, ok)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("samples of %d rows (%d failed) stored in %s", n_rows, len(errors), path)
+    return SampleStore(path, np.load(path, mmap_mode="r"), ok, err)

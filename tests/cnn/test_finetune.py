@@ -106,3 +106,62 @@ def test_finetuned_embedder_pickles_its_finetuned_weights():
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(emb)).transform(X), emb.transform(X))
     with pytest.raises(ValueError, match="requires y to be passed"):
         FineTunedEmbedder(backbone="tiny", weights="random").fit(X)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Samples on disk (#18): a memmap is read one batch at a time
+# --------------------------------------------------------------------------------------------------------------------
+def _on_disk(images: np.ndarray, path, dtype=np.float32) -> np.ndarray:
+    """`images` written as an .npy file and opened read-only as a memmap (what a sample store hands fine-tuning)."""
+    np.save(path, images.astype(dtype))
+    return np.load(path, mmap_mode="r")
+
+
+def test_finetune_on_memmapped_samples_gives_the_same_model_as_in_ram(tmp_path):
+    images, labels, _ = blob_images(40, size=24, seed=4)
+    kwargs = {**TINY, "epochs": 2, "patience": 5, "input_size": 16, "augment": True}  # 24 -> 16 px: resized per batch
+    groups = np.arange(40) // 2
+    in_ram = finetune(images, labels, groups, seed=5, **kwargs)
+    disk = _on_disk(images, tmp_path / "samples.npy")
+    assert isinstance(disk, np.memmap)
+    on_disk = finetune(disk, labels, groups, seed=5, **kwargs)
+    assert [r["train_loss"] for r in in_ram.history] == [r["train_loss"] for r in on_disk.history]
+    for (k, v), w in zip(in_ram.model.state_dict().items(), on_disk.model.state_dict().values()):
+        assert (v == w).all(), k
+    # a float16 store: the same model as the float16-rounded images in RAM
+    half = finetune(_on_disk(images, tmp_path / "half.npy", np.float16), labels, groups, seed=5, **kwargs)
+    rounded = finetune(images.astype(np.float16).astype(np.float32), labels, groups, seed=5, **kwargs)
+    for (k, v), w in zip(rounded.model.state_dict().items(), half.model.state_dict().values()):
+        assert (v == w).all(), k
+    # the embedder fits on a memmapped X (n, S*S) too, with the same result
+    X = images.reshape(40, -1)
+    emb_kw = dict(backbone="tiny", weights="random", input_size=16, epochs=1, lr=1e-2, n_threads=1, augment=False)
+    a = FineTunedEmbedder(**emb_kw).fit(X, labels, groups)
+    b = FineTunedEmbedder(**emb_kw).fit(_on_disk(X, tmp_path / "X.npy"), labels, groups)
+    np.testing.assert_array_equal(a.transform(X), b.transform(X))
+
+
+def test_finetune_data_path_peak_allocation_does_not_grow_with_the_number_of_samples(tmp_path):
+    """tracemalloc over a whole fine-tune on a float16 store of N and 5N images: the peak traced allocation (numpy's
+    arrays; torch's own allocator is not traced, and holds only a batch and the model) stays flat."""
+    import tracemalloc
+
+    side, batch = 64, 8
+
+    def peak(n: int) -> int:
+        images, labels, _ = blob_images(n, size=side, seed=6)
+        disk = _on_disk(images, tmp_path / f"s{n}.npy", np.float16)
+        del images
+        tracemalloc.start()
+        try:
+            finetune(disk, labels, np.arange(n) // 2, seed=0, epochs=1, patience=1, input_size=16,
+                     **{**TINY, "batch_size": batch})
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    peak(16)  # warm-up: first-call imports allocate too
+    small, large = peak(48), peak(240)
+    data_small = 48 * side * side * 4   # what materialising the small set as float32 would take
+    assert large < 1.5 * small, (small, large)
+    assert large - small < data_small, (small, large)   # 4x more images did not add even one small set's worth

@@ -341,6 +341,27 @@ def test_task_error_is_retried_by_dask_and_reported(local_cluster, tmp_path):
             list(map_chunks(DiesOnce(sum, str(marker2), how="raise"), range(4), 4))
 
 
+def sleepy_items(chunk: list[int]) -> list[int]:
+    """5 ms of (sleeping) work per item; the chunk back, so the test sees each task's items."""
+    time.sleep(0.005 * len(chunk))
+    return list(chunk)
+
+
+@pytest.mark.slow
+def test_adaptive_chunks_grow_on_dask_and_keep_input_order(local_cluster):
+    """task_seconds: tasks grow from chunk_size towards ~0.05 s of work (10 items of 5 ms), capped at 16 items;
+    results still come in input order, every item once."""
+    with compute_backend(local_cluster) as session:
+        out = list(map_chunks(sleepy_items, range(300), 1, ordered=True, task_seconds=0.05, max_chunk_size=16))
+    sizes = [len(chunk) for _, chunk in out]
+    assert [x for _, chunk in out for x in chunk] == list(range(300))
+    assert all(start == chunk[0] for start, chunk in out)
+    assert sizes[0] == 1 and max(sizes) <= 16
+    assert len(out) < 300 / 4, sizes                         # grown: far fewer tasks than items
+    assert 6 <= sorted(sizes)[len(sizes) // 2] <= 16, sizes   # most tasks near the target (10 items)
+    assert session.report.clean, session.report
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # `dask scheduler` + `dask worker` subprocesses, reached through the environment variable
 # --------------------------------------------------------------------------------------------------------------------

@@ -166,3 +166,89 @@ def test_pipelines_with_stateful_features_are_not_streamed():
     front, head = split_pipeline(build_pipeline(load_experiment(ROOT / "experiments" / "tiny_test.yaml").config))
     assert [n for n, _ in front.steps] == ["preprocess", "features"]
     assert [n for n, _ in head.steps] == ["select", "classifier"]
+
+
+def _front_spec(cfg: dict, cache: Path):
+    """The fitted front and worker spec of an experiment, as load_task_features makes them."""
+    from pipeline.config.tasks import get_task
+    from pipeline.training import stream
+    from pipeline.training.model import build_pipeline
+    from pipeline.training.train import sample_params, task_table
+
+    front, _ = stream.split_pipeline(build_pipeline(cfg, cache))
+    table, _, _ = task_table(cfg)
+    sp, recipe = sample_params(cfg), get_task(cfg["dataset"]["task"]).sample_recipe
+    stream.fit_front(front, stream.first_samples(table, recipe, sp, whole_breast_without_roi=True))
+    return front, stream.make_spec(front, recipe, sp, whole_breast_without_roi=True, cache_dir=cache), table
+
+
+def test_sample_store_on_disk_holds_the_prepared_samples_and_fine_tunes_like_ram(archive, tmp_path):
+    """stream_samples: workers prepare each row's sample (+ the preprocess step), the store is a float16 memmap in
+    table order equal to the in-memory samples; a rerun reuses it, a changed file makes a new one; fine-tuning on
+    the store gives the model fine-tuning on its samples in RAM gives."""
+    from cnn.finetune import finetune
+    from pipeline.training.stream import stream_samples
+    from pipeline.training.train import load_task_data
+
+    cfg = _config(archive, "dataset.max_samples=16", "compute.n_jobs=2")
+    front, spec, table = _front_spec(cfg, tmp_path / "cache")
+    store = stream_samples(table, spec, n_jobs=2)
+    assert isinstance(store.samples, np.memmap) and store.samples.dtype == np.float16 and not store.reused
+    assert store.ok.all() and store.errors.empty and store.path.is_file()
+    mem = load_task_data(cfg, lambda s: None)
+    prepared = front.steps[0][1].transform(mem.X)  # what the features (and a fine-tuned CNN) see
+    np.testing.assert_allclose(store.samples, prepared, rtol=0, atol=5e-4)  # float16 rounding of [0, 1] values
+
+    again = stream_samples(table, spec, n_jobs=1)
+    assert again.reused and again.path == store.path
+    np.testing.assert_array_equal(again.samples, store.samples)
+    touched = Path(table["path"].iloc[0])
+    os.utime(touched, ns=(time.time_ns(), time.time_ns() + 10**9))  # the file changed (mtime): a new store
+    assert stream_samples(table, spec, n_jobs=1).path != store.path
+
+    kw = dict(backbone="tiny", weights="random", batch_size=8, lr=1e-2, head_lr_factor=1.0, augment=False,
+              n_threads=1, epochs=1, input_size=16, seed=0)
+    images = store.images()
+    on_disk = finetune(images, mem.y, mem.groups, **kw)
+    in_ram = finetune(np.array(images, dtype=np.float32), mem.y, mem.groups, **kw)
+    for (k, v), w in zip(in_ram.model.state_dict().items(), on_disk.model.state_dict().values()):
+        assert (v == w).all(), k
+
+
+def test_failed_rows_are_cached_and_not_read_again_until_the_file_changes(tmp_path, mias_dir, monkeypatch):
+    """An unreadable file and a blank image (no breast) fail once; the rerun reports the same errors from the cache
+    without reading either file (nor any other); a failed file replaced by a real image is read and succeeds."""
+    import shutil
+
+    from skimage.io import imsave
+
+    import pipeline.io.imageio as imageio
+    from benchmarks.archive import build_archive
+    from pipeline.training.train import load_task_features
+
+    csv = build_archive(8, tmp_path / "archive", side=SIDE, seed=5)
+    images = sorted((tmp_path / "archive" / "images").glob("*.png"))
+    good = tmp_path / "good.png"
+    shutil.copy(images[0], good)
+    images[0].write_bytes(b"not a png at all")
+    imsave(images[1], np.full((SIDE, SIDE), 90, np.uint8), check_contrast=False)
+    cfg = _config(csv, "compute.n_jobs=1")  # in this process, so the reads can be counted
+    cache = tmp_path / "cache"
+    first = load_task_features(cfg, lambda s: None, cache_dir=cache)
+    failed = first.stream.errors
+    assert sorted(Path(p).name for p in failed["path"]) == [images[0].name, images[1].name], failed
+    assert first.stream.images_computed == 8
+
+    reads: list[str] = []
+    real = imageio.read_image
+    monkeypatch.setattr(imageio, "read_image", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    rerun = load_task_features(cfg, lambda s: None, cache_dir=cache)
+    assert reads == [] and rerun.stream.images_cached == 8 and rerun.stream.images_computed == 0
+    assert rerun.stream.errors["error"].tolist() == failed["error"].tolist()
+    np.testing.assert_array_equal(rerun.features, first.features)
+
+    shutil.copy(good, images[0])  # new content: a new key, so it is read again (and now works)
+    fixed = load_task_features(cfg, lambda s: None, cache_dir=cache)
+    assert [Path(p).name for p in reads if "archive" in p].count(images[0].name) >= 1
+    assert fixed.stream.images_computed == 1 and len(fixed.stream.errors) == 1
+    assert len(fixed.features) == len(first.features) + 1
