@@ -8,11 +8,17 @@ out-of-fold AUC of a logistic regression for benign vs malignant lesion crops an
 Fine-tuning runs inside each fold on the training part only (FineTunedEmbedder.fit on the training fold, with its
 own patient-level validation split for early stopping), so the test fold never reaches it.
 
+Fine-tuning speed: training images/s and seconds per epoch of lite0 at 224 px for full fine-tuning and for only the
+last k stages trained (``--speed-stages all 6 4 2``), on the same real images in one run. The frozen vs fine-tuned
+comparison runs the schedule declared in experiments/defaults.yaml (features.cnn.finetune: epochs, learning_rate,
+patience, batch_size, trainable_stages) unless flags override it, and prints the fine-tuning wall time of the CV.
+
 Only efficientnet_lite0 has ImageNet weights offline; the torchvision backbones run with random weights here, which
 is fine for speed figures and says nothing about their features.
 
-Run: .venv/bin/python benchmarks/cnn.py [--n-images 32] [--threads 2] [--epochs 3] [--folds 5] [--cv-size 224]
-     [--tasks lesion tissue] [--skip-speed] [--skip-memory]
+Run: .venv/bin/python benchmarks/cnn.py [--n-images 32] [--threads 2] [--folds 5] [--cv-size 224]
+     [--tasks lesion tissue] [--skip-speed] [--skip-memory] [--skip-finetune-speed] [--speed-stages all 6 4 2]
+     [--epochs E --lr LR --patience P --ft-batch B --trainable-stages K|all]   (default: the declared schedule)
 Timings are wall-clock on a shared machine: treat them as noisy.
 """
 from __future__ import annotations
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cnn.embedder import CNNEmbedder, preprocess_batch  # noqa: E402
 from cnn.finetune import FineTunedEmbedder  # noqa: E402
+from pipeline.config.experiment import default_config  # noqa: E402
 from pipeline.io.datasets.mias import load_mias  # noqa: E402
 from pipeline.evaluation.metrics import bootstrap_ci  # noqa: E402
 from pipeline.evaluation.splits import patient_stratified_folds
@@ -44,6 +51,10 @@ BACKBONE_WEIGHTS = {
     "efficientnet_b0": "random",
     "convnext_tiny": "random",
 }
+
+
+def _stages_arg(text: str) -> int | None:
+    return None if text in ("all", "none", "None") else int(text)
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -147,8 +158,51 @@ def auc_with_ci(y: np.ndarray, p: np.ndarray) -> tuple[float, float, float]:
     return float(roc_auc_score(y, p)), low, high
 
 
+def finetune_speed(X: np.ndarray, y: np.ndarray, settings: list[int | None], rounds: int, batch: int, threads: int,
+                   seed: int) -> list[dict]:
+    """Training images/s and seconds per epoch of lite0 fine-tuning at 224 px, one row per trainable_stages setting.
+
+    Every setting trains one epoch on the same images (no validation split, augmentation on, channels-last), in
+    ``rounds`` round-robin rounds so that a shared machine's load falls on every setting alike; the first round
+    also warms oneDNN up. Reported: the best and the median epoch over the rounds, and the wall time of all rounds.
+    """
+    from cnn.finetune import finetune
+
+    images = X.reshape(len(X), 224, 224)
+    runs: dict = {s: [] for s in settings}
+    walls: dict = {s: 0.0 for s in settings}
+    for r in range(rounds):
+        for trainable in settings:
+            t0 = time.perf_counter()
+            result = finetune(images, y, backbone="efficientnet_lite0", weights="imagenet", epochs=1, lr=1e-4,
+                              batch_size=batch, val_fraction=0.0, seed=seed, input_size=224, n_threads=threads,
+                              trainable_stages=trainable, channels_last=True)
+            walls[trainable] += time.perf_counter() - t0
+            runs[trainable].append(result.history[0])
+            print(f"  round {r + 1}/{rounds}, trainable_stages={trainable}: "
+                  f"{result.history[0]['train_images_per_s']:.2f} img/s", flush=True)
+    return [{"trainable_stages": s, "epoch_s": min(h["seconds"] for h in runs[s]),
+             "median_s": float(np.median([h["seconds"] for h in runs[s]])),
+             "images_per_s": max(h["train_images_per_s"] for h in runs[s]),
+             "median_images_per_s": float(np.median([h["train_images_per_s"] for h in runs[s]])),
+             "wall_s": walls[s]} for s in settings]
+
+
+def print_finetune_speed(rows: list[dict], n: int, batch: int, rounds: int) -> None:
+    full = next((r for r in rows if r["trainable_stages"] is None), rows[0])
+    print(f"\n== fine-tuning speed, efficientnet_lite0 (9 stages: stem, 7 MBConv groups, head conv) at 224 px, "
+          f"{n} real images, batch {batch}, augmentation on, channels-last; one epoch per setting in each of "
+          f"{rounds} round-robin rounds (best / median)")
+    print(f"  {'trainable stages':<18} {'img/s best':>10} {'median':>7} {'s/epoch best':>12} {'median':>7} "
+          f"{'wall s':>7} {'vs full (best)':>14}")
+    for r in rows:
+        name = "all (full)" if r["trainable_stages"] is None else f"last {r['trainable_stages']}"
+        print(f"  {name:<18} {r['images_per_s']:10.2f} {r['median_images_per_s']:7.2f} {r['epoch_s']:12.1f} "
+              f"{r['median_s']:7.1f} {r['wall_s']:7.1f} {r['images_per_s'] / full['images_per_s']:13.2f}x", flush=True)
+
+
 def compare(task: str, folds: int, epochs: int, threads: int, seed: int, size: int = 224, lr: float = 1e-4,
-            ft_batch: int = 16, patience: int = 1) -> dict:
+            ft_batch: int = 16, patience: int = 1, trainable_stages: int | None = None) -> dict:
     """Out-of-fold probabilities of frozen+LR, fine-tuned+LR and the fine-tuned head; fine-tune seconds/epoch."""
     import torch
 
@@ -160,25 +214,32 @@ def compare(task: str, folds: int, epochs: int, threads: int, seed: int, size: i
     Z = frozen.transform(X)  # no learning from the data: embedding once is fold-safe
     frozen_s = time.perf_counter() - t0
     p_frozen, p_tuned, p_head = (np.zeros(len(y)) for _ in range(3))
-    epoch_s, epochs_run = [], []
+    epoch_s, epochs_run, speed, tune_s = [], [], [], 0.0
     for k, (tr, te) in enumerate(splits, 1):
         p_frozen[te] = _logreg().fit(Z[tr], y[tr]).predict_proba(Z[te])[:, 1]
         emb = FineTunedEmbedder(input_size=size, epochs=epochs, lr=lr, finetune_batch_size=ft_batch, val_fraction=0.2,
-                                patience=patience,
+                                patience=patience, trainable_stages=trainable_stages,
                                 n_threads=threads, random_state=seed)
+        t_fold = time.perf_counter()
         emb.fit(X[tr], y[tr], groups=groups[tr])  # the training fold only
+        tune_s += time.perf_counter() - t_fold
         Ztr, Zte = emb.transform(X[tr]), emb.transform(X[te])
         p_tuned[te] = _logreg().fit(Ztr, y[tr]).predict_proba(Zte)[:, 1]
         with torch.inference_mode():
             p_head[te] = emb.head_(torch.from_numpy(Zte)).softmax(1)[:, 1].numpy()
         epoch_s += [h["seconds"] for h in emb.history_]
+        speed += [h["train_images_per_s"] for h in emb.history_]
         epochs_run.append(len(emb.history_))
         print(f"  fold {k}/{len(splits)}: train {len(tr)} / test {len(te)}; fine-tune epochs run {len(emb.history_)}"
               f" (best {emb.best_epoch_}), {np.mean([h['seconds'] for h in emb.history_]):.1f} s/epoch", flush=True)
     rows = {name: auc_with_ci(y, p) for name, p in
             (("frozen ImageNet + LR", p_frozen), ("fine-tuned + LR", p_tuned), ("fine-tuned head", p_head))}
-    print(f"  frozen embedding of {len(y)} images: {frozen_s:.1f} s; fine-tuning: {np.mean(epoch_s):.1f} s/epoch "
-          f"on ~{int(np.mean([len(tr) for tr, _ in splits]) * 0.8)} images at {size} px")
+    stages = "all stages" if trainable_stages is None else f"last {trainable_stages} stages"
+    print(f"  frozen embedding of {len(y)} images: {frozen_s:.1f} s; fine-tuning ({stages}, {epochs} epochs max, "
+          f"patience {patience}, lr {lr:g}, batch {ft_batch}): {np.mean(epoch_s):.1f} s/epoch, "
+          f"{np.median(speed):.1f} training img/s on ~{int(np.mean([len(tr) for tr, _ in splits]) * 0.8)} images "
+          f"at {size} px; {sum(epochs_run)} epochs in all; fine-tuning wall time over {len(splits)} folds "
+          f"{tune_s:.0f} s ({tune_s / 60:.1f} min)")
     print(f"  {'embeddings':<22} {'AUC':>6}  95% CI")
     for name, (auc, low, high) in rows.items():
         print(f"  {name:<22} {auc:6.3f}  [{low:.3f}-{high:.3f}]")
@@ -187,6 +248,7 @@ def compare(task: str, folds: int, epochs: int, threads: int, seed: int, size: i
     half = max((f_high - f_low) / 2, (t_high - t_low) / 2)
     verdict = "fine-tuned beats frozen by more than the CI half-width" if t_auc - f_auc > half else "no clear gain"
     print(f"  fine-tuned - frozen = {t_auc - f_auc:+.3f} (largest CI half-width {half:.3f}): {verdict}")
+    rows["fine-tune wall s"] = tune_s
     return rows
 
 
@@ -196,12 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3)
+    schedule = default_config()["features"]["cnn"]["finetune"]  # the declared CPU schedule
+    parser.add_argument("--epochs", type=int, default=schedule["epochs"])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-4, help="backbone learning rate (head: 10x)")
-    parser.add_argument("--ft-batch", type=int, default=16, help="fine-tuning batch size")
-    parser.add_argument("--patience", type=int, default=1, help="early-stopping patience, epochs")
+    parser.add_argument("--lr", type=float, default=schedule["learning_rate"], help="backbone learning rate (head: 10x)")
+    parser.add_argument("--ft-batch", type=int, default=schedule["batch_size"], help="fine-tuning batch size")
+    parser.add_argument("--patience", type=int, default=schedule["patience"], help="early-stopping patience, epochs")
+    parser.add_argument("--trainable-stages", type=_stages_arg, default=schedule["trainable_stages"],
+                        help="fine-tune only the last k backbone stages ('all' = every stage)")
+    parser.add_argument("--speed-stages", type=_stages_arg, nargs="*", default=[None, 6, 4, 2],
+                        help="trainable_stages settings of the fine-tuning speed table ('all' = full)")
+    parser.add_argument("--speed-images", type=int, default=24, help="images per fine-tuning speed run")
+    parser.add_argument("--speed-rounds", type=int, default=3, help="round-robin rounds of the fine-tuning speed table")
+    parser.add_argument("--skip-finetune-speed", action="store_true", help="no fine-tuning speed table")
     parser.add_argument("--cv-size", type=int, default=224, help="input size of the frozen vs fine-tuned comparison")
     parser.add_argument("--tasks", nargs="*", default=["lesion", "tissue"], choices=["lesion", "tissue"])
     parser.add_argument("--skip-speed", action="store_true", help="no throughput and no memory figures")
@@ -227,8 +297,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  peak RSS {peak:.0f} MiB (after importing torch {imported:.0f} MiB, after building the model "
               f"{base:.0f} MiB: streaming adds {peak - base:+.0f} MiB); "
               f"{n / seconds:.1f} img/s end to end")
+    if not args.skip_finetune_speed:
+        paths = mias_paths()[: args.speed_images]
+        X = np.stack([resize_square(read_png(p), 224).ravel() for p in paths])
+        y = np.arange(len(X)) % 2  # labels only drive the loss here: speed figures
+        print(f"\n== fine-tuning speed runs ({len(X)} images, {args.speed_rounds} rounds)")
+        rows = finetune_speed(X, y, args.speed_stages, args.speed_rounds, args.ft_batch, args.threads, args.seed)
+        print_finetune_speed(rows, len(X), args.ft_batch, args.speed_rounds)
     for task in args.tasks:
-        compare(task, args.folds, args.epochs, args.threads, args.seed, args.cv_size, args.lr, args.ft_batch, args.patience)
+        compare(task, args.folds, args.epochs, args.threads, args.seed, args.cv_size, args.lr, args.ft_batch,
+                args.patience, args.trainable_stages)
     return 0
 
 

@@ -26,7 +26,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cnn.backbones import BACKBONES, POOLINGS
 
-__all__ = ["CNNEmbedder", "images_from_X", "preprocess_batch"]
+__all__ = ["CNNEmbedder", "images_from_X", "preprocess_batch", "resolve_device"]
+
+
+def resolve_device(device: str) -> str:
+    """A torch device string: "auto" = "cuda" when torch sees a GPU, else "cpu"; anything else unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def images_from_X(X: np.ndarray, image_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -94,7 +103,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
     input_size : side in pixels the images are resized to (bilinear, antialiased when shrinking).
     batch_size : images per forward pass.
     n_threads : torch intra-op threads during transform (restored afterwards); None leaves torch's setting.
-    device : torch device string ("cpu", "cuda", ...).
+    device : torch device string ("cpu", "cuda", ...) or "auto" (the GPU when torch sees one, else the CPU).
     image_shape : (H, W) of the flattened images, or None to infer S = isqrt(n_features).
     channels_last : run the network in channels-last memory format (faster for convolutions on CPU).
     random_state : seed of the initialisation when weights="random".
@@ -144,13 +153,14 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         from cnn._nets import EmbeddingNet
 
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.model_ = EmbeddingNet(features, self.pooling).to(self.device, memory_format=fmt).eval()
-        self.head_ = None if head is None else head.to(self.device).eval()
+        device = resolve_device(self.device)
+        self.model_ = EmbeddingNet(features, self.pooling).to(device, memory_format=fmt).eval()
+        self.head_ = None if head is None else head.to(device).eval()
         self.mean_ = tuple(float(v) for v in mean)
         self.std_ = tuple(float(v) for v in std)
         self.head_classes_ = None if classes is None else list(classes)
         with torch.inference_mode():
-            probe = torch.zeros((1, 3, self.input_size, self.input_size), device=self.device)
+            probe = torch.zeros((1, 3, self.input_size, self.input_size), device=device)
             self.n_embedding_ = int(self.model_(probe.contiguous(memory_format=fmt)).shape[1])
 
     def fit(self, X, y=None):
@@ -182,6 +192,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         X = self._validate(X, reset=False)
         images = images_from_X(X, self.image_shape)
         out = np.empty((images.shape[0], self.n_embedding_), dtype=np.float32)
+        device = resolve_device(self.device)
         previous = torch.get_num_threads()
         if self.n_threads is not None:
             torch.set_num_threads(int(self.n_threads))
@@ -190,7 +201,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
                 for start in range(0, len(images), self.batch_size):
                     chunk = images[start:start + self.batch_size]
                     # no copy for writeable arrays; read-only ones (memmaps) are copied one batch at a time
-                    batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(self.device)
+                    batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(device)
                     x = preprocess_batch(batch, input_size=self.input_size, mean=self.mean_, std=self.std_,
                                          channels_last=self.channels_last)
                     out[start:start + len(batch)] = self.model_(x).float().cpu().numpy()
@@ -206,7 +217,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if self.head_ is None:
             raise ValueError(f"CNNEmbedder with weights={self.weights!r} has no classifier head.")
-        emb = torch.from_numpy(self.transform(X)).to(self.device)
+        emb = torch.from_numpy(self.transform(X)).to(resolve_device(self.device))
         with torch.inference_mode():
             return self.head_(emb).float().cpu().numpy()
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cnn.embedder import CNNEmbedder, images_from_X
+from cnn.embedder import CNNEmbedder, images_from_X, resolve_device
 
 __all__ = ["FinetuneResult", "finetune", "patient_split", "batch_images", "FineTunedEmbedder"]
 
@@ -121,6 +121,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
              weight_decay: float = 1e-4, batch_size: int = 16, val_fraction: float = 0.2, patience: int = 2,
              monitor: str = "val_loss", seed: int = 0, pooling: str = "avg", input_size: int | None = None,
              augment: bool = True, n_threads: int | None = None, device: str = "cpu",
+             trainable_stages: int | None = None, channels_last: bool = True,
              out_path: str | Path | None = None) -> FinetuneResult:
     """Fine-tune ``backbone`` + a linear head on images (N, H, W) in [0, 1] with labels; split by groups (patients).
 
@@ -129,11 +130,18 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
     val_loss, val_auc, val_accuracy, seconds) and, when ``out_path`` is given, the path of the saved weights file.
     ``groups=None`` treats every image as its own patient. ``val_fraction=0`` trains all ``epochs`` with no
     validation and no early stopping.
+
+    ``trainable_stages=k`` trains only the last k stages of the backbone (``cnn._stages.feature_stages``: 9 for
+    EfficientNet-Lite) and the head; the earlier stages stay frozen (no gradient, BatchNorm in eval mode, run under
+    ``torch.no_grad()`` so their activations are not kept for backward); ``None`` trains every stage, 0 only the
+    head. ``channels_last`` trains in channels-last memory format (faster convolutions on CPU). ``device`` is a
+    torch device string or "auto" (the GPU when torch sees one, else the CPU).
     """
     import torch
     import torch.nn as nn
 
     from cnn._nets import EmbeddingNet, ImageClassifier
+    from cnn._stages import PartlyFrozen
     from cnn.backbones import build_backbone, save_weights
     from cnn.embedder import preprocess_batch
 
@@ -142,6 +150,11 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
         raise ValueError(f"The 'monitor' parameter must be 'val_loss' or 'val_auc'. Got {monitor!r} instead.")
     if not isinstance(epochs, Integral) or epochs < 1:
         raise ValueError(f"The 'epochs' parameter must be an int >= 1. Got {epochs!r} instead.")
+    if trainable_stages is not None and (not isinstance(trainable_stages, Integral)
+                                         or isinstance(trainable_stages, bool) or trainable_stages < 0):
+        raise ValueError(f"The 'trainable_stages' parameter must be None (train every stage) or an int >= 0. "
+                         f"Got {trainable_stages!r} instead.")
+    device = resolve_device(device)
     train_idx, val_idx = patient_split(y, groups, val_fraction, seed)
 
     previous_threads = torch.get_num_threads()
@@ -155,11 +168,16 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
             torch.manual_seed(seed)
             net = build_backbone(backbone, weights, random_state=seed)
             size = int(input_size or net.input_size)
-            embed = EmbeddingNet(net.features, pooling)
             with torch.no_grad():
-                dim = embed(torch.zeros(1, 3, size, size)).shape[1]
-            model = ImageClassifier(embed, nn.Linear(dim, len(classes)), mean=net.mean, std=net.std,
-                                    input_size=size).to(device)
+                dim = EmbeddingNet(net.features, pooling)(torch.zeros(1, 3, size, size)).shape[1]
+            # trained through the staged view; its modules (and weights) are net.features' own
+            staged = PartlyFrozen(net.features, trainable_stages)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            model = ImageClassifier(EmbeddingNet(staged, pooling), nn.Linear(dim, len(classes)), mean=net.mean,
+                                    std=net.std, input_size=size).to(device, memory_format=fmt)
+            if staged.n_frozen:
+                logger.info("finetune %s: %d of %d stages frozen, %d trainable", backbone, staged.n_frozen,
+                            staged.n_stages, staged.n_stages - staged.n_frozen)
 
             # read + resize per batch (the images may be a memmap on disk); augmentation, normalisation too
             y_t = torch.from_numpy(y)
@@ -167,7 +185,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
             class_weight = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
             loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device))
             optimizer = torch.optim.AdamW([
-                {"params": model.net.parameters(), "lr": lr},
+                {"params": [p for p in model.net.parameters() if p.requires_grad], "lr": lr},
                 {"params": model.head.parameters(), "lr": lr * head_lr_factor},
             ], weight_decay=weight_decay)
             augmenter = _augmenter() if augment else None
@@ -186,7 +204,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
                 if train and augmenter is not None:
                     g = torch.stack([augmenter(img) for img in g])
                 x = preprocess_batch(g[:, 0].to(device), input_size=size, mean=model.mean, std=model.std,
-                                     channels_last=False)
+                                     channels_last=channels_last)
                 return x, y_t[chunk].to(device)
 
             history: list[dict] = []
@@ -203,6 +221,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
                     optimizer.step()
                     total += loss.detach().item() * len(chunk)
                     seen += len(chunk)
+                train_s = time.perf_counter() - start
                 record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
                 if len(val_idx):
                     model.eval()
@@ -213,6 +232,7 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
                     record["val_auc"] = _auc(y[val_idx], proba)
                     record["val_accuracy"] = float((proba.argmax(1) == y[val_idx]).mean())
                 record["seconds"] = time.perf_counter() - start
+                record["train_images_per_s"] = seen / train_s if train_s > 0 else float("nan")
                 history.append(record)
                 logger.info("finetune %s%s epoch %d/%d: %s", backbone, f" [{task}]" if task else "", epoch, epochs,
                             ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
@@ -233,7 +253,11 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
                         break
             if best_state is not None:
                 model.load_state_dict(best_state)
-            model.eval()
+            # the plain network (no staging, requires_grad restored) is what is saved and embedded with
+            for p in net.features.parameters():
+                p.requires_grad_(True)
+            model = ImageClassifier(EmbeddingNet(net.features, pooling), model.head, mean=net.mean, std=net.std,
+                                    input_size=size).eval()
     finally:
         torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
         if n_threads is not None:
@@ -252,7 +276,9 @@ class FineTunedEmbedder(CNNEmbedder):
     """CNNEmbedder whose ``fit(X, y, groups=None)`` first fine-tunes the backbone on (X, y), then embeds.
 
     All CNNEmbedder parameters, plus the fine-tuning ones of :func:`finetune` (``epochs``, ``lr``,
-    ``finetune_batch_size``, ``val_fraction``, ``patience``, ``augment``). ``weights`` is the starting point.
+    ``finetune_batch_size``, ``val_fraction``, ``patience``, ``augment``, ``trainable_stages``: train only the
+    last k stages + the head, None = every stage). ``weights`` is the starting point; ``device="auto"`` fine-tunes
+    and embeds on the GPU when torch sees one; ``channels_last`` applies to fine-tuning too.
     Pass ``groups`` (patient ids) to ``fit`` for a patient-level validation split (in a Pipeline with metadata
     routing: ``FineTunedEmbedder(...).set_fit_request(groups=True)``); without groups every image is its own
     patient. Fitted attributes beyond CNNEmbedder's: ``classes_``, ``history_``, ``best_epoch_``; ``head_`` is the
@@ -263,7 +289,7 @@ class FineTunedEmbedder(CNNEmbedder):
                  input_size: int = 224, batch_size: int = 32, n_threads: int | None = None, device: str = "cpu",
                  image_shape: tuple[int, int] | None = None, channels_last: bool = True, random_state: int = 0,
                  epochs: int = 3, lr: float = 1e-4, finetune_batch_size: int = 16, val_fraction: float = 0.2,
-                 patience: int = 2, augment: bool = True):
+                 patience: int = 2, augment: bool = True, trainable_stages: int | None = None):
         super().__init__(backbone=backbone, weights=weights, pooling=pooling, input_size=input_size,
                          batch_size=batch_size, n_threads=n_threads, device=device, image_shape=image_shape,
                          channels_last=channels_last, random_state=random_state)
@@ -273,6 +299,7 @@ class FineTunedEmbedder(CNNEmbedder):
         self.val_fraction = val_fraction
         self.patience = patience
         self.augment = augment
+        self.trainable_stages = trainable_stages
 
     def fit(self, X, y=None, groups=None):
         """Fine-tune on (X, y) split by ``groups`` (patients), then keep the network for transform; returns self."""
@@ -293,7 +320,8 @@ class FineTunedEmbedder(CNNEmbedder):
                           lr=self.lr, batch_size=self.finetune_batch_size, val_fraction=self.val_fraction,
                           patience=self.patience, seed=self.random_state, pooling=self.pooling,
                           input_size=self.input_size, augment=self.augment, n_threads=self.n_threads,
-                          device=self.device)
+                          device=self.device, trainable_stages=self.trainable_stages,
+                          channels_last=self.channels_last)
         model = result.model
         self._set_network(model.net.features, model.head, mean=model.mean, std=model.std,
                           classes=result.classes.tolist())

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from cnn.embedder import resolve_device
+
 __all__ = ["grad_cam"]
 
 
@@ -20,7 +22,7 @@ def _parts(model_or_embedder: Any):
         if emb.head_ is None:
             raise ValueError(f"{type(emb).__name__} with weights={emb.weights!r} has no classifier head: Grad-CAM "
                              "needs a fine-tuned (or ImageNet) head.")
-        return emb.model_, emb.head_, emb.mean_, emb.std_, emb.input_size, emb.device
+        return emb.model_, emb.head_, emb.mean_, emb.std_, emb.input_size, resolve_device(emb.device)
     if all(hasattr(model_or_embedder, a) for a in ("net", "head", "mean", "std", "input_size")):
         m = model_or_embedder
         device = next(m.parameters()).device

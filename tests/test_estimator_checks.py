@@ -28,6 +28,8 @@ def _cnn_estimators() -> list:
         CNNEmbedder(backbone="tiny", weights="random", input_size=16, n_threads=1),
         FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
                           augment=False, n_threads=1),
+        FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
+                          augment=False, n_threads=1, trainable_stages=1),
     ]
 
 

@@ -169,6 +169,12 @@ SCHEMA: dict[str, Any] = {
                 "enabled": Bool(),
                 "epochs": Int(1, 1000),
                 "learning_rate": Float(0.0, 1.0, lo_open=True),
+                "patience": Int(1, 1000),
+                "batch_size": Int(2, 1024),
+                "trainable_stages": Rule(lambda v: _is_int(v) and v >= 0,
+                                         "an int >= 0 (the last k backbone stages train; 0 = only the head) "
+                                         "or null (every stage trains)", nullable=True),
+                "device": Choice(("auto", "cpu", "cuda")),
             },
         },
         "selection": {"k_best": Int(1, None, nullable=True)},

@@ -493,6 +493,8 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             union_steps.append(("cnn", request_groups(FineTunedEmbedder(
                 backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"], input_size=size,
                 batch_size=cn["batch_size"], epochs=cn["finetune"]["epochs"], lr=cn["finetune"]["learning_rate"],
+                patience=cn["finetune"]["patience"], finetune_batch_size=cn["finetune"]["batch_size"],
+                trainable_stages=cn["finetune"]["trainable_stages"], device=cn["finetune"]["device"],
                 random_state=ev["seed"]))))
         else:
             from cnn.embedder import CNNEmbedder

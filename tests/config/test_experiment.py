@@ -74,6 +74,13 @@ def test_extends_and_overrides_layer_in_order():
     ("evaluation.target_sensitivity=1.5", "evaluation.target_sensitivity: 1.5 is not a number in (0.0, 1.0]"),
     ("model.max_depth=true", "model.max_depth: true is not an int in [1, 32]"),
     ("features.handcrafted.glcm.distances=[]", "features.handcrafted.glcm.distances: [] is not a list of at least 1"),
+    ("features.cnn.finetune.trainable_stages=-1",
+     "features.cnn.finetune.trainable_stages: -1 is not an int >= 0 (the last k backbone stages train; 0 = only the "
+     "head) or null (every stage trains)"),
+    ("features.cnn.finetune.trainable_stages=half", "features.cnn.finetune.trainable_stages: 'half' is not an int"),
+    ("features.cnn.finetune.device=gpu", "features.cnn.finetune.device: 'gpu' is not one of auto, cpu, cuda"),
+    ("features.cnn.finetune.batch_size=1", "features.cnn.finetune.batch_size: 1 is not an int in [2, 1024]"),
+    ("features.cnn.finetune.freeze=3", "features.cnn.finetune.freeze: unknown key; allowed here: enabled, epochs"),
 ])
 def test_bad_override_names_key_value_and_allowed(override, message):
     with pytest.raises(ConfigError) as info:
