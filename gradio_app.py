@@ -7,6 +7,11 @@ patient-identifying DICOM values. Run ``mammoscope app`` or ``python gradio_app.
 
 API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` (optional) is
 ``"x0, y0, x1, y1"`` in pixels of the original image or ``""`` / left out for the whole image, and return plain JSON.
+With no region and a screening model loaded, ``/explain`` gives ``explanations["screening"]["map"]``: ``peak_xy``
+[x, y] (the map's maximum, original-image pixels), ``value_range`` [min, max] (tile malignancy probabilities over the
+breast), ``image_shape`` [H, W] of the original image, ``grid_shape`` [32, 32] and ``grid`` (32 rows of 32 values in
+[0, 1], the mean map value of each cell of a 32 x 32 partition of the image; row i spans pixel rows i*H/32 to
+(i+1)*H/32, 0 outside the breast): enough to place and draw the map over the image.
 Host and port: ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` (``app_support.server_address``).
 """
 from __future__ import annotations
@@ -127,15 +132,21 @@ class _Handlers:
                 "missing_models": dict(self.missing)}
 
     def api_explain(self, file: str | None, roi: str | None = None) -> dict[str, Any]:
-        """Top handcrafted-feature contributions (log-odds) and notes per task; heat maps are shown in the page."""
+        """Top handcrafted-feature contributions (log-odds) and notes per task; the screening model (no region) adds
+        its map's summary (``map``: peak, value range, coarse grid; `pipeline.serving.screening.map_summary`)."""
+        from pipeline.serving.screening import map_summary
+
         loaded, box = self._read(file, roi)
         out: dict[str, Any] = {}
         for task, model in self.active(box).items():
+            whole = get_task(task).region_free
             try:
-                ex = model.explain(self.samples(file, loaded, box)[task], top=TOP_FEATURES, heatmap=False)
+                ex = model.explain(self.samples(file, loaded, box)[task], top=TOP_FEATURES, heatmap=whole)
             except (MammoscopeError, ValueError) as exc:
                 raise gr.Error(user_message(exc)) from None
             out[task] = {k: v for k, v in ex.items() if not k.startswith("heatmap")}
+            if whole and ex.get("heatmap_original") is not None:
+                out[task]["map"] = map_summary(ex["heatmap_original"])
         return {"explanations": out, "roi": list(box) if box else None}
 
     # --- page events ----------------------------------------------------------------------------------------

@@ -18,9 +18,10 @@ import pandas as pd
 from features.tiles import tile_heatmap
 from pipeline.training.levels import level_proba
 
-__all__ = ["sample_heatmap", "explain_screening", "level_rows", "write_level_files", "overlay_rgb", "write_maps"]
+__all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "level_rows", "write_level_files", "overlay_rgb", "write_maps"]
 
 log = logging.getLogger(__name__)
+MAP_GRID = 32  # cells per side of the coarse map in the app's JSON API (`map_summary`)
 
 
 def sample_heatmap(map_pipeline: Any, sample: np.ndarray) -> np.ndarray:
@@ -59,6 +60,25 @@ def explain_screening(predictor: Any, sample: Any, heatmap: bool = True) -> dict
     out["notes"].append("heat map: malignancy probability of the overlapping tiles covering each breast pixel "
                         "(a tile scorer fitted on the training images), at the original image's scale")
     return out
+
+
+def map_summary(heat: np.ndarray, grid: int = MAP_GRID, digits: int = 4) -> dict[str, Any]:
+    """Plain-JSON summary of a heat map (H, W) on the original image: ``peak_xy`` [x, y] (column, row of its maximum,
+    original pixels), ``value_range`` [min, max] over the mapped (breast) pixels, ``image_shape`` [H, W],
+    ``grid_shape`` [g, g] and ``grid``, g rows of g values in [0, 1]: the mean map value over each cell of a g x g
+    partition of the image (cell i spans rows floor(i H / g) to floor((i + 1) H / g); 0 outside the breast)."""
+    heat = np.nan_to_num(np.asarray(heat, np.float64))
+    h, w = heat.shape
+    g = max(1, min(int(grid), h, w))
+    rows, cols = (np.linspace(0, n, g + 1).astype(int) for n in (h, w))
+    sums = np.add.reduceat(np.add.reduceat(heat, rows[:-1], axis=0), cols[:-1], axis=1)
+    cells = np.clip(sums / np.outer(np.diff(rows), np.diff(cols)), 0.0, 1.0)
+    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    mapped = heat[heat > 0]
+    low, high = (float(mapped.min()), float(mapped.max())) if mapped.size else (0.0, 0.0)
+    return {"peak_xy": [int(px), int(py)], "value_range": [round(low, digits), round(high, digits)],
+            "image_shape": [int(h), int(w)], "grid_shape": [g, g],
+            "grid": np.round(cells, digits).tolist()}
 
 
 def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:

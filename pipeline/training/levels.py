@@ -108,6 +108,7 @@ class LevelCV:
     metrics: dict[str, float]
     oof: pd.DataFrame                     # one row per image: ids, fold, label, p, fused breast and exam p
     thresholds: dict[str, list[float]]    # per level, the in-fold threshold of each fold
+    calls: dict[str, dict[str, bool]] | None = None  # per level, {unit id: positive call at its fold's threshold}
 
 
 def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, table: pd.DataFrame,
@@ -130,4 +131,4 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
     metrics = tracker.metrics(cv.proba[:, 1], **kw)
     oof = pd.DataFrame({"sample_id": tracker.ids["image"], "patient_id": groups, "fold": cv.fold, "y": y,
                         "p": cv.proba[:, 1], **tracker.oof_columns(cv.proba[:, 1])})
-    return LevelCV(metrics, oof, tracker.thresholds)
+    return LevelCV(metrics, oof, tracker.thresholds, tracker.calls)

@@ -98,6 +98,7 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     with running_app(uri, models={"screening": predictor}) as (url, _demo):
         client = Client(url, verbose=False)
         out = client.predict(handle_file(first), "", api_name="/predict")
+        explained = client.predict(handle_file(first), "", api_name="/explain")
     app = out["results"]["screening"]
     assert app["call"] in ("not_malignant", "malignant") and app["threshold"] == predictor.threshold
     image, meta = read_image(first)  # the app reads laterality from the file (CDD-CESM PNGs carry none)
@@ -105,6 +106,19 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     assert app["probabilities"]["malignant"] == pytest.approx(alone, abs=1e-9)
     ex = predictor.explain(predictor.prepare(image, meta, path=first))
     assert ex["heatmap_original"].shape == image.shape and ex["heatmap_original"].max() > 0
+    # /explain, no region: the map's peak (original pixels) lies in the breast; a 32 x 32 grid in [0, 1]
+    from features.breast import breast_mask
+
+    summary = explained["explanations"]["screening"]["map"]
+    x, y = summary["peak_xy"]
+    assert summary["image_shape"] == list(image.shape) and breast_mask(image)[y, x]
+    grid = np.asarray(summary["grid"])
+    assert summary["grid_shape"] == [32, 32] and grid.shape == (32, 32)
+    assert 0.0 <= grid.min() and grid.max() <= 1.0 and grid.max() > 0
+    low, high = summary["value_range"]
+    assert 0.0 < low <= high == pytest.approx(float(ex["heatmap_original"].max()), abs=1e-4)
+    assert np.unravel_index(np.argmax(grid), grid.shape) == pytest.approx((y * 32 // image.shape[0],
+                                                                           x * 32 // image.shape[1]), abs=3)
 
     # mammoscope predict on a manifest naming patients, laterality and views: three files that agree
     manifest = tmp_path / "exam.csv"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.config.experiment import resolve_config
 from pipeline.serving.screening import sample_heatmap
@@ -47,3 +48,18 @@ def test_heatmap_peaks_inside_the_breast_and_follows_a_moved_lesion(tmp_path):
         assert abs(py - cy) <= 16 and abs(px - cx) <= 16
         peaks.append((py, px))
     assert np.hypot(peaks[0][0] - peaks[1][0], peaks[0][1] - peaks[1][1]) >= 15
+
+
+def test_map_summary_places_the_peak_and_averages_a_coarse_grid():
+    from pipeline.serving.screening import map_summary
+
+    heat = np.zeros((100, 70), np.float32)
+    heat[10:90, 5:60] = 0.2
+    heat[71:75, 40:44] = 0.9
+    s = map_summary(heat, grid=10)
+    assert s["peak_xy"] == [40, 71] and s["image_shape"] == [100, 70] and s["grid_shape"] == [10, 10]
+    grid = np.asarray(s["grid"])
+    assert grid.shape == (10, 10) and s["value_range"] == [0.2, 0.9]
+    assert np.unravel_index(np.argmax(grid), grid.shape) == (7, 5)  # rows 70-79, columns 35-41
+    assert grid[0, 0] == 0.0 and grid[5, 3] == pytest.approx(0.2)
+    assert 0.0 <= grid.min() and grid.max() <= 1.0

@@ -61,6 +61,11 @@ def test_tiny_screening_cv_on_real_images_reports_every_level(tiny_mias, tmp_pat
         assert 0.0 <= res.metrics[f"{lv}_roc_auc"] <= 1.0 and len(res.thresholds[lv]) == 3
         assert np.isfinite(res.metrics[f"{lv}_spec_at_target"])
     assert res.metrics["image_n"] == len(table) and res.metrics["exam_n"] == table["patient_id"].nunique()
+    # each image's call is its probability against its own fold's in-fold threshold
+    calls = np.array([res.calls["image"][k] for k in res.oof["sample_id"]])
+    at = np.array([res.thresholds["image"][f] for f in res.oof["fold"]])
+    assert np.array_equal(calls, res.oof["p"].to_numpy() >= at)
+    assert len(res.calls["exam"]) == table["patient_id"].nunique()
     # no patient, breast or exam crosses folds: every unit has one fold
     for col in ("patient_id", "breast_id", "exam_id"):
         assert (res.oof.groupby(col)["fold"].nunique() == 1).all()
