@@ -238,6 +238,24 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     return json.dumps(c, sort_keys=True, default=str)
 
 
+def _memo_file(cache: Path | None, config: Mapping[str, Any], digest: str, X: np.ndarray, tag: str = "",
+               prefix: str = "") -> tuple[str, Path | None]:
+    """(key, <cache>/quality-cv/<prefix><key>.npz or None) of an arm's CV: its fit config, folds and rows' bytes."""
+    rows = hashlib.blake2b(np.ascontiguousarray(X).tobytes()).hexdigest()
+    key = hashlib.blake2b((_fit_key(config) + tag + digest + rows).encode(), digest_size=12).hexdigest()
+    return key, (Path(cache) / "quality-cv" / f"{prefix}{key}.npz" if cache else None)
+
+
+def _save_npz(path: Path | None, **arrays: Any) -> None:
+    """np.savez to `path` atomically (temporary file, then rename); nothing without a path."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Path | None, exams: np.ndarray,
             memo: dict[str, dict[str, Any]] | None = None) -> Arm:
     """Cross-validate one configuration on the given folds (a fit already made for an equal config is reused: an
@@ -252,9 +270,7 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
 
     memo = {} if memo is None else memo
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
-    key = hashlib.blake2b((_fit_key(config) + digest + hashlib.blake2b(np.ascontiguousarray(data.X).tobytes())
-                           .hexdigest()).encode(), digest_size=12).hexdigest()
-    disk = Path(cache) / "quality-cv" / f"{key}.npz" if cache else None
+    key, disk = _memo_file(cache, config, digest, data.X)
     if key not in memo and disk is not None and disk.is_file():  # a rerun: this arm's CV on these rows and folds
         z = np.load(disk)
         memo[key] = {"proba": z["proba"], "thresholds": list(z["thresholds"]), "seconds": float(z["seconds"]),
@@ -277,12 +293,8 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
                             route_groups=True, on_fold=on_fold)
         memo[key] = {"proba": cv.proba, "calls": calls, "seconds": time.perf_counter() - t0,
                      "thresholds": list(cv.fold_thresholds)}
-        if disk is not None:
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            tmp = disk.with_suffix(f".{os.getpid()}.tmp.npz")
-            np.savez(tmp, proba=cv.proba, thresholds=np.asarray(cv.fold_thresholds), seconds=memo[key]["seconds"],
-                     **{f"call_{r}": c for r, c in calls.items()})
-            os.replace(tmp, disk)
+        _save_npz(disk, proba=cv.proba, thresholds=np.asarray(cv.fold_thresholds), seconds=memo[key]["seconds"],
+                  **{f"call_{r}": c for r, c in calls.items()})
     done = memo[key]
     rule = config["evaluation"].get("decision", "argmax") if get_task(config["dataset"]["task"]).ordinal else "argmax"
     return Arm(name, config, done["proba"], done["calls"][rule], done["proba"].argmax(axis=1),
@@ -423,9 +435,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     from pipeline.training.levels import LEVELS, LevelTracker
 
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
-    key = hashlib.blake2b((_fit_key(config) + name + digest + hashlib.blake2b(np.ascontiguousarray(X).tobytes())
-                           .hexdigest()).encode(), digest_size=12).hexdigest()
-    disk = Path(cache) / "quality-cv" / f"levels-{key}.npz" if cache else None
+    _, disk = _memo_file(cache, config, digest, X, tag=name, prefix="levels-")
     if disk is not None and disk.is_file():
         z = np.load(disk)
         calls = json.loads(str(z["calls"]))
@@ -435,11 +445,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     cv = cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=tracker.on_fold)
     seconds = time.perf_counter() - t0
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
-    if disk is not None:
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        tmp = disk.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds)
-        os.replace(tmp, disk)
+    _save_npz(disk, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds)
     return LevelArm(name, config, cv.proba[:, 1], calls, digest, seconds)
 
 
