@@ -49,21 +49,9 @@ def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return image
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the background regions of `mask` that do not touch the image border."""
-    background, count = ndi.label(~mask)
-    if count == 0:
-        return mask
-    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[border] = True
-    keep[0] = False
-    return mask | ~keep[background] & (background > 0)
-
-
 def _fill_convex(component: np.ndarray, above_floor: np.ndarray) -> np.ndarray:
     """`component` plus the above-floor pixels inside its convex hull that connect to it (holes filled again)."""
-    grown = _fill_holes(component | (convex_hull_image(component) & above_floor))
+    grown = ndi.binary_fill_holes(component | (convex_hull_image(component) & above_floor))
     labels, _ = ndi.label(grown, structure=np.ones((3, 3), bool))
     keep = np.unique(labels[component])
     return np.isin(labels, keep[keep > 0])
@@ -114,7 +102,7 @@ def breast_mask(
     component = labels == int(np.argmax(sizes))
     if opening_radius > 0:
         component = ndi.maximum_filter(component.view(np.uint8), size=size).astype(bool) & bright
-    component = _fill_holes(component)
+    component = ndi.binary_fill_holes(component)
     if fill_convex and component.any():
         component = _fill_convex(component, levels > floor_levels)
 
