@@ -105,7 +105,7 @@ PLAIN: dict[str, Any] = {
                  "selection": {"k_best": None}},
     "model": {"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3, "subsample": 1.0, "colsample_bytree": 1.0,
               "min_child_weight": 1.0, "reg_lambda": 1.0, "class_weight": None},  # XGBoost's own defaults
-    "calibration": {"method": "sigmoid", "holdout": "cv", "inner_folds": 3},
+    "calibration": {"method": "sigmoid", "holdout": "cv", "inner_folds": 3, "ensemble": True},
     "evaluation": {"decision": "argmax"},
 }
 VARIANTS = {"fused": {}, "handcrafted": {"features": {"cnn": {"enabled": False}}},
@@ -226,6 +226,7 @@ class Arm:
     folds: str
     seconds: float
     thresholds: list[float] = field(default_factory=list)
+    chosen: list[str] = field(default_factory=list)  # nested arm: the candidate the inner CV picked, per outer fold
 
 
 def _fit_key(config: Mapping[str, Any]) -> str:
@@ -257,9 +258,10 @@ def _save_npz(path: Path | None, **arrays: Any) -> None:
 
 
 def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Path | None, exams: np.ndarray,
-            memo: dict[str, dict[str, Any]] | None = None) -> Arm:
+            memo: dict[str, dict[str, Any]] | None = None, nested: "Nested | None" = None) -> Arm:
     """Cross-validate one configuration on the given folds (a fit already made for an equal config is reused: an
-    arm differing only by the density decision reads the same out-of-fold probabilities)."""
+    arm differing only by the density decision reads the same out-of-fold probabilities). With `nested`, each
+    training fold fits the candidate its own inner patient-level CV picks (`config` is then the shipped one)."""
     from sklearn.base import clone
 
     from pipeline.config.experiment import deep_merge
@@ -270,18 +272,22 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
 
     memo = {} if memo is None else memo
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
-    key, disk = _memo_file(cache, config, digest, data.X)
+    key, disk = _memo_file(cache, config, digest, data.X, tag=nested.tag if nested else "")
     if key not in memo and disk is not None and disk.is_file():  # a rerun: this arm's CV on these rows and folds
         z = np.load(disk)
         memo[key] = {"proba": z["proba"], "thresholds": list(z["thresholds"]), "seconds": float(z["seconds"]),
-                     "calls": {r: z[f"call_{r}"] for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}}
+                     "calls": {r: z[f"call_{r}"] for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")},
+                     "chosen": [str(c) for c in z["chosen"]] if "chosen" in z else []}
     if key not in memo:
         fit_cfg = deep_merge(config, {"evaluation": {"decision": "ordinal"}})  # cut-points fitted too (cheap)
         pipe = build_pipeline(fit_cfg, cache)
         n = len(data.y)
         calls = {r: np.zeros(n, int) for r in ("ordinal", "argmax", "exam_ordinal", "exam_argmax")}
+        chosen: list[str] = []
 
         def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+            if nested is not None:
+                chosen.append(nested.labels[est.best_index_])
             clf = final_classifier(est)
             pe = exam_average(p, exams[te])
             calls["ordinal"][te], calls["exam_ordinal"][te] = clf.decide(p), clf.decide(pe)
@@ -289,16 +295,79 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
             calls["exam_argmax"][te] = pe.argmax(axis=1) if p.shape[1] > 2 else clf.decide(pe)
 
         t0 = time.perf_counter()
-        cv = cross_validate(lambda: clone(pipe), data.X, data.y, data.groups, folds,
-                            route_groups=True, on_fold=on_fold)
+        make = nested.make if nested is not None else (lambda: clone(pipe))
+        cv = cross_validate(make, data.X, data.y, data.groups, folds, route_groups=True, on_fold=on_fold)
         memo[key] = {"proba": cv.proba, "calls": calls, "seconds": time.perf_counter() - t0,
-                     "thresholds": list(cv.fold_thresholds)}
+                     "thresholds": list(cv.fold_thresholds), "chosen": chosen}
         _save_npz(disk, proba=cv.proba, thresholds=np.asarray(cv.fold_thresholds), seconds=memo[key]["seconds"],
-                  **{f"call_{r}": c for r, c in calls.items()})
+                  chosen=np.asarray(chosen, dtype=str), **{f"call_{r}": c for r, c in calls.items()})
     done = memo[key]
     rule = config["evaluation"].get("decision", "argmax") if get_task(config["dataset"]["task"]).ordinal else "argmax"
     return Arm(name, config, done["proba"], done["calls"][rule], done["proba"].argmax(axis=1),
-               done["calls"][f"exam_{rule}"], digest, done["seconds"], list(done["thresholds"]))
+               done["calls"][f"exam_{rule}"], digest, done["seconds"], list(done["thresholds"]), done["chosen"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --choose: a setting picked by nested patient-level CV (each outer training fold picks by its own inner CV)
+# --------------------------------------------------------------------------------------------------------------------
+@dataclass
+class Nested:
+    """An arm that picks one of several candidate configurations inside each outer training fold."""
+
+    labels: list[str]                   # candidate i's "KEY=VALUE,..." text
+    make: Callable[[], Any]             # a fresh unfitted search (GridSearchCV over the candidates' pipelines)
+    tag: str                            # memo identity: the candidates' fit configs
+
+
+def parse_choices(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """--choose KEY=V1|V2[|...] (repeatable) -> [(label, overrides)]: every combination of the keys' values."""
+    from itertools import product
+
+    from pipeline.config.experiment import parse_overrides
+
+    keys, values = [], []
+    for item in items:
+        key, _, vals = item.partition("=")
+        if "|" not in vals:
+            raise SystemExit(f"--choose {item!r}: expected KEY=V1|V2[|...] (two or more candidate values)")
+        keys.append(key.strip())
+        values.append([v.strip() for v in vals.split("|")])
+    out = []
+    for combo in product(*values):
+        pairs = [f"{k}={v}" for k, v in zip(keys, combo)]
+        out.append((",".join(pairs), parse_overrides(pairs)))
+    return out
+
+
+def nested_search(labels: list[str], pipes: list[Any], binary: bool, inner_folds: int, seed: int) -> Nested:
+    """A Nested arm: scikit-learn's GridSearchCV over the candidates' whole pipelines, scored by ROC AUC (binary)
+    or quadratic kappa of the calls (ordered classes) on patient-grouped stratified inner folds of the training
+    fold, refitted on all of it with the winner; the outer test fold is seen only by the refitted winner."""
+    import json
+
+    from sklearn.base import clone
+    from sklearn.metrics import cohen_kappa_score, make_scorer
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+
+    scoring = "roc_auc" if binary else make_scorer(cohen_kappa_score, weights="quadratic")
+    search = GridSearchCV(pipes[0], [{"steps": [p.steps]} for p in pipes], scoring=scoring, refit=True,
+                          cv=StratifiedGroupKFold(inner_folds, shuffle=True, random_state=seed), error_score="raise")
+    tag = "nested:" + json.dumps(labels) + f":{inner_folds}:{seed}"
+    return Nested(labels, lambda: clone(search), tag)
+
+
+def choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, dict[str, Any]]],
+               build: Callable[[dict[str, Any]], Any], binary: bool) -> tuple[str, Nested]:
+    """(arm name, Nested) for --choose on one task: each candidate is the shipped experiment with its overrides."""
+    from pipeline.config.experiment import resolve_config
+
+    path = EXPERIMENTS / bt.experiment
+    configs = [resolve_config(path, _merge(over, o)) for _, o in choices]
+    ev = configs[0]["evaluation"]
+    keys = [pair.split("=", 1)[0] for pair in choices[0][0].split(",")]
+    nested = nested_search([label for label, _ in choices], [build(c) for c in configs], binary,
+                           int(configs[0]["calibration"]["inner_folds"]), int(ev["seed"]))
+    return f"nested[{','.join(keys)}]", nested
 
 
 def _prevalence_subsample(data: Any, shares: Mapping[str, float], seed: int) -> Any:
@@ -423,10 +492,11 @@ class LevelArm:
     calls: dict[str, dict[str, bool]]  # level -> unit id -> call at the level's in-fold threshold
     folds: str
     seconds: float
+    chosen: list[str] = field(default_factory=list)  # nested arm: the candidate picked per outer fold
 
 
 def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any,
-                  folds: list, cache: Path | None, how: str) -> LevelArm:
+                  folds: list, cache: Path | None, how: str, nested: Nested | None = None) -> LevelArm:
     """Patient-level CV of one screening arm on the given folds, thresholds per level chosen in the training folds
     (pipeline.training.levels.LevelTracker); the out-of-fold result is kept under <cache>/quality-cv/ like run_arm's."""
     import json
@@ -435,21 +505,31 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     from pipeline.training.levels import LEVELS, LevelTracker
 
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
-    _, disk = _memo_file(cache, config, digest, X, tag=name, prefix="levels-")
+    _, disk = _memo_file(cache, config, digest, X, tag=name + (nested.tag if nested else ""), prefix="levels-")
     if disk is not None and disk.is_file():
         z = np.load(disk)
         calls = json.loads(str(z["calls"]))
-        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]))
+        chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
+        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen)
     tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how)
+    chosen: list[str] = []
+
+    def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+        if nested is not None:
+            chosen.append(nested.labels[est.best_index_])
+        tracker.on_fold(i, tr, te, est, p)
+
     t0 = time.perf_counter()
-    cv = cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=tracker.on_fold)
+    cv = cross_validate(nested.make if nested else make, X, data.y, data.groups, folds, route_groups=True,
+                        on_fold=on_fold)
     seconds = time.perf_counter() - t0
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
-    _save_npz(disk, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds)
-    return LevelArm(name, config, cv.proba[:, 1], calls, digest, seconds)
+    _save_npz(disk, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds,
+              chosen=np.asarray(chosen, dtype=str))
+    return LevelArm(name, config, cv.proba[:, 1], calls, digest, seconds, chosen)
 
 
-def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, n_resamples: int, seed: int
+def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str, n_resamples: int, seed: int
                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Table rows per level (AUC, spec at the in-fold 95%-sensitivity threshold, sensitivity reached; shipped -
     plain paired on the same whole-patient resamples of that level's units) and every arm's headline metrics."""
@@ -465,7 +545,9 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, 
         res = patient_resamples(patient_of[lv].reindex(units).to_numpy(), n_resamples, seed)
         d: dict[str, Any] = {a: {"y": y, "p": f[2], "call": np.array([arms[a].calls[lv][u] for u in units], int)}
                              for a, f in fused.items()}
-        d["shipped-plain"] = None
+        for a in arms:
+            if a != "plain":
+                d[f"{a}-plain"] = None
         n_txt = f"{len(units)} {lv}s / {len(set(data.groups))}"
         for metric, stat, key in (("ROC AUC", _auc, "roc_auc"), ("spec at in-fold 95%-sens thr", _rate(0),
                                                                   "spec_at_target"),
@@ -473,7 +555,10 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, 
             ci = paired_ci(stat, d, res)
             for a in arms:
                 per_arm[a][f"{lv}_{key}"], per_arm[a][f"{lv}_{key}_ci_low"], per_arm[a][f"{lv}_{key}_ci_high"] = ci[a]
-            per_arm["shipped"][f"{lv}_{key}_minus_plain"] = ci["shipped-plain"][0]
+            for a in arms:
+                if a != "plain":
+                    per_arm[a][f"{lv}_{key}_minus_plain"], per_arm[a][f"{lv}_{key}_minus_plain_ci_low"], \
+                        per_arm[a][f"{lv}_{key}_minus_plain_ci_high"] = ci[f"{a}-plain"]
             rows.append({"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt,
                          "metric": f"{metric} per {lv}", "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
                          "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)})
@@ -481,7 +566,8 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, LevelArm], how: str, 
 
 
 def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any], cli: list[str], cache: Path,
-               n_resamples: int, progress: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
+               n_resamples: int, progress: Callable[[str], None],
+               choices: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
                                                          dict[str, str], dict[str, LevelArm]]:
     """A screening entry: the plain recipe (PLAIN on the 224 px whole breast, binary labels) beside the shipped
     screening recipe, on one list of patient-level folds (no patient, breast or exam on both sides of a fold)."""
@@ -516,8 +602,12 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
     arms = {"plain": run_level_arm("plain", plain, lambda: clone(plain_pipe), X224, data, folds, cache, how),
             "shipped": run_level_arm("shipped", shipped, lambda: clone(shipped_pipe), data.X, data, folds, cache,
                                      how)}
+    if choices:
+        name, nested = choice_arm(bt, over, choices, lambda c: build_screening_pipeline(c, cache), binary=True)
+        arms[name] = run_level_arm(name, shipped, lambda: None, data.X, data, folds, cache, how, nested)
     for name, arm in arms.items():
-        progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}")
+        progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}"
+                 + (f"  chosen per fold: {arm.chosen}" if arm.chosen else ""))
     rows, per_arm = score_levels(bt, data, arms, how, n_resamples, seed=0)
     return rows, per_arm, {a: arm.folds for a, arm in arms.items()}, arms
 
@@ -526,7 +616,7 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
 def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: bool = True,
         cache_dir: Path | None = None, tracking_uri: str | None = None, overrides: list[str] | None = None,
         n_resamples: int | None = None, progress: Callable[[str], None] = print,
-        extra: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+        extra: Mapping[str, list[str]] | None = None, choose: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns {"table": DataFrame, "arms": DataFrame, "folds": {task: {arm: digest}}, ...}."""
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.paths import default_cache_dir
@@ -542,6 +632,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
     arm_rows: list[dict[str, Any]] = []
     digests: dict[str, dict[str, str]] = {}
     logged: list[tuple[str, str, dict[str, Any], dict[str, float]]] = []
+    choices = parse_choices(choose) if choose else None
     with tempfile.TemporaryDirectory(prefix="mammoscope-quality-") as tmp:
         for bt in (t for t in TASKS if t.key in tasks):
             if not (DATA / bt.needs).is_dir():
@@ -550,14 +641,15 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
             if bt.levels:
                 base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
                 rows, per_arm, digests[bt.key], level_arms = run_levels(bt, base, common, overrides or [], cache,
-                                                                        n_resamples, progress)
+                                                                        n_resamples, progress, choices)
                 table_rows += rows
                 for a, m in per_arm.items():
                     arm_rows.append({"task": bt.key, "arm": a, "folds": level_arms[a].folds, "metric": "image_roc_auc",
                                      "value": _fmt((m["image_roc_auc"], m["image_roc_auc_ci_low"],
                                                     m["image_roc_auc_ci_high"])),
-                                     "minus plain (paired)": "" if a == "plain" else
-                                     f"{m['image_roc_auc_minus_plain']:+.2f}",
+                                     "minus plain (paired)": "" if a == "plain" else _fmt(
+                                         (m["image_roc_auc_minus_plain"], m["image_roc_auc_minus_plain_ci_low"],
+                                          m["image_roc_auc_minus_plain_ci_high"]), signed=True),
                                      "second": f"spec {m['image_spec_at_target']:.2f} at sens "
                                                f"{m['image_sens_at_target']:.2f}", "s": f"{m['seconds']:.0f}"})
                     logged.append((bt.key, a, level_arms[a].config, m))
@@ -582,6 +674,16 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                     raise RuntimeError(f"{bt.key}/{name}: arms must share the shipped samples")
                 arms[name] = run_arm(name, cfg, data, folds, cache, exams, memo)
                 progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}")
+            if choices:
+                from pipeline.config.experiment import deep_merge, parse_overrides
+                from pipeline.training.model import build_pipeline
+
+                over = _merge(base, common, parse_overrides(overrides or []))
+                name, nested = choice_arm(bt, over, choices, lambda c: build_pipeline(
+                    deep_merge(c, {"evaluation": {"decision": "ordinal"}}), cache), binary=len(data.classes) == 2)
+                arms[name] = run_arm(name, configs["shipped"], data, folds, cache, exams, memo, nested)
+                progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}  "
+                         f"chosen per fold: {arms[name].chosen}")
             digests[bt.key] = {a: arm.folds for a, arm in arms.items()}
             rows, per_arm = score_task(bt, data, arms, exams, n_resamples, seed=0)
             table_rows += rows
@@ -640,6 +742,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
     parser.add_argument("--no-mlflow", action="store_true")
     parser.add_argument("--resamples", type=int, default=None)
+    parser.add_argument("--choose", action="append", default=[], metavar="KEY=V1|V2[|...]",
+                        help="a nested arm: inside each outer training fold, the candidate (the shipped default with "
+                             "one value per --choose key) with the best inner patient-level CV score is fitted and "
+                             "scored on the outer fold (an honest figure for a setting picked by comparing scores)")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="an extra arm: the shipped default with these overrides (exploratory: it is compared on "
                              "the reported folds, so adopting it needs nested CV or other data)")
@@ -648,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     out = run(args.tasks, quick=args.quick, ablate=args.ablate, variants=not args.no_variants,
               cache_dir=args.cache_dir, tracking_uri=False if args.no_mlflow else args.tracking_uri,
-              overrides=args.overrides, n_resamples=args.resamples, extra=extra)
+              overrides=args.overrides, n_resamples=args.resamples, extra=extra, choose=args.choose)
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
         print(f"\nPlain recipe vs shipped default ({'QUICK' if args.quick else 'full'}; 95% CIs: patient-level "
               f"bootstrap, the difference paired on the same resamples; {SETTINGS_NOTE})")

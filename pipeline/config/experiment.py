@@ -207,6 +207,7 @@ SCHEMA: dict[str, Any] = {
         "method": Choice(("sigmoid", "isotonic")),
         "holdout": Choice(("cv", "split")),
         "inner_folds": Int(2, 20),
+        "ensemble": Bool(),
         "fraction": Float(0.05, 0.5),
     },
     "evaluation": {

@@ -291,13 +291,47 @@ class WeightedXGBClassifier(ClassifierMixin, BaseEstimator):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+def _aligned_proba(estimator: Any, X: np.ndarray, k: int) -> np.ndarray:
+    """(n, k) predict_proba of a classifier fitted on encoded labels 0..k-1, zero columns for classes it never saw."""
+    out = np.zeros((len(X), k))
+    out[:, np.asarray(estimator.classes_, dtype=int)] = estimator.predict_proba(X)
+    return out
+
+
+class _Scores(ClassifierMixin, BaseEstimator):
+    """Passes stored class scores through as probabilities: the input a calibrator sees in ensemble=False mode.
+
+    CalibratedClassifierCV calibrates an estimator's outputs on the rows it is fitted on; over FrozenEstimator of
+    this, those outputs are the inner out-of-fold scores themselves (sklearn has no public "calibrate these scores").
+    """
+
+    def fit(self, X: Any, y: Any) -> "_Scores":
+        """Remember the classes (the score columns, in order); returns self."""
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """The scores themselves, (n, k)."""
+        return np.asarray(X, dtype=float)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of the highest score (sklearn's calibration requires a predict)."""
+        return self.classes_[np.argmax(np.asarray(X, dtype=float), axis=1)]
+
+
 class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     """Calibrated classifier whose calibration data and operating point come from inside its own training data.
 
-    holdout="cv": `CalibratedClassifierCV(estimator, cv=<inner patient-level stratified folds>)`; the operating
-    point is chosen on the inner out-of-fold calibrated probabilities (each inner fold scored by the member fitted
-    without it). holdout="split": the estimator is fitted on (1 - fraction) of the patients and calibrated, with
-    `FrozenEstimator`, on the rest; the threshold is chosen on that calibration split.
+    holdout="cv", ensemble=False (the default): the estimator is fitted on all rows and scores new rows; a
+    calibrator (`CalibratedClassifierCV` over `FrozenEstimator` of the scores) is fitted on the inner patient-level
+    out-of-fold scores, and the operating point on those calibrated out-of-fold probabilities. Each held-out score
+    comes from one model fitted without its patient, as a new row's score does: the operating point is chosen on
+    data distributed like the scores it is applied to. holdout="cv", ensemble=True: `CalibratedClassifierCV(estimator,
+    cv=<inner folds>, ensemble=True)`, a new row scored by the mean of the inner members; the operating point is
+    still chosen on single members' out-of-fold probabilities, which are more spread than a mean of three, so the
+    threshold sits too low for the ensemble (sensitivity overshoots the target, specificity is lost: 0.95-1.00
+    reached for a 0.95 target on CDD-CESM). holdout="split": the estimator is fitted on (1 - fraction) of the
+    patients and calibrated, with `FrozenEstimator`, on the rest; the threshold is chosen on that calibration split.
     `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`
     is the highest threshold on the positive-class probability reaching `target_sensitivity` on that validation
     data; `validation_index_` lists the rows it was chosen on and `validation_proba_` their held-out probabilities.
@@ -308,7 +342,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
 
     def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
                  fraction: float = 0.25, target_sensitivity: float = 0.95, random_state: int = 0,
-                 decision: str = "argmax") -> None:
+                 decision: str = "argmax", ensemble: bool = False) -> None:
         self.estimator = estimator
         self.method = method
         self.holdout = holdout
@@ -317,6 +351,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self.target_sensitivity = target_sensitivity
         self.random_state = random_state
         self.decision = decision
+        self.ensemble = ensemble
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> "PatientCalibratedClassifier":
         """Fit, calibrate and choose the operating point on held-out patients of (X, y); returns self."""
@@ -344,7 +379,24 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if len(groups) != len(y):
             raise ValueError(f"groups has {len(groups)} entries but X has {len(y)} rows.")
         k = len(self.classes_)
-        if self.holdout == "cv":
+        self.scorer_ = None
+        if self.holdout == "cv" and not self.ensemble:
+            splits = patient_stratified_folds(y_enc, groups, self.inner_folds, self.random_state)
+            val = np.concatenate([va for _, va in splits])
+            raw = np.zeros((len(y), k))
+            for tr, va in splits:
+                member = clone(base).fit(X[tr], y_enc[tr])
+                raw[np.ix_(va, np.asarray(member.classes_, dtype=int))] = member.predict_proba(X[va])
+            self.scorer_ = clone(base).fit(X, y_enc)
+            # one "fold" holding every row: a frozen scorer needs no folds (sklearn's default of 5 would demand
+            # five rows of each class and only repeat the same scores)
+            every = np.arange(len(val))
+            cal = CalibratedClassifierCV(FrozenEstimator(_Scores().fit(raw, y_enc)), method=self.method,
+                                         cv=[(every, every)])
+            cal.fit(raw[val], y_enc[val])
+            oof = np.zeros((len(y), k))
+            oof[val] = cal.predict_proba(raw[val])
+        elif self.holdout == "cv":
             splits = patient_stratified_folds(y_enc, groups, self.inner_folds, self.random_state)
             cal = CalibratedClassifierCV(clone(base), method=self.method, cv=splits, ensemble=True)
             cal.fit(X, y_enc)
@@ -379,6 +431,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         """(n, k) calibrated probabilities in `classes_` order (rows sum to 1)."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan")
+        scorer = getattr(self, "scorer_", None)  # absent in models saved before ensemble=False existed
+        if scorer is not None:
+            X = _aligned_proba(scorer, X, len(self.classes_))
         p = np.asarray(self.calibrated_.predict_proba(X), dtype=float)
         return p / np.clip(p.sum(axis=1, keepdims=True), 1e-12, None)
 
@@ -409,6 +464,8 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     def base_estimators(self) -> list[Any]:
         """The fitted base estimators (one per inner fold, or one) behind the calibrators."""
         check_is_fitted(self)
+        if getattr(self, "scorer_", None) is not None:
+            return [self.scorer_]
         out = []
         for member in self.calibrated_.calibrated_classifiers_:
             est = member.estimator
@@ -513,7 +570,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             class_weight=None if mdl["class_weight"] == "none" else mdl["class_weight"], n_jobs=compute.n_jobs,
             random_state=ev["seed"]),
         method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
-        target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"],
+        ensemble=cal["ensemble"], target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"],
         decision=get_task(config["dataset"]["task"]).classifier_decision(config))
     return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
                      ("classifier", request_groups(clf))])
@@ -569,8 +626,9 @@ def enhanced_view(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
     return np.asarray(enhance.transform(out), dtype=np.float32) if enhance is not None else out
 
 
-def final_classifier(pipeline: Pipeline) -> PatientCalibratedClassifier:
-    """The calibrated classifier at the end of a fitted Pipeline."""
+def final_classifier(pipeline: Any) -> PatientCalibratedClassifier:
+    """The calibrated classifier at the end of a fitted Pipeline (of a fitted search: of its best pipeline)."""
+    pipeline = getattr(pipeline, "best_estimator_", pipeline)
     return pipeline.steps[-1][1]
 
 

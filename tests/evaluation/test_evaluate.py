@@ -116,6 +116,13 @@ def test_patient_folds_never_split_a_patient():
     assert all((a[1] == b[1]).all() for a, b in zip(folds, again))
 
 
+class CallLog(list):
+    """A list of (kind, row ids) that every clone of a RecordingClassifier shares (clone deep-copies parameters)."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 class RecordingClassifier(ClassifierMixin, BaseEstimator):
     """Logistic-like scorer on column 1 that records the row ids (column 0) it is fitted on and scores."""
 
@@ -136,8 +143,30 @@ class RecordingClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[(self.predict_proba(X)[:, 1] >= 0.5).astype(int)]
 
 
-@pytest.mark.parametrize("holdout", ["cv", "split"])
-def test_calibration_and_threshold_never_see_the_test_fold(holdout):
+def test_single_model_calibration_maps_held_out_and_new_scores_alike():
+    # RecordingClassifier's score does not depend on its training rows, so an inner member's held-out score equals
+    # the whole-fold model's score of the same row: with ensemble=False the operating point is chosen on exactly the
+    # probabilities new rows get; sklearn's ensemble (mean of the inner members) gives new rows other probabilities
+    rng = np.random.default_rng(0)
+    n = 120
+    groups = np.repeat(np.arange(n // 2), 2)
+    y = np.repeat(rng.integers(0, 2, n // 2), 2)
+    X = np.column_stack([np.arange(n), 2.0 * y - 1 + rng.normal(0, 1.5, n)])
+    log = CallLog()
+    single = PatientCalibratedClassifier(RecordingClassifier(log), inner_folds=3, random_state=0).fit(X, y, groups)
+    fits = [rows for kind, rows in log if kind == "fit"]
+    assert len(fits) == 4 and fits[-1] == set(range(n))  # three inner members, then one model on every row
+    val = single.validation_index_
+    assert np.allclose(single.predict_proba(X[val]), single.validation_proba_)
+    assert single.base_estimators() == [single.scorer_]
+    ens = PatientCalibratedClassifier(RecordingClassifier(CallLog()), inner_folds=3, random_state=0, ensemble=True)
+    ens.fit(X, y, groups)
+    assert not np.allclose(ens.predict_proba(X[ens.validation_index_]), ens.validation_proba_, atol=1e-3)
+    assert len(ens.base_estimators()) == 3
+
+
+@pytest.mark.parametrize("holdout, ensemble", [("cv", False), ("cv", True), ("split", False)])
+def test_calibration_and_threshold_never_see_the_test_fold(holdout, ensemble):
     rng = np.random.default_rng(0)
     n = 80
     groups = np.repeat(np.arange(n // 2), 2)
@@ -145,10 +174,12 @@ def test_calibration_and_threshold_never_see_the_test_fold(holdout):
     X = np.column_stack([np.arange(n), 2.0 * y - 1 + rng.normal(0, 1.0, n)])
     folds = patient_stratified_folds(y, groups, 4, seed=0)
     for tr, te in folds[:2]:
-        log: list = []
-        clf = PatientCalibratedClassifier(RecordingClassifier(log), holdout=holdout, inner_folds=3, random_state=0)
+        log = CallLog()
+        clf = PatientCalibratedClassifier(RecordingClassifier(log), holdout=holdout, inner_folds=3, random_state=0,
+                                          ensemble=ensemble)
         clf.fit(X[tr], y[tr], groups=groups[tr])
         touched = set().union(*(rows for _, rows in log))
+        assert touched  # every clone of the base shares the log
         assert touched <= set(tr)  # base fits, calibrator inputs: training rows only
         assert not touched & set(te)
         assert set(tr[clf.validation_index_]) <= set(tr)  # the operating point's rows
@@ -162,7 +193,8 @@ def test_calibration_and_threshold_never_see_the_test_fold(holdout):
         X2[te, 1] = rng.normal(0, 5, len(te))
         y2 = y.copy()
         y2[te] = 1 - y2[te]
-        clf2 = PatientCalibratedClassifier(RecordingClassifier([]), holdout=holdout, inner_folds=3, random_state=0)
+        clf2 = PatientCalibratedClassifier(RecordingClassifier(CallLog()), holdout=holdout, inner_folds=3,
+                                           random_state=0, ensemble=ensemble)
         clf2.fit(X2[tr], y2[tr], groups=groups[tr])
         assert clf2.threshold_ == clf.threshold_
 

@@ -12,7 +12,7 @@ from pipeline.config.experiment import resolve_config
 from pipeline.training.model import PatientCalibratedClassifier
 from pipeline.evaluation.operating import apply_group_thresholds, choose_group_thresholds, density_groups
 from pipeline.training.trust import FoldTrust
-from tests.evaluation.test_evaluate import RecordingClassifier
+from tests.evaluation.test_evaluate import CallLog, RecordingClassifier
 
 
 def test_dense_threshold_holds_sensitivity_where_the_pooled_one_does_not():
@@ -52,9 +52,10 @@ def _fold_trust(X, y, density, tr, te, log):
     groups = np.repeat(np.arange(len(y) // 2), 2)
     clf = PatientCalibratedClassifier(RecordingClassifier(log), inner_folds=3, random_state=0)
     clf.fit(X[tr], y[tr], groups=groups[tr])
+    fitting = list(log)  # what the fit touched (the test fold's scoring below is ours, not the fit's)
     trust = FoldTrust(config, data)
     trust.add_fold(tr, te, clf, clf.predict_proba(X[te]))
-    return trust
+    return trust, fitting
 
 
 def test_group_thresholds_and_sets_never_see_the_test_fold():
@@ -65,9 +66,9 @@ def test_group_thresholds_and_sets_never_see_the_test_fold():
     density = np.repeat(rng.choice(["F", "G", "D"], n // 2), 2).astype(object)
     X = np.column_stack([np.arange(n), 2.0 * y - 1 + rng.normal(0, 1.0, n)])
     tr, te = patient_stratified_folds(y, groups, 4, seed=0)[0]
-    log: list = []
-    trust = _fold_trust(X, y, density, tr, te, log)
-    touched = set().union(*(rows for _, rows in log))
+    trust, fitting = _fold_trust(X, y, density, tr, te, CallLog())
+    touched = set().union(*(rows for _, rows in fitting))
+    assert touched  # the log saw the fit (clones share it)
     assert not touched & set(te)  # no fit or calibration score of the classifier used a test row
     state = trust.fold_states[0]["group_thresholds"]
     assert state["groups"]["dense"]["source"] == "group"  # a real per-group threshold was chosen
@@ -76,7 +77,7 @@ def test_group_thresholds_and_sets_never_see_the_test_fold():
     X2[te, 1] = rng.normal(0, 5, len(te))
     y2[te] = 1 - y2[te]
     d2[te] = np.where(d2[te] == "D", "F", "D")
-    other = _fold_trust(X2, y2, d2, tr, te, [])
+    other, _ = _fold_trust(X2, y2, d2, tr, te, CallLog())
     assert other.fold_states[0] == trust.fold_states[0]
     # and the test rows got the threshold of their own group
     dense_te = te[density[te] == "D"]
