@@ -6,7 +6,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 def _feature_estimators() -> list:
     """The estimators of features/, configured small so the checks stay fast."""
-    from features import CLAHE, BreastMask, GLCMFeatures, IntensityFeatures, Resize, UnsharpMask
+    from features import (CLAHE, BreastMask, DensityFeatures, GLCMFeatures, IntensityFeatures, PectoralMask, Resize,
+                          UnsharpMask)
 
     return [
         Resize(size=8),
@@ -16,6 +17,9 @@ def _feature_estimators() -> list:
         GLCMFeatures(distances=(1, 2), levels=8),
         GLCMFeatures(levels=16, aggregation="both", mask="nonzero"),
         IntensityFeatures(bins=8),
+        DensityFeatures(),
+        DensityFeatures(relative_thresholds=(0.5,), offsets=(0.1,), exclude_pectoral=False),
+        PectoralMask(),
     ]
 
 

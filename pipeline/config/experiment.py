@@ -157,6 +157,15 @@ SCHEMA: dict[str, Any] = {
             },
             "intensity": {"bins": Int(2, 256)},
             "scales": ListOf(Float(0.05, 1.0), min_len=1),
+            "exclude_pectoral": Bool(),
+        },
+        "density": {
+            "enabled": Bool(),
+            "exclude_pectoral": Bool(),
+            "fat_percentile": Float(0.0, 50.0),
+            "relative_thresholds": ListOf(Float(0.0, 0.99, lo_open=True), min_len=1),
+            "offsets": ListOf(Float(0.0, 0.99, lo_open=True), min_len=1),
+            "core_fraction": Float(0.0, 0.95),
         },
         "cnn": {
             "enabled": Bool(),

@@ -539,9 +539,22 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
         else:
             branch = FeatureUnion([(f"s{int(round(100 * f))}", union() if f == 1.0 else
                                     Pipeline([("crop", CenterCrop(f)), ("features", union())])) for f in scales])
-        if own_enhancement:
-            branch = Pipeline([("enhance", Pipeline(enhance)), ("features", branch)])
+        front = [("enhance", Pipeline(enhance))] if own_enhancement else []
+        if hc.get("exclude_pectoral", False):  # zero the MLO pectoral muscle: GLCM/intensity measure the breast only
+            from features.pectoral import PectoralMask
+
+            front.insert(0, ("pectoral", PectoralMask()))
+        if front:
+            branch = Pipeline(front + [("features", branch)])
         union_steps.append(("handcrafted", CachedTransformer(branch, cache)))
+    dn = feats.get("density", {})
+    if dn.get("enabled", False):  # percent-density features (features.density) of the sample the union receives
+        from features.density import DensityFeatures
+
+        union_steps.append(("density", CachedTransformer(DensityFeatures(
+            relative_thresholds=tuple(dn["relative_thresholds"]), offsets=tuple(dn["offsets"]),
+            fat_percentile=dn["fat_percentile"], core_fraction=dn["core_fraction"],
+            exclude_pectoral=dn["exclude_pectoral"]), cache)))
     if cn["enabled"]:
         size = int(config["samples"]["size"])
         if cn["finetune"]["enabled"]:

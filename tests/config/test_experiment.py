@@ -68,7 +68,7 @@ def test_extends_and_overrides_layer_in_order():
 
 @pytest.mark.parametrize("override, message", [
     ("features.handcrafted.glcm.levels=1000", "features.handcrafted.glcm.levels: 1000 is not an int in [2, 256]"),
-    ("features.glcm.levels=64", "features.glcm: unknown key; allowed here: handcrafted, cnn, selection"),
+    ("features.glcm.levels=64", "features.glcm: unknown key; allowed here: handcrafted, density, cnn, selection"),
     ("dataset.task=birads", "dataset.task: 'birads' is not one of density, malignancy"),
     ("calibration.method=platt", "calibration.method: 'platt' is not one of sigmoid, isotonic"),
     ("evaluation.target_sensitivity=1.5", "evaluation.target_sensitivity: 1.5 is not a number in (0.0, 1.0]"),
