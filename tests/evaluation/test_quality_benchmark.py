@@ -125,3 +125,45 @@ def test_screening_rows_pair_arms_per_level_on_whole_patients():
     assert {r["shipped - plain (paired)"] for r in rows} == {"+0.00 [+0.00, +0.00]"}
     assert [r["n images / patients"].split()[0] for r in rows[::3]] == [str(len(y)), str(2 * n_pat), str(n_pat)]
     assert per_arm["shipped"]["image_roc_auc"] > 0.9  # the separable scores above
+
+
+def test_choose_parses_every_combination_of_the_candidate_values():
+    choices = _module().parse_choices(["calibration.ensemble=true|false", "model.max_depth=2|3"])
+    assert [label for label, _ in choices] == [
+        "calibration.ensemble=true,model.max_depth=2", "calibration.ensemble=true,model.max_depth=3",
+        "calibration.ensemble=false,model.max_depth=2", "calibration.ensemble=false,model.max_depth=3"]
+    assert choices[1][1] == {"calibration": {"ensemble": True}, "model": {"max_depth": 3}}
+    with pytest.raises(SystemExit, match="two or more"):
+        _module().parse_choices(["model.max_depth=3"])
+
+
+def test_nested_arm_picks_the_informative_candidate_inside_each_training_fold():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.training.routing import request_groups
+
+    rng = np.random.default_rng(0)
+    n = 160
+    groups = np.repeat(np.arange(n // 2), 2)
+    y = np.repeat(rng.integers(0, 2, n // 2), 2)
+    X = np.column_stack([rng.normal(0, 1, n), 2.0 * y + rng.normal(0, 1, n)])  # column 0 noise, column 1 signal
+
+    def candidate(col: int) -> Pipeline:
+        clf = PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=20, max_depth=2, n_jobs=1),
+                                          inner_folds=2)
+        return Pipeline([("pick", ColumnTransformer([("c", "passthrough", [col])])),
+                         ("classifier", request_groups(clf))])
+
+    nested = _module().nested_search(["noise", "signal"], [candidate(0), candidate(1)], binary=True,
+                                     inner_folds=3, seed=0)
+    folds = patient_stratified_folds(y, groups, 4, seed=0)
+    chosen: list[str] = []
+    cv = cross_validate(nested.make, X, y, groups, folds, route_groups=True,
+                        on_fold=lambda i, tr, te, est, p: chosen.append(nested.labels[est.best_index_]))
+    assert chosen == ["signal"] * 4
+    from sklearn.metrics import roc_auc_score
+    assert roc_auc_score(y, cv.proba[:, 1]) > 0.8
