@@ -66,13 +66,7 @@ def _pipeline_estimators() -> list:
 ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_tile_estimators(), *_pipeline_estimators()]
 
 # Expected failures, per estimator class: {check name: why}. Empty means every check must pass.
-_EXPECTED_FAILURES: dict[str, dict[str, str]] = {
-    "PatientCalibratedClassifier": {
-        "check_classifiers_train": "binary predict applies the operating point chosen inside the training data for "
-                                   "the target sensitivity (threshold_), not p >= 0.5, so it may differ from the "
-                                   "arg-max of predict_proba by design (tests/evaluation pins the threshold rule)",
-    },
-}
+_EXPECTED_FAILURES: dict[str, dict[str, str]] = {}
 
 
 def _expected_failed_checks(estimator) -> dict[str, str]:

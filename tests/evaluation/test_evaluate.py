@@ -153,7 +153,8 @@ def test_single_model_calibration_maps_held_out_and_new_scores_alike():
     y = np.repeat(rng.integers(0, 2, n // 2), 2)
     X = np.column_stack([np.arange(n), 2.0 * y - 1 + rng.normal(0, 1.5, n)])
     log = CallLog()
-    single = PatientCalibratedClassifier(RecordingClassifier(log), inner_folds=3, random_state=0).fit(X, y, groups)
+    single = PatientCalibratedClassifier(RecordingClassifier(log), inner_folds=3, random_state=0, ensemble=False)
+    single.fit(X, y, groups)
     fits = [rows for kind, rows in log if kind == "fit"]
     assert len(fits) == 4 and fits[-1] == set(range(n))  # three inner members, then one model on every row
     val = single.validation_index_
