@@ -375,8 +375,11 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"])
     pipe = build_pipeline(config, cache_dir)
     X = data.X
+    fold_jobs = 1
     if data.streamed:  # the frozen front already ran (streamed features): folds fit only the stateful head
         pipe, X = head_pipeline(pipe, data), data.features
+        if data.samples is None:  # a head on feature rows: folds side by side, one XGBoost thread each
+            pipe, fold_jobs = _parallel_folds(pipe, config, len(folds))
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
@@ -407,7 +410,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
     with bar:
         cv = cross_validate(lambda: clone(pipe), X, data.y, data.groups, folds,
-                            route_groups=True, on_fold=fold_done)
+                            route_groups=True, on_fold=fold_done, n_jobs=fold_jobs)
     call = cv.call if task.uses_threshold else calls  # multiclass: the fold models' decide() (e.g. cut-points)
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
@@ -448,6 +451,52 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     return metrics, cv, oof
 
 
+def _parallel_folds(head: Any, config: Mapping[str, Any], n_folds: int) -> tuple[Any, int]:
+    """(head with its XGBoost on one thread, local fold processes) when folds run side by side: compute.n_jobs
+    processes (every core when 0/None), or the Dask workers. On feature rows (a few thousand), XGBoost's OpenMP
+    threads cost more than they save (docs/scale-out.md: 2 threads 5-20x slower than 1 on a shared 2-core
+    machine), while folds are independent; with one process and no cluster nothing changes."""
+    import os
+
+    from pipeline.compute import current_session, resolve_compute
+    from pipeline.training.model import WeightedXGBClassifier
+
+    session = current_session()
+    distributed = session is not None and session.is_distributed
+    jobs = resolve_compute(config, default_cache=False).n_jobs
+    jobs = min(n_folds, os.cpu_count() or 1) if jobs is None or jobs <= 0 else min(int(jobs), n_folds)
+    if jobs <= 1 and not distributed:
+        return head, 1
+    return _one_xgb_thread(head), max(jobs, 1)
+
+
+def _one_xgb_thread(head: Any) -> Any:
+    """A clone of `head` whose XGBoost models train on one thread (the same trees: hist is thread-count
+    independent)."""
+    from pipeline.training.model import WeightedXGBClassifier
+
+    single = {f"{k}__n_jobs": 1 for k, v in head.get_params(deep=True).items() if isinstance(v, WeightedXGBClassifier)}
+    return clone(head).set_params(**single) if single else head
+
+
+def start_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None) -> Any:
+    """The final model's fit started in a background thread (a concurrent.futures.Future) when the CV folds will
+    run in worker processes (`_parallel_folds`): the folds leave this process idle and the last round of folds
+    leaves a worker idle, so the final fit (XGBoost on one thread; it releases the GIL) costs little wall time.
+    None where the folds run here: then fit the final model after them (`fit_final`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not data.streamed or data.samples is not None:
+        return None
+    n_folds = int(config["evaluation"]["folds"])
+    if _parallel_folds(head_pipeline(build_pipeline(config, cache_dir)), config, n_folds)[1] <= 1:
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mammoscope-final")
+    future = pool.submit(fit_final, config, data, cache_dir, one_thread=True)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _plots(task: str | Task, data: TaskData, cv: CVResult, n_bins: int) -> dict[str, Any]:
     from pipeline.training.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 
@@ -483,16 +532,19 @@ def head_pipeline(pipe: Any, data: TaskData | None = None) -> Any:
     return parts[1]
 
 
-def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None) -> Any:
+def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None, *,
+              one_thread: bool = False) -> Any:
     """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
-    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline."""
+    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. `one_thread`: the
+    head's XGBoost on one thread (beside the CV folds, `start_final`)."""
     from pipeline.training.routing import fit_with_groups
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
     if not data.streamed:
         return fit_with_groups(pipe, data.X, data.y, data.groups)
-    head = fit_with_groups(head_pipeline(pipe, data), data.features, data.y, data.groups)
+    head = head_pipeline(pipe, data)
+    head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, data.features, data.y, data.groups)
     if data.samples is not None:
         from pipeline.training.sample_rows import image_pipeline
 
@@ -532,6 +584,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             name=f"{cfg['dataset']['adapter'] or 'dataset'}-{task}")
         registry.log_text(exp.to_yaml(), "config/experiment.yaml")
         t1 = time.perf_counter()
+        pending = start_final(cfg, data, cache) if register else None  # beside the folds when they run in workers
         metrics, cv, oof = evaluate_experiment(
             cfg, data, cache, progress,
             on_fold=lambda i, fm: registry.fold_run(i, metrics=fm), progress_bar=progress_bar)
@@ -552,7 +605,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         if register:
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
-            final = fit_final(cfg, data, cache)
+            final = pending.result() if pending is not None else fit_final(cfg, data, cache)
             decision_extra = None
             if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
                 from pipeline.training.screening import finish_screening_model
