@@ -39,8 +39,12 @@ def resolve_device(device: str) -> str:
 
 
 def images_from_X(X: np.ndarray, image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """View X (n, H*W) as images (n, H, W): (H, W) = image_shape, the square root, or a (1, n_features) strip."""
-    X = np.asarray(X)
+    """View X (n, H*W) as images (n, H, W): (H, W) = image_shape, the square root, or a (1, n_features) strip.
+    A `cnn.rows.LazyRows` (rows of a sample store on disk) stays lazy: only the view changes."""
+    from cnn.rows import LazyRows
+
+    if not isinstance(X, LazyRows):
+        X = np.asarray(X)
     if X.ndim == 3:
         return X
     if X.ndim != 2:
@@ -175,6 +179,10 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         return self
 
     def _validate(self, X, *, reset: bool):
+        from cnn.rows import LazyRows
+
+        if isinstance(X, LazyRows):  # rows of a sample store on disk: checked by shape, read one batch at a time
+            return self._validate_lazy(X, reset=reset)
         X = np.asarray(X) if not hasattr(X, "shape") else X
         if getattr(X, "ndim", 2) == 3:  # (n, H, W) images: flatten (a view) and remember the shape
             n, h, w = X.shape
@@ -182,6 +190,17 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
                 raise ValueError(f"Non-square images {X.shape[1:]}: pass image_shape=({h}, {w}).")
             X = np.asarray(X).reshape(n, h * w)
         return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64], order="C")
+
+    def _validate_lazy(self, X, *, reset: bool):
+        if X.dtype not in (np.float16, np.float32, np.float64):
+            raise ValueError(f"Expected float images; got rows of dtype {X.dtype}.")
+        n_features = int(np.prod(X.shape[1:]))
+        if reset:
+            self.n_features_in_ = n_features
+        elif n_features != self.n_features_in_:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return X.reshape(len(X), n_features)
 
     # -- transforming -----------------------------------------------------------------------------------------
     def transform(self, X) -> np.ndarray:

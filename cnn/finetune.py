@@ -11,7 +11,8 @@ training data it is given and then embeds like ``CNNEmbedder``: inside cross-val
 training fold, so fine-tuning never sees the test fold.
 
 The images may live on disk: any (N, H, W) numpy array works, and a read-only ``np.memmap`` / ``np.load(...,
-mmap_mode="r")`` array (float16 or float32, e.g. a sample store written by the training stream) is read one batch
+mmap_mode="r")`` array (float16 or float32, e.g. a sample store written by the training stream) or a
+``cnn.rows.LazyRows`` view of some of its rows (a cross-validation fold of the store) is read one batch
 at a time (``batch_images``): resizing, augmentation and normalisation happen per batch, so memory holds a batch,
 never the whole set, and the model is the same as with the images in RAM.
 """
@@ -100,7 +101,10 @@ def batch_images(images, indices: np.ndarray, size: int):
 
 
 def _check_inputs(images, labels, groups):
-    if not isinstance(images, np.ndarray) or images.dtype not in (np.float16, np.float32, np.float64):
+    from cnn.rows import LazyRows
+
+    lazy = isinstance(images, LazyRows) and images.dtype in (np.float16, np.float32, np.float64)
+    if not lazy and (not isinstance(images, np.ndarray) or images.dtype not in (np.float16, np.float32, np.float64)):
         images = np.asarray(images, dtype=np.float32)   # arrays (a memmap too) stay where they are: read per batch
     if images.ndim != 3:
         raise ValueError(f"Expected images of shape (N, H, W). Got shape {images.shape} instead.")
@@ -315,7 +319,7 @@ class FineTunedEmbedder(CNNEmbedder):
         if len(y) != X.shape[0]:
             raise ValueError(f"Found input variables with inconsistent numbers of samples: [{X.shape[0]}, {len(y)}]")
         check_classification_targets(y)
-        images = images_from_X(X, self.image_shape).astype(np.float32, copy=False)
+        images = images_from_X(X, self.image_shape)  # in RAM, a memmap or LazyRows: read per batch as float32
         result = finetune(images, y, groups, backbone=self.backbone, weights=self.weights, epochs=self.epochs,
                           lr=self.lr, batch_size=self.finetune_batch_size, val_fraction=self.val_fraction,
                           patience=self.patience, seed=self.random_state, pooling=self.pooling,

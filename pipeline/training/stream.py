@@ -124,13 +124,14 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
     """The worker spec of a fitted front (see `split_pipeline`) for a sample recipe and its parameters."""
     if image_key not in IMAGE_KEYS:
         raise ValueError(f"image_key must be one of {IMAGE_KEYS}. Got {image_key!r} instead.")
-    pre, union = front.steps[0][1], front.steps[1][1]
+    pre = front.steps[0][1]
+    union = front.steps[1][1] if len(front.steps) > 1 else None  # None: a front of preprocessing only (samples)
     pre_key = pre._step_key() if pre not in (None, "passthrough") else "passthrough"
     size = int(sample_params["size"])
     crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
     base = (recipe, size, sorted(crop.items()), bool(whole_breast_without_roi), _sample_code_version(), pre_key)
     branches = tuple((name, t.transformer_, f"{name}-{t._step_key()}-{joblib.hash(base)[:12]}")
-                     for name, t in union.transformer_list)
+                     for name, t in (union.transformer_list if union is not None else []))
     return FeatureSpec(recipe=recipe, size=size, crop=crop, whole_breast_without_roi=bool(whole_breast_without_roi),
                        preprocess=pre.transformer_ if pre not in (None, "passthrough") else None,
                        branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key,

@@ -67,6 +67,8 @@ class TaskData:
     front: Any = None                    # streamed: the fitted frozen steps (preprocess, features) before the head
     example: np.ndarray | None = None    # streamed: two samples (input example of the registered model)
     stream: Any = None                   # streamed: pipeline.training.stream.StreamResult (counts, timings)
+    samples: Any = None                  # fine-tuning: pipeline.training.sample_rows.SampleLayout (store on disk;
+                                         # `features` are then [frozen features | store row])
 
     @property
     def streamed(self) -> bool:
@@ -235,8 +237,8 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
                        cache_dir: str | Path | None = None, progress_bar: bool = False) -> TaskData | None:
     """The task's rows and their frozen-feature matrix, streamed (pipeline.training.stream): every image read once
     in worker processes (compute.n_jobs; Dask workers inside a compute_backend block), per-row features cached on
-    disk, nothing but the feature matrix (n, d) held here. None when the experiment's feature steps are not all
-    frozen (fine-tuning): use `load_task_data`."""
+    disk, nothing but the feature matrix (n, d) held here. Fine-tuning experiments (stateful feature steps): their
+    samples go to a store on disk (`load_task_store`). None where neither applies (screening): use `load_task_data`."""
     from pipeline.compute import current_session, resolve_compute
     from pipeline.training import stream
 
@@ -250,9 +252,10 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
         cache = compute.cache_dir
     if spec.levels:  # screening fits its tile scorer on the high-resolution samples themselves: in memory
         return None
-    parts = stream.split_pipeline(build_pipeline(config, cache))
-    if parts is None:
-        return None
+    pipe = build_pipeline(config, cache)
+    parts = stream.split_pipeline(pipe)
+    if parts is None:  # stateful feature steps (fine-tuning): their samples go to a store on disk
+        return load_task_store(config, pipe, progress, cache, progress_bar=progress_bar)
     front, _ = parts
     table, classes, path = task_table(config)
     sp = sample_params(config)
@@ -273,6 +276,56 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     progress(result.summary())
     return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
                       front=front, example=example, stream=result)
+
+
+def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[str], None], cache: Path | None, *,
+                    progress_bar: bool = False) -> TaskData | None:
+    """Fine-tuning experiments (pipeline.training.sample_rows): the frozen branches streamed to feature rows as in
+    `load_task_features`, every prepared sample written once to a float32 store on disk (stream.stream_samples), and
+    rows ``[frozen features | store row]``: the pixel steps read the batch they need from the store. None without a
+    cache folder or for Pipelines that do not split (then the samples are held in memory: `load_task_data`)."""
+    from pipeline.compute import current_session, resolve_compute
+    from pipeline.training import sample_rows, stream
+
+    parts = sample_rows.split_samples(pipe)
+    if parts is None or cache is None:
+        return None
+    front, _, _ = parts
+    ds = config["dataset"]
+    spec = get_task(ds["task"])
+    compute = resolve_compute(config, cache_dir=cache)
+    session = current_session()
+    jobs = None if session is not None and session.is_distributed else compute.n_jobs
+    table, classes, path = task_table(config)
+    sp = sample_params(config)
+    wbwr = not ds["require_roi"]
+    example = stream.first_samples(table, spec.sample_recipe, sp, whole_breast_without_roi=wbwr)
+    if not len(example):
+        raise DatasetError(f"{path}: none of the first rows of the {spec.name} task could be prepared; check the "
+                           "images (mammoscope data scan)")
+    stream.fit_front(front, example)
+    fspec = stream.make_spec(front, spec.sample_recipe, sp, whole_breast_without_roi=wbwr, cache_dir=cache,
+                             image_key=config["compute"].get("image_key", "content"))
+    progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
+             f"{sp['size']} px samples to a store on disk for the fine-tuned steps")
+    store = stream.stream_samples(table, fspec, n_jobs=jobs, dtype=np.float32, progress_bar=progress_bar)
+    ok, errors, result = store.ok.copy(), store.errors, None
+    features = np.zeros((len(table), 0), dtype=np.float32)
+    if fspec.branches:
+        result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
+        progress(result.summary())
+        both = np.zeros(len(table), dtype=bool)
+        both[result.positions] = True
+        features = np.zeros((len(table), result.features.shape[1]), dtype=result.features.dtype)
+        features[result.positions] = result.features
+        extra = result.errors[~result.errors["position"].isin(errors["position"])]
+        errors = pd.concat([errors, extra], ignore_index=True).sort_values("position") if len(extra) else errors
+        ok &= both
+    positions = np.flatnonzero(ok)
+    rows = sample_rows.rows_matrix(features[positions], positions)
+    return _task_data(config, table, classes, path, errors, len(rows), features=rows, front=front,
+                      example=example, stream=result,
+                      samples=sample_rows.layout(pipe, front, example, store.path))
 
 
 def exam_ids(data: TaskData) -> np.ndarray:
@@ -322,8 +375,11 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"])
     pipe = build_pipeline(config, cache_dir)
     X = data.X
+    fold_jobs = 1
     if data.streamed:  # the frozen front already ran (streamed features): folds fit only the stateful head
-        pipe, X = head_pipeline(pipe), data.features
+        pipe, X = head_pipeline(pipe, data), data.features
+        if data.samples is None:  # a head on feature rows: folds side by side, one XGBoost thread each
+            pipe, fold_jobs = _parallel_folds(pipe, config, len(folds))
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
@@ -354,7 +410,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
     with bar:
         cv = cross_validate(lambda: clone(pipe), X, data.y, data.groups, folds,
-                            route_groups=True, on_fold=fold_done)
+                            route_groups=True, on_fold=fold_done, n_jobs=fold_jobs)
     call = cv.call if task.uses_threshold else calls  # multiclass: the fold models' decide() (e.g. cut-points)
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
@@ -395,6 +451,52 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     return metrics, cv, oof
 
 
+def _parallel_folds(head: Any, config: Mapping[str, Any], n_folds: int) -> tuple[Any, int]:
+    """(head with its XGBoost on one thread, local fold processes) when folds run side by side: compute.n_jobs
+    processes (every core when 0/None), or the Dask workers. On feature rows (a few thousand), XGBoost's OpenMP
+    threads cost more than they save (docs/scale-out.md: 2 threads 5-20x slower than 1 on a shared 2-core
+    machine), while folds are independent; with one process and no cluster nothing changes."""
+    import os
+
+    from pipeline.compute import current_session, resolve_compute
+    from pipeline.training.model import WeightedXGBClassifier
+
+    session = current_session()
+    distributed = session is not None and session.is_distributed
+    jobs = resolve_compute(config, default_cache=False).n_jobs
+    jobs = min(n_folds, os.cpu_count() or 1) if jobs is None or jobs <= 0 else min(int(jobs), n_folds)
+    if jobs <= 1 and not distributed:
+        return head, 1
+    return _one_xgb_thread(head), max(jobs, 1)
+
+
+def _one_xgb_thread(head: Any) -> Any:
+    """A clone of `head` whose XGBoost models train on one thread (the same trees: hist is thread-count
+    independent)."""
+    from pipeline.training.model import WeightedXGBClassifier
+
+    single = {f"{k}__n_jobs": 1 for k, v in head.get_params(deep=True).items() if isinstance(v, WeightedXGBClassifier)}
+    return clone(head).set_params(**single) if single else head
+
+
+def start_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None) -> Any:
+    """The final model's fit started in a background thread (a concurrent.futures.Future) when the CV folds will
+    run in worker processes (`_parallel_folds`): the folds leave this process idle and the last round of folds
+    leaves a worker idle, so the final fit (XGBoost on one thread; it releases the GIL) costs little wall time.
+    None where the folds run here: then fit the final model after them (`fit_final`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not data.streamed or data.samples is not None:
+        return None
+    n_folds = int(config["evaluation"]["folds"])
+    if _parallel_folds(head_pipeline(build_pipeline(config, cache_dir)), config, n_folds)[1] <= 1:
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mammoscope-final")
+    future = pool.submit(fit_final, config, data, cache_dir, one_thread=True)
+    pool.shutdown(wait=False)
+    return future
+
+
 def _plots(task: str | Task, data: TaskData, cv: CVResult, n_bins: int) -> dict[str, Any]:
     from pipeline.training.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 
@@ -414,10 +516,15 @@ def headline_keys(task: str | Task) -> list[str]:
     return list(get_task(task).headline_keys)
 
 
-def head_pipeline(pipe: Any) -> Any:
-    """The stateful steps after the frozen front of an experiment's Pipeline (select, classifier)."""
+def head_pipeline(pipe: Any, data: TaskData | None = None) -> Any:
+    """The stateful steps after the frozen front of an experiment's Pipeline (select, classifier); with data from a
+    sample store (fine-tuning), the Pipeline on its ``[frozen features | store row]`` rows (sample_rows)."""
     from pipeline.training.stream import split_pipeline
 
+    if data is not None and data.samples is not None:
+        from pipeline.training.sample_rows import store_pipeline
+
+        return store_pipeline(pipe, data.samples)
     parts = split_pipeline(pipe)
     if parts is None:
         raise ConfigError("the experiment's feature steps are not all frozen (fine-tuning): it cannot be fitted on "
@@ -425,16 +532,23 @@ def head_pipeline(pipe: Any) -> Any:
     return parts[1]
 
 
-def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None) -> Any:
+def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None, *,
+              one_thread: bool = False) -> Any:
     """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
-    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline."""
+    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. `one_thread`: the
+    head's XGBoost on one thread (beside the CV folds, `start_final`)."""
     from pipeline.training.routing import fit_with_groups
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
     if not data.streamed:
         return fit_with_groups(pipe, data.X, data.y, data.groups)
-    head = fit_with_groups(head_pipeline(pipe), data.features, data.y, data.groups)
+    head = head_pipeline(pipe, data)
+    head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, data.features, data.y, data.groups)
+    if data.samples is not None:
+        from pipeline.training.sample_rows import image_pipeline
+
+        return image_pipeline(data.front, head)
     return assemble(data.front, head)
 
 
@@ -470,6 +584,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             name=f"{cfg['dataset']['adapter'] or 'dataset'}-{task}")
         registry.log_text(exp.to_yaml(), "config/experiment.yaml")
         t1 = time.perf_counter()
+        pending = start_final(cfg, data, cache) if register else None  # beside the folds when they run in workers
         metrics, cv, oof = evaluate_experiment(
             cfg, data, cache, progress,
             on_fold=lambda i, fm: registry.fold_run(i, metrics=fm), progress_bar=progress_bar)
@@ -490,7 +605,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
         if register:
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
-            final = fit_final(cfg, data, cache)
+            final = pending.result() if pending is not None else fit_final(cfg, data, cache)
             decision_extra = None
             if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
                 from pipeline.training.screening import finish_screening_model
