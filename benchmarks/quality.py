@@ -235,6 +235,9 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     c = {k: v for k, v in config.items() if k not in ("name", "description")}
     c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
     c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
+    sc = c.get("screening")
+    if sc and not sc.get("context", False):  # the context stage off (#15): the same fit as before the switch existed
+        c["screening"] = {k: v for k, v in sc.items() if not k.startswith("context")}
     return json.dumps(c, sort_keys=True, default=str)
 
 
