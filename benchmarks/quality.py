@@ -445,7 +445,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]))
     from pipeline.training.screening import context_C
 
-    C = context_C(config) if "screening" in config else None  # the multi-view context stage (#15), when on
+    C = context_C(config)  # the multi-view context stage (#15), when on
     tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C)
     t0 = time.perf_counter()
     if C is not None:  # context arms share their first stage: its folds' outputs are kept once, for every C
