@@ -236,8 +236,9 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
     c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
     sc = c.get("screening")
-    if sc and not sc.get("context", False):  # the context stage off (#15): the same fit as before the switch existed
-        c["screening"] = {k: v for k, v in sc.items() if not k.startswith("context")}
+    if sc:  # #15's switches, where off: the same fit as before they existed (earlier arms' results stay valid)
+        c["screening"] = {k: v for k, v in sc.items() if not ((k.startswith("context") and not sc.get("context"))
+                                                               or (k == "tile_scores" and not v))}
     return json.dumps(c, sort_keys=True, default=str)
 
 

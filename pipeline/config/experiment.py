@@ -191,6 +191,7 @@ SCHEMA: dict[str, Any] = {
         "view_fusion": Choice(("mean", "max")),
         "map_C": Float(0.0, None, lo_open=True),
         "context": Bool(),
+        "tile_scores": Int(0, 256),
         "context_C": Float(0.0, None, lo_open=True),
     },
     "model": {

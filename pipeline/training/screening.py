@@ -81,6 +81,16 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
         ("embed", tile_embedding_step(config, cache_dir)),
         ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
     ])))
+    if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
+        from features.tiles import TileScoreFeatures
+        from pipeline.training.routing import request_groups
+
+        union.append(("tile_scores", Pipeline([
+            ("embed", tile_embedding_step(config, cache_dir)),
+            ("score", request_groups(TileScoreFeatures(max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]),
+                                                       C=float(sc["map_C"]),
+                                                       random_state=int(config["evaluation"]["seed"])))),
+        ])))
     return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
                      ("classifier", plain.named_steps["classifier"])])
 
