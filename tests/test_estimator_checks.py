@@ -35,7 +35,8 @@ def _cnn_estimators() -> list:
 
 def _tile_estimators() -> list:
     """The screening tile estimators of features/tiles.py (tiny random backbone, one tile slot or a few)."""
-    from features.tiles import TileEmbedder, TilePooling, TileScoreFeatures, TileScorer
+    from features.tile_scores import TileScoreFeatures
+    from features.tiles import TileEmbedder, TilePooling, TileScorer
 
     return [
         TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1),

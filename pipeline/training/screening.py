@@ -82,7 +82,7 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
         ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
     ])))
     if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
-        from features.tiles import TileScoreFeatures
+        from features.tile_scores import TileScoreFeatures
         from pipeline.training.routing import request_groups
 
         union.append(("tile_scores", Pipeline([

@@ -77,7 +77,7 @@ def test_tiny_screening_cv_on_real_images_reports_every_level(tiny_mias, tmp_pat
 def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, tmp_path, monkeypatch):
     """screening.tile_scores: the tile scorer's top-k tile probabilities join the union; inside a fit they are
     cross-fitted on the patient groups routed to them (no patient scored by a scorer fitted on it)."""
-    from features.tiles import TileScoreFeatures
+    from features.tile_scores import TileScoreFeatures
     from pipeline.training.routing import fit_with_groups
 
     table, X, y = tiny_mias
