@@ -236,6 +236,10 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     c = {k: v for k, v in config.items() if k not in ("name", "description")}
     c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
     c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
+    sc = c.get("screening")
+    if sc:  # #15's switches, where off: the same fit as before they existed (earlier arms' results stay valid)
+        c["screening"] = {k: v for k, v in sc.items() if not ((k.startswith("context") and not sc.get("context"))
+                                                               or (k == "tile_scores" and not v))}
     return json.dumps(c, sort_keys=True, default=str)
 
 
@@ -511,7 +515,10 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         calls = json.loads(str(z["calls"]))
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen)
-    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how)
+    from pipeline.training.screening import context_C
+
+    C = context_C(config)  # the multi-view context stage (#15), when on
+    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C)
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
@@ -520,13 +527,47 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         tracker.on_fold(i, tr, te, est, p)
 
     t0 = time.perf_counter()
-    cv = cross_validate(nested.make if nested else make, X, data.y, data.groups, folds, route_groups=True,
-                        on_fold=on_fold)
-    seconds = time.perf_counter() - t0
+    if C is not None and nested is None:  # context arms share their first stage: kept once, for every C
+        seconds = _context_arm(config, make, X, data, folds, digest, cache, tracker)
+        proba = np.full(len(data.y), np.nan)  # every image is tested once: image_proba fills them all
+    else:
+        cv = cross_validate(nested.make if nested else make, X, data.y, data.groups, folds, route_groups=True,
+                            on_fold=on_fold)
+        seconds = time.perf_counter() - t0
+        proba = cv.proba[:, 1]
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
-    _save_npz(disk, proba=cv.proba[:, 1], calls=json.dumps(calls), seconds=seconds,
-              chosen=np.asarray(chosen, dtype=str))
-    return LevelArm(name, config, cv.proba[:, 1], calls, digest, seconds, chosen)
+    proba = tracker.image_proba(proba)
+    _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str))
+    return LevelArm(name, config, proba, calls, digest, seconds, chosen)
+
+
+def _context_arm(config: Mapping[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any, folds: list,
+                 digest: str, cache: Path | None, tracker: Any) -> float:
+    """A screening.context arm: its first stage's folds (test probabilities, inner out-of-fold probabilities and
+    their rows) from <cache>/quality-cv/levels-stage1-<key>.npz or one CV; the tracker replays them. Returns seconds."""
+    from types import SimpleNamespace
+
+    from pipeline.training.cv import cross_validate
+
+    first = {**config, "screening": {k: v for k, v in config["screening"].items() if not k.startswith("context")}}
+    _, disk = _memo_file(cache, first, digest, X, tag="stage1", prefix="levels-stage1-")
+    if disk is None or not disk.is_file():
+        kept: dict[str, np.ndarray] = {}
+
+        def keep(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
+            clf = est.steps[-1][1]
+            kept[f"p{i}"], kept[f"vi{i}"], kept[f"vp{i}"] = p, clf.validation_index_, clf.validation_proba_
+
+        t0 = time.perf_counter()
+        cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=keep)
+        _save_npz(disk, seconds=time.perf_counter() - t0, **kept)
+        z: Any = {**kept, "seconds": time.perf_counter() - t0}
+    else:
+        z = dict(np.load(disk))
+    for i, (tr, te) in enumerate(folds):
+        clf = SimpleNamespace(validation_index_=z[f"vi{i}"], validation_proba_=z[f"vp{i}"])
+        tracker.on_fold(i, tr, te, SimpleNamespace(steps=[("classifier", clf)]), z[f"p{i}"])
+    return float(z["seconds"])
 
 
 def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str, n_resamples: int, seed: int
@@ -545,9 +586,10 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
         res = patient_resamples(patient_of[lv].reindex(units).to_numpy(), n_resamples, seed)
         d: dict[str, Any] = {a: {"y": y, "p": f[2], "call": np.array([arms[a].calls[lv][u] for u in units], int)}
                              for a, f in fused.items()}
-        for a in arms:
-            if a != "plain":
-                d[f"{a}-plain"] = None
+        d["shipped-plain"] = None
+        extra = [a for a in arms if a not in ("plain", "shipped")]  # --arm / --choose: against plain and shipped
+        for a in extra:
+            d[f"{a}-plain"] = d[f"{a}-shipped"] = None
         n_txt = f"{len(units)} {lv}s / {len(set(data.groups))}"
         for metric, stat, key in (("ROC AUC", _auc, "roc_auc"), ("spec at in-fold 95%-sens thr", _rate(0),
                                                                   "spec_at_target"),
@@ -555,18 +597,24 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
             ci = paired_ci(stat, d, res)
             for a in arms:
                 per_arm[a][f"{lv}_{key}"], per_arm[a][f"{lv}_{key}_ci_low"], per_arm[a][f"{lv}_{key}_ci_high"] = ci[a]
+            row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt,
+                   "metric": f"{metric} per {lv}", "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
+                   "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
             for a in arms:
                 if a != "plain":
                     per_arm[a][f"{lv}_{key}_minus_plain"], per_arm[a][f"{lv}_{key}_minus_plain_ci_low"], \
                         per_arm[a][f"{lv}_{key}_minus_plain_ci_high"] = ci[f"{a}-plain"]
-            rows.append({"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt,
-                         "metric": f"{metric} per {lv}", "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
-                         "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)})
+            for a in extra:
+                row[a] = _fmt(ci[a])
+                row[f"{a} - plain"] = _fmt(ci[f"{a}-plain"], signed=True)
+                row[f"{a} - shipped"] = _fmt(ci[f"{a}-shipped"], signed=True)
+            rows.append(row)
     return rows, per_arm
 
 
 def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any], cli: list[str], cache: Path,
                n_resamples: int, progress: Callable[[str], None],
+               extra: Mapping[str, list[str]] | None = None,
                choices: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]],
                                                          dict[str, str], dict[str, LevelArm]]:
     """A screening entry: the plain recipe (PLAIN on the 224 px whole breast, binary labels) beside the shipped
@@ -602,6 +650,11 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
     arms = {"plain": run_level_arm("plain", plain, lambda: clone(plain_pipe), X224, data, folds, cache, how),
             "shipped": run_level_arm("shipped", shipped, lambda: clone(shipped_pipe), data.X, data, folds, cache,
                                      how)}
+    for name, items in (extra or {}).items():  # --arm: the shipped screening recipe with these overrides
+        cfg = resolve_config(path, _merge(over, parse_overrides(items)))
+        pipe = build_screening_pipeline(cfg, cache)
+        arms[name] = run_level_arm(name, cfg, lambda p=pipe: clone(p), data.X, data, folds, cache,
+                                   cfg["screening"]["view_fusion"])
     if choices:
         name, nested = choice_arm(bt, over, choices, lambda c: build_screening_pipeline(c, cache), binary=True)
         arms[name] = run_level_arm(name, shipped, lambda: None, data.X, data, folds, cache, how, nested)
@@ -641,7 +694,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
             if bt.levels:
                 base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
                 rows, per_arm, digests[bt.key], level_arms = run_levels(bt, base, common, overrides or [], cache,
-                                                                        n_resamples, progress, choices)
+                                                                        n_resamples, progress, extra, choices)
                 table_rows += rows
                 for a, m in per_arm.items():
                     arm_rows.append({"task": bt.key, "arm": a, "folds": level_arms[a].folds, "metric": "image_roc_auc",

@@ -199,6 +199,9 @@ SCHEMA: dict[str, Any] = {
         "whole_breast": Bool(),
         "view_fusion": Choice(("mean", "max")),
         "map_C": Float(0.0, None, lo_open=True),
+        "context": Bool(),
+        "tile_scores": Int(0, 256),
+        "context_C": Float(0.0, None, lo_open=True),
     },
     "model": {
         "n_estimators": Int(1, 100000),

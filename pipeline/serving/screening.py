@@ -18,7 +18,8 @@ import pandas as pd
 from features.tiles import tile_heatmap
 from pipeline.training.levels import level_proba
 
-__all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "level_rows", "write_level_files", "overlay_rgb", "write_maps"]
+__all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "context_model", "level_rows",
+           "write_level_files", "overlay_rgb", "write_maps"]
 
 log = logging.getLogger(__name__)
 MAP_GRID = 32  # cells per side of the coarse map in the app's JSON API (`map_summary`)
@@ -87,21 +88,40 @@ def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:
     return level_ids(rows)
 
 
-def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any) -> dict[str, pd.DataFrame]:
+def context_model(model: Any) -> Any | None:
+    """The multi-view context stage a screening model carries (``pipeline.context_``; None when trained without
+    ``screening.context``)."""
+    return getattr(getattr(model, "pipeline", None), "context_", None)
+
+
+def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, context: Any | None = None
+               ) -> dict[str, pd.DataFrame]:
     """{"breast": rows, "exam": rows} of scored images (columns sample_id, patient_id, optional exam_id,
-    laterality, view) with their positive-class probabilities; each row has its level's operating point and call."""
+    laterality, view) with their positive-class probabilities; each row has its level's operating point and call.
+    With a multi-view `context` stage (`context_model`), also {"image": rows}: each image's probability beside its
+    exam's other views (an image without any keeps its own), from which the breasts and exams are fused."""
+    from pipeline.training.context import apply_context, context_features, has_context
+
     d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
     decision, classes = d["decision"], [str(c) for c in d["classes"]]
     thresholds = dict(decision.get("level_thresholds") or {})
     how = str(decision.get("view_fusion") or "mean")
     ids = _level_ids(images)
     p = np.asarray(probability, float)
+    out = {}
+    if context is not None:
+        single, p = p, apply_context(context, p, images)
+        t = thresholds.get("image")
+        out["image"] = pd.DataFrame({"sample_id": ids["image"], "breast_id": ids["breast"], "exam_id": ids["exam"],
+                                     "single_image_p": single,
+                                     "context_views": has_context(context_features(single, images)),
+                                     f"screening_p_{classes[1]}": p, "screening_threshold": t,
+                                     "screening_call": [None if t is None else classes[int(v >= t)] for v in p]})
     fused = level_proba(p, np.zeros(len(p), int), ids, how)
     frame = pd.DataFrame({"breast_id": ids["breast"], "exam_id": ids["exam"],
                           "patient_id": images["patient_id"].astype(str).to_numpy(),
                           "laterality": images.get("laterality", pd.Series([None] * len(images))).to_numpy(),
                           "view": images.get("view", pd.Series([None] * len(images))).to_numpy(), "p": p})
-    out = {}
     for lv in ("breast", "exam"):
         u, _, pp = fused[lv]
         t = thresholds.get(lv)
@@ -129,7 +149,8 @@ def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any) ->
 def write_level_files(out: str | Path, rows: Sequence[Mapping[str, Any]], items: Sequence[Any], model: Any
                       ) -> list[str]:
     """`<out stem>.screening.breasts.csv` and `.screening.exams.csv` beside the results file, from the scored
-    rows of the inputs whose manifest names a patient (or exam); returns the paths written (none without one)."""
+    rows of the inputs whose manifest names a patient (or exam), and with a context stage on the model
+    `.screening.images.csv` (each image beside its exam's other views); returns the paths written (none without)."""
     classes = list(model.classes)
     column = f"{model.task}_p_{classes[1]}"
     by_path = {str(r.get("path")): r for r in rows}
@@ -147,7 +168,7 @@ def write_level_files(out: str | Path, rows: Sequence[Mapping[str, Any]], items:
     images = pd.DataFrame(records)
     if images["exam_id"].isna().all():
         images = images.drop(columns="exam_id")
-    levels = level_rows(images, images["p"].to_numpy(), model.card)
+    levels = level_rows(images, images["p"].to_numpy(), model.card, context_model(model))
     written = []
     for lv, table in levels.items():
         table["screening_model"], table["screening_version"] = model.name, model.version

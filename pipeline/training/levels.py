@@ -4,6 +4,10 @@ exam (its most suspicious breast), from one patient-level cross-validation.
 The operating point of each level is chosen inside the training folds: the final classifier's inner out-of-fold
 probabilities of the training images (`PatientCalibratedClassifier.validation_proba_`) are fused the same way and
 the highest threshold reaching the target sensitivity there is applied unchanged to the test fold.
+
+With ``context_C`` set (experiment switch ``screening.context``), each fold also fits the multi-view context stage
+(pipeline.training.context) on those inner out-of-fold probabilities and replaces the test images' probabilities by
+its output before fusing; the thresholds are then chosen on its patient-grouped out-of-fold output (`image_proba`).
 """
 from __future__ import annotations
 
@@ -60,29 +64,52 @@ class LevelTracker:
     """Collects, fold by fold, the in-fold operating point of each level and the test units' calls at it; then the
     metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the benchmark)."""
 
-    def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean") -> None:
+    def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean",
+                 context_C: float | None = None) -> None:
+        self.table = table.reset_index(drop=True)
         self.ids = level_ids(table)
         self.y = np.asarray(y, int)
         self.target = float(target_sensitivity)
         self.how = how
+        self.context_C = context_C
+        self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
         self.thresholds: dict[str, list[float]] = {lv: [] for lv in LEVELS}
         self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
 
     def on_fold(self, i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         """Thresholds from the fold's classifier's inner OOF probabilities (training rows only), applied to te."""
         clf = final_classifier(est)
-        sub = {k: v[tr][clf.validation_index_] for k, v in self.ids.items()}
-        inner = level_proba(clf.validation_proba_[:, 1], self.y[tr][clf.validation_index_], sub, self.how)
-        outer = level_proba(p[:, 1], self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
+        rows = tr[clf.validation_index_]
+        sub = {k: v[rows] for k, v in self.ids.items()}
+        inner_p, test_p = clf.validation_proba_[:, 1], p[:, 1]
+        if self.context_C is not None:
+            from pipeline.training.context import apply_context, cross_fit_context, fit_context
+
+            table = self.table.iloc[rows]
+            groups = table["patient_id"].astype(str).to_numpy()
+            model = fit_context(inner_p, self.y[rows], table, self.context_C)
+            test_p = self.context_proba[te] = apply_context(model, test_p, self.table.iloc[te])
+            inner_p = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C)
+        inner = level_proba(inner_p, self.y[rows], sub, self.how)
+        outer = level_proba(test_p, self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
         for lv in LEVELS:
             t = choose_threshold(inner[lv][1], inner[lv][2], self.target)
             self.thresholds[lv].append(float(t))
             self.calls[lv].update({u: float(q) >= t for u, q in zip(outer[lv][0], outer[lv][2])})
 
+    def image_proba(self, p: np.ndarray) -> np.ndarray:
+        """The out-of-fold image probabilities the levels are scored on: `p` (the first stage), or with the context
+        stage on, its output on every image tested so far."""
+        p = np.asarray(p, float)
+        if self.context_C is None:
+            return p
+        return np.where(np.isfinite(self.context_proba), self.context_proba, p)
+
     def metrics(self, p: np.ndarray, prefix: str = "{level}_", levels: tuple[str, ...] = LEVELS,
                 **kw: Any) -> dict[str, float]:
-        """binary_metrics of the out-of-fold positive-class probabilities `p` at each level (prefix per level)."""
-        fused = level_proba(np.asarray(p, float), self.y, self.ids, self.how)
+        """binary_metrics of the out-of-fold positive-class probabilities `p` at each level (prefix per level;
+        with the context stage on, of its output: `image_proba`)."""
+        fused = level_proba(self.image_proba(p), self.y, self.ids, self.how)
         out: dict[str, float] = {}
         for lv in levels:
             u, yy, pp = fused[lv]
@@ -91,9 +118,12 @@ class LevelTracker:
         return out
 
     def oof_columns(self, p: np.ndarray) -> dict[str, np.ndarray]:
-        """Per image row: its breast and exam ids and their fused out-of-fold probabilities."""
-        fused = level_proba(np.asarray(p, float), self.y, self.ids, self.how)
+        """Per image row: its breast and exam ids and their fused out-of-fold probabilities (and, with the context
+        stage on, the image's own context-stage probability ``p_context``)."""
+        fused = level_proba(self.image_proba(p), self.y, self.ids, self.how)
         out: dict[str, np.ndarray] = {}
+        if self.context_C is not None:
+            out["p_context"] = self.image_proba(p)
         for lv in ("breast", "exam"):
             u, _, pp = fused[lv]
             out[f"{lv}_id"] = self.ids[lv]
@@ -114,12 +144,13 @@ class LevelCV:
 def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, table: pd.DataFrame,
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                          progress: Callable[[str], None] = log.info) -> LevelCV:
-    """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds."""
+                          progress: Callable[[str], None] = log.info, context_C: float | None = None) -> LevelCV:
+    """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds
+    (`context_C`: with the multi-view context stage, see LevelTracker)."""
     groups = table["patient_id"].astype(str).to_numpy()
     folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
     check_folds(folds, table)
-    tracker = LevelTracker(table, y, ev["target_sensitivity"], how)
+    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C)
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)

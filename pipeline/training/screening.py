@@ -32,7 +32,7 @@ from pipeline.training.levels import LEVELS, level_proba
 from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
 
 __all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
-           "level_thresholds", "finish_screening_model"]
+           "context_C", "level_thresholds", "finish_screening_model"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,6 +81,16 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
         ("embed", tile_embedding_step(config, cache_dir)),
         ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
     ])))
+    if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
+        from features.tile_scores import TileScoreFeatures
+        from pipeline.training.routing import request_groups
+
+        union.append(("tile_scores", Pipeline([
+            ("embed", tile_embedding_step(config, cache_dir)),
+            ("score", request_groups(TileScoreFeatures(max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]),
+                                                       C=float(sc["map_C"]),
+                                                       random_state=int(config["evaluation"]["seed"])))),
+        ])))
     return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
                      ("classifier", plain.named_steps["classifier"])])
 
@@ -95,21 +105,37 @@ def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None =
                                            random_state=int(config["evaluation"]["seed"])))])
 
 
-def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float
-                     ) -> dict[str, float]:
+def context_C(config: Mapping[str, Any]) -> float | None:
+    """The multi-view context stage's C where ``screening.context`` is on, else None (pipeline.training.context)."""
+    sc = config["screening"]
+    return float(sc.get("context_C", 1.0)) if sc.get("context", False) else None
+
+
+def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float,
+                     inner_p: np.ndarray | None = None) -> dict[str, float]:
     """Per level (image, breast, exam): the highest threshold reaching `target` sensitivity on the fitted
-    classifier's inner out-of-fold probabilities of its training rows (`table`, `y`), fused as at scoring time."""
+    classifier's inner out-of-fold probabilities of its training rows (`table`, `y`; or `inner_p`, the same rows'
+    context-stage probabilities), fused as at scoring time."""
     ids = {k: v[classifier.validation_index_] for k, v in level_ids(table).items()}
-    inner = level_proba(classifier.validation_proba_[:, 1], np.asarray(y)[classifier.validation_index_], ids, how)
+    p = classifier.validation_proba_[:, 1] if inner_p is None else inner_p
+    inner = level_proba(p, np.asarray(y)[classifier.validation_index_], ids, how)
     return {lv: float(choose_threshold(inner[lv][1], inner[lv][2], target)) for lv in LEVELS}
 
 
 def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.ndarray, y: np.ndarray,
                            table: pd.DataFrame, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Fit the map's tile scorer onto `final` (``final.heatmap_``) and return the card's extra decision entries:
-    ``level_thresholds`` {image, breast, exam} and ``view_fusion``."""
+    """Fit the map's tile scorer onto `final` (``final.heatmap_``), with ``screening.context`` on the multi-view
+    context stage (``final.context_``, on the classifier's inner out-of-fold probabilities), and return the card's
+    extra decision entries: ``level_thresholds`` {image, breast, exam}, ``view_fusion`` and ``context``."""
     final.heatmap_ = disable_cache(build_map_pipeline(config, cache_dir).fit(X, y))
     how = str(config["screening"]["view_fusion"])
-    thresholds = level_thresholds(final_classifier(final), table, y, how,
-                                  float(config["evaluation"]["target_sensitivity"]))
-    return {"level_thresholds": thresholds, "view_fusion": how}
+    clf, C, inner_p = final_classifier(final), context_C(config), None
+    if C is not None:
+        from pipeline.training.context import cross_fit_context, fit_context
+
+        rows = table.reset_index(drop=True).iloc[clf.validation_index_]
+        yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
+        final.context_ = fit_context(p, yy, rows, C)
+        inner_p = cross_fit_context(p, yy, rows, rows["patient_id"].astype(str).to_numpy(), C)
+    thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
+    return {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None}

@@ -167,3 +167,28 @@ def test_nested_arm_picks_the_informative_candidate_inside_each_training_fold():
     assert chosen == ["signal"] * 4
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(y, cv.proba[:, 1]) > 0.8
+
+
+def test_screening_extra_arm_rows_pair_it_with_plain_and_shipped():
+    """--arm on a screening entry: its own columns per level, paired against plain and against shipped."""
+    import pandas as pd
+
+    mod = _module()
+    rng = np.random.default_rng(1)
+    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
+                           "view": view} for p in range(20) for side in "LR" for view in ("CC", "MLO")])
+    y = np.array([int(p % 3 == 0 and side == "L") for p in range(20) for side in "LR" for _ in range(2)])
+    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    from pipeline.training.levels import LEVELS, level_ids, level_proba
+
+    def arm(name, p):
+        fused = level_proba(p, y, level_ids(table), "mean")
+        calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
+        return mod.LevelArm(name, {}, p, calls, "f", 1.0)
+
+    p = np.clip(0.3 * y + 0.7 * rng.random(len(y)), 0, 1)
+    arms = {"plain": arm("plain", p), "shipped": arm("shipped", p.copy()), "ctx": arm("ctx", np.clip(p + 0.5 * y, 0, 1))}
+    rows, per_arm = mod.score_levels(next(t for t in mod.TASKS if t.levels), data, arms, "mean", 40, 0)
+    assert all({"ctx", "ctx - plain", "ctx - shipped"} <= set(r) for r in rows)
+    assert rows[0]["ctx - plain"] == rows[0]["ctx - shipped"] and rows[0]["ctx - plain"].startswith("+0.")
+    assert per_arm["ctx"]["image_roc_auc_minus_plain"] > 0.05

@@ -72,3 +72,35 @@ def test_tiny_screening_cv_on_real_images_reports_every_level(tiny_mias, tmp_pat
     # tiles: the tile matrix has one row per image, so a tile travels with its image (and patient)
     tiles = pipe.named_steps["features"].transformer_list[-1][1]
     assert clone(tiles).fit(X[:3]).transform(X[:3]).shape[0] == 3
+
+
+def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, tmp_path, monkeypatch):
+    """screening.tile_scores: the tile scorer's top-k tile probabilities join the union; inside a fit they are
+    cross-fitted on the patient groups routed to them (no patient scored by a scorer fitted on it)."""
+    from features.tile_scores import TileScoreFeatures
+    from pipeline.training.routing import fit_with_groups
+
+    table, X, y = tiny_mias
+    config = resolve_config(None, {**TINY, "screening": {**TINY["screening"], "tile_scores": 2}})
+    pipe = build_screening_pipeline(config, tmp_path / "cache")
+    names = [n for n, _ in pipe.named_steps["features"].transformer_list]
+    assert names == ["whole", "tiles", "tile_scores"]
+    seen: list[np.ndarray] = []
+    original = TileScoreFeatures.fit_transform
+
+    def spy(self, X, y=None, groups=None, **kw):
+        seen.append(np.asarray(groups))
+        return original(self, X, y, groups, **kw)
+
+    monkeypatch.setattr(TileScoreFeatures, "fit_transform", spy)
+    groups = table["patient_id"].astype(str).to_numpy()
+    fit_with_groups(pipe, X, y, groups)
+    assert len(seen) == 1 and np.array_equal(seen[0], groups)
+    p = pipe.predict_proba(X[:4])
+    assert p.shape == (4, 2) and np.isfinite(p).all()
+    # cross-fitted scores differ from the in-sample ones of the scorer fitted on every row
+    branch = dict(pipe.named_steps["features"].transformer_list)["tile_scores"]
+    tiles = branch.named_steps["embed"].transform(X)
+    step = TileScoreFeatures(max_tiles=6, k=2, C=float(config["screening"]["map_C"]))
+    assert not np.allclose(step.fit_transform(tiles, y, groups), step.transform(tiles))
+    assert step.transform(tiles).shape == (len(y), 2)

@@ -1,0 +1,113 @@
+"""Multi-view context of screening images (switch ``screening.context``, default off): a reader compares each view
+with the other view of the same breast and with the same view of the other breast (bilateral asymmetry).
+
+A second stage on image scores: per image, the logit of its first-stage probability beside the differences to the
+mean logit of the other view(s) of its breast (ipsilateral) and of the contralateral breast (same view where there is
+one, else all its views), with indicators of which of them exist -> a logistic regression. It is fitted on inner
+out-of-fold probabilities of the training images only (`PatientCalibratedClassifier.validation_proba_`) and applied
+to the test (or served) images with the other images of their exam. An image without any other view of its exam
+keeps its first-stage probability unchanged (the single-image score), in CV and in serving alike.
+
+Metadata: breast and exam ids from `pipeline.io.datasets.screening.level_ids` (patient / exam_id, laterality);
+the columns ``laterality`` (L/R) and ``view`` (e.g. CC, MLO) of the table, either of which may be missing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io.datasets.screening import level_ids
+
+__all__ = ["FEATURES", "context_features", "has_context", "fit_context", "apply_context", "cross_fit_context"]
+
+FEATURES = ("logit", "ipsi_minus_self", "contra_same_view_minus_self", "contra_minus_self", "has_ipsi", "has_contra")
+_EPS = 1e-6
+_MIN_ROWS = 8  # fewer training images with context than this: no context model (every image keeps its score)
+
+
+def _column(table: pd.DataFrame, name: str) -> pd.Series:
+    """Upper-case stripped strings of a metadata column ('' where missing or absent)."""
+    if name not in table.columns:
+        return pd.Series([""] * len(table), index=table.index)
+    return table[name].fillna("").astype(str).str.strip().str.upper()
+
+
+def context_features(p: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """(n, len(FEATURES)) float: each image's first-stage logit and its differences to the other views of its exam
+    (0 where a view is absent, flagged by has_ipsi / has_contra)."""
+    p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
+    z = np.log(p / (1 - p))
+    ids = level_ids(table.reset_index(drop=True))
+    side = _column(table, "laterality").to_numpy()
+    view = _column(table, "view").to_numpy()
+    df = pd.DataFrame({"z": z, "breast": ids["breast"], "exam": ids["exam"], "side": side, "view": view})
+    known = df["side"].isin(["L", "R"]).to_numpy()
+    g = df.groupby("breast")["z"]
+    total, count = g.transform("sum").to_numpy(), g.transform("count").to_numpy()
+    ipsi = np.where(known & (count > 1), (total - z) / np.maximum(count - 1, 1), np.nan)
+    other = np.where(df["side"] == "L", "R", "L")
+    by_side = df[known].groupby(["exam", "side"])["z"].mean()
+    contra = by_side.reindex(pd.MultiIndex.from_arrays([df["exam"], other])).to_numpy()
+    with_view = known & (df["view"] != "").to_numpy()
+    by_view = df[with_view].groupby(["exam", "side", "view"])["z"].mean()
+    contra_same = by_view.reindex(pd.MultiIndex.from_arrays([df["exam"], other, df["view"]])).to_numpy()
+    contra = np.where(known, contra, np.nan)
+    contra_same = np.where(with_view & np.isfinite(contra_same), contra_same, contra)
+    has_ipsi, has_contra = np.isfinite(ipsi), np.isfinite(contra)
+    return np.column_stack([z, np.where(has_ipsi, ipsi - z, 0.0), np.where(has_contra, contra_same - z, 0.0),
+                            np.where(has_contra, contra - z, 0.0), has_ipsi, has_contra]).astype(float)
+
+
+def has_context(features: np.ndarray) -> np.ndarray:
+    """Rows with at least one other view of their exam (the others keep their first-stage score)."""
+    return (features[:, 4] > 0) | (features[:, 5] > 0)
+
+
+def fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1.0) -> Any | None:
+    """The second stage (StandardScaler -> LogisticRegression(C)) on the images with context, or None where too few
+    of them (or one class) are there to fit it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    f = context_features(p, table)
+    sel = has_context(f)
+    y = np.asarray(y, int)
+    if sel.sum() < _MIN_ROWS or len(np.unique(y[sel])) < 2:
+        return None
+    return make_pipeline(StandardScaler(), LogisticRegression(C=float(C), max_iter=1000)).fit(f[sel], y[sel])
+
+
+def apply_context(model: Any | None, p: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """P(malignant) per image with its exam's other views; an image without any keeps `p` (so does every image
+    when `model` is None)."""
+    p = np.asarray(p, float)
+    if model is None or len(p) == 0:
+        return p.copy()
+    f = context_features(p, table)
+    sel = has_context(f)
+    out = p.copy()
+    if sel.any():
+        out[sel] = model.predict_proba(f[sel])[:, 1]
+    return out
+
+
+def cross_fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1.0,
+                      folds: int = 3) -> np.ndarray:
+    """Out-of-fold second-stage probabilities of training images (patient-grouped folds): what the operating points
+    are chosen on, so that no threshold is picked on the context model's own training rows."""
+    from sklearn.model_selection import GroupKFold
+
+    p = np.asarray(p, float)
+    groups = np.asarray(groups)
+    out = p.copy()
+    k = min(int(folds), len(np.unique(groups)))
+    if k < 2:
+        return out
+    table = table.reset_index(drop=True)
+    for tr, te in GroupKFold(n_splits=k).split(p, y, groups):
+        model = fit_context(p[tr], np.asarray(y)[tr], table.iloc[tr], C)
+        out[te] = apply_context(model, p[te], table.iloc[te])
+    return out
