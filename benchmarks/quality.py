@@ -240,6 +240,15 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     if sc:  # #15's switches, where off: the same fit as before they existed (earlier arms' results stay valid)
         c["screening"] = {k: v for k, v in sc.items() if not ((k.startswith("context") and not sc.get("context"))
                                                                or (k == "tile_scores" and not v))}
+    # this wave's other switches, at the values that compute what was computed before they existed
+    if c.get("calibration", {}).get("ensemble") is True:
+        c["calibration"] = {k: v for k, v in c["calibration"].items() if k != "ensemble"}
+    feats = c.get("features", {})
+    if feats.get("density", {}).get("enabled") is False or feats.get("handcrafted", {}).get("exclude_pectoral") is False:
+        c["features"] = {k: v for k, v in feats.items() if not (k == "density" and not v.get("enabled"))}
+        if c["features"].get("handcrafted", {}).get("exclude_pectoral") is False:
+            c["features"]["handcrafted"] = {k: v for k, v in c["features"]["handcrafted"].items()
+                                            if k != "exclude_pectoral"}
     return json.dumps(c, sort_keys=True, default=str)
 
 
