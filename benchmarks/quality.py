@@ -243,12 +243,11 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     # this wave's other switches, at the values that compute what was computed before they existed
     if c.get("calibration", {}).get("ensemble") is True:
         c["calibration"] = {k: v for k, v in c["calibration"].items() if k != "ensemble"}
-    feats = c.get("features", {})
-    if feats.get("density", {}).get("enabled") is False or feats.get("handcrafted", {}).get("exclude_pectoral") is False:
-        c["features"] = {k: v for k, v in feats.items() if not (k == "density" and not v.get("enabled"))}
-        if c["features"].get("handcrafted", {}).get("exclude_pectoral") is False:
-            c["features"]["handcrafted"] = {k: v for k, v in c["features"]["handcrafted"].items()
-                                            if k != "exclude_pectoral"}
+    feats = c["features"] = dict(c.get("features", {}))
+    if not feats.get("density", {"enabled": True}).get("enabled"):
+        feats.pop("density")  # the percent-density features, off
+    if feats.get("handcrafted", {}).get("exclude_pectoral") is False:
+        feats["handcrafted"] = {k: v for k, v in feats["handcrafted"].items() if k != "exclude_pectoral"}
     return json.dumps(c, sort_keys=True, default=str)
 
 
@@ -524,10 +523,11 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         calls = json.loads(str(z["calls"]))
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen)
-    from pipeline.training.screening import context_C
+    from pipeline.training.screening import context_C, context_auto
 
     C = context_C(config)  # the multi-view context stage (#15), when on
-    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C)
+    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C,
+                           context_auto(config))
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:

@@ -199,7 +199,8 @@ SCHEMA: dict[str, Any] = {
         "whole_breast": Bool(),
         "view_fusion": Choice(("mean", "max")),
         "map_C": Float(0.0, None, lo_open=True),
-        "context": Bool(),
+        "context": Rule(lambda v: v in (True, False, "auto"), "true, false or auto (kept per fit where it ranks "
+                        "the training images' out-of-fold scores better)"),
         "tile_scores": Int(0, 256),
         "context_C": Float(0.0, None, lo_open=True),
     },

@@ -94,6 +94,17 @@ def apply_context(model: Any | None, p: np.ndarray, table: pd.DataFrame) -> np.n
     return out
 
 
+def context_pays(y: np.ndarray, first: np.ndarray, context: np.ndarray) -> bool:
+    """True when the context stage's out-of-fold probabilities rank the training images better (ROC AUC) than the
+    first stage's: the per-training-fold decision of ``screening.context: auto`` (training rows only)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, int)
+    if len(np.unique(y)) < 2:
+        return False
+    return bool(roc_auc_score(y, context) > roc_auc_score(y, first))
+
+
 def cross_fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1.0,
                       folds: int = 3) -> np.ndarray:
     """Out-of-fold second-stage probabilities of training images (patient-grouped folds): what the operating points

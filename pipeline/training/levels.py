@@ -65,13 +65,15 @@ class LevelTracker:
     metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the benchmark)."""
 
     def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean",
-                 context_C: float | None = None) -> None:
+                 context_C: float | None = None, context_auto: bool = False) -> None:
         self.table = table.reset_index(drop=True)
         self.ids = level_ids(table)
         self.y = np.asarray(y, int)
         self.target = float(target_sensitivity)
         self.how = how
         self.context_C = context_C
+        self.context_auto = bool(context_auto)  # keep the stage in a fold only where it pays on its training rows
+        self.context_used: list[bool] = []      # per fold: was the context stage applied
         self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
         self.thresholds: dict[str, list[float]] = {lv: [] for lv in LEVELS}
         self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
@@ -88,8 +90,16 @@ class LevelTracker:
             table = self.table.iloc[rows]
             groups = table["patient_id"].astype(str).to_numpy()
             model = fit_context(inner_p, self.y[rows], table, self.context_C)
-            test_p = self.context_proba[te] = apply_context(model, test_p, self.table.iloc[te])
-            inner_p = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C)
+            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C)
+            use = True
+            if self.context_auto:
+                from pipeline.training.context import context_pays
+
+                use = context_pays(self.y[rows], inner_p, inner_ctx)
+            self.context_used.append(use)
+            if use:
+                test_p, inner_p = apply_context(model, test_p, self.table.iloc[te]), inner_ctx
+            self.context_proba[te] = test_p
         inner = level_proba(inner_p, self.y[rows], sub, self.how)
         outer = level_proba(test_p, self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
         for lv in LEVELS:

@@ -106,9 +106,16 @@ def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None =
 
 
 def context_C(config: Mapping[str, Any]) -> float | None:
-    """The multi-view context stage's C where ``screening.context`` is on, else None (pipeline.training.context)."""
+    """The multi-view context stage's C where ``screening.context`` is on (true or auto), else None
+    (pipeline.training.context)."""
     sc = config["screening"]
-    return float(sc.get("context_C", 1.0)) if sc.get("context", False) else None
+    return float(sc.get("context_C", 1.0)) if sc.get("context", False) in (True, "auto") else None
+
+
+def context_auto(config: Mapping[str, Any]) -> bool:
+    """``screening.context: auto``: each fit keeps the context stage only where, on its own training images'
+    out-of-fold probabilities, it ranks them better than the first stage (a choice made without the test fold)."""
+    return config["screening"].get("context", False) == "auto"
 
 
 def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float,
@@ -137,5 +144,10 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
         yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
         final.context_ = fit_context(p, yy, rows, C)
         inner_p = cross_fit_context(p, yy, rows, rows["patient_id"].astype(str).to_numpy(), C)
+        if context_auto(config):
+            from pipeline.training.context import context_pays
+
+            if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
+                final.context_, inner_p, C = None, None, None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
     return {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None}
