@@ -257,6 +257,25 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     if parts is None:  # stateful feature steps (fine-tuning): their samples go to a store on disk
         return load_task_store(config, pipe, progress, cache, progress_bar=progress_bar)
     front, _ = parts
+    table, classes, path, sp, example, fspec = _stream_front(config, front, cache)
+    distributed = session is not None and session.is_distributed
+    jobs = None if distributed else compute.n_jobs
+    where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
+    progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
+             f"streaming {sp['size']} px samples through the frozen feature steps {where}")
+    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
+    progress(result.summary())
+    return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
+                      front=front, example=example, stream=result)
+
+
+def _stream_front(config: Mapping[str, Any], front: Any, cache: Path | None) -> tuple[Any, ...]:
+    """(table, classes, path, sample params, example samples, stream spec): the task's rows and the frozen front
+    fitted on its first samples (stateless steps: fitted for their parameters only), ready to stream."""
+    from pipeline.training import stream
+
+    ds = config["dataset"]
+    spec = get_task(ds["task"])
     table, classes, path = task_table(config)
     sp = sample_params(config)
     wbwr = not ds["require_roi"]
@@ -267,15 +286,7 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     stream.fit_front(front, example)
     fspec = stream.make_spec(front, spec.sample_recipe, sp, whole_breast_without_roi=wbwr, cache_dir=cache,
                              image_key=config["compute"].get("image_key", "content"))
-    distributed = session is not None and session.is_distributed
-    jobs = None if distributed else compute.n_jobs
-    where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
-    progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"streaming {sp['size']} px samples through the frozen feature steps {where}")
-    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
-    progress(result.summary())
-    return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
-                      front=front, example=example, stream=result)
+    return table, classes, path, sp, example, fspec
 
 
 def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[str], None], cache: Path | None, *,
@@ -296,16 +307,7 @@ def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[st
     compute = resolve_compute(config, cache_dir=cache)
     session = current_session()
     jobs = None if session is not None and session.is_distributed else compute.n_jobs
-    table, classes, path = task_table(config)
-    sp = sample_params(config)
-    wbwr = not ds["require_roi"]
-    example = stream.first_samples(table, spec.sample_recipe, sp, whole_breast_without_roi=wbwr)
-    if not len(example):
-        raise DatasetError(f"{path}: none of the first rows of the {spec.name} task could be prepared; check the "
-                           "images (mammoscope data scan)")
-    stream.fit_front(front, example)
-    fspec = stream.make_spec(front, spec.sample_recipe, sp, whole_breast_without_roi=wbwr, cache_dir=cache,
-                             image_key=config["compute"].get("image_key", "content"))
+    table, classes, path, sp, example, fspec = _stream_front(config, front, cache)
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
              f"{sp['size']} px samples to a store on disk for the fine-tuned steps")
     store = stream.stream_samples(table, fspec, n_jobs=jobs, dtype=np.float32, progress_bar=progress_bar)
@@ -462,7 +464,6 @@ def _parallel_folds(head: Any, config: Mapping[str, Any], n_folds: int) -> tuple
     import os
 
     from pipeline.compute import current_session, resolve_compute
-    from pipeline.training.model import WeightedXGBClassifier
 
     session = current_session()
     distributed = session is not None and session.is_distributed
