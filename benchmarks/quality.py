@@ -229,6 +229,15 @@ class Arm:
     chosen: list[str] = field(default_factory=list)  # nested arm: the candidate the inner CV picked, per outer fold
 
 
+#: Switches added after arms were memoised: (parent section, key under it, the value meaning "off", prefix of the
+#: parent's keys then left out of the fit key), so an arm memoised before a switch existed stays valid while it is off.
+_LATER_SWITCHES: tuple[tuple[str, str, Any, str], ...] = (
+    ("screening", "context", False, "context"), ("screening", "tile_scores", 0, "tile_scores"),
+    ("calibration", "ensemble", True, "ensemble"), ("features", "density.enabled", False, "density"),
+    ("features.handcrafted", "exclude_pectoral", False, "exclude_pectoral"),
+)
+
+
 def _fit_key(config: Mapping[str, Any]) -> str:
     """What a cross-validation fits (the config without the density decision rule, which only reads its output)."""
     import json
@@ -236,18 +245,18 @@ def _fit_key(config: Mapping[str, Any]) -> str:
     c = {k: v for k, v in config.items() if k not in ("name", "description")}
     c["evaluation"] = {k: v for k, v in c["evaluation"].items() if k != "decision"}
     c["dataset"] = {**c["dataset"], "path": None}  # may be a temporary file; the rows are keyed by their bytes
-    sc = c.get("screening")
-    if sc:  # #15's switches, where off: the same fit as before they existed (earlier arms' results stay valid)
-        c["screening"] = {k: v for k, v in sc.items() if not ((k.startswith("context") and not sc.get("context"))
-                                                               or (k == "tile_scores" and not v))}
-    # this wave's other switches, at the values that compute what was computed before they existed
-    if c.get("calibration", {}).get("ensemble") is True:
-        c["calibration"] = {k: v for k, v in c["calibration"].items() if k != "ensemble"}
-    feats = c["features"] = dict(c.get("features", {}))
-    if not feats.get("density", {"enabled": True}).get("enabled"):
-        feats.pop("density")  # the percent-density features, off
-    if feats.get("handcrafted", {}).get("exclude_pectoral") is False:
-        feats["handcrafted"] = {k: v for k, v in feats["handcrafted"].items() if k != "exclude_pectoral"}
+    for parent, key, off, drop in _LATER_SWITCHES:  # a switch at its "off" value fits what was fitted before it
+        try:
+            part = _get(c, parent)
+            value = _get(part, key)
+        except (KeyError, TypeError):
+            continue
+        if value == off and type(value) is type(off):
+            node, path = c, parent.split(".")
+            for name in path[:-1]:  # copy the path down to the parent: the caller's config is not changed
+                node[name] = dict(node[name])
+                node = node[name]
+            node[path[-1]] = {k: v for k, v in part.items() if not k.startswith(drop)}
     return json.dumps(c, sort_keys=True, default=str)
 
 
