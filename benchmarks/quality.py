@@ -108,6 +108,9 @@ PLAIN: dict[str, Any] = {
     "calibration": {"method": "sigmoid", "holdout": "cv", "inner_folds": 3, "ensemble": True},
     "evaluation": {"decision": "argmax"},
 }
+#: The plain recipe of a screening entry scores each image alone: none of the shipped recipe's second stages, whatever
+#: the experiment file or --set says (the context stage inherited from mias_screening.yaml made "plain" plain + context).
+PLAIN_SCREENING: dict[str, Any] = {"screening": {"context": False, "tile_scores": 0}}
 VARIANTS = {"fused": {}, "handcrafted": {"features": {"cnn": {"enabled": False}}},
             "cnn": {"features": {"handcrafted": {"enabled": False}}}}
 
@@ -630,6 +633,14 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
     return rows, per_arm
 
 
+def plain_screening_config(path: Path, over: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain recipe of a screening entry: PLAIN on the 224 px whole breast, each image scored alone."""
+    from pipeline.config.experiment import resolve_config
+    from pipeline.training.screening import whole_image_config
+
+    return whole_image_config(resolve_config(path, _merge(PLAIN, over, PLAIN_SCREENING)))
+
+
 def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any], cli: list[str], cache: Path,
                n_resamples: int, progress: Callable[[str], None],
                extra: Mapping[str, list[str]] | None = None,
@@ -651,7 +662,7 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
     path = EXPERIMENTS / bt.experiment
     over = _merge(base, common, parse_overrides(cli))
     shipped = resolve_config(path, over)
-    plain = whole_image_config(resolve_config(path, _merge(PLAIN, over)))
+    plain = plain_screening_config(path, over)
     t0 = time.perf_counter()
     data = load_task_data(shipped, progress=lambda s: None)
     X224, errors = load_samples(data.table, get_task(plain["dataset"]["task"]).sample_recipe,

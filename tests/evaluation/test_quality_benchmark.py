@@ -192,3 +192,20 @@ def test_screening_extra_arm_rows_pair_it_with_plain_and_shipped():
     assert all({"ctx", "ctx - plain", "ctx - shipped"} <= set(r) for r in rows)
     assert rows[0]["ctx - plain"] == rows[0]["ctx - shipped"] and rows[0]["ctx - plain"].startswith("+0.")
     assert per_arm["ctx"]["image_roc_auc_minus_plain"] > 0.05
+
+
+@pytest.mark.parametrize("experiment", ["mias_screening.yaml", "cdd_cesm_screening.yaml"])
+def test_plain_screening_arm_has_none_of_the_shipped_second_stages(experiment: str):
+    """The plain arm of a screening entry scores each image alone even where the experiment ships the context stage
+    or tile scores (and where --set turns them on): it is the recipe to beat, not plain + our second stage."""
+    from pipeline.config.experiment import resolve_config
+    from pipeline.training.screening import context_C
+
+    mod = _module()
+    path = mod.EXPERIMENTS / experiment
+    over = {"screening": {"context": True, "tile_scores": 3}}
+    shipped = resolve_config(path, over)
+    plain = mod.plain_screening_config(path, over)
+    assert context_C(shipped) is not None and shipped["screening"]["tile_scores"] == 3
+    assert context_C(plain) is None and plain["screening"]["tile_scores"] == 0
+    assert plain["model"]["max_depth"] == mod.PLAIN["model"]["max_depth"]
