@@ -51,14 +51,17 @@ def _tile_estimators() -> list:
 
 
 def _pipeline_estimators() -> list:
-    """The estimators of pipeline/training/model.py, each built with small valid arguments."""
+    """The estimators of pipeline/training/model.py and choice.py, each built with small valid arguments."""
     from features import IntensityFeatures
+    from pipeline.training.choice import LastColumnsChoice
     from pipeline.training.model import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
                                 WeightedXGBClassifier)
 
     return [
         CenterCrop(fraction=0.5),
         PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2), inner_folds=2),
+        LastColumnsChoice(PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2),
+                                                      inner_folds=2)),
         WeightedXGBClassifier(n_estimators=5, max_depth=2),
         MutualInfoSelector(k=2),
         CachedTransformer(IntensityFeatures(bins=8)),

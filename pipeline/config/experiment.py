@@ -202,6 +202,7 @@ SCHEMA: dict[str, Any] = {
         "context": Rule(lambda v: v in (True, False, "auto"), "true, false or auto (kept per fit where it ranks "
                         "the training images' out-of-fold scores better)"),
         "tile_scores": Int(0, 256),
+        "tile_scores_auto": Bool(),
         "context_C": Float(0.0, None, lo_open=True),
     },
     "model": {

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.pipeline import FeatureUnion, Pipeline
 
+from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import choose_threshold
 from pipeline.io.datasets.screening import level_ids
 from pipeline.training.levels import LEVELS, level_proba
@@ -91,8 +92,18 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
                                                        C=float(sc["map_C"]),
                                                        random_state=int(config["evaluation"]["seed"])))),
         ])))
+    classifier = plain.named_steps["classifier"]
+    if int(sc.get("tile_scores", 0)) > 0 and sc.get("tile_scores_auto", False):
+        # the tile scores (the union's last columns) kept by each fit only where they pay on its training rows
+        from pipeline.training.choice import LastColumnsChoice
+        from pipeline.training.routing import request_groups
+
+        if config["features"]["selection"]["k_best"] is not None:
+            raise ConfigError("screening.tile_scores_auto needs features.selection.k_best: null (the choice drops "
+                              "the feature union's last columns, which a selection step would reorder)")
+        classifier = request_groups(LastColumnsChoice(classifier, n_drop=int(sc["tile_scores"])))
     return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
-                     ("classifier", plain.named_steps["classifier"])])
+                     ("classifier", classifier)])
 
 
 def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
@@ -150,4 +161,7 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
             if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
                 final.context_, inner_p, C = None, None, None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
-    return {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None}
+    extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None}
+    if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fit keep the tile scores
+        extra["tile_scores_kept"] = bool(clf.kept_group_)
+    return extra

@@ -104,3 +104,29 @@ def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, 
     step = TileScoreFeatures(max_tiles=6, k=2, C=float(config["screening"]["map_C"]))
     assert not np.allclose(step.fit_transform(tiles, y, groups), step.transform(tiles))
     assert step.transform(tiles).shape == (len(y), 2)
+
+
+def test_tile_scores_auto_ends_in_a_choice_that_reads_the_union_columns_it_kept(tiny_mias, tmp_path):
+    """screening.tile_scores_auto: the classifier is a LastColumnsChoice over the tile-score columns (the union's
+    last k), fitted with the routed patient groups; with a selection step it is refused with a clear error."""
+    from pipeline.errors import ConfigError
+    from pipeline.training.choice import LastColumnsChoice
+    from pipeline.training.model import final_classifier
+    from pipeline.training.routing import fit_with_groups
+
+    table, X, y = tiny_mias
+    sc = {**TINY["screening"], "tile_scores": 2, "tile_scores_auto": True}
+    config = resolve_config(None, {**TINY, "screening": sc})
+    pipe = build_screening_pipeline(config, tmp_path / "cache")
+    fit_with_groups(pipe, X, y, table["patient_id"].astype(str).to_numpy())
+    clf = final_classifier(pipe)
+    assert isinstance(clf, LastColumnsChoice) and clf.n_drop == 2
+    width = pipe[:-1].transform(X[:3]).shape[1]
+    assert clf.keep_columns_ == (width if clf.kept_group_ else width - 2)
+    assert set(clf.choice_auc_) == {"with", "without"}
+    p = pipe.predict_proba(X[:3])
+    assert p.shape == (3, 2) and np.allclose(p.sum(axis=1), 1.0)
+    with pytest.raises(ConfigError, match="tile_scores_auto needs features.selection.k_best: null"):
+        build_screening_pipeline(resolve_config(None, {**TINY, "screening": sc,
+                                                       "features": {**TINY["features"],
+                                                                    "selection": {"k_best": 5}}}), None)
