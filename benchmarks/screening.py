@@ -41,7 +41,8 @@ from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: 
 from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
 from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
 from pipeline.training.routing import fit_with_groups  # noqa: E402
-from pipeline.training.screening import build_screening_pipeline, whole_image_config  # noqa: E402
+from pipeline.training.screening import (build_screening_pipeline, context_auto, context_C,  # noqa: E402
+                                         finish_screening_model, whole_image_config)
 from pipeline.training.train import load_task_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,15 +140,29 @@ def run(name: str, args: argparse.Namespace) -> None:
     pipe = build_screening_pipeline(config, cold)
     final, stages = timed_fit(pipe, data.X, data.y, groups)
     t_train = t_samples + sum(stages.values())
+    t = time.perf_counter()  # the context stage (on the classifier's inner out-of-fold scores) and the map's scorer
+    finish_screening_model(final, config, data.X, data.y, data.table, cold)
+    stages["context stage + map scorer"] = time.perf_counter() - t
+    t_train = t_samples + sum(stages.values())
     print(f"screening: trained on all images from an empty cache in {t_train:.0f} s ({t_train / 60:.1f} min): "
           f"samples {t_samples:.0f} s, " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
           + f"; peak memory {peak_mib():.0f} MiB", flush=True)
-    scr = cross_validate_levels(lambda: clone(pipe), data.X, data.y, data.table, ev, how, folds, progress=print)
+    scr = cross_validate_levels(lambda: clone(pipe), data.X, data.y, data.table, ev, how, folds, progress=print,
+                                context_C=context_C(config), context_auto=context_auto(config))
+    kept = {k: v for k, v in scr.metrics.items() if k.startswith("folds_")}
+    if kept:
+        print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)
     print(line("screening", scr.metrics), flush=True)  # printed at once: the plain recipe takes a while
     torch.set_num_threads(2)
     per_image = score_time(final, data.table, data.side, args.time_images)
     print(f"screening: {per_image:.2f} s per image (2 threads, from the file, no cache)", flush=True)
 
+    if args.skip_plain:
+        print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
+              f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
+        if not args.keep_cold and not args.screening_cache:
+            shutil.rmtree(cold, ignore_errors=True)
+        return
     # plain recipe on the same images and folds
     plain_cfg = whole_image_config(config)
     X224, errors = load_samples(data.table, "density", size=int(config["samples"]["size"]))
@@ -181,6 +196,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=None, help="at most this many images (smoke run)")
     parser.add_argument("--time-images", type=int, default=8, help="images timed for the per-image score")
     parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="feature cache folder")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="screening recipe only (cost and its CV; benchmarks/quality.py holds the plain comparison)")
     parser.add_argument("--keep-cold", action="store_true", help="keep the screening cache (re-runs reuse nothing)")
     parser.add_argument("--screening-cache", type=Path, default=None,
                         help="reuse this screening feature cache (a kept cold cache): the training time printed is "

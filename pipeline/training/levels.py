@@ -74,6 +74,7 @@ class LevelTracker:
         self.context_C = context_C
         self.context_auto = bool(context_auto)  # keep the stage in a fold only where it pays on its training rows
         self.context_used: list[bool] = []      # per fold: was the context stage applied
+        self.tile_scores_kept: list[bool] = []  # per fold, with screening.tile_scores_auto: did the fit keep them
         self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
         self.thresholds: dict[str, list[float]] = {lv: [] for lv in LEVELS}
         self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
@@ -84,6 +85,8 @@ class LevelTracker:
         rows = tr[clf.validation_index_]
         sub = {k: v[rows] for k, v in self.ids.items()}
         inner_p, test_p = clf.validation_proba_[:, 1], p[:, 1]
+        if hasattr(clf, "kept_group_"):
+            self.tile_scores_kept.append(bool(clf.kept_group_))
         if self.context_C is not None:
             from pipeline.training.context import apply_context, cross_fit_context, fit_context
 
@@ -118,9 +121,13 @@ class LevelTracker:
     def metrics(self, p: np.ndarray, prefix: str = "{level}_", levels: tuple[str, ...] = LEVELS,
                 **kw: Any) -> dict[str, float]:
         """binary_metrics of the out-of-fold positive-class probabilities `p` at each level (prefix per level;
-        with the context stage on, of its output: `image_proba`)."""
+        with the context stage on, of its output: `image_proba`), and with an optional stage on, how many folds'
+        fits kept it (`{prefix at level "folds"}context_kept`, `...tile_scores_kept`)."""
         fused = level_proba(self.image_proba(p), self.y, self.ids, self.how)
         out: dict[str, float] = {}
+        for name, used in (("context", self.context_used), ("tile_scores", self.tile_scores_kept)):
+            if used:  # how many folds' fits kept an optional stage (auto switches)
+                out[prefix.format(level="folds") + f"{name}_kept"] = float(sum(used))
         for lv in levels:
             u, yy, pp = fused[lv]
             out.update(binary_metrics(yy, pp, np.array([self.calls[lv][k] for k in u]),
@@ -154,13 +161,15 @@ class LevelCV:
 def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarray, table: pd.DataFrame,
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
-                          progress: Callable[[str], None] = log.info, context_C: float | None = None) -> LevelCV:
+                          progress: Callable[[str], None] = log.info, context_C: float | None = None,
+                          context_auto: bool = False) -> LevelCV:
     """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds
-    (`context_C`: with the multi-view context stage, see LevelTracker)."""
+    (`context_C`: with the multi-view context stage, `context_auto`: kept per fold where it pays; see
+    LevelTracker)."""
     groups = table["patient_id"].astype(str).to_numpy()
     folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
     check_folds(folds, table)
-    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C)
+    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto)
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)
