@@ -53,6 +53,9 @@ def test_train_cross_validates_every_level_and_registers_the_champion_with_its_c
     assert card.task == "screening" and card.classes == ["not_malignant", "malignant"]
     assert card.decision["rule"] == "threshold" and card.sample_params["scale"] == 2.0
     assert set(card.decision["level_thresholds"]) == {"image", "breast", "exam"}
+    # the shipped tile scores are kept per fit where they pay: the card and the CV say what each fit decided
+    assert isinstance(card.decision["tile_scores_kept"], bool)
+    assert 0 <= result.metrics["cv_folds_tile_scores_kept"] <= 3
     assert "cv_exam_roc_auc" in card.metrics
     assert getattr(predictor.pipeline, "heatmap_", None) is not None  # the map travels with the model
 
