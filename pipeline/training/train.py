@@ -424,7 +424,10 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                                     data.classes, **kw))
     metrics.update(trust.metrics(call, kw))
     if levels is not None:
-        metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=task.levels, **kw))
+        # with the context stage on, the image level also with its exam's other views (cv_image_*): cv_* stays
+        # the single image, as Predictor.score and the app serve one image; the levels read the context output
+        image = ("image",) if levels.context_C is not None else ()
+        metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=(*image, *task.levels), **kw))
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
         exam_proba = exam_average(cv.proba, exams)

@@ -56,6 +56,8 @@ def test_train_cross_validates_every_level_and_registers_the_champion_with_its_c
     # the shipped tile scores are kept per fit where they pay: the card and the CV say what each fit decided
     assert isinstance(card.decision["tile_scores_kept"], bool)
     assert 0 <= result.metrics["cv_folds_tile_scores_kept"] <= 3
+    # the context stage is on (auto): the image level with its exam's other views is reported beside the single image
+    assert 0.0 <= result.metrics["cv_image_roc_auc"] <= 1.0 and "cv_roc_auc" in result.metrics
     assert "cv_exam_roc_auc" in card.metrics
     assert getattr(predictor.pipeline, "heatmap_", None) is not None  # the map travels with the model
 
