@@ -119,6 +119,31 @@ def score_time(pipe, table, side: int, n: int) -> float:
     return (time.perf_counter() - t0) / max(len(rows) - 1, 1)
 
 
+def compare_with_plain(name: str, config: dict, data, folds: list, scr, cache: Path) -> None:
+    """The plain whole-image recipe's CV on the same images and folds, printed beside the screening CV `scr`."""
+    ev, how = config["evaluation"], config["screening"]["view_fusion"]
+    plain_cfg = whole_image_config(config)
+    X224, errors = load_samples(data.table, "density", size=int(config["samples"]["size"]))
+    assert errors.empty, errors.head()
+    plain_pipe = build_pipeline(plain_cfg, cache / "plain")
+    plain = cross_validate_levels(lambda: clone(plain_pipe), X224, data.y, data.table, ev, how, folds, progress=print)
+    del X224
+
+    print(f"\n## {name}: patient-level {ev['folds']}-fold CV, seed {ev['seed']}, 95% bootstrap CIs, "
+          f"breast = views fused by {how}, exam = most suspicious breast")
+    print(line("plain", plain.metrics))
+    print(line("screening", scr.metrics))
+    for lv in LEVELS:
+        half = (plain.metrics[f"{lv}_roc_auc_ci_high"] - plain.metrics[f"{lv}_roc_auc_ci_low"]) / 2
+        gain = scr.metrics[f"{lv}_roc_auc"] - plain.metrics[f"{lv}_roc_auc"]
+        print(f"{lv}: AUC gain {gain:+.3f} vs plain CI half-width {half:.3f} -> {'beats' if gain >= half else 'does not beat'}")
+    dens = density_lines("plain", plain, data, ev) + density_lines("screening", scr, data, ev)
+    if dens:
+        print(f"image level by density (dense = {', '.join(map(str, data.dense_classes))}; spec and sens at the "
+              "same in-fold image threshold as above):")
+        print("\n".join(dens))
+
+
 def run(name: str, args: argparse.Namespace) -> None:
     overrides = {"compute": {"n_jobs": 2}}
     if args.max_images:
@@ -139,7 +164,6 @@ def run(name: str, args: argparse.Namespace) -> None:
     # screening: training from an empty cache = samples + features of every image + the final fit
     pipe = build_screening_pipeline(config, cold)
     final, stages = timed_fit(pipe, data.X, data.y, groups)
-    t_train = t_samples + sum(stages.values())
     t = time.perf_counter()  # the context stage (on the classifier's inner out-of-fold scores) and the map's scorer
     finish_screening_model(final, config, data.X, data.y, data.table, cold)
     stages["context stage + map scorer"] = time.perf_counter() - t
@@ -157,33 +181,8 @@ def run(name: str, args: argparse.Namespace) -> None:
     per_image = score_time(final, data.table, data.side, args.time_images)
     print(f"screening: {per_image:.2f} s per image (2 threads, from the file, no cache)", flush=True)
 
-    if args.skip_plain:
-        print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
-              f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
-        if not args.keep_cold and not args.screening_cache:
-            shutil.rmtree(cold, ignore_errors=True)
-        return
-    # plain recipe on the same images and folds
-    plain_cfg = whole_image_config(config)
-    X224, errors = load_samples(data.table, "density", size=int(config["samples"]["size"]))
-    assert errors.empty, errors.head()
-    plain_pipe = build_pipeline(plain_cfg, args.cache / "plain")
-    plain = cross_validate_levels(lambda: clone(plain_pipe), X224, data.y, data.table, ev, how, folds, progress=print)
-    del X224
-
-    print(f"\n## {name}: patient-level {ev['folds']}-fold CV, seed {ev['seed']}, 95% bootstrap CIs, "
-          f"breast = views fused by {how}, exam = most suspicious breast")
-    print(line("plain", plain.metrics))
-    print(line("screening", scr.metrics))
-    for lv in LEVELS:
-        half = (plain.metrics[f"{lv}_roc_auc_ci_high"] - plain.metrics[f"{lv}_roc_auc_ci_low"]) / 2
-        gain = scr.metrics[f"{lv}_roc_auc"] - plain.metrics[f"{lv}_roc_auc"]
-        print(f"{lv}: AUC gain {gain:+.3f} vs plain CI half-width {half:.3f} -> {'beats' if gain >= half else 'does not beat'}")
-    dens = density_lines("plain", plain, data, ev) + density_lines("screening", scr, data, ev)
-    if dens:
-        print(f"image level by density (dense = {', '.join(map(str, data.dense_classes))}; spec and sens at the "
-              "same in-fold image threshold as above):")
-        print("\n".join(dens))
+    if not args.skip_plain:
+        compare_with_plain(name, config, data, folds, scr, args.cache)
     print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
           f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
     if not args.keep_cold and not args.screening_cache:
