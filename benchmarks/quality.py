@@ -236,7 +236,7 @@ class Arm:
 #: parent's keys then left out of the fit key), so an arm memoised before a switch existed stays valid while it is off.
 _LATER_SWITCHES: tuple[tuple[str, str, Any, str], ...] = (
     ("screening", "context", False, "context"), ("screening", "tile_scores", 0, "tile_scores"),
-    ("screening", "tile_scores_auto", False, "tile_scores_auto"),
+    ("screening", "tile_scores_auto", False, "tile_scores_auto"), ("screening", "tile_pooling", None, "tile_pooling"),
     ("calibration", "ensemble", True, "ensemble"), ("features", "density.enabled", False, "density"),
     ("features.handcrafted", "exclude_pectoral", False, "exclude_pectoral"),
 )

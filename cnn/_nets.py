@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LiteFeatures", "EmbeddingNet", "ImageClassifier", "tiny_features", "pool"]
+__all__ = ["LiteFeatures", "EmbeddingNet", "ImageClassifier", "tiny_features", "pool", "stage_taps"]
 
 
 def tiny_features() -> nn.Sequential:
@@ -29,26 +29,85 @@ class LiteFeatures(nn.Module):
 
 
 def pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Global pooling of (N, C, h, w) -> (N, C) ('avg', 'max') or (N, 2C) ('avgmax')."""
-    if pooling == "avg":
+    """Global pooling of (N, C, h, w) -> (N, C) ('avg', 'max') or (N, 2C) ('avgmax'); 'multilevel' pools the last
+    map as 'avg' here (the intermediate maps are EmbeddingNet's)."""
+    if pooling in ("avg", "multilevel"):
         return feature_map.mean(dim=(2, 3))
     if pooling == "max":
         return feature_map.amax(dim=(2, 3))
     if pooling == "avgmax":
         return torch.cat([feature_map.mean(dim=(2, 3)), feature_map.amax(dim=(2, 3))], dim=1)
-    raise ValueError(f"The 'pooling' parameter must be one of ['avg', 'max', 'avgmax']. Got {pooling!r} instead.")
+    raise ValueError("The 'pooling' parameter must be one of ['avg', 'max', 'avgmax', 'multilevel']. "
+                     f"Got {pooling!r} instead.")
+
+
+def _units(features: nn.Module) -> list[nn.Module]:
+    """The sequential units of a feature extractor: EfficientNet-Lite's MBConv blocks, a Sequential's children."""
+    if isinstance(features, LiteFeatures):
+        return list(features.net._blocks)
+    if isinstance(features, nn.Sequential):
+        return list(features.children())
+    raise ValueError(f"pooling='multilevel' needs an EfficientNet-Lite or a Sequential feature extractor; got "
+                     f"{type(features).__name__}: use pooling='avg'.")
+
+
+def stage_taps(features: nn.Module, size: int = 224, min_stride: int = 8) -> list[nn.Module]:
+    """The last unit of each intermediate stage of `features` (a stage: consecutive units with one output shape),
+    found by one probe forward pass at `size` px in eval mode: stages at stride >= `min_stride`, the final stage
+    excluded (its map is the network's own output); where none is that deep, every stage but the final one."""
+    units = _units(features)
+    shapes: dict[int, tuple[int, int]] = {}
+    hooks = [u.register_forward_hook(lambda m, i, o, k=k: shapes.__setitem__(k, (int(o.shape[1]), int(o.shape[2]))))
+             for k, u in enumerate(units)]
+    was_training = features.training
+    features.eval()
+    try:
+        with torch.no_grad():
+            features(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+        features.train(was_training)
+    ks = sorted(shapes)
+    ends = [k for j, k in enumerate(ks) if j == len(ks) - 1 or shapes[ks[j + 1]] != shapes[k]][:-1]
+    deep = [k for k in ends if size / shapes[k][1] >= min_stride]
+    return [units[k] for k in (deep or ends)]
+
+
+class _Keep:
+    """Forward hook storing a unit's output under `key` in `store` (an object, so deepcopy keeps it per network)."""
+
+    def __init__(self, store: dict, key: int):
+        self.store = store
+        self.key = key
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.store[self.key] = output
 
 
 class EmbeddingNet(nn.Module):
-    """Feature extractor + global pooling: normalised (N, 3, S, S) -> (N, D) embeddings."""
+    """Feature extractor + global pooling: normalised (N, 3, S, S) -> (N, D) embeddings.
+
+    pooling 'multilevel': the last map average-pooled, then every intermediate stage's map (`stage_taps`)
+    average-pooled, then the same maps max-pooled (a small lesion is one bright spot in a mid-level map; the
+    average over the last map dilutes it)."""
 
     def __init__(self, features: nn.Module, pooling: str = "avg"):
         super().__init__()
         self.features = features
         self.pooling = pooling
+        self._maps: dict[int, torch.Tensor] = {}
+        if pooling == "multilevel":
+            for k, unit in enumerate(stage_taps(features)):
+                unit.register_forward_hook(_Keep(self._maps, k))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pool(self.features(x), self.pooling)
+        fmap = self.features(x)
+        if self.pooling != "multilevel":
+            return pool(fmap, self.pooling)
+        mids = [self._maps.pop(k) for k in sorted(self._maps)]
+        return torch.cat([fmap.mean(dim=(2, 3))] + [m.mean(dim=(2, 3)) for m in mids]
+                         + [m.amax(dim=(2, 3)) for m in mids], dim=1)
 
 
 class ImageClassifier(nn.Module):

@@ -37,7 +37,7 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_FORMAT = "mammoscope-cnn/1"
-POOLINGS = ("avg", "max", "avgmax")
+POOLINGS = ("avg", "max", "avgmax", "multilevel")
 
 # name -> (embedding dim of the feature map, native input size); every built-in uses ImageNet mean/std.
 BACKBONES: dict[str, tuple[int, int]] = {

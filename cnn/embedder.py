@@ -95,7 +95,8 @@ def _state_from_numpy(state: dict) -> dict:
 
 
 class CNNEmbedder(TransformerMixin, BaseEstimator):
-    """Embed grey images with a CNN backbone: X (n, S*S) in [0, 1] -> (n, D) float32, D = backbone dim (x2 for avgmax).
+    """Embed grey images with a CNN backbone: X (n, S*S) in [0, 1] -> (n, D) float32, D = backbone dim (x2 for avgmax,
+    more for multilevel).
 
     Parameters
     ----------
@@ -103,7 +104,9 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         "mobilenet_v3_small", "convnext_tiny", "tiny").
     weights : "imagenet" (offline for efficientnet_lite0; torchvision download/cache for the others), "random", or
         the path of a .pth file (a state_dict of the full network or a file written by cnn.finetune).
-    pooling : "avg", "max" or "avgmax" (concatenation) global pooling of the last feature map.
+    pooling : "avg", "max" or "avgmax" (concatenation) global pooling of the last feature map; "multilevel": the
+        last map's average, then each intermediate stage's map average- and max-pooled (cnn._nets.EmbeddingNet;
+        efficientnet_lite0: 1280 + 2 x 424 = 2128 values).
     input_size : side in pixels the images are resized to (bilinear, antialiased when shrinking).
     batch_size : images per forward pass.
     n_threads : torch intra-op threads during transform (restored afterwards); None leaves torch's setting.
@@ -237,6 +240,8 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         if self.head_ is None:
             raise ValueError(f"CNNEmbedder with weights={self.weights!r} has no classifier head.")
         emb = torch.from_numpy(self.transform(X)).to(resolve_device(self.device))
+        if self.pooling == "multilevel":  # the head reads the last map's average, the embedding's first values
+            emb = emb[:, :BACKBONES[self.backbone][0]]
         with torch.inference_mode():
             return self.head_(emb).float().cpu().numpy()
 

@@ -141,6 +141,9 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
     head. ``channels_last`` trains in channels-last memory format (faster convolutions on CPU). ``device`` is a
     torch device string or "auto" (the GPU when torch sees one, else the CPU).
     """
+    if pooling == "multilevel":
+        raise ValueError("pooling='multilevel' is for frozen embeddings (CNNEmbedder, TileEmbedder); fine-tuning "
+                         "trains a head on one pooled map: use pooling='avg', 'max' or 'avgmax'.")
     import torch
     import torch.nn as nn
 

@@ -30,6 +30,7 @@ def _cnn_estimators() -> list:
 
     return [
         CNNEmbedder(backbone="tiny", weights="random", input_size=16, n_threads=1),
+        CNNEmbedder(backbone="tiny", weights="random", input_size=16, n_threads=1, pooling="multilevel"),
         FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
                           augment=False, n_threads=1),
         FineTunedEmbedder(backbone="tiny", weights="random", input_size=8, epochs=1, val_fraction=0.0,
@@ -44,6 +45,7 @@ def _tile_estimators() -> list:
 
     return [
         TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1),
+        TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1, pooling="multilevel"),
         TilePooling(max_tiles=1, top_k=2),
         TileScorer(max_tiles=1, C=1.0),
         TileScoreFeatures(max_tiles=1, k=1, C=1.0, folds=2),

@@ -171,7 +171,7 @@ SCHEMA: dict[str, Any] = {
             "enabled": Bool(),
             "backbone": Str(),
             "weights": Str(),
-            "pooling": Choice(("avg", "max", "avgmax")),
+            "pooling": Choice(("avg", "max", "avgmax", "multilevel")),
             "input": Choice(("raw", "enhanced")),
             "batch_size": Int(1, 1024),
             "finetune": {
@@ -203,6 +203,7 @@ SCHEMA: dict[str, Any] = {
                         "the training images' out-of-fold scores better)"),
         "tile_scores": Int(0, 256),
         "tile_scores_auto": Bool(),
+        "tile_pooling": Choice(("avg", "max", "avgmax", "multilevel"), nullable=True),
         "context_C": Float(0.0, None, lo_open=True),
     },
     "model": {

@@ -58,9 +58,10 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
         steps.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"] * float(sc["scale"]),
                                              amount=pre["unsharp"]["amount"], keep_zero=True)))
     n_jobs = int(config["compute"]["n_jobs"])
+    pooling = sc.get("tile_pooling") or cn["pooling"]  # null: the whole-breast CNN's pooling
     steps.append(("embed", TileEmbedder(tile_size=int(sc["tile_size"]), overlap=float(sc["overlap"]),
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
-                                        backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"],
+                                        backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
                                         batch_size=int(cn["batch_size"]),
                                         n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
