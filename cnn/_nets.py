@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cnn.backbones import POOLINGS
+
 __all__ = ["LiteFeatures", "EmbeddingNet", "ImageClassifier", "tiny_features", "pool", "stage_taps"]
 
 
@@ -37,8 +39,7 @@ def pool(feature_map: torch.Tensor, pooling: str) -> torch.Tensor:
         return feature_map.amax(dim=(2, 3))
     if pooling == "avgmax":
         return torch.cat([feature_map.mean(dim=(2, 3)), feature_map.amax(dim=(2, 3))], dim=1)
-    raise ValueError("The 'pooling' parameter must be one of ['avg', 'max', 'avgmax', 'multilevel']. "
-                     f"Got {pooling!r} instead.")
+    raise ValueError(f"The 'pooling' parameter must be one of {list(POOLINGS)}. Got {pooling!r} instead.")
 
 
 def _units(features: nn.Module) -> list[nn.Module]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from cnn.backbones import POOLINGS as CNN_POOLINGS
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -171,7 +172,7 @@ SCHEMA: dict[str, Any] = {
             "enabled": Bool(),
             "backbone": Str(),
             "weights": Str(),
-            "pooling": Choice(("avg", "max", "avgmax", "multilevel")),
+            "pooling": Choice(CNN_POOLINGS),
             "input": Choice(("raw", "enhanced")),
             "batch_size": Int(1, 1024),
             "finetune": {
@@ -203,7 +204,7 @@ SCHEMA: dict[str, Any] = {
                         "the training images' out-of-fold scores better)"),
         "tile_scores": Int(0, 256),
         "tile_scores_auto": Bool(),
-        "tile_pooling": Choice(("avg", "max", "avgmax", "multilevel"), nullable=True),
+        "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "context_C": Float(0.0, None, lo_open=True),
     },
     "model": {
