@@ -507,6 +507,10 @@ def score_task(bt: BenchTask, data: Any, arms: dict[str, Arm], exams: np.ndarray
 # --------------------------------------------------------------------------------------------------------------------
 # Screening entries: whole images, malignant vs not, at image / breast / exam level
 # --------------------------------------------------------------------------------------------------------------------
+#: The optional stages whose per-fold keep/drop a screening arm records (LevelTracker.context_used, tile_scores_kept).
+_KEPT = ("context", "tile_scores")
+
+
 @dataclass
 class LevelArm:
     """One cross-validated screening configuration: out-of-fold P(malignant) per image, in-fold calls per level."""
@@ -518,6 +522,7 @@ class LevelArm:
     folds: str
     seconds: float
     chosen: list[str] = field(default_factory=list)  # nested arm: the candidate picked per outer fold
+    kept: dict[str, list[bool]] = field(default_factory=dict)  # per optional stage, did each fold's fit keep it
 
 
 def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any,
@@ -535,7 +540,8 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         z = np.load(disk)
         calls = json.loads(str(z["calls"]))
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
-        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen)
+        kept = {k: [bool(v) for v in z[f"kept_{k}"]] for k in _KEPT if f"kept_{k}" in z}
+        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
     from pipeline.training.screening import context_C, context_auto
 
     C = context_C(config)  # the multi-view context stage (#15), when on
@@ -559,8 +565,11 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         proba = cv.proba[:, 1]
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
     proba = tracker.image_proba(proba)
-    _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str))
-    return LevelArm(name, config, proba, calls, digest, seconds, chosen)
+    kept = {k: list(v) for k, v in (("context", tracker.context_used), ("tile_scores", tracker.tile_scores_kept))
+            if len(v) == len(folds)}
+    _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str),
+              **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
+    return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept)
 
 
 def _context_arm(config: Mapping[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any, folds: list,
@@ -579,6 +588,8 @@ def _context_arm(config: Mapping[str, Any], make: Callable[[], Any], X: np.ndarr
         def keep(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
             clf = est.steps[-1][1]
             kept[f"p{i}"], kept[f"vi{i}"], kept[f"vp{i}"] = p, clf.validation_index_, clf.validation_proba_
+            if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fold's fit keep them
+                kept[f"kg{i}"] = np.asarray(bool(clf.kept_group_))
 
         t0 = time.perf_counter()
         cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=keep)
@@ -588,6 +599,8 @@ def _context_arm(config: Mapping[str, Any], make: Callable[[], Any], X: np.ndarr
         z = dict(np.load(disk))
     for i, (tr, te) in enumerate(folds):
         clf = SimpleNamespace(validation_index_=z[f"vi{i}"], validation_proba_=z[f"vp{i}"])
+        if f"kg{i}" in z:  # memos written before the choice was kept do not say
+            clf.kept_group_ = bool(z[f"kg{i}"])
         tracker.on_fold(i, tr, te, SimpleNamespace(steps=[("classifier", clf)]), z[f"p{i}"])
     return float(z["seconds"])
 
@@ -690,7 +703,8 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
         arms[name] = run_level_arm(name, shipped, lambda: None, data.X, data, folds, cache, how, nested)
     for name, arm in arms.items():
         progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}"
-                 + (f"  chosen per fold: {arm.chosen}" if arm.chosen else ""))
+                 + (f"  chosen per fold: {arm.chosen}" if arm.chosen else "")
+                 + "".join(f"  {k} kept in {sum(v)}/{len(v)} folds" for k, v in arm.kept.items()))
     rows, per_arm = score_levels(bt, data, arms, how, n_resamples, seed=0)
     return rows, per_arm, {a: arm.folds for a, arm in arms.items()}, arms
 

@@ -209,3 +209,35 @@ def test_plain_screening_arm_has_none_of_the_shipped_second_stages(experiment: s
     assert context_C(shipped) is not None and shipped["screening"]["tile_scores"] == 3
     assert context_C(plain) is None and plain["screening"]["tile_scores"] == 0
     assert plain["model"]["max_depth"] == mod.PLAIN["model"]["max_depth"]
+
+
+def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: Path):
+    """A context arm records, per fold, whether its fit kept the tile scores (LastColumnsChoice) and the context
+    stage, and a rerun read from the memo under <cache>/quality-cv/ says the same."""
+    import pandas as pd
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from pipeline.training.choice import LastColumnsChoice
+    from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.training.routing import request_groups
+
+    mod = _module()
+    rng = np.random.default_rng(0)
+    n_pat = 40
+    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
+                           "view": view} for p in range(n_pat) for side in "LR" for view in ("CC", "MLO")])
+    y = np.array([int(p % 2 == 0 and side == "L") for p in range(n_pat) for side in "LR" for _ in range(2)])
+    X = np.column_stack([rng.normal(0, 1, len(y)), 2.5 * y + rng.normal(0, 1, len(y))])  # the last column: signal
+    groups = table["patient_id"].to_numpy()
+    data = type("D", (), {"table": table, "y": y, "groups": groups})()
+    folds = patient_stratified_folds(y, groups, 3, seed=0)
+    clf = PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=20, max_depth=2, n_jobs=1), inner_folds=2)
+    make = lambda: Pipeline([("classifier", request_groups(LastColumnsChoice(clf, n_drop=1)))])  # noqa: E731
+    config = {"dataset": {}, "evaluation": {"target_sensitivity": 0.95},
+              "screening": {"context": "auto", "context_C": 1.0}}
+    arm = mod.run_level_arm("ctx", config, make, X, data, folds, tmp_path, "mean")
+    assert arm.kept["tile_scores"] == [True] * 3  # without the signal column the fit is at chance
+    assert len(arm.kept["context"]) == 3 and np.isfinite(arm.proba).all()
+    again = mod.run_level_arm("ctx", config, lambda: None, X, data, folds, tmp_path, "mean")  # from the memo
+    assert again.kept == arm.kept and np.allclose(again.proba, arm.proba)
