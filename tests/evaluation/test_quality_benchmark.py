@@ -21,6 +21,17 @@ def _module():
     return sys.modules["bench_quality"]
 
 
+def _four_views(n_pat: int, every: int = 3):
+    """(table, y, data): n_pat patients x L/R x CC/MLO images; every `every`-th patient's left breast malignant."""
+    import pandas as pd
+
+    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
+                           "view": view} for p in range(n_pat) for side in "LR" for view in ("CC", "MLO")])
+    y = np.array([int(p % every == 0 and side == "L") for p in range(n_pat) for side in "LR" for _ in range(2)])
+    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    return table, y, data
+
+
 @pytest.fixture(scope="module")
 def quick(mias_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     from registry import store
@@ -102,15 +113,10 @@ def test_quick_run_is_one_mlflow_experiment_with_a_child_run_per_arm(quick: dict
 
 def test_screening_rows_pair_arms_per_level_on_whole_patients():
     """score_levels: a row per level and metric; an arm against its copy differs by exactly 0; breasts fuse views."""
-    import pandas as pd
-
     mod = _module()
     rng = np.random.default_rng(0)
     n_pat = 24
-    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
-                           "view": view} for p in range(n_pat) for side in "LR" for view in ("CC", "MLO")])
-    y = np.array([int(p % 3 == 0 and side == "L") for p in range(n_pat) for side in "LR" for _ in range(2)])
-    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    table, y, data = _four_views(n_pat)
     p = np.clip(0.6 * y + 0.4 * rng.random(len(y)), 0, 1)
     from pipeline.training.levels import LEVELS, level_ids, level_proba
 
@@ -171,14 +177,9 @@ def test_nested_arm_picks_the_informative_candidate_inside_each_training_fold():
 
 def test_screening_extra_arm_rows_pair_it_with_plain_and_shipped():
     """--arm on a screening entry: its own columns per level, paired against plain and against shipped."""
-    import pandas as pd
-
     mod = _module()
     rng = np.random.default_rng(1)
-    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
-                           "view": view} for p in range(20) for side in "LR" for view in ("CC", "MLO")])
-    y = np.array([int(p % 3 == 0 and side == "L") for p in range(20) for side in "LR" for _ in range(2)])
-    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    table, y, data = _four_views(20)
     from pipeline.training.levels import LEVELS, level_ids, level_proba
 
     def arm(name, p):
@@ -214,7 +215,6 @@ def test_plain_screening_arm_has_none_of_the_shipped_second_stages(experiment: s
 def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: Path):
     """A context arm records, per fold, whether its fit kept the tile scores (LastColumnsChoice) and the context
     stage, and a rerun read from the memo under <cache>/quality-cv/ says the same."""
-    import pandas as pd
     from sklearn.pipeline import Pipeline
 
     from pipeline.evaluation.splits import patient_stratified_folds
@@ -224,13 +224,9 @@ def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: 
 
     mod = _module()
     rng = np.random.default_rng(0)
-    n_pat = 40
-    table = pd.DataFrame([{"sample_id": f"p{p}_{side}_{view}", "patient_id": f"p{p}", "laterality": side,
-                           "view": view} for p in range(n_pat) for side in "LR" for view in ("CC", "MLO")])
-    y = np.array([int(p % 2 == 0 and side == "L") for p in range(n_pat) for side in "LR" for _ in range(2)])
+    table, y, data = _four_views(40, every=2)
     X = np.column_stack([rng.normal(0, 1, len(y)), 2.5 * y + rng.normal(0, 1, len(y))])  # the last column: signal
-    groups = table["patient_id"].to_numpy()
-    data = type("D", (), {"table": table, "y": y, "groups": groups})()
+    groups = data.groups
     folds = patient_stratified_folds(y, groups, 3, seed=0)
     clf = PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=20, max_depth=2, n_jobs=1), inner_folds=2)
     make = lambda: Pipeline([("classifier", request_groups(LastColumnsChoice(clf, n_drop=1)))])  # noqa: E731
