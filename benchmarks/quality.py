@@ -507,10 +507,6 @@ def score_task(bt: BenchTask, data: Any, arms: dict[str, Arm], exams: np.ndarray
 # --------------------------------------------------------------------------------------------------------------------
 # Screening entries: whole images, malignant vs not, at image / breast / exam level
 # --------------------------------------------------------------------------------------------------------------------
-#: The optional stages whose per-fold keep/drop a screening arm records (LevelTracker.context_used, tile_scores_kept).
-_KEPT = ("context", "tile_scores")
-
-
 @dataclass
 class LevelArm:
     """One cross-validated screening configuration: out-of-fold P(malignant) per image, in-fold calls per level."""
@@ -522,7 +518,7 @@ class LevelArm:
     folds: str
     seconds: float
     chosen: list[str] = field(default_factory=list)  # nested arm: the candidate picked per outer fold
-    kept: dict[str, list[bool]] = field(default_factory=dict)  # per optional stage, did each fold's fit keep it
+    kept: dict[str, list[bool]] = field(default_factory=dict)  # LevelTracker.kept: per stage, per fold, kept?
 
 
 def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any,
@@ -540,7 +536,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         z = np.load(disk)
         calls = json.loads(str(z["calls"]))
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
-        kept = {k: [bool(v) for v in z[f"kept_{k}"]] for k in _KEPT if f"kept_{k}" in z}
+        kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
     from pipeline.training.screening import context_C, context_auto
 
@@ -565,8 +561,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         proba = cv.proba[:, 1]
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
     proba = tracker.image_proba(proba)
-    kept = {k: list(v) for k, v in (("context", tracker.context_used), ("tile_scores", tracker.tile_scores_kept))
-            if len(v) == len(folds)}
+    kept = tracker.kept()
     _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str),
               **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
     return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept)

@@ -110,6 +110,11 @@ class LevelTracker:
             self.thresholds[lv].append(float(t))
             self.calls[lv].update({u: float(q) >= t for u, q in zip(outer[lv][0], outer[lv][2])})
 
+    def kept(self) -> dict[str, list[bool]]:
+        """Per optional stage that some fold decided on (auto switches): whether each fold's fit kept it."""
+        return {name: list(used) for name, used in (("context", self.context_used),
+                                                    ("tile_scores", self.tile_scores_kept)) if used}
+
     def image_proba(self, p: np.ndarray) -> np.ndarray:
         """The out-of-fold image probabilities the levels are scored on: `p` (the first stage), or with the context
         stage on, its output on every image tested so far."""
@@ -125,9 +130,8 @@ class LevelTracker:
         fits kept it (`{prefix at level "folds"}context_kept`, `...tile_scores_kept`)."""
         fused = level_proba(self.image_proba(p), self.y, self.ids, self.how)
         out: dict[str, float] = {}
-        for name, used in (("context", self.context_used), ("tile_scores", self.tile_scores_kept)):
-            if used:  # how many folds' fits kept an optional stage (auto switches)
-                out[prefix.format(level="folds") + f"{name}_kept"] = float(sum(used))
+        for name, used in self.kept().items():  # how many folds' fits kept an optional stage (auto switches)
+            out[prefix.format(level="folds") + f"{name}_kept"] = float(sum(used))
         for lv in levels:
             u, yy, pp = fused[lv]
             out.update(binary_metrics(yy, pp, np.array([self.calls[lv][k] for k in u]),
