@@ -110,7 +110,7 @@ PLAIN: dict[str, Any] = {
 }
 #: The plain recipe of a screening entry scores each image alone: none of the shipped recipe's second stages, whatever
 #: the experiment file or --set says (the context stage inherited from mias_screening.yaml made "plain" plain + context).
-PLAIN_SCREENING: dict[str, Any] = {"screening": {"context": False, "tile_scores": 0}}
+PLAIN_SCREENING: dict[str, Any] = {"screening": {"context": False, "context_asymmetry": False, "tile_scores": 0}}
 VARIANTS = {"fused": {}, "handcrafted": {"features": {"cnn": {"enabled": False}}},
             "cnn": {"features": {"handcrafted": {"enabled": False}}}}
 
@@ -235,7 +235,8 @@ class Arm:
 #: Switches added after arms were memoised: (parent section, key under it, the value meaning "off", prefix of the
 #: parent's keys then left out of the fit key), so an arm memoised before a switch existed stays valid while it is off.
 _LATER_SWITCHES: tuple[tuple[str, str, Any, str], ...] = (
-    ("screening", "context", False, "context"), ("screening", "tile_scores", 0, "tile_scores"),
+    ("screening", "context", False, "context"), ("screening", "context_asymmetry", False, "context_asymmetry"),
+    ("screening", "tile_scores", 0, "tile_scores"),
     ("screening", "tile_scores_auto", False, "tile_scores_auto"), ("screening", "tile_pooling", None, "tile_pooling"),
     ("calibration", "ensemble", True, "ensemble"), ("features", "density.enabled", False, "density"),
     ("features.handcrafted", "exclude_pectoral", False, "exclude_pectoral"),
@@ -538,11 +539,11 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
-    from pipeline.training.screening import context_C, context_auto
+    from pipeline.training.screening import asymmetry_setup, context_C, context_auto
 
     C = context_C(config)  # the multi-view context stage (#15), when on
     tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C,
-                           context_auto(config))
+                           context_auto(config), asymmetry_setup(config, X, cache))
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:

@@ -206,6 +206,8 @@ SCHEMA: dict[str, Any] = {
         "tile_scores_auto": Bool(),
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "context_C": Float(0.0, None, lo_open=True),
+        "context_asymmetry": Bool(),
+        "context_asymmetry_C": Float(0.0, None, lo_open=True),
     },
     "model": {
         "n_estimators": Int(1, 100000),

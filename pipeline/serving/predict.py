@@ -177,6 +177,7 @@ class Scores:
     thresholds: list[float | None] | None = None
     density_groups: list[str | None] | None = None
     threshold_reasons: list[str] | None = None
+    asymmetry: np.ndarray | None = None  # screening with a bilateral asymmetry stage: per-row image scores (n,)
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -238,8 +239,15 @@ class Predictor:
 
     def output_columns(self) -> list[str]:
         """This model's batch output columns (Task.output_columns with its prediction set and threshold columns)."""
-        return self.task_spec.output_columns(self.classes, sets=self.conformal is not None,
+        cols = self.task_spec.output_columns(self.classes, sets=self.conformal is not None,
                                              thresholds=self.per_image_thresholds)
+        return cols + ([f"{self.task}_asymmetry_score"] if self.asymmetry is not None else [])
+
+    @property
+    def asymmetry(self) -> Any | None:
+        """The bilateral asymmetry model of a screening pipeline trained with ``screening.context_asymmetry``
+        (pipeline.training.asymmetry), else None: its per-image score joins the exam's context stage."""
+        return getattr(self.pipeline, "asymmetry_", None)
 
     def output_row(self, scores: Scores, i: int) -> dict[str, Any]:
         """Row i of `scores` as values of `output_columns()`."""
@@ -250,6 +258,8 @@ class Predictor:
             row[f"{t}_set"] = scores.set_labels[i]
         if scores.thresholds is not None:
             row[f"{t}_threshold"], row[f"{t}_threshold_reason"] = scores.thresholds[i], scores.threshold_reasons[i]
+        if scores.asymmetry is not None:
+            row[f"{t}_asymmetry_score"] = float(scores.asymmetry[i])
         return row
 
     def model_info(self) -> dict[str, Any]:
@@ -270,10 +280,21 @@ class Predictor:
             X = samples.reshape(len(samples), -1)
         else:
             X = np.stack([(s.row if isinstance(s, Sample) else np.asarray(s).reshape(-1)) for s in samples])
-        proba = np.asarray(self.pipeline.predict_proba(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+        X = np.asarray(X, dtype=np.float32)
+        asymmetry = None
+        if self.asymmetry is not None:  # the features once: the classifier's input and the tile-max block
+            from pipeline.training.asymmetry import image_scores
+
+            features = self.pipeline.named_steps["features"].transform(X)
+            start, stop = self.pipeline.asymmetry_columns_
+            asymmetry = image_scores(self.asymmetry, np.asarray(features)[:, start:stop])
+            proba = self.pipeline[1:].predict_proba(features)
+        else:
+            proba = self.pipeline.predict_proba(X)
+        proba = np.asarray(proba, dtype=np.float64)
         proba = proba / proba.sum(axis=1, keepdims=True)
         calls = decide_by_rule(proba, list(self.classes), self.card.decision, context)
-        scores = Scores(self.task, list(self.classes), proba, calls, self.model_info())
+        scores = Scores(self.task, list(self.classes), proba, calls, self.model_info(), asymmetry=asymmetry)
         state = self.conformal
         if state is not None:
             from pipeline.evaluation.conformal import predict_sets, set_labels

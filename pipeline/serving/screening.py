@@ -94,12 +94,14 @@ def context_model(model: Any) -> Any | None:
     return getattr(getattr(model, "pipeline", None), "context_", None)
 
 
-def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, context: Any | None = None
-               ) -> dict[str, pd.DataFrame]:
+def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, context: Any | None = None,
+               asymmetry: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
     """{"breast": rows, "exam": rows} of scored images (columns sample_id, patient_id, optional exam_id,
     laterality, view) with their positive-class probabilities; each row has its level's operating point and call.
     With a multi-view `context` stage (`context_model`), also {"image": rows}: each image's probability beside its
-    exam's other views (an image without any keeps its own), from which the breasts and exams are fused."""
+    exam's other views (an image without any keeps its own), from which the breasts and exams are fused; a stage
+    trained with the bilateral asymmetry score also needs each image's `asymmetry` score (Scores.asymmetry, the
+    batch column ``screening_asymmetry_score``)."""
     from pipeline.training.context import apply_context, context_features, has_context
 
     d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
@@ -110,7 +112,8 @@ def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, co
     p = np.asarray(probability, float)
     out = {}
     if context is not None:
-        single, p = p, apply_context(context, p, images)
+        single = p
+        p = apply_context(context, p, images, None if asymmetry is None else np.asarray(asymmetry, float))
         t = thresholds.get("image")
         out["image"] = pd.DataFrame({"sample_id": ids["image"], "breast_id": ids["breast"], "exam_id": ids["exam"],
                                      "single_image_p": single,
@@ -162,13 +165,21 @@ def write_level_files(out: str | Path, rows: Sequence[Mapping[str, Any]], items:
             continue
         records.append({"sample_id": item.key, "patient_id": patient, "exam_id": item.extra.get("exam_id") or None,
                         "laterality": r.get("laterality") or item.laterality, "view": r.get("view") or item.view,
-                        "p": float(r[column])})
+                        "p": float(r[column]), "asymmetry": _float_or_none(r.get(f"{model.task}_asymmetry_score"))})
     if not records:
         return []
     images = pd.DataFrame(records)
     if images["exam_id"].isna().all():
         images = images.drop(columns="exam_id")
-    levels = level_rows(images, images["p"].to_numpy(), model.card, context_model(model))
+    asym = None
+    if getattr(model, "asymmetry", None) is not None:
+        if images["asymmetry"].isna().any():
+            from pipeline.errors import MammoscopeError
+
+            raise MammoscopeError(f"{out}: some rows lack {model.task}_asymmetry_score, which this model's exam stage "
+                             "needs: rescore those images (--overwrite) with this model")
+        asym = images["asymmetry"].to_numpy(float)
+    levels = level_rows(images, images["p"].to_numpy(), model.card, context_model(model), asym)
     written = []
     for lv, table in levels.items():
         table["screening_model"], table["screening_version"] = model.name, model.version
@@ -176,6 +187,14 @@ def write_level_files(out: str | Path, rows: Sequence[Mapping[str, Any]], items:
         table.to_csv(path, index=False)
         written.append(str(path))
     return written
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
 
 
 def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

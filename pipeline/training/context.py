@@ -8,6 +8,10 @@ out-of-fold probabilities of the training images only (`PatientCalibratedClassif
 to the test (or served) images with the other images of their exam. An image without any other view of its exam
 keeps its first-stage probability unchanged (the single-image score), in CV and in serving alike.
 
+With ``screening.context_asymmetry`` a seventh column joins them: the image's bilateral asymmetry score
+(pipeline.training.asymmetry: a linear model of its tile-max embedding minus the contralateral breast's), passed in
+as per-image scores `asymmetry` (0 where the image has no contralateral breast).
+
 Metadata: breast and exam ids from `pipeline.io.datasets.screening.level_ids` (patient / exam_id, laterality);
 the columns ``laterality`` (L/R) and ``view`` (e.g. CC, MLO) of the table, either of which may be missing.
 """
@@ -20,9 +24,11 @@ import pandas as pd
 
 from pipeline.io.datasets.screening import level_ids
 
-__all__ = ["FEATURES", "context_features", "has_context", "fit_context", "apply_context", "cross_fit_context"]
+__all__ = ["FEATURES", "ASYMMETRY", "context_features", "has_context", "uses_asymmetry", "fit_context",
+           "apply_context", "cross_fit_context"]
 
 FEATURES = ("logit", "ipsi_minus_self", "contra_same_view_minus_self", "contra_minus_self", "has_ipsi", "has_contra")
+ASYMMETRY = "asymmetry"  # the column appended when per-image asymmetry scores are given
 _EPS = 1e-6
 _MIN_ROWS = 8  # fewer training images with context than this: no context model (every image keeps its score)
 
@@ -34,9 +40,10 @@ def _column(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name].fillna("").astype(str).str.strip().str.upper()
 
 
-def context_features(p: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray | None = None) -> np.ndarray:
     """(n, len(FEATURES)) float: each image's first-stage logit and its differences to the other views of its exam
-    (0 where a view is absent, flagged by has_ipsi / has_contra)."""
+    (0 where a view is absent, flagged by has_ipsi / has_contra); with per-image `asymmetry` scores (n,), one more
+    column: the image's score minus its contralateral breast's (pipeline.training.asymmetry.asymmetry_of)."""
     p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
     z = np.log(p / (1 - p))
     ids = level_ids(table.reset_index(drop=True))
@@ -56,8 +63,18 @@ def context_features(p: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     contra = np.where(known, contra, np.nan)
     contra_same = np.where(with_view & np.isfinite(contra_same), contra_same, contra)
     has_ipsi, has_contra = np.isfinite(ipsi), np.isfinite(contra)
-    return np.column_stack([z, np.where(has_ipsi, ipsi - z, 0.0), np.where(has_contra, contra_same - z, 0.0),
-                            np.where(has_contra, contra - z, 0.0), has_ipsi, has_contra]).astype(float)
+    columns = [z, np.where(has_ipsi, ipsi - z, 0.0), np.where(has_contra, contra_same - z, 0.0),
+               np.where(has_contra, contra - z, 0.0), has_ipsi, has_contra]
+    if asymmetry is not None:
+        from pipeline.training.asymmetry import asymmetry_of
+
+        columns.append(asymmetry_of(np.asarray(asymmetry, float), table))
+    return np.column_stack(columns).astype(float)
+
+
+def uses_asymmetry(model: Any | None) -> bool:
+    """Whether a fitted context stage reads the asymmetry column (it was fitted with asymmetry scores)."""
+    return model is not None and int(getattr(model, "n_features_in_", len(FEATURES))) > len(FEATURES)
 
 
 def has_context(features: np.ndarray) -> np.ndarray:
@@ -65,14 +82,15 @@ def has_context(features: np.ndarray) -> np.ndarray:
     return (features[:, 4] > 0) | (features[:, 5] > 0)
 
 
-def fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1.0) -> Any | None:
-    """The second stage (StandardScaler -> LogisticRegression(C)) on the images with context, or None where too few
-    of them (or one class) are there to fit it."""
+def fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1.0,
+                asymmetry: np.ndarray | None = None) -> Any | None:
+    """The second stage (StandardScaler -> LogisticRegression(C)) on the images with context (with their
+    `asymmetry` scores as a column where given), or None where too few of them (or one class) are there to fit it."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    f = context_features(p, table)
+    f = context_features(p, table, asymmetry)
     sel = has_context(f)
     y = np.asarray(y, int)
     if sel.sum() < _MIN_ROWS or len(np.unique(y[sel])) < 2:
@@ -80,13 +98,17 @@ def fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1.
     return make_pipeline(StandardScaler(), LogisticRegression(C=float(C), max_iter=1000)).fit(f[sel], y[sel])
 
 
-def apply_context(model: Any | None, p: np.ndarray, table: pd.DataFrame) -> np.ndarray:
-    """P(malignant) per image with its exam's other views; an image without any keeps `p` (so does every image
-    when `model` is None)."""
+def apply_context(model: Any | None, p: np.ndarray, table: pd.DataFrame,
+                  asymmetry: np.ndarray | None = None) -> np.ndarray:
+    """P(malignant) per image with its exam's other views (and their `asymmetry` scores, which a stage fitted with
+    them needs); an image without any keeps `p` (so does every image when `model` is None)."""
     p = np.asarray(p, float)
     if model is None or len(p) == 0:
         return p.copy()
-    f = context_features(p, table)
+    if uses_asymmetry(model) and asymmetry is None:
+        raise ValueError("this context stage was fitted with bilateral asymmetry scores: pass each image's "
+                         "asymmetry score (the model's image_scores of its tile-max block)")
+    f = context_features(p, table, asymmetry if uses_asymmetry(model) else None)
     sel = has_context(f)
     out = p.copy()
     if sel.any():
@@ -106,7 +128,7 @@ def context_pays(y: np.ndarray, first: np.ndarray, context: np.ndarray) -> bool:
 
 
 def cross_fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1.0,
-                      folds: int = 3) -> np.ndarray:
+                      folds: int = 3, asymmetry: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold second-stage probabilities of training images (patient-grouped folds): what the operating points
     are chosen on, so that no threshold is picked on the context model's own training rows."""
     from sklearn.model_selection import GroupKFold
@@ -118,7 +140,8 @@ def cross_fit_context(p: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups:
     if k < 2:
         return out
     table = table.reset_index(drop=True)
+    a = None if asymmetry is None else np.asarray(asymmetry, float)
     for tr, te in GroupKFold(n_splits=k).split(p, y, groups):
-        model = fit_context(p[tr], np.asarray(y)[tr], table.iloc[tr], C)
-        out[te] = apply_context(model, p[te], table.iloc[te])
+        model = fit_context(p[tr], np.asarray(y)[tr], table.iloc[tr], C, None if a is None else a[tr])
+        out[te] = apply_context(model, p[te], table.iloc[te], None if a is None else a[te])
     return out

@@ -8,6 +8,9 @@ the highest threshold reaching the target sensitivity there is applied unchanged
 With ``context_C`` set (experiment switch ``screening.context``), each fold also fits the multi-view context stage
 (pipeline.training.context) on those inner out-of-fold probabilities and replaces the test images' probabilities by
 its output before fusing; the thresholds are then chosen on its patient-grouped out-of-fold output (`image_proba`).
+With `asymmetry` (the (n, D) tile-max block of every image and the C of ``screening.context_asymmetry``), the
+fold also fits the bilateral asymmetry model (pipeline.training.asymmetry) on the same training rows and the context
+stage reads its scores: cross-fitted ones for the training rows, the fold model's for the test rows.
 """
 from __future__ import annotations
 
@@ -65,7 +68,8 @@ class LevelTracker:
     metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the benchmark)."""
 
     def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean",
-                 context_C: float | None = None, context_auto: bool = False) -> None:
+                 context_C: float | None = None, context_auto: bool = False,
+                 asymmetry: tuple[np.ndarray, float] | None = None) -> None:
         self.table = table.reset_index(drop=True)
         self.ids = level_ids(table)
         self.y = np.asarray(y, int)
@@ -73,6 +77,7 @@ class LevelTracker:
         self.how = how
         self.context_C = context_C
         self.context_auto = bool(context_auto)  # keep the stage in a fold only where it pays on its training rows
+        self.asymmetry = asymmetry              # (tile-max block of every row, C) or None
         self.context_used: list[bool] = []      # per fold: was the context stage applied
         self.tile_scores_kept: list[bool] = []  # per fold, with screening.tile_scores_auto: did the fit keep them
         self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
@@ -92,8 +97,15 @@ class LevelTracker:
 
             table = self.table.iloc[rows]
             groups = table["patient_id"].astype(str).to_numpy()
-            model = fit_context(inner_p, self.y[rows], table, self.context_C)
-            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C)
+            s_inner = s_test = None
+            if self.asymmetry is not None:
+                from pipeline.training.asymmetry import cross_fit_scores, fit_asymmetry, image_scores
+
+                M, aC = self.asymmetry
+                s_inner = cross_fit_scores(M[rows], self.y[rows], table, groups, aC)
+                s_test = image_scores(fit_asymmetry(M[rows], self.y[rows], table, aC), M[te])
+            model = fit_context(inner_p, self.y[rows], table, self.context_C, s_inner)
+            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C, asymmetry=s_inner)
             use = True
             if self.context_auto:
                 from pipeline.training.context import context_pays
@@ -101,7 +113,7 @@ class LevelTracker:
                 use = context_pays(self.y[rows], inner_p, inner_ctx)
             self.context_used.append(use)
             if use:
-                test_p, inner_p = apply_context(model, test_p, self.table.iloc[te]), inner_ctx
+                test_p, inner_p = apply_context(model, test_p, self.table.iloc[te], s_test), inner_ctx
             self.context_proba[te] = test_p
         inner = level_proba(inner_p, self.y[rows], sub, self.how)
         outer = level_proba(test_p, self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
@@ -166,14 +178,14 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           progress: Callable[[str], None] = log.info, context_C: float | None = None,
-                          context_auto: bool = False) -> LevelCV:
+                          context_auto: bool = False, asymmetry: tuple[np.ndarray, float] | None = None) -> LevelCV:
     """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds
-    (`context_C`: with the multi-view context stage, `context_auto`: kept per fold where it pays; see
-    LevelTracker)."""
+    (`context_C`: with the multi-view context stage, `context_auto`: kept per fold where it pays, `asymmetry`:
+    with the bilateral asymmetry score in it; see LevelTracker)."""
     groups = table["patient_id"].astype(str).to_numpy()
     folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
     check_folds(folds, table)
-    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto)
+    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto, asymmetry)
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)

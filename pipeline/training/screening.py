@@ -33,7 +33,8 @@ from pipeline.training.levels import LEVELS, level_proba
 from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
 
 __all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
-           "context_C", "level_thresholds", "finish_screening_model"]
+           "context_C", "asymmetry_C", "tile_max_block", "asymmetry_setup", "level_thresholds",
+           "finish_screening_model"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,6 +131,44 @@ def context_auto(config: Mapping[str, Any]) -> bool:
     return config["screening"].get("context", False) == "auto"
 
 
+def asymmetry_C(config: Mapping[str, Any]) -> float | None:
+    """The bilateral asymmetry model's C where ``screening.context_asymmetry`` is on (it is a column of the context
+    stage, so it needs ``screening.context``), else None (pipeline.training.asymmetry)."""
+    sc = config["screening"]
+    if not sc.get("context_asymmetry", False):
+        return None
+    if context_C(config) is None:
+        raise ConfigError("screening.context_asymmetry: true needs screening.context: true or auto (the asymmetry "
+                          "score is a column of the multi-view context stage)")
+    return float(sc.get("context_asymmetry_C", 1e-3))
+
+
+def _tiles_member(pipeline: Pipeline) -> Any:
+    return dict(pipeline.named_steps["features"].transformer_list)["tiles"]
+
+
+def tile_max_block(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None,
+                   pipeline: Pipeline | None = None) -> np.ndarray:
+    """(n, D) each image's tile-max embedding (TilePooling's max block) from the tiles member of `pipeline` (fitted)
+    or of a fresh screening pipeline (its tile embedding and pooling learn nothing from labels, so one pass over
+    all images serves every fold); reads the tile cache where the fit filled it."""
+    from pipeline.training.asymmetry import tile_max_columns
+
+    if pipeline is None:
+        tiles = _tiles_member(build_screening_pipeline(config, cache_dir))
+        T = tiles.fit_transform(X)
+    else:
+        T = _tiles_member(pipeline).transform(X)
+    return np.asarray(T[:, tile_max_columns(T.shape[1], config["screening"]["poolings"])], np.float64)
+
+
+def asymmetry_setup(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None
+                    ) -> tuple[np.ndarray, float] | None:
+    """(tile-max block of every image, C) for a CV with ``screening.context_asymmetry`` on, else None."""
+    C = asymmetry_C(config)
+    return None if C is None else (tile_max_block(config, X, cache_dir), C)
+
+
 def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float,
                      inner_p: np.ndarray | None = None) -> dict[str, float]:
     """Per level (image, breast, exam): the highest threshold reaching `target` sensitivity on the fitted
@@ -149,20 +188,47 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
     final.heatmap_ = disable_cache(build_map_pipeline(config, cache_dir).fit(X, y))
     how = str(config["screening"]["view_fusion"])
     clf, C, inner_p = final_classifier(final), context_C(config), None
+    aC = asymmetry_C(config)
     if C is not None:
         from pipeline.training.context import cross_fit_context, fit_context
 
         rows = table.reset_index(drop=True).iloc[clf.validation_index_]
+        groups = rows["patient_id"].astype(str).to_numpy()
         yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
-        final.context_ = fit_context(p, yy, rows, C)
-        inner_p = cross_fit_context(p, yy, rows, rows["patient_id"].astype(str).to_numpy(), C)
+        s_inner = None
+        if aC is not None:  # the bilateral asymmetry score: a column of the context stage
+            from pipeline.training.asymmetry import cross_fit_scores, fit_asymmetry
+
+            M = tile_max_block(config, np.asarray(X)[clf.validation_index_], pipeline=final)
+            final.asymmetry_ = fit_asymmetry(M, yy, rows, aC)
+            final.asymmetry_columns_ = _union_tile_max_columns(final, config, X[:1])
+            s_inner = cross_fit_scores(M, yy, rows, groups, aC)
+        final.context_ = fit_context(p, yy, rows, C, s_inner)
+        inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner)
         if context_auto(config):
             from pipeline.training.context import context_pays
 
             if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
                 final.context_, inner_p, C = None, None, None
+                final.asymmetry_ = final.asymmetry_columns_ = None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
-    extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None}
+    extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None,
+             "context_asymmetry": C is not None and aC is not None}
     if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fit keep the tile scores
         extra["tile_scores_kept"] = bool(clf.kept_group_)
     return extra
+
+
+def _union_tile_max_columns(final: Pipeline, config: Mapping[str, Any], X1: np.ndarray) -> tuple[int, int]:
+    """[start, stop) of the tile-max block in the fitted feature union's output (what serving slices out of the
+    features it computes anyway): the tiles member follows the whole breast's columns."""
+    from pipeline.training.asymmetry import tile_max_columns
+
+    offset = 0
+    for name, member in final.named_steps["features"].transformer_list:
+        width = np.asarray(member.transform(X1)).shape[1]
+        if name == "tiles":
+            cols = tile_max_columns(width, config["screening"]["poolings"], offset)
+            return int(cols.start), int(cols.stop)
+        offset += width
+    raise ValueError("the screening pipeline has no tiles member")

@@ -56,7 +56,7 @@ def test_train_cross_validates_every_level_and_registers_the_champion_with_its_c
     # the shipped tile scores are kept per fit where they pay: the card and the CV say what each fit decided
     assert isinstance(card.decision["tile_scores_kept"], bool)
     assert 0 <= result.metrics["cv_folds_tile_scores_kept"] <= 3
-    # the context stage is on (auto): the image level with its exam's other views is reported beside the single image
+    # the context stage is on (shipped): the image level with its exam's other views is reported beside the single image
     assert 0.0 <= result.metrics["cv_image_roc_auc"] <= 1.0 and "cv_roc_auc" in result.metrics
     assert "cv_exam_roc_auc" in card.metrics
     assert getattr(predictor.pipeline, "heatmap_", None) is not None  # the map travels with the model
@@ -78,7 +78,7 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     from pipeline.cli import main
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_predictor
-    from pipeline.serving.screening import level_rows
+    from pipeline.serving.screening import context_model, level_rows
     from tests._app_helpers import running_app
 
     uri, result, _ = trained
@@ -92,9 +92,13 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
         samples.append(predictor.prepare(image, replace(meta, laterality=row.laterality), path=row.path))
     scores = predictor.score(samples)
     p = scores.probabilities[:, 1]
-    expected = level_rows(exam.assign(sample_id=exam["path"]), p, predictor.card)
-    # Predictor: a breast = the mean of its two views, the exam = its most suspicious breast
-    breast_p = exam.assign(p=p).groupby("laterality")["p"].mean()
+    # the shipped recipe scores each image beside its exam's other views (the context stage, with the bilateral
+    # asymmetry score), then a breast = the mean of its two views, the exam = its most suspicious breast
+    context = context_model(predictor)
+    assert context is not None and scores.asymmetry is not None
+    expected = level_rows(exam.assign(sample_id=exam["path"]), p, predictor.card, context, scores.asymmetry)
+    in_context = expected["image"]["screening_p_malignant"].to_numpy()
+    breast_p = exam.assign(p=in_context).groupby("laterality")["p"].mean()
     assert np.allclose(sorted(expected["breast"]["screening_p_malignant"]), sorted(breast_p))
     assert np.isclose(expected["exam"]["screening_p_malignant"].iloc[0], breast_p.max())
 
@@ -138,7 +142,10 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     breasts = pd.read_csv(tmp_path / "results.screening.breasts.csv")
     exams = pd.read_csv(tmp_path / "results.screening.exams.csv")
     assert len(breasts) == 2 and len(exams) == 1 and (breasts["n_images"] == 2).all()
-    merged = images.assign(breast=images["laterality"]).groupby("breast")["screening_p_malignant"].mean()
+    per_image = pd.read_csv(tmp_path / "results.screening.images.csv").set_index("sample_id")
+    assert np.allclose(per_image["single_image_p"].reindex(exam["path"]), p, atol=1e-6)
+    assert np.allclose(per_image["screening_p_malignant"].reindex(exam["path"]), in_context, atol=1e-6)
+    merged = pd.Series(in_context).groupby(exam["laterality"].to_numpy()).mean()
     assert np.allclose(breasts.set_index("laterality")["screening_p_malignant"].sort_index(), merged.sort_index())
     assert np.isclose(exams["screening_p_malignant"].iloc[0], breasts["screening_p_malignant"].max())
     thresholds = predictor.card.decision["level_thresholds"]

@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("screening-context")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    over = deep_merge(TINY, {"screening": {"context": True}, "dataset": {"max_samples": 40},
+    over = deep_merge(TINY, {"screening": {"context": True, "context_asymmetry": False}, "dataset": {"max_samples": 40},
                              "tracking": {"registered_model_name": NAME}})
     exp = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", over)
     return uri, train_experiment(exp, uri, cache_dir=root / "cache")
@@ -76,3 +76,58 @@ def test_an_image_without_its_exams_other_views_keeps_its_single_image_score(tra
     assert not row["context_views"]
     assert row["screening_p_malignant"] == pytest.approx(out["results"]["screening_p_malignant"].iloc[0], abs=1e-12)
     assert out["breast"]["screening_p_malignant"].iloc[0] == pytest.approx(row["screening_p_malignant"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def trained_asymmetry(tmp_path_factory):
+    from pipeline.config.experiment import deep_merge
+    from pipeline.training.train import train_experiment
+
+    root = tmp_path_factory.mktemp("screening-asymmetry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    over = deep_merge(TINY, {"screening": {"context": True, "context_asymmetry": True, "context_asymmetry_C": 0.1},
+                             "dataset": {"max_samples": 40}, "tracking": {"registered_model_name": NAME + "-asym"}})
+    exp = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", over)
+    return uri, train_experiment(exp, uri, cache_dir=root / "cache"), exp
+
+
+def test_the_asymmetry_score_travels_per_image_and_the_exam_rows_use_it(trained_asymmetry, tmp_path):
+    from dataclasses import replace
+
+    from pipeline.cli import main
+    from pipeline.io.imageio import read_image
+    from pipeline.serving.predict import load_predictor
+    from pipeline.serving.screening import context_model, level_rows
+    from pipeline.training.asymmetry import image_scores
+    from pipeline.training.context import apply_context, uses_asymmetry
+    from pipeline.training.screening import tile_max_block
+
+    uri, result, exp = trained_asymmetry
+    predictor = load_predictor(f"models:/{NAME}-asym@champion", tracking_uri=uri)
+    context = context_model(predictor)
+    assert predictor.card.decision["context_asymmetry"] is True and uses_asymmetry(context)
+    assert predictor.asymmetry is not None and "screening_asymmetry_score" in predictor.output_columns()
+    exam = _exam(result)
+    samples = [predictor.prepare(read_image(r.path)[0], replace(read_image(r.path)[1], laterality=r.laterality),
+                                 path=r.path) for r in exam.itertuples()]
+    scores = predictor.score(samples)
+    # the score the Predictor slices out of the features it computes is the model's score of the tile-max block
+    X = np.stack([s.row for s in samples])
+    direct = image_scores(predictor.asymmetry, tile_max_block(exp.config, X, pipeline=predictor.pipeline))
+    assert np.allclose(scores.asymmetry, direct, atol=1e-6) and np.ptp(scores.asymmetry) > 0
+    # predict writes it per image, and the exam's image rows are the context stage with it
+    path, out = tmp_path / "exam.csv", tmp_path / "exam-results.csv"
+    exam[["path", "patient_id", "laterality", "view"]].to_csv(path, index=False)
+    assert main(["predict", str(path), "--model", f"models:/{NAME}-asym@champion", "--tracking-uri", uri,
+                 "--out", str(out), "--n-jobs", "1", "--no-progress"]) == 0
+    results = pd.read_csv(out).set_index("path").reindex(exam["path"])
+    assert np.allclose(results["screening_asymmetry_score"], scores.asymmetry, atol=1e-6)
+    images = pd.read_csv(out.with_name(f"{out.stem}.screening.images.csv")).set_index("sample_id").reindex(exam["path"])
+    single = results["screening_p_malignant"].to_numpy()
+    table = exam.assign(sample_id=exam["path"])
+    expected = apply_context(context, single, table, results["screening_asymmetry_score"].to_numpy())
+    assert np.allclose(images["screening_p_malignant"], expected, atol=1e-9)
+    rows = level_rows(table, single, predictor.card, context, scores.asymmetry)
+    assert np.allclose(rows["image"]["screening_p_malignant"], images["screening_p_malignant"], atol=1e-6)
+    with pytest.raises(ValueError, match="asymmetry"):
+        level_rows(table, single, predictor.card, context)

@@ -1,0 +1,123 @@
+"""Bilateral asymmetry score of screening images (switch ``screening.context_asymmetry``): how much more suspicious
+this breast's tiles look than the same view of the other breast, learnt from the feature difference.
+
+Per image, its tile-max embedding (the max over its tiles of each embedding value: ``TilePooling``'s max block)
+minus the mean of the contralateral breast's images (the same view where there is one, else all its views)
+-> a linear model (StandardScaler without centring -> L2 logistic regression without intercept, classes balanced).
+Radiologists compare the breasts for the same reason: an image's own features mix the cancer with the woman's
+tissue type, density and the film or scanner, which the other breast shares and the difference cancels.
+
+Because the model is linear and has neither intercept nor centring, its score of a difference is the difference of
+per-image scores: w . (m_i - mean m_c) / sigma = s_i - mean s_c with s = w . m / sigma. So it is served per image
+(`image_scores`, one number per image, computed beside its probability) and the exam's other images only enter as
+scores (`asymmetry_of`), exactly as the context stage uses probabilities. The score is a column of the context stage
+(pipeline.training.context), fitted on cross-fitted scores of the training images (`cross_fit_scores`).
+
+Why our own: no maintained library fits a paired (bilateral) difference model; this is ~40 lines of scikit-learn.
+Measured before it was built (offline, mini-MIAS whole films, the cached tile features, patient-level folds, fold
+seeds 0 / 1 / 2): this score alone 0.67 / 0.70 / 0.62 image AUC against the plain recipe's 0.56 on each.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.io.datasets.screening import level_ids
+
+__all__ = ["contralateral_rows", "fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_scores",
+           "tile_max_columns"]
+
+_MIN_ROWS = 8  # fewer training images with a contralateral breast than this: no asymmetry model
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in table.columns:
+        return np.array([""] * len(table), dtype=object)
+    return table[name].fillna("").astype(str).str.strip().str.upper().to_numpy()
+
+
+def contralateral_rows(table: pd.DataFrame) -> list[np.ndarray]:
+    """Per row, the positions (into `table`) of its contralateral comparison images: the other breast of its exam,
+    the same view where there is one, else all its views; empty where unknown (no laterality, no other breast)."""
+    t = table.reset_index(drop=True)
+    exam = np.asarray(level_ids(t)["exam"], str)
+    side, view = _column(t, "laterality"), _column(t, "view")
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, (e, s) in enumerate(zip(exam, side)):
+        if s in ("L", "R"):
+            by_key.setdefault((e, s), []).append(i)
+    out = []
+    for i, (e, s) in enumerate(zip(exam, side)):
+        other = np.asarray(by_key.get((e, "R" if s == "L" else "L"), []) if s in ("L", "R") else [], int)
+        same = other[view[other] == view[i]] if view[i] and len(other) else other[:0]
+        out.append(same if len(same) else other)
+    return out
+
+
+def _differences(M: np.ndarray, partners: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    has = np.array([len(p) > 0 for p in partners], bool)
+    D = np.zeros_like(M, dtype=np.float64)
+    for i in np.flatnonzero(has):
+        D[i] = M[i] - M[partners[i]].mean(axis=0)
+    return D, has
+
+
+def fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1e-3) -> Any | None:
+    """The linear asymmetry model on the (n, D) tile-max block `M` of the images of `table` (labels `y`, 0/1),
+    fitted on the images with a contralateral breast; None where too few of them (or one class) are there."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    D, has = _differences(np.asarray(M, np.float64), contralateral_rows(table))
+    y = np.asarray(y, int)
+    if has.sum() < _MIN_ROWS or len(np.unique(y[has])) < 2:
+        return None
+    model = make_pipeline(StandardScaler(with_mean=False),
+                          LogisticRegression(C=float(C), fit_intercept=False, class_weight="balanced", max_iter=5000))
+    return model.fit(D[has], y[has])
+
+
+def image_scores(model: Any | None, M: np.ndarray) -> np.ndarray:
+    """(n,) per-image linear scores s = w . m / sigma (0 everywhere without a model): differences of these are the
+    model's asymmetry scores."""
+    M = np.asarray(M, np.float64)
+    if model is None:
+        return np.zeros(len(M))
+    return np.asarray(model.decision_function(M), float)
+
+
+def asymmetry_of(s: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """(n,) each image's score minus the mean score of its contralateral comparison images (0 where it has none)."""
+    s = np.asarray(s, float)
+    return np.array([s[i] - s[p].mean() if len(p) else 0.0 for i, p in enumerate(contralateral_rows(table))])
+
+
+def cross_fit_scores(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
+                     folds: int = 3) -> np.ndarray:
+    """Out-of-fold per-image scores of training images (patient-grouped folds, so an exam's images share a fold):
+    what the context stage is fitted on, so that it never sees a score from a model fitted on that image."""
+    from sklearn.model_selection import GroupKFold
+
+    M, y, groups = np.asarray(M, np.float64), np.asarray(y, int), np.asarray(groups)
+    out = np.zeros(len(y))
+    k = min(int(folds), len(np.unique(groups)))
+    if k < 2:
+        return out
+    t = table.reset_index(drop=True)
+    for tr, te in GroupKFold(n_splits=k).split(M, y, groups):
+        out[te] = image_scores(fit_asymmetry(M[tr], y[tr], t.iloc[tr], C), M[te])
+    return out
+
+
+def tile_max_columns(pooled_width: int, poolings: tuple[str, ...] | list[str], offset: int = 0) -> slice:
+    """The columns of the max block in TilePooling's output ([n_tiles] + D per pooling), shifted by `offset`
+    (where that output starts in a wider feature matrix)."""
+    poolings = list(poolings)
+    if "max" not in poolings:
+        raise ValueError(f"screening.context_asymmetry needs 'max' in screening.poolings; got {poolings}")
+    d = (int(pooled_width) - 1) // len(poolings)
+    start = offset + 1 + poolings.index("max") * d
+    return slice(start, start + d)
