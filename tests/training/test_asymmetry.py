@@ -112,29 +112,17 @@ def test_level_cv_with_the_asymmetry_score_beats_an_uninformative_first_stage():
     """cross_validate_levels: the asymmetry model is fitted on each fold's training rows only and lifts the image
     level where the first stage knows nothing; a fold's test rows never enter its fit (their labels flipped: same
     test scores)."""
-    from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.pipeline import Pipeline
 
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.training.levels import cross_validate_levels
-
-    class Noise(ClassifierMixin, BaseEstimator):
-        __metadata_request__fit = {"groups": True}
-
-        def fit(self, X, y, groups=None):
-            self.classes_, self.threshold_ = np.array([0, 1]), 0.5
-            self.validation_index_ = np.arange(len(y))
-            self.validation_proba_ = np.column_stack([1 - X[:, 0], X[:, 0]])
-            return self
-
-        def predict_proba(self, X):
-            return np.column_stack([1 - X[:, 0], X[:, 0]])
+    from tests.training.test_context import ScoreColumn
 
     M, y, table = _bilateral(n_patients=80)
     p = np.random.default_rng(1).uniform(0.2, 0.8, len(y))  # a first stage at chance
     ev = {"folds": 4, "seed": 0, "target_sensitivity": 0.95, "bootstrap_resamples": 20, "confidence_level": 0.95,
           "ece_bins": 10}
-    make = lambda: Pipeline([("classifier", Noise())])  # noqa: E731
+    make = lambda: Pipeline([("classifier", ScoreColumn())])  # noqa: E731
     folds = patient_stratified_folds(y, table["patient_id"].to_numpy(), 4, 0)
     plain = cross_validate_levels(make, p[:, None], y, table, ev, folds=folds, context_C=1.0)
     asym = cross_validate_levels(make, p[:, None], y, table, ev, folds=folds, context_C=1.0, asymmetry=(M, 0.1))

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
 from pipeline.training.context import (FEATURES, apply_context, context_features, cross_fit_context, fit_context,
                                        has_context)
+
+
+class ScoreColumn(ClassifierMixin, BaseEstimator):
+    """A first stage for level CVs: scores = column 0 of X; its 'inner out-of-fold' probabilities = the same."""
+
+    __metadata_request__fit = {"groups": True}  # receives the patients, as the calibrated classifier does
+
+    def fit(self, X, y, groups=None):
+        self.classes_, self.threshold_ = np.array([0, 1]), 0.5
+        self.validation_index_ = np.arange(len(y))
+        self.validation_proba_ = np.column_stack([1 - X[:, 0], X[:, 0]])
+        return self
+
+    def predict_proba(self, X):
+        return np.column_stack([1 - X[:, 0], X[:, 0]])
 
 
 def _exams(n: int, seed: int = 0, views=("CC", "MLO")) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -78,29 +94,14 @@ def test_cross_fit_uses_patient_groups_and_changes_only_rows_with_context():
 
 def test_level_cv_with_context_keeps_patients_whole_and_scores_every_level():
     """cross_validate_levels with the context stage on a tiny estimator exposing inner out-of-fold probabilities."""
-    from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.pipeline import Pipeline
 
     from pipeline.training.levels import cross_validate_levels
 
-    class Inner(ClassifierMixin, BaseEstimator):
-        """Scores = column 0 of X; 'inner out-of-fold' probabilities = the same (no fitting needed)."""
-
-        __metadata_request__fit = {"groups": True}  # receives the patients, as the calibrated classifier does
-
-        def fit(self, X, y, groups=None):
-            self.classes_, self.threshold_ = np.array([0, 1]), 0.5
-            self.validation_index_ = np.arange(len(y))
-            self.validation_proba_ = np.column_stack([1 - X[:, 0], X[:, 0]])
-            return self
-
-        def predict_proba(self, X):
-            return np.column_stack([1 - X[:, 0], X[:, 0]])
-
     t, y, p = _exams(80, seed=5)
     ev = {"folds": 4, "seed": 0, "target_sensitivity": 0.95, "bootstrap_resamples": 20, "confidence_level": 0.95,
           "ece_bins": 10}
-    make = lambda: Pipeline([("classifier", Inner())])  # noqa: E731
+    make = lambda: Pipeline([("classifier", ScoreColumn())])  # noqa: E731
     off = cross_validate_levels(make, p[:, None], y, t, ev, folds=None)
     on = cross_validate_levels(make, p[:, None], y, t, ev, context_C=1.0)
     assert np.allclose(off.oof["p"], p) and "p_context" in on.oof
