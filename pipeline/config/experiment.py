@@ -356,6 +356,10 @@ def validate_config(config: Mapping[str, Any], source: str = "") -> None:
     classes = config.get("dataset", {}).get("classes")
     if classes is not None and len(set(map(str, classes))) != len(classes):
         raise ConfigError(f"{where}dataset.classes: {_fmt(classes)} has repeated labels; list each class once")
+    sc = config.get("screening", {})
+    if sc.get("context_asymmetry") and "max" not in list(sc.get("poolings") or []):
+        raise ConfigError(f"{where}screening.context_asymmetry: true reads the tiles' max pooling; add max to "
+                          f"screening.poolings ({_fmt(sc.get('poolings'))}) or set context_asymmetry: false")
     dense = config.get("dataset", {}).get("dense_classes")
     from pipeline.config.tasks import get_task
 

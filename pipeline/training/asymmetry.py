@@ -11,7 +11,9 @@ Because the model is linear and has neither intercept nor centring, its score of
 per-image scores: w . (m_i - mean m_c) / sigma = s_i - mean s_c with s = w . m / sigma. So it is served per image
 (`image_scores`, one number per image, computed beside its probability) and the exam's other images only enter as
 scores (`asymmetry_of`), exactly as the context stage uses probabilities. The score is a column of the context stage
-(pipeline.training.context), fitted on cross-fitted scores of the training images (`cross_fit_scores`).
+(pipeline.training.context), fitted on cross-fitted scores of the training images (`cross_fit_asymmetry`); new
+images are scored by the mean of those same fold models, so the stage reads scores of the kind it was fitted on (a
+model refitted on all rows would score with larger weights than the fold models the stage learnt from).
 
 Why our own: no maintained library fits a paired (bilateral) difference model; this is ~40 lines of scikit-learn.
 Measured before it was built (offline, mini-MIAS whole films, the cached tile features, patient-level folds, fold
@@ -26,8 +28,8 @@ import pandas as pd
 
 from pipeline.io.datasets.screening import level_ids
 
-__all__ = ["contralateral_rows", "fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_scores",
-           "tile_max_columns"]
+__all__ = ["contralateral_rows", "fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_asymmetry",
+           "cross_fit_scores", "tile_max_columns"]
 
 _MIN_ROWS = 8  # fewer training images with a contralateral breast than this: no asymmetry model
 
@@ -80,13 +82,14 @@ def fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 
     return model.fit(D[has], y[has])
 
 
-def image_scores(model: Any | None, M: np.ndarray) -> np.ndarray:
-    """(n,) per-image linear scores s = w . m / sigma (0 everywhere without a model): differences of these are the
-    model's asymmetry scores."""
+def image_scores(model: Any | list | None, M: np.ndarray) -> np.ndarray:
+    """(n,) per-image linear scores s = w . m / sigma (0 everywhere without a model; the mean over a list of fold
+    models, `cross_fit_asymmetry`'s): differences of these are the model's asymmetry scores."""
     M = np.asarray(M, np.float64)
-    if model is None:
+    models = [m for m in (model if isinstance(model, (list, tuple)) else [model]) if m is not None]
+    if not models:
         return np.zeros(len(M))
-    return np.asarray(model.decision_function(M), float)
+    return np.mean([np.asarray(m.decision_function(M), float) for m in models], axis=0)
 
 
 def asymmetry_of(s: np.ndarray, table: pd.DataFrame) -> np.ndarray:
@@ -95,21 +98,34 @@ def asymmetry_of(s: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     return np.array([s[i] - s[p].mean() if len(p) else 0.0 for i, p in enumerate(contralateral_rows(table))])
 
 
-def cross_fit_scores(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
-                     folds: int = 3) -> np.ndarray:
-    """Out-of-fold per-image scores of training images (patient-grouped folds, so an exam's images share a fold):
-    what the context stage is fitted on, so that it never sees a score from a model fitted on that image."""
+def cross_fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
+                        folds: int = 3) -> tuple[np.ndarray, list]:
+    """(out-of-fold per-image scores of the training images, the fold models): patient-grouped folds, so an exam's
+    images share a fold and no image is scored by a model fitted on it. The scores are what the context stage is
+    fitted on; the fold models (their mean, `image_scores`) score every other image. No models (an empty list)
+    where too few images have a contralateral breast."""
     from sklearn.model_selection import GroupKFold
 
     M, y, groups = np.asarray(M, np.float64), np.asarray(y, int), np.asarray(groups)
     out = np.zeros(len(y))
     k = min(int(folds), len(np.unique(groups)))
+    models: list = []
     if k < 2:
-        return out
+        return out, models
     t = table.reset_index(drop=True)
     for tr, te in GroupKFold(n_splits=k).split(M, y, groups):
-        out[te] = image_scores(fit_asymmetry(M[tr], y[tr], t.iloc[tr], C), M[te])
-    return out
+        model = fit_asymmetry(M[tr], y[tr], t.iloc[tr], C)
+        out[te] = image_scores(model, M[te])
+        models.append(model)
+    if any(m is None for m in models):  # a fold without enough pairs: no scores of one kind for every image
+        return np.zeros(len(y)), []
+    return out, models
+
+
+def cross_fit_scores(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
+                     folds: int = 3) -> np.ndarray:
+    """The out-of-fold per-image scores of `cross_fit_asymmetry` alone."""
+    return cross_fit_asymmetry(M, y, table, groups, C, folds)[0]
 
 
 def tile_max_columns(pooled_width: int, poolings: tuple[str, ...] | list[str], offset: int = 0) -> slice:

@@ -9,8 +9,9 @@ With ``context_C`` set (experiment switch ``screening.context``), each fold also
 (pipeline.training.context) on those inner out-of-fold probabilities and replaces the test images' probabilities by
 its output before fusing; the thresholds are then chosen on its patient-grouped out-of-fold output (`image_proba`).
 With `asymmetry` (the (n, D) tile-max block of every image and the C of ``screening.context_asymmetry``), the
-fold also fits the bilateral asymmetry model (pipeline.training.asymmetry) on the same training rows and the context
-stage reads its scores: cross-fitted ones for the training rows, the fold model's for the test rows.
+fold also cross-fits the bilateral asymmetry model (pipeline.training.asymmetry) on the same training rows and the
+context stage reads its scores: out-of-fold ones for the training rows, the mean of the fold models for the test
+rows (none where too few training images have a contralateral breast: the stage then reads no asymmetry).
 """
 from __future__ import annotations
 
@@ -99,11 +100,11 @@ class LevelTracker:
             groups = table["patient_id"].astype(str).to_numpy()
             s_inner = s_test = None
             if self.asymmetry is not None:
-                from pipeline.training.asymmetry import cross_fit_scores, fit_asymmetry, image_scores
+                from pipeline.training.asymmetry import cross_fit_asymmetry, image_scores
 
                 M, aC = self.asymmetry
-                s_inner = cross_fit_scores(M[rows], self.y[rows], table, groups, aC)
-                s_test = image_scores(fit_asymmetry(M[rows], self.y[rows], table, aC), M[te])
+                s_inner, models = cross_fit_asymmetry(M[rows], self.y[rows], table, groups, aC)
+                s_inner, s_test = (s_inner, image_scores(models, M[te])) if models else (None, None)
             model = fit_context(inner_p, self.y[rows], table, self.context_C, s_inner)
             inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C, asymmetry=s_inner)
             use = True

@@ -132,14 +132,11 @@ def context_auto(config: Mapping[str, Any]) -> bool:
 
 
 def asymmetry_C(config: Mapping[str, Any]) -> float | None:
-    """The bilateral asymmetry model's C where ``screening.context_asymmetry`` is on (it is a column of the context
-    stage, so it needs ``screening.context``), else None (pipeline.training.asymmetry)."""
+    """The bilateral asymmetry model's C where ``screening.context_asymmetry`` is on and the context stage it is a
+    column of is on too (``screening.context`` true or auto), else None (pipeline.training.asymmetry)."""
     sc = config["screening"]
-    if not sc.get("context_asymmetry", False):
+    if not sc.get("context_asymmetry", False) or context_C(config) is None:
         return None
-    if context_C(config) is None:
-        raise ConfigError("screening.context_asymmetry: true needs screening.context: true or auto (the asymmetry "
-                          "score is a column of the multi-view context stage)")
     return float(sc.get("context_asymmetry_C", 1e-3))
 
 
@@ -196,13 +193,17 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
         groups = rows["patient_id"].astype(str).to_numpy()
         yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
         s_inner = None
+        final.asymmetry_ = final.asymmetry_columns_ = None
         if aC is not None:  # the bilateral asymmetry score: a column of the context stage
-            from pipeline.training.asymmetry import cross_fit_scores, fit_asymmetry
+            from pipeline.training.asymmetry import cross_fit_asymmetry
 
             M = tile_max_block(config, np.asarray(X)[clf.validation_index_], pipeline=final)
-            final.asymmetry_ = fit_asymmetry(M, yy, rows, aC)
-            final.asymmetry_columns_ = _union_tile_max_columns(final, config, X[:1])
-            s_inner = cross_fit_scores(M, yy, rows, groups, aC)
+            s_inner, models = cross_fit_asymmetry(M, yy, rows, groups, aC)
+            if models:  # served by the mean of the fold models the stage's scores came from
+                final.asymmetry_ = models
+                final.asymmetry_columns_ = _union_tile_max_columns(final, config, X[:1])
+            else:  # too few images with a contralateral breast: the stage reads no asymmetry
+                s_inner, aC = None, None
         final.context_ = fit_context(p, yy, rows, C, s_inner)
         inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner)
         if context_auto(config):
@@ -211,9 +212,11 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
             if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
                 final.context_, inner_p, C = None, None, None
                 final.asymmetry_ = final.asymmetry_columns_ = None
+        if final.context_ is None:  # no stage fitted (too few rows): nothing reads the asymmetry score
+            final.asymmetry_ = final.asymmetry_columns_ = None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
     extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None,
-             "context_asymmetry": C is not None and aC is not None}
+             "context_asymmetry": getattr(final, "asymmetry_", None) is not None}
     if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fit keep the tile scores
         extra["tile_scores_kept"] = bool(clf.kept_group_)
     return extra

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.training.asymmetry import (asymmetry_of, contralateral_rows, cross_fit_scores, fit_asymmetry,
-                                         image_scores, tile_max_columns)
+from pipeline.training.asymmetry import (asymmetry_of, contralateral_rows, cross_fit_asymmetry, cross_fit_scores,
+                                         fit_asymmetry, image_scores, tile_max_columns)
 from pipeline.training.context import apply_context, context_features, fit_context, uses_asymmetry, FEATURES
 
 
@@ -135,7 +135,7 @@ def test_level_cv_with_the_asymmetry_score_beats_an_uninformative_first_stage():
     assert np.allclose(asym.oof["p_context"].to_numpy()[te], again.oof["p_context"].to_numpy()[te])
 
 
-def test_the_asymmetry_switch_needs_the_context_stage():
+def test_the_asymmetry_switch_acts_with_the_context_stage_and_needs_max_pooling():
     from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
     from pipeline.errors import ConfigError
     from pipeline.training.screening import asymmetry_C
@@ -143,5 +143,18 @@ def test_the_asymmetry_switch_needs_the_context_stage():
     on = load_experiment(EXPERIMENTS_DIR / "mias_screening.yaml").config
     assert on["screening"]["context_asymmetry"] is True and asymmetry_C(on) == pytest.approx(1e-3)
     off = load_experiment(EXPERIMENTS_DIR / "mias_screening.yaml", {"screening": {"context": False}}).config
-    with pytest.raises(ConfigError, match="context"):
-        asymmetry_C(off)
+    assert asymmetry_C(off) is None  # a column of the context stage: without the stage, nothing reads it
+    with pytest.raises(ConfigError, match="poolings"):
+        load_experiment(EXPERIMENTS_DIR / "mias_screening.yaml", {"screening": {"poolings": ["mean"]}})
+
+
+def test_new_images_are_scored_by_the_mean_of_the_fold_models_the_stage_learnt_from():
+    M, y, table = _bilateral()
+    groups = table["patient_id"].to_numpy()
+    oof, models = cross_fit_asymmetry(M, y, table, groups, C=0.1)
+    assert len(models) == 3 and np.array_equal(oof, cross_fit_scores(M, y, table, groups, C=0.1))
+    new = _bilateral(n_patients=10, seed=2)[0]
+    expected = np.mean([m.decision_function(new) for m in models], axis=0)
+    assert np.allclose(image_scores(models, new), expected)
+    few = table["patient_id"].isin(["P0", "P1"]).to_numpy()  # 8 images: a fold trains on 4, too few pairs
+    assert cross_fit_asymmetry(M[few], y[few], table[few], groups[few], C=0.1)[1] == []
