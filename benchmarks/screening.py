@@ -92,10 +92,11 @@ def density_lines(name: str, cv, data, ev: dict) -> list[str]:
     is_dense = density.astype(str).isin(dense_classes).to_numpy()
     oof = cv.oof
     call = np.array([cv.calls["image"][k] for k in oof["sample_id"]])
+    scored = oof["p_context"] if "p_context" in oof else oof["p"]  # what the image level is scored on (and called)
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"])
     out = []
     for group, sel in (("dense", known & is_dense), ("non-dense", known & ~is_dense)):
-        y, p = oof["y"].to_numpy()[sel], oof["p"].to_numpy()[sel]
+        y, p = oof["y"].to_numpy()[sel], scored.to_numpy()[sel]
         m = binary_metrics(y, p, call[sel], **kw)
         out.append(f"{name:<10}{group:>9} n {int(m['n'])} ({int(m['n_positive'])} malignant): AUC {m['roc_auc']:.3f} "
                    f"[{m['roc_auc_ci_low']:.3f}-{m['roc_auc_ci_high']:.3f}] spec {m['spec_at_target']:.2f} "
@@ -184,6 +185,10 @@ def run(name: str, args: argparse.Namespace) -> None:
 
     if not args.skip_plain:
         compare_with_plain(name, config, data, folds, scr, args.cache)
+    else:
+        dens = density_lines("screening", scr, data, ev)
+        if dens:
+            print("image level by density (spec and sens at the in-fold image threshold):\n" + "\n".join(dens))
     print(f"screening cost: {per_image:.2f} s per image (2 threads, from the file, no cache); training from an "
           f"empty cache {t_train / 60:.1f} min; peak memory {peak_mib():.0f} MiB\n", flush=True)
     if not args.keep_cold and not args.screening_cache:
