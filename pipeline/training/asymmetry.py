@@ -26,44 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.datasets.screening import level_ids
+from pipeline.training.context import contralateral_mean
 
-__all__ = ["contralateral_rows", "fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_asymmetry",
-           "cross_fit_scores", "tile_max_columns"]
+__all__ = ["fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_asymmetry", "tile_max_columns"]
 
 _MIN_ROWS = 8  # fewer training images with a contralateral breast than this: no asymmetry model
-
-
-def _column(table: pd.DataFrame, name: str) -> np.ndarray:
-    if name not in table.columns:
-        return np.array([""] * len(table), dtype=object)
-    return table[name].fillna("").astype(str).str.strip().str.upper().to_numpy()
-
-
-def contralateral_rows(table: pd.DataFrame) -> list[np.ndarray]:
-    """Per row, the positions (into `table`) of its contralateral comparison images: the other breast of its exam,
-    the same view where there is one, else all its views; empty where unknown (no laterality, no other breast)."""
-    t = table.reset_index(drop=True)
-    exam = np.asarray(level_ids(t)["exam"], str)
-    side, view = _column(t, "laterality"), _column(t, "view")
-    by_key: dict[tuple[str, str], list[int]] = {}
-    for i, (e, s) in enumerate(zip(exam, side)):
-        if s in ("L", "R"):
-            by_key.setdefault((e, s), []).append(i)
-    out = []
-    for i, (e, s) in enumerate(zip(exam, side)):
-        other = np.asarray(by_key.get((e, "R" if s == "L" else "L"), []) if s in ("L", "R") else [], int)
-        same = other[view[other] == view[i]] if view[i] and len(other) else other[:0]
-        out.append(same if len(same) else other)
-    return out
-
-
-def _differences(M: np.ndarray, partners: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    has = np.array([len(p) > 0 for p in partners], bool)
-    D = np.zeros_like(M, dtype=np.float64)
-    for i in np.flatnonzero(has):
-        D[i] = M[i] - M[partners[i]].mean(axis=0)
-    return D, has
 
 
 def fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 1e-3) -> Any | None:
@@ -73,7 +40,9 @@ def fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, C: float = 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    D, has = _differences(np.asarray(M, np.float64), contralateral_rows(table))
+    M = np.asarray(M, np.float64)
+    mean, has = contralateral_mean(M, table)
+    D = np.where(has[:, None], M - mean, 0.0)
     y = np.asarray(y, int)
     if has.sum() < _MIN_ROWS or len(np.unique(y[has])) < 2:
         return None
@@ -95,7 +64,8 @@ def image_scores(model: Any | list | None, M: np.ndarray) -> np.ndarray:
 def asymmetry_of(s: np.ndarray, table: pd.DataFrame) -> np.ndarray:
     """(n,) each image's score minus the mean score of its contralateral comparison images (0 where it has none)."""
     s = np.asarray(s, float)
-    return np.array([s[i] - s[p].mean() if len(p) else 0.0 for i, p in enumerate(contralateral_rows(table))])
+    mean, has = contralateral_mean(s, table)
+    return np.where(has, s - mean, 0.0)
 
 
 def cross_fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
@@ -120,12 +90,6 @@ def cross_fit_asymmetry(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, group
     if any(m is None for m in models):  # a fold without enough pairs: no scores of one kind for every image
         return np.zeros(len(y)), []
     return out, models
-
-
-def cross_fit_scores(M: np.ndarray, y: np.ndarray, table: pd.DataFrame, groups: np.ndarray, C: float = 1e-3,
-                     folds: int = 3) -> np.ndarray:
-    """The out-of-fold per-image scores of `cross_fit_asymmetry` alone."""
-    return cross_fit_asymmetry(M, y, table, groups, C, folds)[0]
 
 
 def tile_max_columns(pooled_width: int, poolings: tuple[str, ...] | list[str], offset: int = 0) -> slice:

@@ -24,11 +24,10 @@ import pandas as pd
 
 from pipeline.io.datasets.screening import level_ids
 
-__all__ = ["FEATURES", "ASYMMETRY", "context_features", "has_context", "uses_asymmetry", "fit_context",
-           "apply_context", "cross_fit_context"]
+__all__ = ["FEATURES", "contralateral_rows", "contralateral_mean", "context_features", "has_context",
+           "uses_asymmetry", "fit_context", "apply_context", "cross_fit_context"]
 
 FEATURES = ("logit", "ipsi_minus_self", "contra_same_view_minus_self", "contra_minus_self", "has_ipsi", "has_contra")
-ASYMMETRY = "asymmetry"  # the column appended when per-image asymmetry scores are given
 _EPS = 1e-6
 _MIN_ROWS = 8  # fewer training images with context than this: no context model (every image keeps its score)
 
@@ -40,6 +39,36 @@ def _column(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name].fillna("").astype(str).str.strip().str.upper()
 
 
+def contralateral_rows(table: pd.DataFrame) -> list[np.ndarray]:
+    """Per row, the positions (into `table`) of its contralateral comparison images: the other breast of its exam,
+    the same view where there is one, else all its views; empty where unknown (no laterality, no other breast)."""
+    t = table.reset_index(drop=True)
+    exam = np.asarray(level_ids(t)["exam"], str)
+    side, view = _column(t, "laterality").to_numpy(), _column(t, "view").to_numpy()
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, (e, s) in enumerate(zip(exam, side)):
+        if s in ("L", "R"):
+            by_key.setdefault((e, s), []).append(i)
+    out = []
+    for i, (e, s) in enumerate(zip(exam, side)):
+        other = np.asarray(by_key.get((e, "R" if s == "L" else "L"), []) if s in ("L", "R") else [], int)
+        same = other[view[other] == view[i]] if view[i] and len(other) else other[:0]
+        out.append(same if len(same) else other)
+    return out
+
+
+def contralateral_mean(values: np.ndarray, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(the mean of `values` ((n,) or (n, D), rows of `table`) over each row's contralateral comparison images, 0
+    where it has none; (n,) bool: it has some)."""
+    values = np.asarray(values, np.float64)
+    partners = contralateral_rows(table)
+    has = np.array([len(q) > 0 for q in partners], bool)
+    mean = np.zeros_like(values)
+    for i in np.flatnonzero(has):
+        mean[i] = values[partners[i]].mean(axis=0)
+    return mean, has
+
+
 def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray | None = None) -> np.ndarray:
     """(n, len(FEATURES)) float: each image's first-stage logit and its differences to the other views of its exam
     (0 where a view is absent, flagged by has_ipsi / has_contra); with per-image `asymmetry` scores (n,), one more
@@ -48,8 +77,7 @@ def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray |
     z = np.log(p / (1 - p))
     ids = level_ids(table.reset_index(drop=True))
     side = _column(table, "laterality").to_numpy()
-    view = _column(table, "view").to_numpy()
-    df = pd.DataFrame({"z": z, "breast": ids["breast"], "exam": ids["exam"], "side": side, "view": view})
+    df = pd.DataFrame({"z": z, "breast": ids["breast"], "exam": ids["exam"], "side": side})
     known = df["side"].isin(["L", "R"]).to_numpy()
     g = df.groupby("breast")["z"]
     total, count = g.transform("sum").to_numpy(), g.transform("count").to_numpy()
@@ -57,11 +85,8 @@ def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray |
     other = np.where(df["side"] == "L", "R", "L")
     by_side = df[known].groupby(["exam", "side"])["z"].mean()
     contra = by_side.reindex(pd.MultiIndex.from_arrays([df["exam"], other])).to_numpy()
-    with_view = known & (df["view"] != "").to_numpy()
-    by_view = df[with_view].groupby(["exam", "side", "view"])["z"].mean()
-    contra_same = by_view.reindex(pd.MultiIndex.from_arrays([df["exam"], other, df["view"]])).to_numpy()
     contra = np.where(known, contra, np.nan)
-    contra_same = np.where(with_view & np.isfinite(contra_same), contra_same, contra)
+    contra_same, _ = contralateral_mean(z, table)  # the same view of the other breast, else all its views
     has_ipsi, has_contra = np.isfinite(ipsi), np.isfinite(contra)
     columns = [z, np.where(has_ipsi, ipsi - z, 0.0), np.where(has_contra, contra_same - z, 0.0),
                np.where(has_contra, contra - z, 0.0), has_ipsi, has_contra]

@@ -211,8 +211,7 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
 
             if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
                 final.context_, inner_p, C = None, None, None
-                final.asymmetry_ = final.asymmetry_columns_ = None
-        if final.context_ is None:  # no stage fitted (too few rows): nothing reads the asymmetry score
+        if final.context_ is None:  # no stage kept (auto) or fitted (too few rows): nothing reads the asymmetry
             final.asymmetry_ = final.asymmetry_columns_ = None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
     extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None,

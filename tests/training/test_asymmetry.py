@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.training.asymmetry import (asymmetry_of, contralateral_rows, cross_fit_asymmetry, cross_fit_scores,
-                                         fit_asymmetry, image_scores, tile_max_columns)
-from pipeline.training.context import apply_context, context_features, fit_context, uses_asymmetry, FEATURES
+from pipeline.training.asymmetry import (asymmetry_of, cross_fit_asymmetry, fit_asymmetry, image_scores,
+                                         tile_max_columns)
+from pipeline.training.context import (FEATURES, apply_context, context_features, contralateral_rows, fit_context,
+                                       uses_asymmetry)
 
 
 def _exams(n_patients: int, views=("CC", "MLO")) -> pd.DataFrame:
@@ -70,11 +71,11 @@ def test_the_score_finds_a_one_sided_change_that_the_woman_level_offset_hides():
 def test_cross_fitted_scores_of_a_patient_never_come_from_a_model_that_saw_her():
     M, y, table = _bilateral()
     groups = table["patient_id"].to_numpy()
-    base = cross_fit_scores(M, y, table, groups, C=0.1)
+    base = cross_fit_asymmetry(M, y, table, groups, C=0.1)[0]
     flipped = y.copy()
     mine = groups == "P0"
     flipped[mine] = 1 - flipped[mine]  # her labels change: only the models of the other folds see them
-    again = cross_fit_scores(M, flipped, table, groups, C=0.1)
+    again = cross_fit_asymmetry(M, flipped, table, groups, C=0.1)[0]
     assert np.array_equal(base[mine], again[mine])
     assert not np.allclose(base[~mine], again[~mine])
 
@@ -152,7 +153,7 @@ def test_new_images_are_scored_by_the_mean_of_the_fold_models_the_stage_learnt_f
     M, y, table = _bilateral()
     groups = table["patient_id"].to_numpy()
     oof, models = cross_fit_asymmetry(M, y, table, groups, C=0.1)
-    assert len(models) == 3 and np.array_equal(oof, cross_fit_scores(M, y, table, groups, C=0.1))
+    assert len(models) == 3 and np.array_equal(oof, cross_fit_asymmetry(M, y, table, groups, C=0.1)[0])
     new = _bilateral(n_patients=10, seed=2)[0]
     expected = np.mean([m.decision_function(new) for m in models], axis=0)
     assert np.allclose(image_scores(models, new), expected)
