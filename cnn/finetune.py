@@ -18,9 +18,7 @@ never the whole set, and the model is the same as with the images in RAM.
 """
 from __future__ import annotations
 
-import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -141,142 +139,160 @@ def finetune(images, labels, groups=None, *, backbone: str = "efficientnet_lite0
     head. ``channels_last`` trains in channels-last memory format (faster convolutions on CPU). ``device`` is a
     torch device string or "auto" (the GPU when torch sees one, else the CPU).
     """
+    from cnn.backbones import save_weights
+    from cnn.loop import EarlyStopping, EpochLog, History, run_epochs, torch_run
+
+    _check_params(pooling, epochs, trainable_stages)
+    images, classes, y, groups = _check_inputs(images, labels, groups)
+    stopper = EarlyStopping(monitor, patience)
+    device = resolve_device(device)
+    train_idx, val_idx = patient_split(y, groups, val_fraction, seed)
+    with torch_run(seed, n_threads):
+        model, net = _classifier(backbone, weights, pooling, input_size, trainable_stages, len(classes),
+                                 channels_last, device, seed)
+        loss_fn, optimizer = _objective(model, y[train_idx], len(classes), lr, head_lr_factor, weight_decay, device)
+        feed = _Feed(images, y, model, batch_size, _augmenter() if augment else None, device, channels_last, seed)
+        history = History()
+
+        def train_epoch() -> tuple[float, int]:
+            total, seen = 0.0, 0
+            for chunk in feed.batches(train_idx, shuffle=True):
+                x, target = feed.prepare(chunk, train=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x), target)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach().item() * len(chunk)
+                seen += len(chunk)
+            return total, seen
+
+        def validate() -> dict[str, float]:
+            return _validation_metrics(model, feed, val_idx, y, loss_fn, device)
+
+        run_epochs(model, epochs, train_epoch, validate if len(val_idx) else None,
+                   [history, EpochLog(backbone, task, epochs), stopper])
+        stopper.restore(model)
+        model = _plain_classifier(model, net, pooling)
+    path = None
+    if out_path is not None:
+        path = save_weights(out_path, backbone=backbone, features=model.net.features, head=model.head,
+                            classes=classes.tolist(), task=task, history=history.records,
+                            input_size=model.input_size, pooling=pooling, best_epoch=stopper.best_epoch)
+        logger.info("finetune: weights written to %s", path)
+    return FinetuneResult(path=path, history=history.records, model=model, classes=classes,
+                          best_epoch=stopper.best_epoch)
+
+
+def _check_params(pooling: str, epochs: Any, trainable_stages: Any) -> None:
     if pooling == "multilevel":
         raise ValueError("pooling='multilevel' is for frozen embeddings (CNNEmbedder, TileEmbedder); fine-tuning "
                          "trains a head on one pooled map: use pooling='avg', 'max' or 'avgmax'.")
-    import torch
-    import torch.nn as nn
-
-    from cnn._nets import EmbeddingNet, ImageClassifier
-    from cnn._stages import PartlyFrozen
-    from cnn.backbones import build_backbone, save_weights
-    from cnn.embedder import preprocess_batch
-
-    images, classes, y, groups = _check_inputs(images, labels, groups)
-    if monitor not in ("val_loss", "val_auc"):
-        raise ValueError(f"The 'monitor' parameter must be 'val_loss' or 'val_auc'. Got {monitor!r} instead.")
     if not isinstance(epochs, Integral) or epochs < 1:
         raise ValueError(f"The 'epochs' parameter must be an int >= 1. Got {epochs!r} instead.")
     if trainable_stages is not None and (not isinstance(trainable_stages, Integral)
                                          or isinstance(trainable_stages, bool) or trainable_stages < 0):
         raise ValueError(f"The 'trainable_stages' parameter must be None (train every stage) or an int >= 0. "
                          f"Got {trainable_stages!r} instead.")
-    device = resolve_device(device)
-    train_idx, val_idx = patient_split(y, groups, val_fraction, seed)
 
-    previous_threads = torch.get_num_threads()
-    previous_det = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if n_threads is not None:
-        torch.set_num_threads(int(n_threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = build_backbone(backbone, weights, random_state=seed)
-            size = int(input_size or net.input_size)
-            with torch.no_grad():
-                dim = EmbeddingNet(net.features, pooling)(torch.zeros(1, 3, size, size)).shape[1]
-            # trained through the staged view; its modules (and weights) are net.features' own
-            staged = PartlyFrozen(net.features, trainable_stages)
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            model = ImageClassifier(EmbeddingNet(staged, pooling), nn.Linear(dim, len(classes)), mean=net.mean,
-                                    std=net.std, input_size=size).to(device, memory_format=fmt)
-            if staged.n_frozen:
-                logger.info("finetune %s: %d of %d stages frozen, %d trainable", backbone, staged.n_frozen,
-                            staged.n_stages, staged.n_stages - staged.n_frozen)
 
-            # read + resize per batch (the images may be a memmap on disk); augmentation, normalisation too
-            y_t = torch.from_numpy(y)
-            counts = np.bincount(y[train_idx], minlength=len(classes)).astype(np.float64)
-            class_weight = torch.tensor(len(train_idx) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
-            loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device))
-            optimizer = torch.optim.AdamW([
-                {"params": [p for p in model.net.parameters() if p.requires_grad], "lr": lr},
-                {"params": model.head.parameters(), "lr": lr * head_lr_factor},
-            ], weight_decay=weight_decay)
-            augmenter = _augmenter() if augment else None
-            shuffler = torch.Generator().manual_seed(seed)
+def _classifier(backbone: str, weights: str, pooling: str, input_size: int | None, trainable_stages: int | None,
+                n_classes: int, channels_last: bool, device: Any, seed: int) -> tuple[Any, Any]:
+    """(the backbone + linear head trained through its partly frozen staged view, the plain backbone)."""
+    import torch
+    import torch.nn as nn
 
-            def batches(indices, shuffle):
-                order = indices[torch.randperm(len(indices), generator=shuffler).numpy()] if shuffle else indices
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start:start + batch_size]
-                    if shuffle and len(chunk) < 2 < len(order):  # BatchNorm cannot train on a batch of one
-                        continue
-                    yield chunk
+    from cnn._nets import EmbeddingNet, ImageClassifier
+    from cnn._stages import PartlyFrozen
+    from cnn.backbones import build_backbone
 
-            def prepare(chunk, train):
-                g = batch_images(images, chunk, size)
-                if train and augmenter is not None:
-                    g = torch.stack([augmenter(img) for img in g])
-                x = preprocess_batch(g[:, 0].to(device), input_size=size, mean=model.mean, std=model.std,
-                                     channels_last=channels_last)
-                return x, y_t[chunk].to(device)
+    net = build_backbone(backbone, weights, random_state=seed)
+    size = int(input_size or net.input_size)
+    with torch.no_grad():
+        dim = EmbeddingNet(net.features, pooling)(torch.zeros(1, 3, size, size)).shape[1]
+    staged = PartlyFrozen(net.features, trainable_stages)  # its modules (and weights) are net.features' own
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = ImageClassifier(EmbeddingNet(staged, pooling), nn.Linear(dim, n_classes), mean=net.mean, std=net.std,
+                            input_size=size).to(device, memory_format=fmt)
+    if staged.n_frozen:
+        logger.info("finetune %s: %d of %d stages frozen, %d trainable", backbone, staged.n_frozen,
+                    staged.n_stages, staged.n_stages - staged.n_frozen)
+    return model, net
 
-            history: list[dict] = []
-            best_score, best_state, best_epoch, waited = None, None, 0, 0
-            for epoch in range(1, epochs + 1):
-                start = time.perf_counter()
-                model.train()
-                total, seen = 0.0, 0
-                for chunk in batches(train_idx, shuffle=True):
-                    x, target = prepare(chunk, train=True)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(x), target)
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.detach().item() * len(chunk)
-                    seen += len(chunk)
-                train_s = time.perf_counter() - start
-                record = {"epoch": epoch, "train_loss": total / max(seen, 1)}
-                if len(val_idx):
-                    model.eval()
-                    with torch.no_grad():
-                        logits = torch.cat([model(prepare(c, train=False)[0]) for c in batches(val_idx, False)])
-                        record["val_loss"] = float(loss_fn(logits, y_t[val_idx].to(device)))
-                    proba = logits.softmax(1).cpu().numpy()
-                    record["val_auc"] = _auc(y[val_idx], proba)
-                    record["val_accuracy"] = float((proba.argmax(1) == y[val_idx]).mean())
-                record["seconds"] = time.perf_counter() - start
-                record["train_images_per_s"] = seen / train_s if train_s > 0 else float("nan")
-                history.append(record)
-                logger.info("finetune %s%s epoch %d/%d: %s", backbone, f" [{task}]" if task else "", epoch, epochs,
-                            ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
 
-                if not len(val_idx):
-                    best_epoch = epoch
-                    continue
-                score = record["val_loss"] if monitor == "val_loss" else -record["val_auc"]
-                if np.isnan(score):
-                    score = record["val_loss"]
-                if best_score is None or score < best_score:
-                    best_score, best_epoch, waited = score, epoch, 0
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    waited += 1
-                    if waited >= patience:
-                        logger.info("finetune: early stop after epoch %d (best epoch %d)", epoch, best_epoch)
-                        break
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            # the plain network (no staging, requires_grad restored) is what is saved and embedded with
-            for p in net.features.parameters():
-                p.requires_grad_(True)
-            model = ImageClassifier(EmbeddingNet(net.features, pooling), model.head, mean=net.mean, std=net.std,
-                                    input_size=size).eval()
-    finally:
-        torch.use_deterministic_algorithms(previous_det, warn_only=previous_warn)
-        if n_threads is not None:
-            torch.set_num_threads(previous_threads)
+def _objective(model: Any, y_train: np.ndarray, n_classes: int, lr: float, head_lr_factor: float,
+               weight_decay: float, device: Any) -> tuple[Any, Any]:
+    """(class-weighted cross-entropy, AdamW with the head at `head_lr_factor` x the backbone's rate)."""
+    import torch
+    import torch.nn as nn
 
-    path = None
-    if out_path is not None:
-        path = save_weights(out_path, backbone=backbone, features=model.net.features, head=model.head,
-                            classes=classes.tolist(), task=task, history=history, input_size=size,
-                            pooling=pooling, best_epoch=best_epoch)
-        logger.info("finetune: weights written to %s", path)
-    return FinetuneResult(path=path, history=history, model=model, classes=classes, best_epoch=best_epoch)
+    counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
+    class_weight = torch.tensor(len(y_train) / (n_classes * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weight.to(device))
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in model.net.parameters() if p.requires_grad], "lr": lr},
+        {"params": model.head.parameters(), "lr": lr * head_lr_factor},
+    ], weight_decay=weight_decay)
+    return loss_fn, optimizer
+
+
+class _Feed:
+    """Batches of indices (shuffled by a seeded generator) and their model inputs: read + resized per batch (the
+    images may be a memmap on disk), augmented when training, normalised."""
+
+    def __init__(self, images: Any, y: np.ndarray, model: Any, batch_size: int, augmenter: Any, device: Any,
+                 channels_last: bool, seed: int) -> None:
+        import torch
+
+        self.images, self.y_t, self.model = images, torch.from_numpy(y), model
+        self.batch_size, self.augmenter, self.device, self.channels_last = batch_size, augmenter, device, channels_last
+        self.shuffler = torch.Generator().manual_seed(seed)
+
+    def batches(self, indices: np.ndarray, shuffle: bool) -> Any:
+        import torch
+
+        order = indices[torch.randperm(len(indices), generator=self.shuffler).numpy()] if shuffle else indices
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            if shuffle and len(chunk) < 2 < len(order):  # BatchNorm cannot train on a batch of one
+                continue
+            yield chunk
+
+    def prepare(self, chunk: np.ndarray, train: bool) -> tuple[Any, Any]:
+        import torch
+
+        from cnn.embedder import preprocess_batch
+
+        size = self.model.input_size
+        g = batch_images(self.images, chunk, size)
+        if train and self.augmenter is not None:
+            g = torch.stack([self.augmenter(img) for img in g])
+        x = preprocess_batch(g[:, 0].to(self.device), input_size=size, mean=self.model.mean, std=self.model.std,
+                             channels_last=self.channels_last)
+        return x, self.y_t[chunk].to(self.device)
+
+
+def _validation_metrics(model: Any, feed: _Feed, val_idx: np.ndarray, y: np.ndarray, loss_fn: Any,
+                        device: Any) -> dict[str, float]:
+    """val_loss, val_auc and val_accuracy of `model` on the validation images."""
+    import torch
+
+    with torch.no_grad():
+        logits = torch.cat([model(feed.prepare(c, train=False)[0]) for c in feed.batches(val_idx, False)])
+        val_loss = float(loss_fn(logits, feed.y_t[val_idx].to(device)))
+    proba = logits.softmax(1).cpu().numpy()
+    return {"val_loss": val_loss, "val_auc": _auc(y[val_idx], proba),
+            "val_accuracy": float((proba.argmax(1) == y[val_idx]).mean())}
+
+
+def _plain_classifier(model: Any, net: Any, pooling: str) -> Any:
+    """The trained classifier on the plain backbone (no staging, every parameter trainable again), in eval mode:
+    what is saved and embedded with."""
+    from cnn._nets import EmbeddingNet, ImageClassifier
+
+    for p in net.features.parameters():
+        p.requires_grad_(True)
+    return ImageClassifier(EmbeddingNet(net.features, pooling), model.head, mean=net.mean, std=net.std,
+                           input_size=model.input_size).eval()
 
 
 class FineTunedEmbedder(CNNEmbedder):
