@@ -83,7 +83,7 @@ def map_summary(heat: np.ndarray, grid: int = MAP_GRID, digits: int = 4) -> dict
 
 
 def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    from pipeline.io.datasets.screening import level_ids
+    from pipeline.io.exams import level_ids
 
     return level_ids(rows)
 

@@ -12,7 +12,7 @@ With ``screening.context_asymmetry`` a seventh column joins them: the image's bi
 (pipeline.training.asymmetry: a linear model of its tile-max embedding minus the contralateral breast's), passed in
 as per-image scores `asymmetry` (0 where the image has no contralateral breast).
 
-Metadata: breast and exam ids from `pipeline.io.datasets.screening.level_ids` (patient / exam_id, laterality);
+Metadata: breast and exam ids from `pipeline.io.exams.level_ids` (patient / exam_id, laterality);
 the columns ``laterality`` (L/R) and ``view`` (e.g. CC, MLO) of the table, either of which may be missing.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
 
 __all__ = ["FEATURES", "contralateral_rows", "contralateral_mean", "context_features", "has_context",
            "uses_asymmetry", "fit_context", "apply_context", "cross_fit_context"]

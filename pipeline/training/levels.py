@@ -24,7 +24,7 @@ import pandas as pd
 
 from pipeline.evaluation.metrics import binary_metrics, choose_threshold
 from pipeline.evaluation.splits import patient_stratified_folds
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
 from pipeline.training.cv import cross_validate
 from pipeline.training.model import final_classifier
 

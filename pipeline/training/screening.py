@@ -28,7 +28,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import choose_threshold
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
 from pipeline.training.levels import LEVELS, level_proba
 from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
 

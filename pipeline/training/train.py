@@ -21,6 +21,7 @@ from pipeline.config.card import code_version as card_code_version
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.evaluation.metrics import exam_average
 from pipeline.evaluation.splits import patient_stratified_folds
+from pipeline.io.exams import exam_ids
 from pipeline.training.cv import CVResult, cross_validate, subgroup_metrics
 from pipeline.config.experiment import Experiment, flatten_config
 from pipeline.training.model import build_pipeline, disable_cache, final_classifier
@@ -40,7 +41,6 @@ __all__ = [
     "evaluate_experiment",
     "head_pipeline",
     "fit_final",
-    "exam_ids",
     "train_experiment",
     "build_card",
 ]
@@ -330,16 +330,6 @@ def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[st
                       samples=sample_rows.layout(pipe, front, example, store.path))
 
 
-def exam_ids(data: TaskData) -> np.ndarray:
-    """One examination id per row: the table's `exam_id` where the row has one, else its patient id."""
-    if "exam_id" not in data.table.columns:
-        return np.asarray(data.groups, dtype=str)
-    patients = np.asarray([f"patient:{g}" for g in data.groups], dtype=object)
-    exam = data.table["exam_id"]
-    known = exam.notna().to_numpy() & (exam.astype(str).str.strip() != "").to_numpy()
-    return np.where(known, [f"exam:{e}" for e in exam.astype(str)], patients).astype(str)
-
-
 def _metrics(task: str | Task, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],
              ev: Mapping[str, Any], prefix: str, n_resamples: int | None = None) -> dict[str, float]:
     kw = dict(n_resamples=ev["bootstrap_resamples"] if n_resamples is None else n_resamples,
@@ -391,7 +381,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                disable=not progress_bar, dynamic_ncols=True)
     trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
-    exams = exam_ids(data)
+    exams = exam_ids(data.table)
     calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # #16: the model's own calls
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
@@ -684,7 +674,7 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         features=dict(cfg["features"]),
         dataset={"adapter": cfg["dataset"]["adapter"], "path": data.source, "digest": digest,
                  "n_samples": int(len(table)), "n_patients": int(table["patient_id"].nunique()),
-                 "n_exams": int(len(set(exam_ids(data)))),
+                 "n_exams": int(len(set(exam_ids(data.table)))),
                  "class_counts": {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)},
                  "density_counts": density.value_counts().sort_index().to_dict() or None,
                  "views": views.value_counts().sort_index().to_dict() or None},

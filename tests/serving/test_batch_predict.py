@@ -232,7 +232,8 @@ def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
 
     assert exam_of(InputItem(path="/x.png")) is None
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
-    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
+    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "P1|exam:E7"
+    assert exam_of(InputItem(path="/x.png", extra={"exam_id": "E7"})) == "E7"
     from types import SimpleNamespace
 
     density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1)
