@@ -2,7 +2,7 @@
 
 One MLflow parent run per call with a child run per fold (through `registry`, the only package that imports mlflow).
 The final model is fitted on all rows; its calibration and operating point come from inner patient-level splits of
-those rows (pipeline.training.model.PatientCalibratedClassifier), never from test data.
+those rows (pipeline.model.estimators.PatientCalibratedClassifier), never from test data.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.io.exams import exam_ids
 from pipeline.training.cv import CVResult, cross_validate, subgroup_metrics
 from pipeline.config.experiment import Experiment, flatten_config
-from pipeline.training.model import build_pipeline, disable_cache, final_classifier
+from pipeline.model.estimators import build_pipeline, disable_cache, final_classifier
 from pipeline.config.tasks import ORDINAL_SCHEMES, Task, get_task, ordinal_scheme
 from pipeline.training.trust import FoldTrust, card_entries, final_trust
 
@@ -67,7 +67,7 @@ class TaskData:
     front: Any = None                    # streamed: the fitted frozen steps (preprocess, features) before the head
     example: np.ndarray | None = None    # streamed: two samples (input example of the registered model)
     stream: Any = None                   # streamed: pipeline.training.stream.StreamResult (counts, timings)
-    samples: Any = None                  # fine-tuning: pipeline.training.sample_rows.SampleLayout (store on disk;
+    samples: Any = None                  # fine-tuning: pipeline.model.sample_rows.SampleLayout (store on disk;
                                          # `features` are then [frozen features | store row])
 
     @property
@@ -291,12 +291,13 @@ def _stream_front(config: Mapping[str, Any], front: Any, cache: Path | None) -> 
 
 def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[str], None], cache: Path | None, *,
                     progress_bar: bool = False) -> TaskData | None:
-    """Fine-tuning experiments (pipeline.training.sample_rows): the frozen branches streamed to feature rows as in
+    """Fine-tuning experiments (pipeline.model.sample_rows): the frozen branches streamed to feature rows as in
     `load_task_features`, every prepared sample written once to a float32 store on disk (stream.stream_samples), and
     rows ``[frozen features | store row]``: the pixel steps read the batch they need from the store. None without a
     cache folder or for Pipelines that do not split (then the samples are held in memory: `load_task_data`)."""
     from pipeline.compute import current_session, resolve_compute
-    from pipeline.training import sample_rows, stream
+    from pipeline.model import sample_rows
+    from pipeline.training import stream
 
     parts = sample_rows.split_samples(pipe)
     if parts is None or cache is None:
@@ -364,7 +365,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         from pipeline.training.levels import LevelTracker, check_folds
 
         check_folds(folds, data.table)
-        from pipeline.training.screening import asymmetry_setup, context_C, context_auto
+        from pipeline.model.screening import asymmetry_setup, context_C, context_auto
 
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"],
                               context_C(config), context_auto(config),  # #15: the multi-view context stage
@@ -471,7 +472,7 @@ def _parallel_folds(head: Any, config: Mapping[str, Any], n_folds: int) -> tuple
 def _one_xgb_thread(head: Any) -> Any:
     """A clone of `head` whose XGBoost models train on one thread (the same trees: hist is thread-count
     independent)."""
-    from pipeline.training.model import WeightedXGBClassifier
+    from pipeline.model.estimators import WeightedXGBClassifier
 
     single = {f"{k}__n_jobs": 1 for k, v in head.get_params(deep=True).items() if isinstance(v, WeightedXGBClassifier)}
     return clone(head).set_params(**single) if single else head
@@ -520,7 +521,7 @@ def head_pipeline(pipe: Any, data: TaskData | None = None) -> Any:
     from pipeline.training.stream import split_pipeline
 
     if data is not None and data.samples is not None:
-        from pipeline.training.sample_rows import store_pipeline
+        from pipeline.model.sample_rows import store_pipeline
 
         return store_pipeline(pipe, data.samples)
     parts = split_pipeline(pipe)
@@ -535,7 +536,7 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
     matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. `one_thread`: the
     head's XGBoost on one thread (beside the CV folds, `start_final`)."""
-    from pipeline.training.routing import fit_with_groups
+    from pipeline.model.routing import fit_with_groups
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
@@ -544,7 +545,7 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     head = head_pipeline(pipe, data)
     head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, data.features, data.y, data.groups)
     if data.samples is not None:
-        from pipeline.training.sample_rows import image_pipeline
+        from pipeline.model.sample_rows import image_pipeline
 
         return image_pipeline(data.front, head)
     return assemble(data.front, head)
@@ -560,7 +561,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
 
     import registry
     from pipeline.compute import resolve_compute
-    from pipeline.training.routing import strip_requests
+    from pipeline.model.routing import strip_requests
 
     cfg = exp.config
     task = exp.task

@@ -176,7 +176,7 @@ def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path, 
 def test_training_is_deterministic(champion, tmp_path: Path):
     """The tiny experiment, trained again with the same seed (fresh feature cache): the same metrics and bit-identical
     out-of-fold and final-model predictions."""
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
     from pipeline.training.train import load_task_data, train_experiment
     from tests._tiny_store import tiny_experiment
     import registry
