@@ -2,15 +2,22 @@
 breast at `screening.scale` x the working resolution -> calibrated XGBoost; and the tile scorer behind the map.
 
     Pipeline([
-        ("features", FeatureUnion([
-            ("whole", Pipeline([Resize(S), <preprocess + FeatureUnion(handcrafted, CNN) of the density recipe>])),
-            ("tiles", Pipeline([("embed", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),
-                                ("pool", TilePooling)])),
+        ("preprocess", "passthrough"),
+        ("features", FeatureUnion([                                   # the frozen front: cached per image
+            ("whole", CachedTransformer(Resize(S) -> <preprocess + FeatureUnion(handcrafted, CNN) of the density
+                                        recipe>)),
+            ("tiles", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),  # the tile matrix, max_tiles x (1 + D)
         ])),
-        ("select", ...), ("classifier", PatientCalibratedClassifier(WeightedXGBClassifier)),
+        ("blocks", ColumnTransformer([("whole", "passthrough", <whole columns>),   # the head: fitted in-fold
+                                      ("tiles", TilePooling, <tile matrix>),
+                                      ("tile_scores", TileScoreFeatures (patient groups), <tile matrix>)])),
+        ("select", ...), ("classifier", [LastColumnsChoice of] PatientCalibratedClassifier(WeightedXGBClassifier)),
     ])
 
-Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S).
+Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S). Every branch of the
+front is stateless, so training streams it (pipeline.training.stream: each image's sample, whole-breast features
+and tile matrix computed once on a worker and cached on disk) and fits the head on the front's output; whatever is
+fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix from those columns.
 
 `finish_screening_model` completes a final fit for serving: the tile scorer of the map is fitted on the same rows and
 kept on the Pipeline as ``heatmap_`` (persisted with it by skops), and the operating point of each level (breast,
@@ -24,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pipeline.errors import ConfigError
@@ -32,9 +40,9 @@ from pipeline.io.datasets.screening import level_ids
 from pipeline.training.levels import LEVELS, level_proba
 from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
 
-__all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
-           "context_C", "asymmetry_C", "tile_max_block", "asymmetry_setup", "level_thresholds",
-           "finish_screening_model"]
+__all__ = ["whole_image_config", "tile_embedding_step", "tile_block_width", "build_screening_pipeline",
+           "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
+           "asymmetry_setup", "level_thresholds", "finish_screening_model"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,44 +76,67 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 
 
+def tile_block_width(config: Mapping[str, Any]) -> int:
+    """Columns of the tile matrix the tile embedding step writes per image: max_tiles x (1 + D), D the CNN
+    embedding's width for the configured backbone and pooling (probed once per process: a network is built)."""
+    step = tile_embedding_step(config).transformer.steps[-1][1]
+    key = (step.backbone, step.weights, step.pooling, int(step.tile_size))
+    if key not in _EMBEDDING_WIDTH:
+        t = int(step.tile_size)
+        probe = clone(step).set_params(max_tiles=1, n_threads=None).fit(np.zeros((1, t * t), np.float32))
+        _EMBEDDING_WIDTH[key] = int(probe.n_embedding_)
+    return int(step.max_tiles) * (1 + _EMBEDDING_WIDTH[key])
+
+
+_EMBEDDING_WIDTH: dict[tuple, int] = {}
+
+
 def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
-    """The screening Pipeline of a resolved config (dataset.task screening)."""
+    """The screening Pipeline of a resolved config (dataset.task screening): a frozen front of cached per-image
+    features (the whole breast's, the tile matrix) and a head fitted on them (``blocks``: the tile matrix pooled
+    and, with ``screening.tile_scores``, scored in-fold; ``select``; ``classifier``), so training can stream the
+    front (pipeline.training.stream) and serve ``assemble(front, head)``."""
+    from sklearn.compose import ColumnTransformer
+
     from features.resize import Resize
     from features.tiles import TilePooling
 
     sc = config["screening"]
-    plain = build_pipeline(whole_image_config(config), cache_dir)
-    union: list[tuple[str, Any]] = []
+    plain = build_pipeline(whole_image_config(config), None)  # uncached inside: the branch is cached as a whole
+    front: list[tuple[str, Any]] = []
     if sc["whole_breast"]:
-        union.append(("whole", Pipeline([("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
-                                         ("preprocess", plain.named_steps["preprocess"]),
-                                         ("features", plain.named_steps["features"])])))
-    union.append(("tiles", Pipeline([
-        ("embed", tile_embedding_step(config, cache_dir)),
-        ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
-    ])))
+        front.append(("whole", CachedTransformer(Pipeline([
+            ("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
+            ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]),
+            str(cache_dir) if cache_dir else None)))
+    front.append(("tiles", tile_embedding_step(config, cache_dir)))
+    width = tile_block_width(config)
+    tiles = slice(-width, None)  # the tile matrix: the front's last columns
+    blocks: list[tuple[str, Any, Any]] = []
+    if sc["whole_breast"]:
+        blocks.append(("whole", "passthrough", slice(0, -width)))
+    blocks.append(("tiles", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]),
+                                        top_k=int(sc["top_k"])), tiles))
     if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
         from features.tile_scores import TileScoreFeatures
         from pipeline.training.routing import request_groups
 
-        union.append(("tile_scores", Pipeline([
-            ("embed", tile_embedding_step(config, cache_dir)),
-            ("score", request_groups(TileScoreFeatures(max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]),
-                                                       C=float(sc["map_C"]),
-                                                       random_state=int(config["evaluation"]["seed"])))),
-        ])))
+        blocks.append(("tile_scores", request_groups(TileScoreFeatures(
+            max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]), C=float(sc["map_C"]),
+            random_state=int(config["evaluation"]["seed"]))), tiles))
     classifier = plain.named_steps["classifier"]
     if int(sc.get("tile_scores", 0)) > 0 and sc.get("tile_scores_auto", False):
-        # the tile scores (the union's last columns) kept by each fit only where they pay on its training rows
+        # the tile scores (the blocks' last columns) kept by each fit only where they pay on its training rows
         from pipeline.training.choice import LastColumnsChoice
         from pipeline.training.routing import request_groups
 
         if config["features"]["selection"]["k_best"] is not None:
             raise ConfigError("screening.tile_scores_auto needs features.selection.k_best: null (the choice drops "
-                              "the feature union's last columns, which a selection step would reorder)")
+                              "the feature blocks' last columns, which a selection step would reorder)")
         classifier = request_groups(LastColumnsChoice(classifier, n_drop=int(sc["tile_scores"])))
-    return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
-                     ("classifier", classifier)])
+    return Pipeline([("preprocess", "passthrough"), ("features", FeatureUnion(front)),
+                     ("blocks", ColumnTransformer(blocks, sparse_threshold=0.0)),
+                     ("select", plain.named_steps["select"]), ("classifier", classifier)])
 
 
 def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
@@ -140,30 +171,45 @@ def asymmetry_C(config: Mapping[str, Any]) -> float | None:
     return float(sc.get("context_asymmetry_C", 1e-3))
 
 
-def _tiles_member(pipeline: Pipeline) -> Any:
-    return dict(pipeline.named_steps["features"].transformer_list)["tiles"]
+def front_features(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
+    """(n, d) the frozen front's output (whole-breast features, then the tile matrix) of a fitted screening Pipeline
+    for samples X (n, R*R): what streamed training holds instead of the samples."""
+    return np.asarray(pipeline[:2].transform(X))
 
 
-def tile_max_block(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None,
-                   pipeline: Pipeline | None = None) -> np.ndarray:
-    """(n, D) each image's tile-max embedding (TilePooling's max block) from the tiles member of `pipeline` (fitted)
-    or of a fresh screening pipeline (its tile embedding and pooling learn nothing from labels, so one pass over
-    all images serves every fold); reads the tile cache where the fit filled it."""
+def tile_matrix(config: Mapping[str, Any], features: np.ndarray) -> np.ndarray:
+    """(n, max_tiles * (1 + D)) float32 each image's tile matrix: the last columns of the front's output."""
+    return np.asarray(np.asarray(features)[:, -tile_block_width(config):], np.float32)
+
+
+def _pooling(config: Mapping[str, Any]) -> Any:
+    from features.tiles import TilePooling
+
+    sc = config["screening"]
+    return TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))
+
+
+def tile_max_block(config: Mapping[str, Any], X: np.ndarray | None = None, cache_dir: str | Path | None = None,
+                   pipeline: Pipeline | None = None, *, features: np.ndarray | None = None) -> np.ndarray:
+    """(n, D) each image's tile-max embedding (TilePooling's max block): from the front's output `features`, else
+    from samples X through the front of `pipeline` (fitted) or of a fresh screening pipeline (the tile embedding and
+    pooling learn nothing from labels, so one pass over all images serves every fold; it reads the tile cache)."""
     from pipeline.training.asymmetry import tile_max_columns
 
-    if pipeline is None:
-        tiles = _tiles_member(build_screening_pipeline(config, cache_dir))
-        T = tiles.fit_transform(X)
-    else:
-        T = _tiles_member(pipeline).transform(X)
-    return np.asarray(T[:, tile_max_columns(T.shape[1], config["screening"]["poolings"])], np.float64)
+    if features is None:
+        front = pipeline[:2] if pipeline is not None else build_screening_pipeline(config, cache_dir)[:2].fit(X[:2])
+        features = front_features(front, X)
+    T = tile_matrix(config, features)
+    pooled = _pooling(config).fit(T[:1]).transform(T)
+    return np.asarray(pooled[:, tile_max_columns(pooled.shape[1], config["screening"]["poolings"])], np.float64)
 
 
-def asymmetry_setup(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None
-                    ) -> tuple[np.ndarray, float] | None:
-    """(tile-max block of every image, C) for a CV with ``screening.context_asymmetry`` on, else None."""
+def asymmetry_setup(config: Mapping[str, Any], X: np.ndarray | None = None, cache_dir: str | Path | None = None,
+                    *, features: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+    """(tile-max block of every image, C) for a CV with ``screening.context_asymmetry`` on, else None; from the
+    front's output `features` (streamed) or the samples X."""
     C = asymmetry_C(config)
-    return None if C is None else (tile_max_block(config, X, cache_dir), C)
+    return None if C is None else (tile_max_block(config, X, cache_dir, features=features), C)
 
 
 def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float,
@@ -177,42 +223,64 @@ def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: s
     return {lv: float(choose_threshold(inner[lv][1], inner[lv][2], target)) for lv in LEVELS}
 
 
-def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.ndarray, y: np.ndarray,
-                           table: pd.DataFrame, cache_dir: str | Path | None = None) -> dict[str, Any]:
+def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.ndarray | None, y: np.ndarray,
+                           table: pd.DataFrame, cache_dir: str | Path | None = None, *,
+                           features: np.ndarray | None = None, progress_bar: bool = False) -> dict[str, Any]:
     """Fit the map's tile scorer onto `final` (``final.heatmap_``), with ``screening.context`` on the multi-view
     context stage (``final.context_``, on the classifier's inner out-of-fold probabilities), and return the card's
-    extra decision entries: ``level_thresholds`` {image, breast, exam}, ``view_fusion`` and ``context``."""
-    final.heatmap_ = disable_cache(build_map_pipeline(config, cache_dir).fit(X, y))
-    how = str(config["screening"]["view_fusion"])
-    clf, C, inner_p = final_classifier(final), context_C(config), None
-    aC = asymmetry_C(config)
-    if C is not None:
-        from pipeline.training.context import cross_fit_context, fit_context
+    extra decision entries: ``level_thresholds`` {image, breast, exam}, ``view_fusion`` and ``context``.
 
-        rows = table.reset_index(drop=True).iloc[clf.validation_index_]
-        groups = rows["patient_id"].astype(str).to_numpy()
-        yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
-        s_inner = None
-        final.asymmetry_ = final.asymmetry_columns_ = None
-        if aC is not None:  # the bilateral asymmetry score: a column of the context stage
-            from pipeline.training.asymmetry import cross_fit_asymmetry
+    Everything here reads the front's output `features` (n, d) (streamed training), computed from the samples X
+    where it is not given; `progress_bar`: a tqdm bar on stderr over these steps."""
+    import sys
 
-            M = tile_max_block(config, np.asarray(X)[clf.validation_index_], pipeline=final)
-            s_inner, models = cross_fit_asymmetry(M, yy, rows, groups, aC)
-            if models:  # served by the mean of the fold models the stage's scores came from
-                final.asymmetry_ = models
-                final.asymmetry_columns_ = _union_tile_max_columns(final, config, X[:1])
-            else:  # too few images with a contralateral breast: the stage reads no asymmetry
-                s_inner, aC = None, None
-        final.context_ = fit_context(p, yy, rows, C, s_inner)
-        inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner)
-        if context_auto(config):
-            from pipeline.training.context import context_pays
+    from tqdm.auto import tqdm
 
-            if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
-                final.context_, inner_p, C = None, None, None
-        if final.context_ is None:  # no stage kept (auto) or fitted (too few rows): nothing reads the asymmetry
+    from features.tiles import TileScorer
+
+    if features is None:
+        features = front_features(final, X)
+    sc = config["screening"]
+    bar = tqdm(total=3, desc="exam stage (map, asymmetry, context)", unit="step", file=sys.stderr,
+               disable=not progress_bar, dynamic_ncols=True)
+    with bar:
+        tiles = copy.deepcopy(dict(final.named_steps["features"].transformer_list)["tiles"])
+        scorer = TileScorer(max_tiles=int(sc["max_tiles"]), top_k=1, C=float(sc["map_C"]),
+                            random_state=int(config["evaluation"]["seed"])).fit(tile_matrix(config, features), y)
+        final.heatmap_ = disable_cache(Pipeline([("embed", tiles), ("scorer", scorer)]))
+        bar.update(1)
+        how = str(sc["view_fusion"])
+        clf, C, inner_p = final_classifier(final), context_C(config), None
+        aC = asymmetry_C(config)
+        if C is not None:
+            from pipeline.training.context import cross_fit_context, fit_context
+
+            rows = table.reset_index(drop=True).iloc[clf.validation_index_]
+            groups = rows["patient_id"].astype(str).to_numpy()
+            yy, p = np.asarray(y)[clf.validation_index_], clf.validation_proba_[:, 1]
+            s_inner = None
             final.asymmetry_ = final.asymmetry_columns_ = None
+            if aC is not None:  # the bilateral asymmetry score: a column of the context stage
+                from pipeline.training.asymmetry import cross_fit_asymmetry
+
+                M = tile_max_block(config, features=np.asarray(features)[clf.validation_index_])
+                s_inner, models = cross_fit_asymmetry(M, yy, rows, groups, aC)
+                if models:  # served by the mean of the fold models the stage's scores came from
+                    final.asymmetry_ = models
+                    final.asymmetry_columns_ = _blocks_tile_max_columns(config, np.asarray(features).shape[1])
+                else:  # too few images with a contralateral breast: the stage reads no asymmetry
+                    s_inner, aC = None, None
+            bar.update(1)
+            final.context_ = fit_context(p, yy, rows, C, s_inner)
+            inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner)
+            if context_auto(config):
+                from pipeline.training.context import context_pays
+
+                if not context_pays(yy, p, inner_p):  # auto: the stage does not pay on these training images
+                    final.context_, inner_p, C = None, None, None
+            if final.context_ is None:  # no stage kept (auto) or fitted (too few rows): nothing reads the asymmetry
+                final.asymmetry_ = final.asymmetry_columns_ = None
+        bar.update(bar.total - bar.n)
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
     extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None,
              "context_asymmetry": getattr(final, "asymmetry_", None) is not None}
@@ -221,16 +289,13 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
     return extra
 
 
-def _union_tile_max_columns(final: Pipeline, config: Mapping[str, Any], X1: np.ndarray) -> tuple[int, int]:
-    """[start, stop) of the tile-max block in the fitted feature union's output (what serving slices out of the
-    features it computes anyway): the tiles member follows the whole breast's columns."""
+def _blocks_tile_max_columns(config: Mapping[str, Any], n_front: int) -> tuple[int, int]:
+    """[start, stop) of the tile-max block in the ``blocks`` step's output (the classifier's input, which serving
+    computes anyway) of a front with `n_front` columns: the pooled tiles follow the whole breast's columns."""
     from pipeline.training.asymmetry import tile_max_columns
 
-    offset = 0
-    for name, member in final.named_steps["features"].transformer_list:
-        width = np.asarray(member.transform(X1)).shape[1]
-        if name == "tiles":
-            cols = tile_max_columns(width, config["screening"]["poolings"], offset)
-            return int(cols.start), int(cols.stop)
-        offset += width
-    raise ValueError("the screening pipeline has no tiles member")
+    sc = config["screening"]
+    width = tile_block_width(config)
+    d = width // int(sc["max_tiles"]) - 1
+    cols = tile_max_columns(1 + len(sc["poolings"]) * d, sc["poolings"], offset=int(n_front) - width)
+    return int(cols.start), int(cols.stop)
