@@ -502,6 +502,9 @@ def start_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path
     n_folds = int(config["evaluation"]["folds"])
     if _parallel_folds(head_pipeline(build_pipeline(config, cache_dir)), config, n_folds)[1] <= 1:
         return None
+    import xgboost  # noqa: F401  imported here first: joblib's reader thread unpickling the folds' models while
+    # the final fit's thread imports it for the first time fails (KeyError: 'xgboost')
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mammoscope-final")
     future = pool.submit(fit_final, config, data, cache_dir, one_thread=True)
     pool.shutdown(wait=False)
