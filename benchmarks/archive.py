@@ -248,14 +248,15 @@ def _level_line(m: dict, level: str) -> str:
             f" spec {m[k + 'spec_at_target']:.2f} (sens {m[k + 'sens_at_target']:.2f}, n {int(m[k + 'n'])})")
 
 
-def experiment_main(experiment: str, sizes: list[int], overrides: list[str]) -> int:
+def experiment_main(experiment: str, sizes: list[int], overrides: list[str], shared_cache: Path | None = None) -> int:
     """One subprocess per size: the experiment's streamed training on its first `n` images (patient-stratified
-    subsample), peak RSS of the main process per size and their ratio."""
+    subsample), peak RSS of the main process per size and their ratio. `shared_cache`: one feature cache for every
+    size (a larger run reads the smaller one's images; the main process receives the same rows either way)."""
     tmp = Path(tempfile.mkdtemp(prefix="mammoscope-archive-"))
     results: dict[int, dict] = {}
     try:
         for n in sorted(sizes):
-            cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
+            cache = str(shared_cache) if shared_cache else tempfile.mkdtemp(prefix="cache-", dir=tmp)
             cmd = [sys.executable, __file__, "--one-experiment", experiment, str(n), cache, "--", *overrides]
             started = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -263,7 +264,8 @@ def experiment_main(experiment: str, sizes: list[int], overrides: list[str]) -> 
                 raise RuntimeError(proc.stderr[-3000:])
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             r["wall_s"] = time.perf_counter() - started
-            shutil.rmtree(cache, ignore_errors=True)
+            if not shared_cache:
+                shutil.rmtree(cache, ignore_errors=True)
             results[n] = r
             print(_line(r["n_images"], r), flush=True)
             print("\n".join(f"  {r['experiment']} N={r['n_images']} CV {line}" for line in r["cv_lines"]), flush=True)
@@ -317,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, metavar="YAML",
                         help="instead of the synthetic archive: this experiment's own images, at most --n of them "
                              "per run (e.g. experiments/cdd_cesm_screening.yaml --n 300 898: screening, CNN on)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="with --experiment: one feature cache folder for every size (kept); default a fresh one "
+                             "per run")
     args = parser.parse_args(argv)
     if args.experiment:
-        return experiment_main(args.experiment, args.n, args.overrides)
+        return experiment_main(args.experiment, args.n, args.overrides, args.cache)
     tmp = Path(tempfile.mkdtemp(prefix="mammoscope-archive-"))
     print(f"archive folder {tmp} (removed at the end); overrides {args.overrides}", flush=True)
     results: list[tuple[int, dict]] = []
