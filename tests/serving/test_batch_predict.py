@@ -228,18 +228,25 @@ def test_manifest_with_patient_ids_gets_density_per_exam(champion, tmp_path: Pat
 
 
 def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
-    from pipeline.serving.batch import exam_of, write_exam_summary
+    from types import SimpleNamespace
+
+    from pipeline.serving.batch import ExamFiles, Prepared, exam_of
 
     assert exam_of(InputItem(path="/x.png")) is None
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
-    from types import SimpleNamespace
-
     density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1)
     row = {"path": "/x.png", "density_p_F": 0.2, "density_p_G": 0.3, "density_p_D": 0.5, "error": None}
-    assert write_exam_summary(tmp_path / "r.csv", [row], [InputItem(path="/x.png")], [density]) is None  # no exam ids
+    result = SimpleNamespace(density={"probabilities": {"F": 0.2, "G": 0.3, "D": 0.5}, "call": "D"}, exam=None)
+    lone = InputItem(path="/x.png")
+    files = ExamFiles(tmp_path / "r.csv", [density], [lone], mode="overwrite")  # no exam ids
+    files.add([Prepared(item=lone)], [row], result)
+    assert files.density_path is None and not (tmp_path / "r.exams.csv").exists()
     named = InputItem(path="/x.png", extra={"patient_id": "P1"})
-    assert write_exam_summary(tmp_path / "r.csv", [row], [named], []) is None  # no density model
-    assert write_exam_summary(tmp_path / "r.csv", [], [named], [density]) is None  # nothing scored yet
-    out = write_exam_summary(tmp_path / "r.csv", [row], [named], [density])
+    assert ExamFiles(tmp_path / "r.csv", [], [named], mode="overwrite").density_path is None  # no density model
+    files = ExamFiles(tmp_path / "r.csv", [density], [named], mode="overwrite")
+    assert files.density_path is None  # nothing scored yet
+    files.add([Prepared(item=named)], [row], result)
+    files.add([Prepared(item=named)], [row], result)  # a resumed exam is not written twice
+    out = files.density_path
     assert out == str(tmp_path / "r.exams.csv") and pd.read_csv(out)["density_call"].tolist() == ["D"]
