@@ -156,7 +156,7 @@ class _Handlers:
         """One exam (one to four views of one woman's screening) scored by `pipeline.serving.exam.score_exam` with
         the screening and density models: the JSON of its ExamResult (per image, per breast, per exam; density per
         exam; each map as its summary). Files the reader refuses are listed in ``errors``; the rest is scored."""
-        from pipeline.serving.exam import exam_image, score_exam
+        from pipeline.serving.exam import exam_image, one_exam, score_exam
 
         paths = [f if isinstance(f, str) else getattr(f, "path", None) or (f or {}).get("path")
                  for f in (files if isinstance(files, (list, tuple)) else [files] if files else [])]
@@ -180,7 +180,7 @@ class _Handlers:
         if not images:
             raise gr.Error(" ".join(errors))
         try:
-            result = score_exam(exam_models, images, maps=True, errors=errors)
+            result = score_exam(exam_models, one_exam(images), maps=True, errors=errors)  # the upload is one exam
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None
         return result.to_dict(maps="summary")

@@ -63,7 +63,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_JOBS = 4
 CHUNK = 4  # images per worker task: amortises inter-process overhead, keeps the pipeline fine-grained
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
-EXAM_COLUMNS = ("exam_id", "patient_id")  # manifest columns naming an image's examination, first found wins
 
 
 TaskModel = Predictor  # the former name of a batch's loaded model: now the one Predictor of pipeline.serving.predict
@@ -283,13 +282,13 @@ def score_batch(batch: Sequence[Prepared], models: Sequence[Predictor]) -> list[
 
 def exam_image_of(prepared: Prepared) -> Any:
     """The ExamImage (pipeline.serving.exam) of a prepared input: its samples, meta and key; no pixels travel."""
-    from pipeline.serving.exam import ExamImage, ExamKey
+    from pipeline.io.exams import key_from_meta
+    from pipeline.serving.exam import ExamImage
 
-    extra = prepared.item.extra
-    patient = str(extra.get("patient_id") or extra.get("exam_id") or "").strip()
-    exam = str(extra.get("exam_id") or "").strip() or patient
-    return ExamImage(None, prepared.meta, prepared.item.path,
-                     ExamKey(patient, exam, prepared.laterality, prepared.view), dict(prepared.samples))
+    extra, path = prepared.item.extra, prepared.item.path
+    key = key_from_meta(path=path, meta=prepared.meta, patient_id=extra.get("patient_id"),
+                        exam_id=extra.get("exam_id"), laterality=prepared.laterality, view=prepared.view)
+    return ExamImage(None, prepared.meta, path, key, dict(prepared.samples))
 
 
 def score_exam_unit(unit: Sequence[Prepared], models: Sequence[Predictor], maps: bool = False
@@ -493,12 +492,14 @@ def run_batch(options: BatchOptions) -> BatchSummary:
 
 
 def exam_of(item: InputItem) -> str | None:
-    """The examination an input belongs to: its manifest's `exam_id`, else `patient_id`, else None (unknown)."""
-    for column in EXAM_COLUMNS:
-        value = str(item.extra.get(column) or "").strip()
-        if value:
-            return value
-    return None
+    """The examination an input belongs to (`pipeline.io.exams.exam_id_of` of its manifest's `patient_id` and
+    `exam_id`), None where the manifest names neither."""
+    from pipeline.io.exams import exam_id_of
+
+    try:
+        return exam_id_of(item.extra.get("patient_id"), item.extra.get("exam_id"))
+    except ValueError:
+        return None
 
 
 class ExamFiles:

@@ -15,7 +15,6 @@ ordinal cut-points where the card has them), so one density call is used everywh
 """
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,21 +24,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import MammoscopeError
+from pipeline.io.exams import ExamKey, key_from_meta, level_ids
 
 __all__ = ["ExamKey", "ExamImage", "ImageResult", "LevelResult", "ExamResult", "read_exam_images", "score_exam",
-           "predictor_score_exam", "exam_image", "image_rows_columns"]
+           "predictor_score_exam", "exam_image", "one_exam", "image_rows_columns", "SINGLE_EXAM"]
 
 SINGLE_EXAM = "exam"  # exam id of files given together with no patient or study id (an upload is one exam)
-
-
-@dataclass(frozen=True)
-class ExamKey:
-    """Which exam, breast and view an image is: patient, exam (study) id, laterality 'L' / 'R' / None, view."""
-
-    patient_id: str
-    exam_id: str
-    laterality: str | None = None
-    view: str | None = None
 
 
 @dataclass
@@ -168,35 +158,34 @@ def image_rows_columns(positive: str) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------------------------
-_SIDE = re.compile(r"(?:^|[_\-. ])(L|R|LEFT|RIGHT)(?=[_\-. ]|$)", re.IGNORECASE)
-_VIEW = re.compile(r"(?:^|[_\-. ])(CC|MLO|ML|LM|XCCL|XCCM)(?=[_\-. ]|$)", re.IGNORECASE)
-
-
-def _from_name(path: str | None, pattern: re.Pattern) -> str | None:
-    found = pattern.search(Path(path).stem) if path else None
-    return None if found is None else found.group(1).upper()[:3 if pattern is _VIEW else 1]
-
-
 def exam_image(image: np.ndarray, meta: Any, path: str | None, patient_id: str | None = None,
                exam_id: str | None = None, laterality: str | None = None, view: str | None = None) -> ExamImage:
-    """An ExamImage with its key: laterality and view given, else the file's tags, else the file name (…_L_…_CC);
-    exam given, else the patient, else one exam for everything given together. The meta gets the key's laterality
-    where it had none (the sample is mirrored by it, as in training)."""
-    side = laterality or getattr(meta, "laterality", None) or _from_name(path, _SIDE)
-    side = {"LEFT": "L", "RIGHT": "R"}.get(str(side).upper(), str(side).upper()) if side else None
-    view = view or getattr(meta, "view", None) or _from_name(path, _VIEW)
-    patient = str(patient_id or exam_id or SINGLE_EXAM)
-    key = ExamKey(patient, str(exam_id or patient), side if side in ("L", "R") else None,
-                  str(view).upper() if view else None)
+    """An ExamImage with its key (pipeline.io.exams.key_from_meta: what is given, else the file's tags, else its
+    name, e.g. ``P100_L_CM_CC``); an image with no patient, exam or study id belongs to the one exam of the files
+    given together (SINGLE_EXAM). The meta gets the key's laterality where it had none (the sample is mirrored by
+    it, as in training)."""
+    if not (patient_id or exam_id or getattr(meta, "study_uid", None)):
+        exam_id = SINGLE_EXAM
+    key = key_from_meta(path=path, meta=meta, patient_id=patient_id, exam_id=exam_id, laterality=laterality,
+                        view=view)
     if key.laterality and meta is not None and getattr(meta, "laterality", None) is None:
         meta = replace(meta, laterality=key.laterality)
     return ExamImage(np.asarray(image, np.float32), meta, None if path is None else str(path), key)
 
 
+def one_exam(images: Sequence[ExamImage], exam_id: str = SINGLE_EXAM) -> list[ExamImage]:
+    """`images` as one exam: unchanged where their keys agree, else re-keyed to `exam_id` (files uploaded together
+    whose tags name several studies, as the CBIS-DDSM DICOMs do, one study per view)."""
+    if len({(im.key.patient_id, im.key.exam_id) for im in images}) <= 1:
+        return list(images)
+    return [replace(im, key=ExamKey(exam_id, exam_id, im.key.laterality, im.key.view)) for im in images]
+
+
 def read_exam_images(paths: Sequence[str | Path], *, patient_id: str | None = None, exam_id: str | None = None
                      ) -> tuple[list[ExamImage], list[str]]:
     """Files -> (ExamImages of the ones read, one error per file refused: which file, what is wrong, what to do);
-    the files are one exam (an upload, a study) unless `exam_id` / `patient_id` say which."""
+    keys from `patient_id` / `exam_id`, else each file's tags and name (`exam_image`); group them with
+    pipeline.io.exams.group_by_exam, or take them as one exam with `one_exam`."""
     from pipeline.io.imageio import read_image
 
     images, errors = [], []
@@ -216,14 +205,21 @@ def read_exam_images(paths: Sequence[str | Path], *, patient_id: str | None = No
 # Scoring
 # --------------------------------------------------------------------------------------------------------------------
 def _levels_of(images: Sequence[ExamImage]) -> pd.DataFrame:
-    """The table level_rows fuses: sample_id, patient_id, exam_id (where it is not the patient), laterality, view."""
+    """The table level_rows fuses (sample_id, patient_id, exam_id where the exam is not the patient, laterality,
+    view), whose pipeline.io.exams.level_ids are the images' keys."""
+    raw = []
+    for im in images:
+        prefix = f"{im.key.patient_id}|exam:"
+        raw.append(im.key.exam_id[len(prefix):] if im.key.exam_id.startswith(prefix) else None)
     table = pd.DataFrame({"sample_id": [im.path or f"image{i}" for i, im in enumerate(images)],
-                          "patient_id": [im.key.patient_id for im in images],
-                          "exam_id": [im.key.exam_id if im.key.exam_id != im.key.patient_id else None
-                                      for im in images],
-                          "laterality": [im.key.laterality for im in images],
+                          "patient_id": [im.key.patient_id if r is not None else im.key.exam_id
+                                         for im, r in zip(images, raw)],
+                          "exam_id": raw, "laterality": [im.key.laterality for im in images],
                           "view": [im.key.view for im in images]})
-    return table.drop(columns="exam_id") if table["exam_id"].isna().all() else table
+    table = table.drop(columns="exam_id") if table["exam_id"].isna().all() else table
+    if list(level_ids(table)["exam"]) != [im.key.exam_id for im in images]:  # the keys are the one definition
+        raise MammoscopeError("score_exam: the images' exam keys do not round-trip through pipeline.io.exams ids")
+    return table
 
 
 def _check_one_exam(images: Sequence[ExamImage]) -> None:
@@ -301,8 +297,6 @@ def _screening_levels(predictor: Any, images: Sequence[ExamImage], scores: Any, 
         has = img["context_views"].to_numpy(bool)
         breast_ids, exam_ids = img["breast_id"].tolist(), img["exam_id"].tolist()
     else:
-        from pipeline.io.datasets.screening import level_ids
-
         ids = level_ids(table)
         in_context, has = p, np.zeros(len(p), bool)
         thresholds, calls = [predictor.threshold] * len(p), list(scores.calls)
