@@ -221,11 +221,7 @@ def run_experiment(experiment: str, n: int, cache: str, overrides: list[str]) ->
     metrics, _, _ = evaluate_experiment(cfg, data, cache, lambda s: None)
     out["cv_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    final = pending.result() if pending is not None else fit_final(cfg, data, cache)
-    if get_task(exp.task).levels:  # the exam stage and the map's tile scorer, on the feature rows
-        from pipeline.training.screening import finish_screening_model
-
-        finish_screening_model(final, cfg, None, data.y, data.table, cache, features=data.features)
+    final = pending.result() if pending is not None else fit_final(cfg, data, cache)  # screening: an ExamModel
     out["final_s"] = time.perf_counter() - t
     out["final_overlapped"] = pending is not None
     out["job_s"] = time.perf_counter() - t0

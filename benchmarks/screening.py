@@ -41,8 +41,7 @@ from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: 
 from pipeline.model.levels import LEVELS  # noqa: E402
 from pipeline.training.levels import cross_validate_levels  # noqa: E402
 from pipeline.model.estimators import build_pipeline, disable_cache  # noqa: E402
-from pipeline.model.screening import context_auto, context_C, whole_image_config, asymmetry_setup  # noqa: E402
-from pipeline.training.screening import finish_screening_model  # noqa: E402
+from pipeline.model.screening import asymmetry_C, context_auto, context_C, whole_image_config  # noqa: E402
 from pipeline.training.train import fit_final, head_pipeline, load_task_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,11 +144,8 @@ def run(name: str, args: argparse.Namespace) -> None:
     print(f"{len(data.y)} images, {data.y.sum()} malignant, {len(set(groups))} patients; {side} px samples, "
           f"features {data.features.shape}", flush=True)
     t = time.perf_counter()
-    final = fit_final(config, data, cold)
-    stages["final fit"] = time.perf_counter() - t
-    t = time.perf_counter()  # the context stage (on the classifier's inner out-of-fold scores) and the map's scorer
-    finish_screening_model(final, config, None, data.y, data.table, cold, features=data.features)
-    stages["context stage + map scorer"] = time.perf_counter() - t
+    final = fit_final(config, data, cold)  # the ExamModel: image head, context stage, map scorer, thresholds
+    stages["final fit (ExamModel)"] = time.perf_counter() - t
     t_train = sum(stages.values())
     print(f"screening: trained on all images from an empty cache in {t_train:.0f} s ({t_train / 60:.1f} min): "
           + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
@@ -157,7 +153,7 @@ def run(name: str, args: argparse.Namespace) -> None:
     head = head_pipeline(build_pipeline(config, cold), data)
     scr = cross_validate_levels(lambda: clone(head), data.features, data.y, data.table, ev, how, folds,
                                 progress=print, context_C=context_C(config), context_auto=context_auto(config),
-                                asymmetry=asymmetry_setup(config, features=data.features))
+                                asymmetry_C=asymmetry_C(config))
     kept = {k: v for k, v in scr.metrics.items() if k.startswith("folds_")}
     if kept:
         print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)

@@ -38,7 +38,7 @@ from pipeline.model.levels import LEVELS, level_proba
 
 __all__ = ["whole_image_config", "tile_embedding_step", "tile_block_width", "build_screening_pipeline",
            "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
-           "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns", "context_auto"]
+           "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns", "context_auto", "build_exam_model"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,3 +229,19 @@ def blocks_tile_max_columns(config: Mapping[str, Any], n_front: int) -> tuple[in
     d = width // int(sc["max_tiles"]) - 1
     cols = tile_max_columns(1 + len(sc["poolings"]) * d, sc["poolings"], offset=int(n_front) - width)
     return int(cols.start), int(cols.stop)
+
+
+def build_exam_model(config: Mapping[str, Any], pipeline: Any, *, front: Any = None, with_map: bool = True) -> Any:
+    """The ExamModel (pipeline.model.exam) of a resolved screening config around the image `pipeline` (the whole
+    screening Pipeline, or its head on the frozen `front`'s output); `with_map`: fit the map's tile scorer too (the
+    served model; cross-validation folds need none)."""
+    from features.tiles import TileScorer
+    from pipeline.model.exam import ExamModel
+
+    sc = config["screening"]
+    scorer = TileScorer(max_tiles=int(sc["max_tiles"]), top_k=1, C=float(sc["map_C"]),
+                        random_state=int(config["evaluation"]["seed"])) if with_map else None
+    return ExamModel(pipeline, front=front, map_scorer=scorer, context_C=context_C(config),
+                     context_auto=context_auto(config), asymmetry_C=asymmetry_C(config),
+                     view_fusion=str(sc["view_fusion"]),
+                     target_sensitivity=float(config["evaluation"]["target_sensitivity"]))

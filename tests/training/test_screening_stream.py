@@ -27,7 +27,6 @@ def _config(cache) -> dict:
 def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tmp_path, monkeypatch):
     import pipeline.samples
     from pipeline.model.screening import front_features, tile_block_width
-    from pipeline.training.screening import finish_screening_model
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_data, load_task_features
 
     cache = tmp_path / "cache"
@@ -47,7 +46,7 @@ def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tm
     assert data.features.shape == (n, data.features.shape[1]) and data.features.shape[1] > tile_block_width(cfg)
     metrics, cv, oof = evaluate_experiment(cfg, data, cache)
     final = fit_final(cfg, data, cache)
-    extra = finish_screening_model(final, cfg, None, data.y, data.table, cache, features=data.features)
+    extra = final.decision_entries()  # the ExamModel's exam stage: fitted inside fit_final
     assert sum(held) <= 2  # CV, the final fit and the exam stage read the feature rows only
     assert [name for name, _ in final.steps] == ["preprocess", "features", "blocks", "select", "classifier"]
     again = load_task_features(cfg, lambda s: None, cache_dir=cache)  # a second run reads the cache
@@ -63,7 +62,7 @@ def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tm
     np.testing.assert_allclose(cv.proba, cv_mem.proba, rtol=0, atol=1e-6)
     np.testing.assert_allclose(oof["p_context"], oof_mem["p_context"], rtol=0, atol=1e-6)
     final_mem = fit_final(cfg, mem, tmp_path / "mem")
-    extra_mem = finish_screening_model(final_mem, cfg, mem.X, mem.y, mem.table, tmp_path / "mem")
+    extra_mem = final_mem.decision_entries()
     assert extra.keys() == extra_mem.keys() and extra["context_asymmetry"] and extra["context"]
     for level, t in extra["level_thresholds"].items():
         assert t == pytest.approx(extra_mem["level_thresholds"][level], abs=1e-6)
