@@ -194,7 +194,7 @@ def fetch_mias(root: str | Path, *, url: str | None = None, progress: bool = Tru
     made_root = not root.exists()
     work = root / WORK_DIR
     archive = work / "all-mias.tar.gz"
-    say(f"downloading mini-MIAS from {url} into {target} (about 50 MB; resumable)")
+    say(f"downloading mini-MIAS from {url} into {target} (resumable: an interrupted run carries on where it stopped)")
     try:
         download_file(url, archive, progress=progress)
     except DownloadError as exc:
