@@ -14,8 +14,8 @@ from pipeline.errors import MammoscopeError
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "main": ("pipeline.commands.main", "the README's main job: scan, train both default models, register champions"),
-    "data": ("pipeline.commands.data", "inspect datasets: `mammoscope data scan [PATH]`"),
+    "main": ("pipeline.commands.main", "the README's main job: fetch mini-MIAS if absent, train every task's model, register champions"),
+    "data": ("pipeline.commands.data", "inspect and fetch datasets: `mammoscope data scan [PATH]`, `data fetch mias`"),
     "train": ("pipeline.commands.train", "train and evaluate an experiment YAML, track it in MLflow"),
     "models": ("pipeline.commands.models", "list registered model versions, aliases and headline metrics"),
     "promote": ("pipeline.commands.promote", "move an alias (champion by default) to a model version"),
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except MammoscopeError as exc:
         print(f"mammoscope {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

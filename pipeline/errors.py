@@ -8,11 +8,15 @@ __all__ = [
     "DatasetError",
     "ConfigError",
     "ModelNotFoundError",
+    "DownloadError",
+    "DataIntegrityError",
 ]
 
 
 class MammoscopeError(Exception):
-    """Base class of every error Mammoscope raises on purpose."""
+    """Base class of every error Mammoscope raises on purpose; `exit_code` is the CLI's exit status for it."""
+
+    exit_code = 1
 
 
 class ImageReadError(MammoscopeError, ValueError):
@@ -42,3 +46,21 @@ class ConfigError(MammoscopeError, ValueError):
 
 class ModelNotFoundError(MammoscopeError, LookupError):
     """No registered model (or no champion alias) where one was asked for."""
+
+
+class DownloadError(MammoscopeError, OSError):
+    """A dataset download could not be made (offline, refused, HTTP error, interrupted): exit code 3."""
+
+    exit_code = 3
+
+    def __init__(self, url: str, problem: str, hint: str = "") -> None:
+        self.url = url
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{url}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+class DataIntegrityError(DatasetError):
+    """Downloaded data differ from what the repo's digests list (a damaged or changed download): exit code 4."""
+
+    exit_code = 4

@@ -7,10 +7,26 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
+def embedded_data_root() -> Path:
+    """The developers' data folder beside the project: ../shared/data."""
+    return PROJECT_DIR.parent / "shared" / "data"
+
+
+def user_data_root() -> Path:
+    """The platform's per-user data folder for downloads (platformdirs: ~/.local/share/mammoscope on Linux)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("mammoscope", appauthor=False))
+
+
 def default_data_root() -> Path:
-    """Folder that holds the datasets: $MAMMOSCOPE_DATA, else ../shared/data beside the project."""
+    """Folder that holds the datasets: $MAMMOSCOPE_DATA, else ../shared/data when it holds mini-MIAS, else the
+    platform's user data folder (where `mammoscope main` and `mammoscope data fetch mias` download mini-MIAS)."""
     env = os.environ.get("MAMMOSCOPE_DATA")
-    return Path(env).expanduser() if env else PROJECT_DIR.parent / "shared" / "data"
+    if env:
+        return Path(env).expanduser()
+    embedded = embedded_data_root()
+    return embedded if (embedded / "mias").is_dir() else user_data_root()
 
 
 def default_mias_dir() -> Path:

@@ -33,7 +33,7 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   run)
     setup_venv
-    # Scan mini-MIAS, train + register both default models (champions), then serve the app on them.
+    # Fetch mini-MIAS when absent (docs/data.md), train + register every task's model (champions), serve the app.
     exec "$VENV/bin/mammoscope" main --serve "$@"
     ;;
   test)

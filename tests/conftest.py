@@ -68,3 +68,19 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> TinyStore:
     mini-MIAS images: tracking_uri, versions, names, cache_dir, and each training's result and progress lines."""
     _data_dir("mias")
     return _tiny_store(tmp_path_factory.mktemp("tiny-store"))
+
+
+@pytest.fixture(scope="session")
+def mias_pgms(tmp_path_factory: pytest.TempPathFactory, mias_dir: Path) -> Path:
+    """mini-MIAS converted back to the official archive's files (mdbNNN.pgm, Info.txt, Licence.txt) in a temp dir."""
+    from tests._mias_server import pgm_folder
+
+    return pgm_folder(mias_dir, tmp_path_factory.mktemp("mias-pgm"))
+
+
+@pytest.fixture(scope="session")
+def mias_archive(tmp_path_factory: pytest.TempPathFactory, mias_pgms: Path) -> Path:
+    """A real all-mias.tar.gz built from those files (what the official URL serves), once per session."""
+    from tests._mias_server import build_archive
+
+    return build_archive(mias_pgms, tmp_path_factory.mktemp("mias-archive") / "all-mias.tar.gz")

@@ -280,8 +280,14 @@ class Task:
         return str(self.extra.get("experiment") or f"experiments/mias_{self.name}_fused.yaml")
 
     @property
+    def main_experiment(self) -> str:
+        """The experiment `mammoscope main` trains for this task: one a stranger's machine can get the data of
+        (mini-MIAS, downloaded when absent), where the default experiment needs another dataset."""
+        return str(self.extra.get("main_experiment") or self.default_experiment)
+
+    @property
     def in_main(self) -> bool:
-        """Whether `mammoscope main` trains this task (screening's cold training exceeds main's time budget)."""
+        """Whether `mammoscope main` trains this task (every task the app serves, unless its entry says otherwise)."""
         return bool(self.extra.get("in_main", True))
 
     @property
@@ -452,7 +458,7 @@ register_task(Task(
     levels=("breast", "exam"),
     pipeline_builder="tiles",
     region_free=True,
-    extra={"experiment": "experiments/cdd_cesm_screening.yaml", "in_main": False},
+    extra={"experiment": "experiments/cdd_cesm_screening.yaml", "main_experiment": "experiments/mias_screening.yaml"},
     display_label="Screening: cancer in this image (calibrated)",
     description="one row per image, the whole breast at higher resolution in tiles; malignant vs benign or normal",
 ))

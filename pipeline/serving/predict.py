@@ -413,7 +413,7 @@ def load_task_models(tasks: Sequence[str] | None = None, alias: str = "champion"
         except ModelNotFoundError as exc:
             raise ModelNotFoundError(
                 f"no {task} model at models:/{name}@{alias} ({exc}). Train one with "
-                f"`mammoscope train {spec.default_experiment}` (or `mammoscope main` for every task)") from exc
+                f"`mammoscope main` (every task, on mini-MIAS) or `mammoscope train {spec.main_experiment}`") from exc
     return out
 
 

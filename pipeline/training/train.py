@@ -150,6 +150,9 @@ def task_table(config: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str], Path
         from pipeline.paths import PROJECT_DIR
 
         path = PROJECT_DIR / path
+    if not ds["path"] and not path.exists():
+        raise DatasetError(f"{path}: mini-MIAS, the default dataset, is not there; `mammoscope data fetch mias` "
+                           "downloads it (or set MAMMOSCOPE_DATA to a folder holding it in mias/)")
     full = load_dataset(ds["adapter"], path)
     table = spec.rows(full, ds)
     label_col = spec.label_column

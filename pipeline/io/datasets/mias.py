@@ -18,12 +18,13 @@ from pipeline.io.datasets.files import entry_path, is_entry
 from pipeline.io.datasets.table import finalize_table
 from pipeline.errors import DatasetError
 
-__all__ = ["load_mias", "find_info_file", "MIAS_SIZE"]
+__all__ = ["load_mias", "find_info_file", "MIAS_SIZE", "INFO_LINE"]
 
 logger = logging.getLogger(__name__)
 
 MIAS_SIZE = 1024  # every mini-MIAS image is 1024 x 1024 pixels
 _LINE = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE)
+INFO_LINE = _LINE  # one Info.txt record: reference, tissue, class, severity, x, y, radius
 _SEVERITY = {"B": "benign", "M": "malignant"}
 _SUFFIXES = (".png", ".pgm", ".PNG", ".PGM")
 
