@@ -10,6 +10,7 @@ Layers, lowest first (docs/architecture.md draws them):
   4 training  pipeline.training                         Pipeline, estimators, routing, CV, plots, train_experiment
   5 serving   pipeline.serving                          Predictor, batch prediction
   6 app       gradio_app, app_support                   the Gradio app
+  6 pacs      pipeline.pacs                             the PACS path (DICOMweb in, SR and maps out)
   7 cli       pipeline.cli, pipeline.commands           the `mammoscope` command
 registry/ may import only the ground floor of pipeline; features/ and cnn/ import nothing of pipeline.
 Imports inside functions count too (a lazy import is still an arrow).
@@ -28,6 +29,7 @@ LAYERS = {
     "pipeline.training": 4,
     "pipeline.serving": 5,
     "app": 6,  # gradio_app and app_support, one room beside each other
+    "pipeline.pacs": 6,  # beside the app: neither imports the other
     "pipeline.cli": 7, "pipeline.commands": 7,
 }
 
