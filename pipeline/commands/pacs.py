@@ -88,15 +88,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     pacs = Pacs(args.url, load_credentials(args.credentials),
                 RetryPolicy(attempts=args.retries, backoff=args.backoff, timeout=args.timeout))
-    try:
-        models = _load_models(args)
-    except MammoscopeError as exc:
-        _say(Summary(message=str(exc)).text())
-        return EXIT_NOTHING_RAN
     if args.pacs_command == "watch":
         from pipeline.pacs.results import algorithm_of_models
         from pipeline.pacs.run import WatchState, default_state_path, watch
 
+        try:
+            models = _load_models(args)
+        except MammoscopeError as exc:
+            _say(Summary(message=str(exc)).text())
+            return EXIT_NOTHING_RAN
         state = WatchState(args.state or default_state_path(pacs.url), pacs.url, algorithm_of_models(models))
         since = args.since or dt.date.today().strftime("%Y%m%d")
         _say(f"watching {pacs.url} for MG studies from {since} every {args.interval:g} s (state: {state.path})")
@@ -104,14 +104,19 @@ def run(args: argparse.Namespace) -> int:
                         max_polls=args.max_polls, progress=_say)
         _say(summary.text())
         return summary.exit_code
-    try:
+    try:  # the PACS first: a wrong URL or credentials is said before any model is loaded
         studies = [uid for uid, _ in find_studies(pacs, args.since, args.study)]
     except PacsError as exc:
         _say(Summary(message=str(exc)).text())
         return EXIT_NOTHING_RAN
     if not studies:
-        _say("mammoscope pacs: no MG studies found" + (f" since {args.since}" if args.since else ""))
+        _say(f"mammoscope pacs: no MG studies found at {pacs.url}" + (f" since {args.since}" if args.since else ""))
         return 0
+    try:
+        models = _load_models(args)
+    except MammoscopeError as exc:
+        _say(Summary(message=str(exc)).text())
+        return EXIT_NOTHING_RAN
     _say(f"{len(studies)} MG studies to check at {pacs.url}")
     summary = score_studies(pacs, models, studies, maps=not args.no_maps, progress=_say)
     _say(summary.text())
