@@ -182,18 +182,16 @@ def draw_box(display: np.ndarray, box: tuple[int, int, int, int] | None = None,
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
-    """Grey float (S, S) in [0, 1] and a heat map (S, S) in [0, 1] -> RGB uint8 (S, S, 3) blend (jet colours)."""
-    grey = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    """Grey float (S, S) in [0, 1] and a heat map (S, S) in [0, 1] -> RGB uint8 (S, S, 3) blend
+    (pipeline.serving.screening.overlay_rgb, the colouring of `mammoscope predict --maps`); grey without a map."""
+    from pipeline.serving.screening import overlay_rgb
+
     if heat is None:
-        return to_uint8(grey)
+        return to_uint8(np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2).astype(np.float32))
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != image.shape:
         raise ValueError(f"heat map shape {heat.shape} differs from the image shape {image.shape}")
-    h = np.clip(heat, 0, 1)[..., None]
-    # jet: blue -> cyan -> yellow -> red, piecewise linear
-    colours = np.concatenate([np.clip(1.5 - np.abs(4 * h - c), 0, 1) for c in (3.0, 2.0, 1.0)], axis=2)
-    weight = alpha * h  # cold regions stay grey
-    return to_uint8((1 - weight) * grey + weight * colours)
+    return overlay_rgb(image, heat, alpha)
 
 
 def safe_meta(meta: ImageMeta | None) -> dict[str, Any]:
@@ -231,9 +229,9 @@ def user_message(exc: BaseException) -> str:
 
 
 def processed_view(sample: np.ndarray, loaded: Any) -> np.ndarray:
-    """What the model's texture features see (pipeline.training.model.enhanced_view: masking, CLAHE + unsharp mask) of
+    """What the model's texture features see (pipeline.model.estimators.enhanced_view: masking, CLAHE + unsharp mask) of
     `sample` (S, S): float32 (S, S) in [0, 1]; the sample itself when the pipeline has no such step."""
-    from pipeline.training.model import enhanced_view
+    from pipeline.model.estimators import enhanced_view
 
     steps: Mapping[str, Any] = getattr(loaded.pipeline, "named_steps", {})
     if "features" not in steps:
