@@ -4,6 +4,7 @@ that the tests look for in every output."""
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,11 @@ _STORES: dict[str, PacsStore] = {}
 
 
 def pacs_store(folder: Path) -> PacsStore:
-    """Train (once per process) the tiny screening champion (CDD-CESM) and density champion (mini-MIAS)."""
+    """Train (once per process) the tiny screening champion (CDD-CESM) and density champion (mini-MIAS); a store
+    this function trained before may be reused across runs with $MAMMOSCOPE_TEST_PACS_STORE=<its folder>."""
+    reuse = os.environ.get("MAMMOSCOPE_TEST_PACS_STORE")
+    if reuse and (Path(reuse) / "mlflow.db").is_file():
+        return PacsStore(f"sqlite:///{Path(reuse) / 'mlflow.db'}", Path(reuse))
     if "store" not in _STORES:
         from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
         from pipeline.training.train import train_experiment

@@ -21,6 +21,7 @@ __all__ = ["ALGORITHM_NAME", "DISCLAIMER", "MAP_SERIES_NUMBER", "SR_SERIES_NUMBE
 
 ALGORITHM_NAME = "Mammoscope"
 DISCLAIMER = "Mammoscope: decision support, not a diagnosis"
+REFUSED_PREFIX = "not scored: instance "  # the SR comment naming an MG instance that could not be read
 MAP_TEXT = "NOT FOR DIAGNOSIS - Mammoscope decision-support map"
 MAP_SERIES_NUMBER, SR_SERIES_NUMBER = 9701, 9702  # high numbers: viewers list them after the acquired series
 MAP_MAX_SIDE = 1024  # pixels of a map's long side: a display aid, small enough to send quickly
@@ -87,9 +88,10 @@ def algorithm_of(result: Any) -> Algorithm:
     m = result.model
     version = f"{m['name']}/{m['version']}"
     params = [f"screening={m['name']}/{m['version']}"]
-    if m.get("density"):
-        version += f"+{m['density']['name']}/{m['density']['version']}"
-        params.append(f"density={m['density']['name']}/{m['density']['version']}")
+    density = (result.density or {}).get("model")
+    if density:
+        version += f"+{density['name']}/{density['version']}"
+        params.append(f"density={density['name']}/{density['version']}")
     return Algorithm(ALGORITHM_NAME, version, tuple(params))
 
 
@@ -97,10 +99,10 @@ def algorithm_of_models(models: Any) -> Algorithm:
     """The Algorithm the loaded `models` ({task: Predictor}) will write (known before scoring anything)."""
     screening = next(m for m in models.values() if m.task_spec.levels)
     density = next((m for m in models.values() if m.task_spec.density_labels), None)
-    model = {"name": screening.name, "version": screening.version}
-    if density is not None:
-        model["density"] = {"name": density.name, "version": density.version}
-    return algorithm_of(type("R", (), {"model": model})())
+    result = type("R", (), {"model": {"name": screening.name, "version": screening.version},
+                            "density": None if density is None else
+                            {"model": {"name": density.name, "version": density.version}}})()
+    return algorithm_of(result)
 
 
 def result_uid(*parts: str) -> str:
@@ -118,18 +120,14 @@ def _measure(name: Any, value: float | None, unit: Any) -> list[Any]:
     return [hd.sr.Measurement(name=name, value=float(value), unit=unit)]
 
 
-def _card_metric(card: dict, key: str) -> dict | None:
-    metric = (card.get("metrics") or {}).get(key)
-    return metric if isinstance(metric, dict) and metric.get("value") is not None else None
-
-
 def _operating(c: dict, card: dict, level: str) -> list[Any]:
-    """Sensitivity / specificity with their CIs at this level's operating point, as the model card gives them."""
+    """Sensitivity / specificity with their 95% CIs at this level's operating point (the card summary of
+    pipeline.serving.exam: ``card["levels"][level]["sensitivity"] = {"value", "low", "high"}``)."""
     out = []
-    prefix = "cv_" if level == "image_single" else f"cv_{level}_"
-    for what, key in (("sensitivity", "sens_at_target"), ("specificity", "spec_at_target")):
-        m = _card_metric(card, prefix + key)
-        if m is not None:
+    entry = ((card or {}).get("levels") or {}).get(level) or {}
+    for what in ("sensitivity", "specificity"):
+        m = entry.get(what)
+        if isinstance(m, dict) and m.get("value") is not None:
             out += _measure(c[what], m["value"], c["unit"])
             out += _measure(c[f"{what}_low"], m.get("low"), c["unit"])
             out += _measure(c[f"{what}_high"], m.get("high"), c["unit"])
@@ -166,20 +164,31 @@ def _evaluation(name: Any, value: Any) -> Any:
     return hd.sr.QualitativeEvaluation(name=name, value=value)
 
 
-def _density_items(c: dict, density: dict | None) -> tuple[list[Any], list[Any], list[str]]:
+def _density_items(c: dict, probabilities: dict[str, float], call: str | None, members: Sequence[str] | None,
+                   label: str | None = None) -> tuple[list[Any], list[Any], list[str]]:
+    """(measurements, evaluations, comments) of a density result: a probability per class, the call, the set."""
+    measures = []
+    for cls, p in probabilities.items():
+        measures += _measure(density_probability_code(cls), p, c["unit"])
+    evals = [_evaluation(c["density"], class_code(call, "density"))] if call else []
+    evals += [_evaluation(c["density_set_member"], class_code(m, "density")) for m in members or []]
+    return measures, evals, [f"breast density prediction set: {label}"] if label else []
+
+
+def _exam_density(c: dict, density: dict | None) -> tuple[list[Any], list[Any], list[str]]:
     if not density:
         return [], [], []
-    measures = []
-    for cls, p in zip(density["classes"], density["probabilities"]):
-        measures += _measure(density_probability_code(cls), p, c["unit"])
-    evals = []
-    if density.get("call") is not None:
-        evals.append(_evaluation(c["density"], class_code(density["call"], "density")))
-    for member in density.get("prediction_set") or []:
-        evals.append(_evaluation(c["density_set_member"], class_code(member, "density")))
-    texts = [f"breast density prediction set: {density['prediction_set_label']}"] \
-        if density.get("prediction_set_label") else []
-    return measures, evals, texts
+    return _density_items(c, dict(density["probabilities"]), density.get("call"), density.get("prediction_set"))
+
+
+def _image_density(c: dict, outputs: dict) -> tuple[list[Any], list[Any], list[str]]:
+    """The density columns of an image's results row (`density_p_<class>`, `density_call`, `density_set`)."""
+    probabilities = {k[len("density_p_"):]: float(v) for k, v in outputs.items()
+                     if k.startswith("density_p_") and v is not None}
+    if not probabilities:
+        return [], [], []
+    label = outputs.get("density_set")
+    return _density_items(c, probabilities, outputs.get("density_call"), None, None if label is None else str(label))
 
 
 def build_report(result: Any, sources: Sequence[Any], study_uid: str, algorithm: Algorithm) -> Any:
@@ -194,18 +203,18 @@ def build_report(result: Any, sources: Sequence[Any], study_uid: str, algorithm:
     source_of = {im.sample_id: by_uid[im.sample_id] for im in result.images}
     groups = []
     e = result.exam
-    dm, de, dt = _density_items(c, result.density)
+    dm, de, dt = _exam_density(c, result.density)
     measures = _measure(c["probability"], e.p, c["unit"]) + _measure(c["threshold"], e.threshold, c["unit"]) \
         + _operating(c, card, "exam") + dm
     evals = ([_evaluation(c["call"], class_code(e.call))] if e.call is not None else []) + de
     texts = [DISCLAIMER, f"exam: {len(result.images)} image(s), views {', '.join(e.views) or 'unknown'}; "
              f"most suspicious breast: {_side(e.most_suspicious_breast)}"] + dt + \
-        [f"not scored: {err}" for err in result.errors]
+        [f"not scored: {err}" for err in result.errors]  # errors from run._read start "instance <UID>: "
     groups.append(_group(c, algorithm, "exam", result_uid(study_uid, algorithm.version, "exam"),
                          [source_of[im.sample_id] for im in result.images], measures, evals, texts))
     by_breast: dict[str, list[Any]] = {}
     for im in result.images:
-        by_breast.setdefault(_breast_of(im, result), []).append(source_of[im.sample_id])
+        by_breast.setdefault(str(im.breast_id), []).append(source_of[im.sample_id])
     for b in result.breasts:
         measures = _measure(c["probability"], b.p, c["unit"]) + _measure(c["threshold"], b.threshold, c["unit"]) \
             + _operating(c, card, "breast")
@@ -219,7 +228,7 @@ def build_report(result: Any, sources: Sequence[Any], study_uid: str, algorithm:
             + _measure(c["threshold"], im.threshold, c["unit"]) + _operating(c, card, "image")
         evals = [_evaluation(c["call"], class_code(im.call))] if im.call is not None else []
         evals += [_evaluation(c["set_member"], class_code(m)) for m in im.prediction_set or []]
-        dm, de, dt = _density_items(c, im.density)
+        dm, de, dt = _image_density(c, im.outputs)
         texts = [f"image: laterality {im.laterality or 'unknown'}, view {im.view or 'unknown'}"] + dt + \
             [f"warning: {w}" for w in im.warnings]
         groups.append(_group(c, algorithm, "image", result_uid(study_uid, algorithm.version, im.sample_id),
@@ -276,14 +285,8 @@ def _side(breast_id: str | None) -> str:
     return tail if tail in ("L", "R") else f"image {tail}"
 
 
-def _breast_of(im: Any, result: Any) -> str:
-    if im.laterality in ("L", "R"):
-        return f"{result.exam.id}|{im.laterality}"
-    return f"{result.exam.id}|{im.sample_id}"
-
-
 def report_algorithm(dataset: Any) -> tuple[str | None, str | None, set[str]]:
-    """(algorithm name, version, referenced SOP instance UIDs) of an SR dataset (or its DICOM JSON metadata read
+    """(algorithm name, version, SOP instance UIDs it read: referenced or named as refused) of an SR dataset (or its DICOM JSON metadata read
     by pydicom): walks the content tree, reads no patient value."""
     name = version = None
     refs: set[str] = set()
@@ -299,6 +302,9 @@ def report_algorithm(dataset: Any) -> tuple[str | None, str | None, set[str]]:
             version = getattr(item, "TextValue", version)
         for ref in getattr(item, "ReferencedSOPSequence", []) or []:
             refs.add(str(ref.ReferencedSOPInstanceUID))
+        text = str(getattr(item, "TextValue", "") or "")
+        if text.startswith(REFUSED_PREFIX):  # an instance read and refused counts as read (not retried forever)
+            refs.add(text[len(REFUSED_PREFIX):].split(":", 1)[0].strip())
         stack.extend(getattr(item, "ContentSequence", []) or [])
     return name, version, refs
 

@@ -178,11 +178,14 @@ def _fetch(pacs: Pacs, study: str, series: Iterable[str]) -> list[Any]:
     return out
 
 
-def _read(datasets: Sequence[Any], folder: Path, study: str) -> tuple[list[Any], list[Any], list[str]]:
+def _read(datasets: Sequence[Any], folder: Path) -> tuple[list[Any], list[Any], list[str]]:
     """(ExamImage per readable MG image, their datasets, errors naming the SOP instance): each instance is written
-    to `folder` and read by pipeline.io.imageio.read_image, the same reader as `mammoscope predict`."""
+    to `folder` and read by pipeline.io.imageio.read_image, the same reader as `mammoscope predict`; its exam key
+    comes from its tags (pipeline.serving.exam.exam_image: the Study Instance UID, laterality, view)."""
+    import warnings
+
     from pipeline.io.imageio import read_image
-    from pipeline.pacs.scoring import ExamImage, ExamKey
+    from pipeline.serving.exam import exam_image
 
     images, kept, errors = [], [], []
     for ds in datasets:
@@ -193,16 +196,16 @@ def _read(datasets: Sequence[Any], folder: Path, study: str) -> tuple[list[Any],
         path = folder / f"{hashlib.sha256(sop.encode()).hexdigest()[:16]}.dcm"
         try:
             ds.save_as(path, enforce_file_format=True)
-            image, meta = read_image(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the reader's warnings travel in meta.warnings
+                image, meta = read_image(path)
+            images.append(exam_image(image, meta, sop))
         except MammoscopeError as exc:
             errors.append(f"instance {sop}: {str(exc).replace(str(path), 'image')}")
             continue
         except (ValueError, OSError, AttributeError) as exc:
             errors.append(f"instance {sop}: unreadable ({type(exc).__name__})")
             continue
-        images.append(ExamImage(image=image, meta=meta, path=sop,
-                                key=ExamKey(patient_id=study, exam_id=study, laterality=meta.laterality,
-                                            view=meta.view)))
         kept.append(ds)
     return images, kept, errors
 
@@ -210,7 +213,7 @@ def _read(datasets: Sequence[Any], folder: Path, study: str) -> tuple[list[Any],
 def score_study(pacs: Pacs, models: Mapping[str, Any], algorithm: Algorithm, study: str, *, maps: bool = True,
                 progress: Callable[[str], None] | None = None) -> Outcome:
     """Score one study unless it already holds this algorithm's SR: fetch, score, store maps + SR in one STOW-RS."""
-    from pipeline.pacs.scoring import score_exam
+    from pipeline.serving.exam import score_exam
 
     start = time.perf_counter()
     mg = _mg_instances(pacs, study)
@@ -224,14 +227,17 @@ def score_study(pacs: Pacs, models: Mapping[str, Any], algorithm: Algorithm, stu
     folder = Path(tempfile.mkdtemp(prefix="mammoscope-pacs-"))
     try:
         datasets = _fetch(pacs, study, mg)
-        images, kept, errors = _read(datasets, folder, study)
+        images, kept, errors = _read(datasets, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if not images:
         return Outcome(study, "failed", n_images=0, errors=errors,
                        message="no MG image could be read: " + "; ".join(errors)[:500])
-    result = score_exam(models, images, maps=maps)
-    result.errors = list(result.errors) + errors
+    keys = {im.key.exam_id for im in images}
+    if keys != {study}:  # the exam is the study (pipeline.io.exams); anything else is a PACS inconsistency
+        return Outcome(study, "failed", n_images=len(images), errors=errors,
+                       message=f"its instances name {len(keys)} other Study Instance UID(s) in their tags")
+    result = score_exam(models, images, maps=maps, errors=errors)
     objects = []
     if maps:
         for n, (im, ex, ds) in enumerate(zip(result.images, images, kept), start=1):

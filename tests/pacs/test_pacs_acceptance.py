@@ -20,7 +20,7 @@ import pytest
 from pipeline.paths import PROJECT_DIR
 from tests._pacs_data import PATIENT_VALUES
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.timeout(900)]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -99,12 +99,12 @@ def _evals(group, code_value: str) -> list[str]:
 
 
 def _predict(store, files: list[Path], tmp: Path) -> dict[str, pd.DataFrame]:
-    """`mammoscope predict` on the same files, with a manifest naming each file's study as its patient (the PACS
+    """`mammoscope predict` on the same files, with a manifest naming each file's study as its exam (the PACS
     path's exam = study): results, density per exam, screening per image / breast / exam."""
     from pipeline.cli import main
 
     manifest = tmp / "manifest.csv"
-    pd.DataFrame({"path": [str(f) for f in files], "patient_id": [_study_of(f) for f in files]}).to_csv(
+    pd.DataFrame({"path": [str(f) for f in files], "exam_id": [_study_of(f) for f in files]}).to_csv(
         manifest, index=False)
     out = tmp / "predict.csv"
     assert main(["predict", str(manifest), "--tracking-uri", store.tracking_uri, "--out", str(out), "--n-jobs", "1",
@@ -156,8 +156,9 @@ def test_pacs_score_stores_what_predict_computes_once_and_no_patient_value(ortha
         assert _measure(exam, "SENS") is not None and _measure(exam, "SPEC") is not None
         density_row = expected["density"].set_index("exam").loc[study]
         for cls in ("F", "G", "D"):
-            assert _measure(exam, f"P-DENSITY-{cls}") == pytest.approx(density_row[f"density_p_{cls}"], rel=1e-12)
+            assert _measure(exam, f"P-DENSITY-{cls}") == density_row[f"density_p_{cls}"]
         assert _evals(exam, "129715009") == [density_row["density_call"]]
+        assert 1 <= len(_evals(exam, "DENSITY-SET")) and set(_evals(exam, "DENSITY-SET")) <= {"F", "G", "D"}
         texts = [i.TextValue for i in exam[0].ContentSequence if i.ValueType == "TEXT"]
         assert "Mammoscope: decision support, not a diagnosis" in texts
         # every source image referenced: by the exam group and by one image group each
@@ -177,9 +178,8 @@ def test_pacs_score_stores_what_predict_computes_once_and_no_patient_value(ortha
             classes = ["not_malignant", "malignant"]
             assert set_labels(classes, np.array([[c in members for c in classes]]),
                               several_is_uncertain=True) == [row["screening_set"]]
-            density_members = set(_evals(g, "DENSITY-SET"))
-            assert set_labels(["F", "G", "D"], np.array([[c in density_members for c in ("F", "G", "D")]])) == \
-                [row["density_set"]]
+            image_texts = [i.TextValue for i in g[0].ContentSequence if i.ValueType == "TEXT"]
+            assert f"breast density prediction set: {row['density_set']}" in image_texts
             for cls in ("F", "G", "D"):
                 assert _measure(g, f"P-DENSITY-{cls}") == row[f"density_p_{cls}"]
             assert _evals(g, "129715009") == [row["density_call"]]
