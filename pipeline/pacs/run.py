@@ -119,18 +119,20 @@ def _search_all(search: Callable[..., list], key: str) -> list[dict]:
 def find_studies(pacs: Pacs, since: str | None = None, studies: Sequence[str] | None = None) -> list[tuple[str, int]]:
     """[(StudyInstanceUID, number of instances)] of the studies with MG images (QIDO-RS, ModalitiesInStudy=MG), from
     `since` (YYYYMMDD, inclusive) or among `studies`, in the PACS's order."""
+    fields = ["StudyInstanceUID", "NumberOfStudyRelatedInstances"]
+    if studies:  # each named study by its UID (no listing of the whole archive); one not found is not MG here
+        out = []
+        for uid in dict.fromkeys(studies):
+            found = pacs.call("search for the study", lambda: pacs.client.search_for_studies(
+                search_filters={"StudyInstanceUID": uid}, fields=fields), uid)
+            out.append((uid, int(_value(found[0], "NumberOfStudyRelatedInstances") or 0) if found else -1))
+        return out
     filters: dict[str, Any] = {"ModalitiesInStudy": "MG"}
     if since:
         filters["StudyDate"] = f"{since}-"
     found = pacs.call("search for MG studies", lambda: _search_all(lambda **page: pacs.client.search_for_studies(
-        search_filters=filters, fields=["StudyInstanceUID", "NumberOfStudyRelatedInstances"], **page),
-        "StudyInstanceUID"))
-    out = [(str(_value(e, "StudyInstanceUID")), int(_value(e, "NumberOfStudyRelatedInstances") or 0)) for e in found]
-    if studies:
-        wanted = list(dict.fromkeys(studies))
-        known = dict(out)
-        return [(uid, known.get(uid, -1)) for uid in wanted]
-    return out
+        search_filters=filters, fields=fields, **page), "StudyInstanceUID"))
+    return [(str(_value(e, "StudyInstanceUID")), int(_value(e, "NumberOfStudyRelatedInstances") or 0)) for e in found]
 
 
 def _mg_instances(pacs: Pacs, study: str) -> dict[str, list[str]]:

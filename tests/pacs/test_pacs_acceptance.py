@@ -200,7 +200,7 @@ def test_pacs_score_stores_what_predict_computes_once_and_no_patient_value(ortha
     before = {s: _count(orthanc, s) for s in studies}
     again = _pacs(orthanc, models_store)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stderr.count("already scored") >= len(studies)
+    assert again.stderr.count(": already scored: ") == len(studies)
     assert {s: _count(orthanc, s) for s in studies} == before
 
 
@@ -254,5 +254,5 @@ def test_pacs_stopped_mid_run_reports_failed_studies_and_a_rerun_completes(ortha
     orthanc.start()  # the same storage, fresh ports
     rerun = _pacs(orthanc, models_store)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert rerun.stderr.count("already scored") == 1 and rerun.stderr.count(": scored: ") == 2
+    assert rerun.stderr.count(": already scored: ") == 1 and rerun.stderr.count(": scored: ") == 2
     _one_sr_per_study(orthanc, studies)
