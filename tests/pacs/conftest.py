@@ -31,3 +31,10 @@ def orthanc(tmp_path) -> Orthanc:
 def cdd_exam(tmp_path_factory, cdd_dir) -> list[Path]:
     """Four MG DICOM files (L/R x CC/MLO) of one CDD-CESM patient, one study, with made-up patient attributes."""
     return wrap_exam(cdd_dir, tmp_path_factory.mktemp("cdd-exam"))
+
+
+@pytest.fixture(scope="session")
+def more_exams(tmp_path_factory, cdd_dir) -> list[list[Path]]:
+    """Two more four-view CDD-CESM exams (other patients, other studies), small images for the recovery tests."""
+    root = tmp_path_factory.mktemp("cdd-more")
+    return [wrap_exam(cdd_dir, root / p, patient=p) for p in ("CDDCESM_P100", "CDDCESM_P102")]
