@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("pipeline.commands.models", "list registered model versions, aliases and headline metrics"),
     "promote": ("pipeline.commands.promote", "move an alias (champion by default) to a model version"),
     "predict": ("pipeline.commands.predict", "score files, folders or a manifest with registered models"),
+    "pacs": ("pipeline.commands.pacs", "score MG studies in a PACS (DICOMweb) and store an SR and maps back"),
     "app": ("pipeline.commands.app", "start the Gradio app on the registry's champions"),
     "ui": ("pipeline.commands.ui", "open the MLflow UI on the tracking store"),
 }

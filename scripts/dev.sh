@@ -29,6 +29,18 @@ install_browser() {
   fi
 }
 
+install_pacs() {
+  # The PACS tests start Debian's Orthanc with its DICOMweb plugin on loopback (tests/_orthanc.py).
+  if [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then return 0; fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing Debian orthanc and orthanc-dicomweb for the PACS tests"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null) \
+      || echo "!! orthanc could not be installed: the PACS tests will be skipped with that reason"
+  else
+    echo "!! orthanc missing and apt-get unavailable (not root): the PACS tests will be skipped"
+  fi
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   run)
@@ -39,6 +51,7 @@ case "$cmd" in
   test)
     setup_venv
     install_browser
+    install_pacs
     export GRADIO_ANALYTICS_ENABLED=False MPLBACKEND=Agg
     set +e
     "$VENV/bin/python" -m pytest "$@"

@@ -11,6 +11,7 @@ Layers, lowest first (docs/architecture.md draws them):
   5 training  pipeline.training                         CV, plots, streaming, train_experiment (fits pipeline.model)
   5 serving   pipeline.serving                          Predictor, batch prediction (scores pipeline.model)
   6 app       gradio_app, app_support                   the Gradio app
+  6 pacs      pipeline.pacs                             the PACS path (DICOMweb in, SR and maps out)
   7 cli       pipeline.cli, pipeline.commands           the `mammoscope` command
 Training and serving are siblings on one layer: neither imports the other, and the app does not import training.
 registry/ may import only the ground floor of pipeline; features/ and cnn/ import nothing of pipeline.
@@ -30,6 +31,7 @@ LAYERS = {
     "pipeline.model": 4,
     "pipeline.training": 5, "pipeline.serving": 5,
     "app": 6,  # gradio_app and app_support, one room beside each other
+    "pipeline.pacs": 6,  # beside the app: neither imports the other
     "pipeline.cli": 7, "pipeline.commands": 7,
 }
 
