@@ -198,7 +198,9 @@ def draw_box(display: np.ndarray, box: tuple[int, int, int, int] | None = None,
 
 
 def heat_overlay(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
-    """Grey float (S, S) in [0, 1] and a heat map (S, S) in [0, 1] -> RGB uint8 (S, S, 3) blend (jet colours)."""
+    """Grey float (S, S) in [0, 1] and a heat map (S, S) in [0, 1] -> RGB uint8 (S, S, 3) blend: the jet colouring of
+    pipeline.serving.screening.overlay_rgb (`mammoscope predict --maps`), in float32 with broadcasting (a third of
+    its time on a 1024 px image; the app's map waits on it); grey without a map."""
     grey = np.clip(np.asarray(image, np.float32), 0, 1)[..., None]
     if heat is None:
         return np.repeat(to_uint8(grey), 3, axis=2)

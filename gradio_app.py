@@ -14,7 +14,9 @@ every number from ``pipeline.serving``, display helpers from ``app_support``. Sa
 no extra paths, caps uploads, queues requests with a concurrency limit, shows no patient-identifying DICOM value.
 Run ``mammoscope app`` or ``python gradio_app.py``.
 
-API (``gradio_client``): ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` (optional) is
+API (``gradio_client``): ``/score_exam`` takes a list of one to four files of one exam and returns the JSON of
+``pipeline.serving.exam.ExamResult.to_dict()`` (the numbers of `mammoscope predict` for the same files; laterality and
+view from the files' tags, else their names, e.g. ``P1_L_CM_CC.png``). ``/predict`` and ``/explain`` take ``(file, roi)`` where ``roi`` (optional) is
 ``"x0, y0, x1, y1"`` in pixels of the original image or ``""`` / left out for the whole image, and return plain JSON.
 With no region and a screening model loaded, ``/explain`` gives ``explanations["screening"]["map"]``: ``peak_xy``
 [x, y] (the map's maximum, original-image pixels), ``value_range`` [min, max] (tile malignancy probabilities over the
@@ -81,7 +83,7 @@ QUEUE_MAX_SIZE = 64
 TOP_FEATURES = 8
 SAMPLE_CACHE_SIZE = 8  # (image, region) pairs whose samples are kept between the events of a click (API)
 EXAM_CACHE_SIZE = 4  # uploads (read images, scores, maps) kept between the events of the page
-MAX_VIEWS = 4
+MAX_EXAM_VIEWS = 4  # files one exam upload may hold (CC and MLO of both breasts)
 
 NOTE = ("**Decision support, not a diagnosis.** Calibrated model outputs for research use; a qualified reader makes "
         "every clinical decision.")
@@ -180,6 +182,39 @@ class _Handlers:
             if whole and ex.get("heatmap_original") is not None:
                 out[task]["map"] = map_summary(ex["heatmap_original"])
         return {"explanations": out, "roi": list(box) if box else None}
+
+    def api_score_exam(self, files: Any) -> dict[str, Any]:
+        """One exam (one to four views of one woman's screening) scored by `pipeline.serving.exam.score_exam` with
+        the screening and density models: the JSON of its ExamResult (per image, per breast, per exam; density per
+        exam; each map as its summary). Files the reader refuses are listed in ``errors``; the rest is scored."""
+        from pipeline.serving.exam import exam_image, one_exam, score_exam
+
+        paths = [f if isinstance(f, str) else getattr(f, "path", None) or (f or {}).get("path")
+                 for f in (files if isinstance(files, (list, tuple)) else [files] if files else [])]
+        paths = [p for p in paths if p]
+        if not paths:
+            raise gr.Error("No files: upload one to four views (CC / MLO, left / right) of one exam.")
+        if len(paths) > MAX_EXAM_VIEWS:
+            raise gr.Error(f"{len(paths)} files: an exam is one to {MAX_EXAM_VIEWS} views; upload one exam at a time.")
+        exam_models = {t: m for t, m in self.models.items() if get_task(t).levels or get_task(t).exam_pooled}
+        if not exam_models:
+            raise gr.Error("Screening is not available in this installation (no screening or density model).")
+        images, errors = [], []
+        for path in paths:
+            name = os.path.basename(path)  # what the user uploaded, not the server's copy
+            try:
+                loaded = self.cache.get(path)
+            except (MammoscopeError, ValueError) as exc:
+                errors.append(f"{name}: {user_message(exc)}")
+                continue
+            images.append(exam_image(loaded.image, loaded.meta, name))
+        if not images:
+            raise gr.Error(" ".join(errors))
+        try:
+            result = score_exam(exam_models, one_exam(images), maps=True, errors=errors)  # the upload is one exam
+        except (MammoscopeError, ValueError) as exc:
+            raise gr.Error(user_message(exc)) from None
+        return result.to_dict(maps="summary")
 
     # --- page events ----------------------------------------------------------------------------------------
     def whole_models(self) -> dict[str, Any]:
@@ -597,7 +632,7 @@ def _label(i: int, meta: Any, key: Any) -> str:
 
 def _read_exam(paths: Sequence[str], cache: ImageCache) -> _Exam:
     """Read every file once (display copy + ExamImage with its key); refused files become errors naming them."""
-    from pipeline.serving.exam import exam_image
+    from pipeline.serving.exam import exam_image, one_exam
 
     files, errors = _unpack(paths)
     loaded, images = [], []
@@ -608,14 +643,12 @@ def _read_exam(paths: Sequence[str], cache: ImageCache) -> _Exam:
             errors.append(f"{Path(path).name}: {user_message(exc)}")
             continue
         loaded.append(item)
-        images.append(exam_image(item.image, item.meta, path))
-    if len(images) > MAX_VIEWS:
-        errors.append(f"{len(images)} images given: an exam has up to {MAX_VIEWS} views; the first {MAX_VIEWS} "
+        images.append(exam_image(item.image, item.meta, Path(path).name))  # what the user gave, not the server copy
+    if len(images) > MAX_EXAM_VIEWS:
+        errors.append(f"{len(images)} images given: an exam has up to {MAX_EXAM_VIEWS} views; the first {MAX_EXAM_VIEWS} "
                       "are scored")
-        loaded, images = loaded[:MAX_VIEWS], images[:MAX_VIEWS]
-    if len({(im.key.patient_id, im.key.exam_id) for im in images}) > 1:
-        errors.append("these images belong to more than one exam (their DICOM studies differ): upload one exam")
-        loaded, images = loaded[:1], images[:1]
+        loaded, images = loaded[:MAX_EXAM_VIEWS], images[:MAX_EXAM_VIEWS]
+    images = one_exam(images)  # files uploaded together are one exam (as /score_exam takes them)
     labels = [_label(i, item.meta, im.key) for i, (item, im) in enumerate(zip(loaded, images))]
     return _Exam(loaded, images, labels, errors)
 
@@ -708,6 +741,7 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
         api_out = gr.JSON(visible=False)
         api_file = gr.File(visible=False, type="filepath")  # the API's one file (the page takes several)
         api_trigger = gr.Button(visible=False)
+        exam_files = gr.File(file_count="multiple", type="filepath", visible=False, file_types=list(IMAGE_SUFFIXES))
 
         private = {"api_visibility": "private"}
         (upload.change(h.on_upload, [upload], [view, chooser, roi, state, status, facts], **private)
@@ -736,6 +770,10 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
                           "roi 'x0, y0, x1, y1' in original pixels or '' for the whole image. Returns JSON.")
         api_trigger.click(h.api_explain, [api_file, roi], [api_out], api_name="explain",
                           api_description="Top handcrafted-feature contributions (log-odds) per task. Returns JSON.")
+        api_trigger.click(h.api_score_exam, [exam_files], [api_out], api_name="score_exam",
+                          api_description="One exam (1-4 views) scored as `mammoscope predict` scores it: per image "
+                          "(alone and with the exam's other views), per breast, per exam, density per exam, map "
+                          "summaries. Returns the JSON of pipeline.serving.exam.ExamResult.")
     demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE)
     return demo
 

@@ -65,7 +65,7 @@ def stage_rates(folder: Path, model: TaskModel, n: int, n_jobs: int, batch_size:
     t = time.perf_counter()
     prepared = list(iter_prepared(items, specs, n_jobs=n_jobs))
     rates["read+prepare (pool)"] = _rate(len(items), time.perf_counter() - t)
-    X = np.stack([p.samples[model.task].reshape(-1) for p in prepared])
+    X = np.stack([p.samples[model.task].row for p in prepared])  # Sample objects (array + geometry)
     features, final = model.pipeline[:-1], model.pipeline[-1]
     features.transform(X[:batch_size])  # warm-up (lazy torch import, weights)
     t = time.perf_counter()

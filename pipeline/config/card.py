@@ -133,10 +133,7 @@ def _json_default(obj: Any) -> Any:
 
 def metric_entry(metrics: Mapping[str, float], key: str) -> dict[str, float | None] | None:
     """{"value", "low", "high"} of `key` in a flat metrics dict (CI keys `<key>_ci_low/high`), None if absent."""
-    import math
-
-    def clean(v: Any) -> float | None:
-        return None if v is None or not math.isfinite(float(v)) else float(v)
+    from pipeline.config.values import finite_or_none as clean
 
     if key not in metrics or clean(metrics[key]) is None:
         return None

@@ -14,12 +14,13 @@ predicted density class per row]}``): `group_threshold` picks each image's densi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+
+from pipeline.config.values import finite_or_none
 
 __all__ = [
     "Task",
@@ -74,13 +75,6 @@ class DecisionRule(Protocol):
         """One call (a class name, or None when the rule has no parameters to decide with) per row of proba."""
 
 
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value
-
-
 @dataclass(frozen=True)
 class ThresholdRule:
     """Binary: the positive class (classes[1]) when its probability reaches ``decision["threshold"]``."""
@@ -88,11 +82,11 @@ class ThresholdRule:
     name: str = "threshold"
 
     def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
-        return {"threshold": _finite(getattr(classifier, "threshold_", None)),
+        return {"threshold": finite_or_none(getattr(classifier, "threshold_", None)),
                 "target_sensitivity": float(config["evaluation"]["target_sensitivity"])}
 
     def decide(self, proba: np.ndarray, classes: Sequence[str], decision: Mapping[str, Any]) -> list[str | None]:
-        threshold = _finite(decision.get("threshold"))
+        threshold = finite_or_none(decision.get("threshold"))
         if threshold is None or len(classes) != 2:
             return [None] * len(proba)
         return [classes[1] if p >= threshold else classes[0] for p in np.asarray(proba)[:, 1]]
@@ -173,7 +167,7 @@ class GroupThresholdRule:
         from pipeline.evaluation.operating import apply_group_thresholds, group_from_density
 
         state = decision.get("group_thresholds")
-        pooled = _finite(decision.get("threshold"))
+        pooled = finite_or_none(decision.get("threshold"))
         if not state:
             return [pooled] * n, [None] * n, ["single operating point (no per-group thresholds)"] * n
         density = list((context or {}).get("density") or [None] * n)
@@ -269,7 +263,7 @@ class Task:
     exam_pooled: bool = False                   # the clinical unit is the exam: probabilities averaged per exam
     derive_label: Callable[[pd.DataFrame], pd.Series] | None = None  # label from other columns (e.g. pathology)
     levels: tuple[str, ...] = ()                # fused units scored beside images: "breast" (views), "exam"
-    pipeline_builder: str = "standard"          # pipeline.training.model.PIPELINE_BUILDERS name
+    pipeline_builder: str = "standard"          # pipeline.model.estimators.PIPELINE_BUILDERS name
     region_free: bool = False                   # a whole-image model: the app shows it when no region is drawn
     needs_roi_note: str | None = None           # note shown when an image is scored without the ROI it expects
     display_label: str = ""

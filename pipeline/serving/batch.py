@@ -1,9 +1,12 @@
 """Batch prediction: score thousands of images with registered models, streaming, in bounded memory, resumable.
 
-Flow: ``discover_inputs`` (paths only) -> worker processes read and prepare each image (``read_image`` then
-``pipeline.serving.predict.SampleSpec.prepare`` per model: the same path as the app) with a bounded number of chunks in flight
--> the main process runs each task's model on a batch of samples -> ``ResultWriter`` appends the batch's rows
-durably. A file that cannot be read or prepared becomes a row with its error; nothing stops the run.
+Flow: ``discover_inputs`` (paths only) -> grouped by exam (the manifest's ``exam_id``, else ``patient_id``; images
+of no known exam are chunked alone) -> worker processes read and prepare one exam each (``read_image`` then
+``pipeline.serving.predict.SampleSpec.prepare`` per model: the same path as the app), a bounded number in flight ->
+the main process scores each exam with ``pipeline.serving.exam.score_exam`` (the app's and PACS's call) and images
+of no exam in batches -> ``ResultWriter`` appends the image rows and, from the same ExamResult, the exam's density
+row and its screening image / breast / exam rows; ``--maps`` draws each map from the sample already in memory. A
+file that cannot be read or prepared becomes a row with its error; nothing stops the run.
 
 Exit status of ``run_batch``: ``EXIT_OK`` (0) every image scored, ``EXIT_SOME_FAILED`` (3) some rows carry an
 error, ``EXIT_NOTHING_RAN`` (4) no model, no input file or an unusable output.
@@ -17,8 +20,8 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import numpy as np
 
 from pipeline.io.batchio import InputItem, ResultWriter, discover_inputs
 from pipeline.errors import MammoscopeError
-from pipeline.serving.predict import Predictor, Scores, density_first
+from pipeline.serving.predict import Predictor
 from pipeline.config.tasks import get_task
 
 __all__ = [
@@ -39,7 +42,13 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "EXIT_NOTHING_RAN",
     "exam_of",
-    "write_exam_summary",
+    "ExamFiles",
+    "MapWriter",
+    "work_units",
+    "iter_units",
+    "iter_results",
+    "score_exam_unit",
+    "exam_image_of",
     "prepare_item",
     "iter_prepared",
     "score_batch",
@@ -54,7 +63,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_JOBS = 4
 CHUNK = 4  # images per worker task: amortises inter-process overhead, keeps the pipeline fine-grained
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
-EXAM_COLUMNS = ("exam_id", "patient_id")  # manifest columns naming an image's examination, first found wins
 
 
 TaskModel = Predictor  # the former name of a batch's loaded model: now the one Predictor of pipeline.serving.predict
@@ -70,6 +78,8 @@ class Prepared:
     view: str | None = None
     warnings: tuple[str, ...] = ()
     error: str | None = None
+    meta: Any = None  # the reader's ImageMeta (safe fields only)
+    display: np.ndarray | None = None  # uint8 (H, W) copy of the image for --maps overlays, else None
 
 
 def _as_spec(spec: Any) -> Any:
@@ -78,9 +88,9 @@ def _as_spec(spec: Any) -> Any:
     return spec if isinstance(spec, SampleSpec) else SampleSpec(spec[0], dict(spec[1]))
 
 
-def prepare_item(item: InputItem, specs: Sequence[Any]) -> Prepared:
+def prepare_item(item: InputItem, specs: Sequence[Any], display: bool = False) -> Prepared:
     """Read `item` and prepare one working-resolution sample per SampleSpec (or (task, sample_params)); errors
-    become `error`."""
+    become `error`. `display`: keep a uint8 copy of the image for a --maps overlay."""
     from pipeline.io.imageio import read_image
 
     out = Prepared(item=item, laterality=item.laterality, view=item.view)
@@ -92,30 +102,37 @@ def prepare_item(item: InputItem, specs: Sequence[Any]) -> Prepared:
             out.view = item.view or meta.view
             if out.laterality and meta.laterality is None:
                 meta = _with_laterality(meta, out.laterality)
+            out.meta = meta
             for spec in map(_as_spec, specs):
-                out.samples[spec.task] = np.ascontiguousarray(spec.prepare(image, meta, path=item.path).array,
-                                                              dtype=np.float32)
+                sample = spec.prepare(image, meta, path=item.path)
+                out.samples[spec.task] = replace(sample, array=np.ascontiguousarray(sample.array, dtype=np.float32))
+            if display:
+                out.display = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             del image
         except MammoscopeError as exc:
             out.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - one odd file must never end a run of thousands; it gets an error row
             out.error = f"{item.path}: unexpected {type(exc).__name__}: {exc}"
     if out.error:
-        out.samples = {}
+        out.samples, out.display = {}, None
     seen = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))
     out.warnings = tuple(seen)
     return out
 
 
 def _with_laterality(meta: Any, laterality: str) -> Any:
-    from dataclasses import replace
-
     return replace(meta, laterality=laterality)
 
 
-def _prepare_chunk(items: list[InputItem], specs: Sequence[tuple[str, dict[str, Any]]]) -> list[Prepared]:
+def _prepare_chunk(items: list[InputItem], specs: Sequence[tuple[str, dict[str, Any]]], display: bool = False
+                   ) -> list[Prepared]:
     logging.getLogger("pipeline").setLevel(logging.ERROR)  # worker: warnings travel in the rows, not the terminal
-    return [prepare_item(item, specs) for item in items]
+    return [prepare_item(item, specs, display) for item in items]
+
+
+def _prepare_units(units: list[list[InputItem]], specs: Sequence[Any], display: bool = False
+                   ) -> list[list[Prepared]]:
+    return [_prepare_chunk(unit, specs, display) for unit in units]
 
 
 def _chunks(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:
@@ -141,27 +158,46 @@ def resolve_n_jobs(n_jobs: int | None) -> int:
     return max(1, n_jobs)
 
 
-def iter_prepared(
-    items: Iterable[InputItem],
-    specs: Sequence[tuple[str, dict[str, Any]]],
-    *,
-    n_jobs: int = 1,
-    max_in_flight: int | None = None,
-) -> Iterator[Prepared]:
-    """Prepared items in input order; with n_jobs > 1, worker processes (joblib's loky) work ahead by at most
-    `max_in_flight` chunks of `CHUNK` images, so memory stays bounded however many images there are. Inside
-    `pipeline.compute.compute_backend` on a Dask cluster, the workers read and prepare the chunks instead."""
+def work_units(items: Iterable[InputItem], done: Collection[str] = ()
+               ) -> list[tuple[str | None, list[InputItem]]]:
+    """(exam, its items) per exam in order of first appearance (`exam_of`: one exam is one unit of work, so one
+    exam is in flight per worker), then the images of no known exam in chunks of CHUNK (exam None); exams whose
+    items are all in `done` and images of no exam in `done` are left out."""
+    exams: dict[str, list[InputItem]] = {}
+    lone: list[InputItem] = []
+    for item in items:
+        exam = exam_of(item)
+        if exam is None:
+            if item.key not in done:
+                lone.append(item)
+        else:
+            exams.setdefault(exam, []).append(item)
+    todo = [(exam, group) for exam, group in exams.items() if any(item.key not in done for item in group)]
+    return [*todo, *((None, chunk) for chunk in _chunks(lone, CHUNK))]
+
+
+def iter_units(units: Sequence[tuple[str | None, list[InputItem]]], specs: Sequence[Any], *, n_jobs: int = 1,
+               max_in_flight: int | None = None, display: bool = False
+               ) -> Iterator[tuple[str | None, list[Prepared]]]:
+    """(exam, its Prepared items) per unit of `work_units`, in order; with n_jobs > 1, worker processes (joblib's
+    loky) work ahead by at most `max_in_flight` units, so memory stays bounded however many images there are.
+    Inside `pipeline.compute.compute_backend` on a Dask cluster, the workers read and prepare the units instead."""
     from pipeline.compute import current_session, map_chunks
 
+    exams = [exam for exam, _ in units]
+    groups = (group for _, group in units)
     session = current_session()
     if session is not None and session.is_distributed:
-        prepare = functools.partial(_prepare_chunk, specs=specs)
-        for _, prepared in map_chunks(prepare, items, CHUNK, max_in_flight=max_in_flight, ordered=True):
-            yield from prepared
+        prepare = functools.partial(_prepare_units, specs=specs, display=display)
+        k = 0
+        for _, prepared in map_chunks(prepare, groups, 1, max_in_flight=max_in_flight, ordered=True):
+            for unit in prepared:
+                yield exams[k], unit
+                k += 1
         return
     if n_jobs <= 1:
-        for item in items:
-            yield prepare_item(item, specs)
+        for exam, group in zip(exams, groups):
+            yield exam, _prepare_chunk(group, specs, display)
         return
     # joblib's own factory for its reusable loky executor: taking loky's directly would leave the shared executor
     # without joblib's temporary-folder manager, and a later joblib.Parallel in this process would fail on it
@@ -170,17 +206,31 @@ def iter_prepared(
     executor = get_memmapping_executor(n_jobs, timeout=60)
     limit = max_in_flight or 2 * n_jobs + 2
     pending: collections.deque = collections.deque()
-    chunks = _chunks(items, CHUNK)
     try:
-        for chunk in chunks:
-            pending.append(executor.submit(_prepare_chunk, chunk, specs))
+        for exam, group in zip(exams, groups):
+            pending.append((exam, executor.submit(_prepare_chunk, group, specs, display)))
             if len(pending) >= limit:
-                yield from pending.popleft().result()
+                first, future = pending.popleft()
+                yield first, future.result()
         while pending:
-            yield from pending.popleft().result()
+            first, future = pending.popleft()
+            yield first, future.result()
     finally:
-        for future in pending:
+        for _, future in pending:
             future.cancel()
+
+
+def iter_prepared(
+    items: Iterable[InputItem],
+    specs: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    n_jobs: int = 1,
+    max_in_flight: int | None = None,
+) -> Iterator[Prepared]:
+    """Prepared items in input order, read and prepared CHUNK at a time (see `iter_units`)."""
+    units = [(None, chunk) for chunk in _chunks(items, CHUNK)]
+    for _, prepared in iter_units(units, specs, n_jobs=n_jobs, max_in_flight=max_in_flight):
+        yield from prepared
 
 
 def result_columns(models: Sequence[Predictor]) -> list[str]:
@@ -203,46 +253,88 @@ def _base_row(p: Prepared) -> dict[str, Any]:
     }
 
 
-def _score_task(model: Predictor, X: np.ndarray, density: list[Any] | None = None) -> Scores:
-    """Predictor.score of the rows X (probabilities normalised to sum to 1, calls, sets, thresholds), as the app;
-    `density`: the density model's predicted class per row (None where it did not run), the decision context."""
-    return model.score(X, None if density is None else {"density": density})
-
-
 def score_batch(batch: Sequence[Prepared], models: Sequence[Predictor]) -> list[dict[str, Any]]:
-    """Rows for a batch: one predict_proba per task on the batch's samples (density models first: their predicted
-    class picks the other models' per-group thresholds); a batch that fails is retried image by image so that one
-    bad sample costs one row, not the batch."""
+    """Rows for a batch of images of no common exam: one predict_proba per task on the batch's samples
+    (pipeline.serving.predict.score_tasks: density first, its calls pick the other models' per-group thresholds); a
+    batch that fails is retried image by image so that one bad sample costs one row, not the batch."""
+    from pipeline.serving.predict import score_tasks
+
     rows = [_base_row(p) for p in batch]
-    density: dict[int, Any] = {}  # batch index -> predicted density class
-    for model in density_first(models):
-        ready = [i for i, p in enumerate(batch) if p.error is None and model.task in p.samples]
-        if not ready:
-            continue
-        X = np.stack([batch[i].samples[model.task].reshape(-1) for i in ready])
-        context = [density.get(i) for i in ready] if density else None
-        try:
-            results = [_score_task(model, X, context)]
-            groups = [ready]
-        except Exception:  # noqa: BLE001 - retried one by one below to find the offending image
-            logger.debug("batch inference failed for %s; retrying image by image", model.task, exc_info=True)
-            results, groups = [], []
-            for i in ready:
-                try:
-                    results.append(_score_task(model, X[ready.index(i)][None, :],
-                                               None if context is None else [density.get(i)]))
-                    groups.append([i])
-                except Exception as exc:  # noqa: BLE001
-                    rows[i]["error"] = f"{batch[i].item.path}: {model.task} model failed: {type(exc).__name__}: {exc}"
-        for scores, idx in zip(results, groups):
-            for j, i in enumerate(idx):
-                if rows[i]["error"]:
-                    continue
-                rows[i].update(model.output_row(scores, j))
-                if model.task_spec.density_labels:
-                    # the density model's own call (ordinal cut-points where its card has them), as the app
-                    density[i] = scores.calls[j] or scores.classes[int(np.argmax(scores.probabilities[j]))]
+    ready = [i for i, p in enumerate(batch) if p.error is None and all(m.task in p.samples for m in models)]
+    if not ready or not models:
+        return rows
+    try:
+        groups = [(ready, score_tasks(models, {m.task: [batch[i].samples[m.task] for i in ready] for m in models}))]
+    except Exception:  # noqa: BLE001 - retried one by one below to find the offending image
+        logger.debug("batch inference failed; retrying image by image", exc_info=True)
+        groups = []
+        for i in ready:
+            try:
+                groups.append(([i], score_tasks(models, {m.task: [batch[i].samples[m.task]] for m in models})))
+            except Exception as exc:  # noqa: BLE001
+                rows[i]["error"] = f"{batch[i].item.path}: scoring failed: {type(exc).__name__}: {exc}"
+    for idx, scores in groups:
+        for j, i in enumerate(idx):
+            for model in models:
+                rows[i].update(model.output_row(scores[model.task], j))
     return rows
+
+
+def exam_image_of(prepared: Prepared) -> Any:
+    """The ExamImage (pipeline.serving.exam) of a prepared input: its samples, meta and key; no pixels travel."""
+    from pipeline.io.exams import key_from_meta
+    from pipeline.serving.exam import ExamImage
+
+    extra, path = prepared.item.extra, prepared.item.path
+    key = key_from_meta(path=path, meta=prepared.meta, patient_id=extra.get("patient_id"),
+                        exam_id=extra.get("exam_id"), laterality=prepared.laterality, view=prepared.view)
+    return ExamImage(None, prepared.meta, path, key, dict(prepared.samples))
+
+
+def score_exam_unit(unit: Sequence[Prepared], models: Sequence[Predictor], maps: bool = False
+                    ) -> tuple[list[dict[str, Any]], Any | None]:
+    """(rows, ExamResult or None) of one exam's prepared images: `pipeline.serving.exam.score_exam` on those that
+    were read (the failed ones keep their error rows); an exam that cannot be scored together is scored image by
+    image (`score_batch`) with no exam result."""
+    from pipeline.serving.exam import score_exam
+
+    rows = [_base_row(p) for p in unit]
+    ok = [i for i, p in enumerate(unit) if p.error is None]
+    if not ok or not models:
+        return rows, None
+    try:
+        result = score_exam(models, [exam_image_of(unit[i]) for i in ok], maps=maps,
+                            errors=[p.error for p in unit if p.error])
+    except Exception:  # noqa: BLE001 - one bad sample must cost one row, not the exam: retried image by image
+        logger.debug("exam scoring failed; retrying image by image", exc_info=True)
+        return score_batch(unit, models), None
+    for j, i in enumerate(ok):
+        rows[i].update(result.images[j].outputs)
+    return rows, result
+
+
+def iter_results(items: Iterable[InputItem], models: Sequence[Predictor], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 n_jobs: int = 1, maps: bool = False, done: Collection[str] = ()
+                 ) -> Iterator[tuple[list[dict[str, Any]], Any | None, list[Prepared]]]:
+    """(rows, ExamResult or None, the Prepared inputs) per exam (`score_exam_unit`) and per batch of images of no
+    known exam (`score_batch`), in `work_units` order; reading overlaps with inference when n_jobs > 1. `done`:
+    keys already scored (a resumed run): an exam with all of them done is skipped, one partly done is scored whole
+    (its images are scored together) and the caller keeps the rows it lacks."""
+    specs = [m.spec for m in models]
+    lone: list[Prepared] = []
+    units = work_units(items, done)
+    ahead = 2 * n_jobs + math.ceil(batch_size / CHUNK)
+    for exam, unit in iter_units(units, specs, n_jobs=n_jobs, max_in_flight=ahead, display=maps):
+        if exam is not None:
+            rows, result = score_exam_unit(unit, models, maps)
+            yield rows, result, unit
+            continue
+        lone.extend(unit)
+        while len(lone) >= batch_size:
+            batch, lone = lone[:batch_size], lone[batch_size:]
+            yield score_batch(batch, models), None, batch
+    if lone:
+        yield score_batch(lone, models), None, lone
 
 
 def iter_scored(
@@ -252,16 +344,9 @@ def iter_scored(
     batch_size: int = DEFAULT_BATCH_SIZE,
     n_jobs: int = 1,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Batches of result rows (one per item, in input order); reading overlaps with inference when n_jobs > 1."""
-    specs = [m.spec for m in models]
-    batch: list[Prepared] = []
-    for prepared in iter_prepared(items, specs, n_jobs=n_jobs, max_in_flight=2 * n_jobs + math.ceil(batch_size / CHUNK)):
-        batch.append(prepared)
-        if len(batch) == batch_size:
-            yield score_batch(batch, models)
-            batch = []
-    if batch:
-        yield score_batch(batch, models)
+    """Batches of result rows (one per item): per exam, then the images of no known exam in batches."""
+    for rows, _, _ in iter_results(items, models, batch_size=batch_size, n_jobs=n_jobs):
+        yield rows
 
 
 @dataclass
@@ -379,77 +464,156 @@ def run_batch(options: BatchOptions) -> BatchSummary:
         logger.info("%s: %d of %d images already done, resuming", options.out, skipped, len(items))
     n_jobs = resolve_n_jobs(options.n_jobs)
     failed_now = 0
+    try:
+        files = ExamFiles(writer.out, models, items, mode="overwrite" if options.overwrite else "resume")
+    except (MammoscopeError, OSError) as exc:
+        return BatchSummary(EXIT_NOTHING_RAN, message=str(exc))
+    screening = next((m for m in models if get_task(m.task).levels), None)
+    maps = MapWriter(options.maps) if options.maps and screening is not None else None
     with tqdm(total=len(todo), unit="img", desc="scoring", file=sys.stderr, disable=not options.progress,
               dynamic_ncols=True, smoothing=0.1) as bar:
-        for rows in iter_scored(todo, models, batch_size=options.batch_size, n_jobs=n_jobs):
-            writer.write(rows)
-            failed_now += sum(1 for r in rows if r.get("error"))
-            bar.update(len(rows))
+        for rows, result, prepared in iter_results(items, models, batch_size=options.batch_size, n_jobs=n_jobs,
+                                                   maps=maps is not None, done=writer.done):
+            files.add(prepared, rows, result)  # before the image rows: those mark the exam done for a resume
+            fresh = [r for r in rows if str(r["path"]) not in writer.done]
+            writer.write(fresh)
+            if maps is not None:
+                maps.add(screening, prepared, rows, result)
+            failed_now += sum(1 for r in fresh if r.get("error"))
+            bar.update(len(fresh))
             if failed_now:
                 bar.set_postfix(failed=failed_now, refresh=False)
     writer.close()
     summary = _summarise(writer, items, skipped, len(todo), time.perf_counter() - start)
-    summary.exams_out = write_exam_summary(writer.out, writer.all_rows(), items, models) or ""
-    for model in (m for m in models if get_task(m.task).levels):  # screening: per breast, per exam, --maps
-        from pipeline.serving.screening import write_level_files, write_maps
-
-        wanted = {item.key for item in items}
-        rows = [r for r in writer.all_rows() if str(r.get("path")) in wanted]
-        summary.levels_out += write_level_files(writer.out, rows, items, model)
-        if options.maps:
-            summary.maps_out += len(write_maps(options.maps, rows, model))
+    summary.exams_out = files.density_path or ""
+    summary.levels_out = files.level_paths
+    summary.maps_out = 0 if maps is None else len(maps.written)
     return summary
 
 
 def exam_of(item: InputItem) -> str | None:
-    """The examination an input belongs to: its manifest's `exam_id`, else `patient_id`, else None (unknown)."""
-    for column in EXAM_COLUMNS:
-        value = str(item.extra.get(column) or "").strip()
-        if value:
-            return value
-    return None
+    """The examination an input belongs to (`pipeline.io.exams.exam_id_of` of its manifest's `patient_id` and
+    `exam_id`), None where the manifest names neither."""
+    from pipeline.io.exams import exam_id_of
 
-
-def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: Sequence[InputItem],
-                       models: Sequence[Predictor]) -> str | None:
-    """Density per examination (the mean of its images' probabilities) as `<out stem>.exams.csv`; returns its path.
-
-    BI-RADS density is one category per exam, so the views of an exam are pooled (pipeline.evaluation.metrics.exam_average).
-    Written only when a density model ran and the inputs came from a manifest naming exams (`exam_id` or
-    `patient_id`; images with neither are left out); images that failed are left out of the mean and counted in
-    `n_failed` (an exam whose images all failed has empty probabilities and call).
-    """
-    import pandas as pd
-
-    from pipeline.evaluation.metrics import exam_average
-
-    model = next((m for m in models if get_task(m.task).exam_pooled), None)
-    exams = {item.key: exam_of(item) for item in items}
-    if model is None or not any(exams.values()):
+    try:
+        return exam_id_of(item.extra.get("patient_id"), item.extra.get("exam_id"))
+    except ValueError:
         return None
-    t = model.task
-    columns = [f"{t}_p_{c}" for c in model.classes]
-    table = pd.DataFrame([{**{c: r.get(c) for c in columns}, "exam": exams.get(str(r.get("path"))),
-                           "failed": bool(r.get("error"))} for r in rows])
-    if table.empty:
-        return None
-    table = table[table["exam"].notna()]
-    exam_order = pd.Index(table["exam"].unique())  # every exam, also one whose images all failed
-    ok = table[~table["failed"]]
-    probs = ok[columns].apply(pd.to_numeric, errors="coerce").to_numpy()
-    pooled = pd.DataFrame(exam_average(probs, ok["exam"]), columns=columns, index=ok["exam"].to_numpy())
-    mean = pooled[~pooled.index.duplicated()].reindex(exam_order)
-    summary = pd.DataFrame({"exam": exam_order,
-                            "n_images": ok.groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()})
-    summary["n_failed"] = table[table["failed"]].groupby("exam").size().reindex(exam_order).fillna(0).astype(int).to_numpy()
-    for c in columns:
-        summary[c] = mean[c].to_numpy()
-    values = mean[columns].to_numpy()
-    summary[f"{t}_call"] = [model.classes[int(np.argmax(v))] if np.isfinite(v).all() else "" for v in values]
-    summary[f"{t}_model"], summary[f"{t}_version"] = model.name, model.version
-    path = Path(out).with_name(Path(out).stem + ".exams.csv")
-    summary.to_csv(path, index=False)
-    return str(path)
+
+
+class ExamFiles:
+    """The per-exam files beside the results file, appended exam by exam from each exam's one ExamResult:
+    ``<out stem>.exams.csv`` (density per exam: the mean of its images' probabilities and the density model's call,
+    pipeline.serving.exam) when a density model runs and the inputs name exams, and with a screening model
+    ``.screening.breasts.csv``, ``.screening.exams.csv`` (and ``.screening.images.csv`` with a context stage): the
+    rows of `ExamResult.rows()`. A resumed run keeps what is there and writes no row twice."""
+
+    def __init__(self, out: str | Path, models: Sequence[Predictor], items: Sequence[InputItem], mode: str) -> None:
+        from pipeline.serving.exam import image_rows_columns
+        from pipeline.serving.screening import context_model
+
+        out = Path(out)
+        named = any(exam_of(item) for item in items)
+        self.density = next((m for m in models if get_task(m.task).exam_pooled), None)
+        self.screening = next((m for m in models if get_task(m.task).levels), None)
+        self.writers: dict[str, ResultWriter] = {}
+        if self.density is not None and named:
+            t = self.density.task
+            columns = ["exam", "n_images", "n_failed", *(f"{t}_p_{c}" for c in self.density.classes),
+                       f"{t}_call", f"{t}_model", f"{t}_version"]
+            self.writers["density"] = ResultWriter(out.with_name(out.stem + ".exams.csv"), columns, mode=mode,
+                                                   key="exam")
+        if self.screening is not None and named:
+            positive = self.screening.classes[1]
+            level = [f"screening_p_{positive}", "screening_threshold", "screening_call", "screening_model",
+                     "screening_version"]
+            tables = {"breast": ("breast_id", ["breast_id", "patient_id", "n_images", "views", "exam_id",
+                                               "laterality", *level]),
+                      "exam": ("exam_id", ["exam_id", "patient_id", "n_images", "views", "most_suspicious_breast",
+                                           *level])}
+            if context_model(self.screening) is not None:
+                tables = {"image": ("sample_id", image_rows_columns(positive)), **tables}
+            for lv, (key, columns) in tables.items():
+                self.writers[lv] = ResultWriter(out.with_name(f"{out.stem}.screening.{lv}s.csv"), columns,
+                                                mode=mode, key=key)
+
+    def add(self, prepared: Sequence[Prepared], rows: Sequence[dict[str, Any]], result: Any | None) -> None:
+        """Append the rows of one exam (or of a batch of images of no known exam: nothing to write)."""
+        exam = exam_of(prepared[0].item) if prepared else None
+        if exam is None:
+            return
+        writer = self.writers.get("density")
+        if writer is not None and exam not in writer.done:
+            writer.write([self._density_row(exam, rows, result)])
+        if result is not None and result.exam is not None:
+            for lv, table in result.rows().items():
+                writer = self.writers.get(lv)
+                if writer is not None:
+                    writer.write([r for r in table.to_dict("records") if str(r[writer.key]) not in writer.done])
+
+    def _density_row(self, exam: str, rows: Sequence[dict[str, Any]], result: Any | None) -> dict[str, Any]:
+        m = self.density
+        failed = sum(1 for r in rows if r.get("error"))
+        row: dict[str, Any] = {"exam": exam, "n_images": len(rows) - failed, "n_failed": failed,
+                               f"{m.task}_model": m.name, f"{m.task}_version": m.version}
+        density = None if result is None else result.density
+        if density is not None:  # an exam whose images all failed keeps empty probabilities and call
+            row.update({f"{m.task}_p_{c}": density["probabilities"][c] for c in m.classes})
+            row[f"{m.task}_call"] = density["call"]
+        return row
+
+    @property
+    def density_path(self) -> str | None:
+        """The density-per-exam file, where one was written."""
+        w = self.writers.get("density")
+        return str(w.out) if w is not None and w.out.exists() else None
+
+    @property
+    def level_paths(self) -> list[str]:
+        """The screening level files written."""
+        return [str(w.out) for lv, w in self.writers.items() if lv != "density" and w.out.exists()]
+
+
+class MapWriter:
+    """``--maps``: one PNG overlay per scored image (its grey image with the screening tile map, the colouring of
+    pipeline.serving.screening.overlay_rgb), drawn from the map and pixels already in memory."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.written: list[str] = []
+
+    def add(self, model: Predictor, prepared: Sequence[Prepared], rows: Sequence[dict[str, Any]],
+            result: Any | None) -> None:
+        """Overlays of one exam (its ExamResult's maps) or of a batch of images of no exam (mapped here)."""
+        from pipeline.serving.screening import explain_screening
+
+        heats = {}
+        if result is not None:
+            heats = {r.sample_id: r.heatmap for r in result.images}
+        for p, row in zip(prepared, rows):
+            if row.get("error") or p.display is None:
+                continue
+            heat = heats.get(p.item.path)
+            if result is None and model.task in p.samples:
+                try:
+                    heat = explain_screening(model, p.samples[model.task]).get("heatmap_original")
+                except (MammoscopeError, ValueError) as exc:
+                    logger.warning("--maps: %s: %s", p.item.path, exc)
+            if heat is not None:
+                self._save(p.item.path, p.display, heat)
+
+    def _save(self, path: str, display: np.ndarray, heat: np.ndarray) -> None:
+        from PIL import Image
+
+        from pipeline.serving.screening import overlay_rgb
+
+        target, n = self.folder / f"{Path(path).stem}.screening.png", 1
+        while str(target) in self.written:
+            target, n = self.folder / f"{Path(path).stem}-{n}.screening.png", n + 1
+        Image.fromarray(overlay_rgb(display, heat)).save(target)
+        self.written.append(str(target))
 
 
 def _check_same_models(writer: ResultWriter, models: Sequence[Predictor]) -> None:

@@ -14,7 +14,6 @@ same images: `predict_image` and `mammoscope predict` score density-label tasks 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -25,6 +24,7 @@ from pipeline.errors import MammoscopeError, ModelNotFoundError
 from pipeline.config.tasks import TASKS, Task, get_task
 from pipeline.config.tasks import decide as decide_by_rule
 from pipeline.config.tasks import get_rule
+from pipeline.config.values import finite_or_none
 
 __all__ = [
     "TASKS",
@@ -40,6 +40,8 @@ __all__ = [
     "prepare_sample",
     "decide",
     "density_first",
+    "density_calls",
+    "score_tasks",
     "predict_image",
     "predict_paths",
     "explain",
@@ -141,10 +143,6 @@ def prepare_sample(image: np.ndarray, meta: Any, task: str, sample_params: Mappi
 # --------------------------------------------------------------------------------------------------------------------
 # Decisions and scores
 # --------------------------------------------------------------------------------------------------------------------
-def _nan_to_none(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
 def get_rule_of(decision: Mapping[str, Any]) -> Any:
     """The decision rule a card's `decision` names (argmax when it names none)."""
     return get_rule(str(decision.get("rule") or "argmax"))
@@ -217,7 +215,7 @@ class Predictor:
 
     @property
     def threshold(self) -> float | None:
-        return _nan_to_none(self.card.threshold)
+        return finite_or_none(self.card.threshold)
 
     @property
     def sample_params(self) -> dict[str, Any]:
@@ -246,7 +244,7 @@ class Predictor:
     @property
     def asymmetry(self) -> Any | None:
         """The bilateral asymmetry model of a screening pipeline trained with ``screening.context_asymmetry``
-        (pipeline.training.asymmetry), else None: its per-image score joins the exam's context stage."""
+        (pipeline.model.asymmetry), else None: its per-image score joins the exam's context stage."""
         return getattr(self.pipeline, "asymmetry_", None)
 
     def output_row(self, scores: Scores, i: int) -> dict[str, Any]:
@@ -283,7 +281,7 @@ class Predictor:
         X = np.asarray(X, dtype=np.float32)
         asymmetry = None
         if self.asymmetry is not None:  # the features once: the classifier's input and the tile-max block
-            from pipeline.training.asymmetry import image_scores
+            from pipeline.model.asymmetry import image_scores
 
             features = self.pipeline.named_steps["features"].transform(X)
             start, stop = self.pipeline.asymmetry_columns_
@@ -335,6 +333,14 @@ class Predictor:
             entry["threshold"], entry["density_group"] = scores.thresholds[i], scores.density_groups[i]
             entry["threshold_reason"] = scores.threshold_reasons[i]
         return entry
+
+    def score_exam(self, images: Sequence[Any], *, maps: bool = True, errors: Sequence[str] = ()) -> Any:
+        """One exam's images (pipeline.serving.exam.ExamImage) scored by this screening model: per image (alone
+        and beside the exam's other views), per breast and per exam probabilities, calls, prediction sets and maps
+        (pipeline.serving.exam.ExamResult)."""
+        from pipeline.serving.exam import predictor_score_exam
+
+        return predictor_score_exam(self, images, maps=maps, errors=errors)
 
     def explain(self, sample: Sample, top: int = 10, heatmap: bool = True) -> dict[str, Any]:
         """Top feature contributions and a heat map for `sample` (see `explain_sample`)."""
@@ -440,21 +446,34 @@ def density_first(models: Iterable[Predictor]) -> list[Predictor]:
     return sorted(models, key=lambda m: not m.task_spec.density_labels)
 
 
+def density_calls(scores: Scores) -> list[str]:
+    """A density model's call per row (its decision rule's, the arg-max where the rule gives none): the context
+    ``{"density": ...}`` of the other models' decision rules."""
+    return [c or scores.classes[int(np.argmax(p))] for c, p in zip(scores.calls, scores.probabilities)]
+
+
+def score_tasks(models: Iterable[Predictor], samples: Mapping[str, Any]) -> dict[str, Scores]:
+    """{task: Scores} of the same images by each model (`samples[task]`: that model's samples or rows, one per
+    image, in one order). The one place where density feeds the others: density models score first and their calls
+    (`density_calls`) are the context of every later model's decision rule (per-density-group thresholds)."""
+    out: dict[str, Scores] = {}
+    context: dict[str, Any] = {}
+    for model in density_first(models):
+        out[model.task] = model.score(samples[model.task], context or None)
+        if model.task_spec.density_labels:
+            context = {"density": density_calls(out[model.task])}
+    return out
+
+
 def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
                   path: str | Path | None = None, samples: Mapping[str, Sample] | None = None) -> dict[str, Any]:
     """{task: Predictor.result} (JSON-able, in `models` order) of one image; `samples` (from prepare_samples) are
-    reused if given. A density model's predicted class is the context of the other models' decision rules."""
+    reused if given. A density model's call is the context of the other models' decision rules (`score_tasks`)."""
     samples = dict(samples or {})
     predictors = {task: Predictor.from_loaded(p) for task, p in models.items()}
-    out: dict[str, Any] = {}
-    context: dict[str, Any] = {}
-    for task in sorted(predictors, key=lambda t: not predictors[t].task_spec.density_labels):  # density_first
-        p = predictors[task]
-        sample = samples.get(task) or p.prepare(image, meta, roi, path)
-        out[task] = p.result(sample, context=context or None)
-        if p.task_spec.density_labels:
-            context["density"] = [out[task]["call"] or out[task]["predicted"]]  # its decision rule's call
-    return {task: out[task] for task in models}
+    made = {task: samples.get(task) or p.prepare(image, meta, roi, path) for task, p in predictors.items()}
+    scores = score_tasks(predictors.values(), {task: [s] for task, s in made.items()})
+    return {task: predictors[task].result(made[task], scores[task]) for task in models}
 
 
 def predict_paths(paths: Iterable[str | Path], models: Mapping[str, Predictor], rois: Mapping[str, Any] | None = None
@@ -493,7 +512,7 @@ def explain_sample(predictor: Predictor, sample: Sample, top: int = 10, heatmap:
     """Top XGBoost contributions (log-odds, averaged over the calibration ensemble) of named handcrafted features for
     the explained class (the task's explain_target), and a heat map (S, S) in [0, 1]: Grad-CAM when the CNN part has
     a fine-tuned head, else the occlusion sensitivity of the whole model (`occlusion_map`)."""
-    from pipeline.training.model import final_classifier
+    from pipeline.model.estimators import final_classifier
 
     if predictor.task_spec.levels:  # screening: the tile-score map on the original image
         from pipeline.serving.screening import explain_screening

@@ -1,25 +1,25 @@
 """Serving a screening model (Task ``screening``): the tile-score heat map on the original image, the per-breast and
-per-exam rows of `mammoscope predict`, and the PNG overlays of ``--maps``.
+per-exam rows of an exam (pipeline.serving.exam builds its ExamResult from them), and the overlay colouring of the
+app and of ``mammoscope predict --maps``.
 
 The per-image probability and call come from `Predictor.score` like every task's; here the levels above it: a
 breast's probability is the `view_fusion` (mean or max) of its views' probabilities, an exam's is its most
-suspicious breast (pipeline.training.levels.level_proba, the same function the cross-validation uses), each with the
+suspicious breast (pipeline.model.levels.level_proba, the same function the cross-validation uses), each with the
 operating point the training chose for that level (the card's ``decision["level_thresholds"]``).
 """
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from features.tiles import tile_heatmap
-from pipeline.training.levels import level_proba
+from pipeline.model.levels import level_proba
 
 __all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "context_model", "level_rows",
-           "write_level_files", "overlay_rgb", "write_maps"]
+           "overlay_rgb"]
 
 log = logging.getLogger(__name__)
 MAP_GRID = 32  # cells per side of the coarse map in the app's JSON API (`map_summary`)
@@ -83,7 +83,7 @@ def map_summary(heat: np.ndarray, grid: int = MAP_GRID, digits: int = 4) -> dict
 
 
 def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    from pipeline.io.datasets.screening import level_ids
+    from pipeline.io.exams import level_ids
 
     return level_ids(rows)
 
@@ -102,7 +102,7 @@ def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, co
     exam's other views (an image without any keeps its own), from which the breasts and exams are fused; a stage
     trained with the bilateral asymmetry score also needs each image's `asymmetry` score (Scores.asymmetry, the
     batch column ``screening_asymmetry_score``)."""
-    from pipeline.training.context import apply_context, context_features, has_context
+    from pipeline.model.context import apply_context, context_features, has_context
 
     d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
     decision, classes = d["decision"], [str(c) for c in d["classes"]]
@@ -149,95 +149,14 @@ def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, co
     return out
 
 
-def write_level_files(out: str | Path, rows: Sequence[Mapping[str, Any]], items: Sequence[Any], model: Any
-                      ) -> list[str]:
-    """`<out stem>.screening.breasts.csv` and `.screening.exams.csv` beside the results file, from the scored
-    rows of the inputs whose manifest names a patient (or exam), and with a context stage on the model
-    `.screening.images.csv` (each image beside its exam's other views); returns the paths written (none without)."""
-    classes = list(model.classes)
-    column = f"{model.task}_p_{classes[1]}"
-    by_path = {str(r.get("path")): r for r in rows}
-    records = []
-    for item in items:
-        r = by_path.get(item.key)
-        patient = str(item.extra.get("patient_id") or item.extra.get("exam_id") or "").strip()
-        if r is None or r.get("error") or not patient or r.get(column) in (None, ""):
-            continue
-        records.append({"sample_id": item.key, "patient_id": patient, "exam_id": item.extra.get("exam_id") or None,
-                        "laterality": r.get("laterality") or item.laterality, "view": r.get("view") or item.view,
-                        "p": float(r[column]), "asymmetry": _float_or_none(r.get(f"{model.task}_asymmetry_score"))})
-    if not records:
-        return []
-    images = pd.DataFrame(records)
-    if images["exam_id"].isna().all():
-        images = images.drop(columns="exam_id")
-    asym = None
-    if getattr(model, "asymmetry", None) is not None:
-        if images["asymmetry"].isna().any():
-            from pipeline.errors import MammoscopeError
-
-            raise MammoscopeError(f"{out}: some rows lack {model.task}_asymmetry_score, which this model's exam stage "
-                             "needs: rescore those images (--overwrite) with this model")
-        asym = images["asymmetry"].to_numpy(float)
-    levels = level_rows(images, images["p"].to_numpy(), model.card, context_model(model), asym)
-    written = []
-    for lv, table in levels.items():
-        table["screening_model"], table["screening_version"] = model.name, model.version
-        path = Path(out).with_name(f"{Path(out).stem}.screening.{lv}s.csv")
-        table.to_csv(path, index=False)
-        written.append(str(path))
-    return written
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
 def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Grey image (H, W) in [0, 1] with a heat map (H, W) in [0, 1] blended in jet colours -> RGB uint8."""
-    grey = np.repeat(np.clip(np.asarray(image, np.float32), 0, 1)[..., None], 3, axis=2)
+    """Grey image (H, W) in [0, 1] (or uint8) with a heat map (H, W) in [0, 1] blended in jet colours (blue -> cyan
+    -> yellow -> red, piecewise linear) -> RGB uint8; weight alpha * heat, so cold regions stay grey. The one
+    colouring of the app and of `mammoscope predict --maps`."""
+    image = np.asarray(image)
+    grey = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.asarray(image, np.float32)
+    grey = np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
     h = np.clip(np.asarray(heat, np.float32), 0, 1)[..., None]
     colours = np.concatenate([np.clip(1.5 - np.abs(4 * h - c), 0, 1) for c in (3.0, 2.0, 1.0)], axis=2)
     weight = alpha * h
-    return np.round(255 * ((1 - weight) * grey + weight * colours)).astype(np.uint8)
-
-
-def write_maps(directory: str | Path, rows: Sequence[Mapping[str, Any]], model: Any) -> list[str]:
-    """One PNG overlay (the image with its tile-score heat map) per scored image in `directory`; returns the paths.
-    An image whose map cannot be made is logged and skipped."""
-    from PIL import Image
-
-    from pipeline.errors import MammoscopeError
-    from pipeline.io.imageio import read_image
-
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for r in rows:
-        if r.get("error"):
-            continue
-        path = str(r["path"])
-        try:
-            image, meta = read_image(path)
-            if r.get("laterality") and meta.laterality is None:
-                from dataclasses import replace
-
-                meta = replace(meta, laterality=r["laterality"])
-            ex = explain_screening(model, model.prepare(image, meta, path=path))
-        except (MammoscopeError, ValueError) as exc:
-            log.warning("--maps: %s: %s", path, exc)
-            continue
-        heat = ex.get("heatmap_original")
-        if heat is None:
-            continue
-        target = folder / f"{Path(path).stem}.screening.png"
-        n = 1
-        while str(target) in written:
-            target, n = folder / f"{Path(path).stem}-{n}.screening.png", n + 1
-        Image.fromarray(overlay_rgb(image, heat)).save(target)
-        written.append(str(target))
-    return written
+    return (np.clip((1 - weight) * grey + weight * colours, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -161,6 +161,8 @@ def _screenshot(page) -> None:
 
 
 def test_four_view_exam_at_once_equals_mammoscope_predict(browser_app, store, tmp_path):
+    import pandas as pd
+
     page = _page(browser_app)
     _upload(page, *CDD_EXAM)
     levels = [c["level"] for c in _calls(page)]
@@ -168,24 +170,28 @@ def test_four_view_exam_at_once_equals_mammoscope_predict(browser_app, store, tm
     report, _ = _report(page, tmp_path, "exam")
     page.close()
 
-    out = tmp_path / "batch.csv"
+    # `mammoscope predict` on a manifest naming the patient, laterality and views of the same four files
+    manifest, out = tmp_path / "exam.csv", tmp_path / "batch.csv"
+    table = pd.read_csv(DATA / "cdd_cesm" / "manifest.csv")
+    table = table[table["file"].isin([f"images/{p.name}" for p in CDD_EXAM])].assign(
+        path=lambda t: [str(DATA / "cdd_cesm" / f) for f in t["file"]])
+    table[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", *map(str, CDD_EXAM), "--out", str(out),
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(manifest), "--out", str(out),
                            "--tracking-uri", store.tracking_uri, "--no-progress"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    import pandas as pd
-
     rows = {lv: pd.read_csv(out.with_name(f"batch.screening.{lv}s.csv")) for lv in ("image", "breast", "exam")}
     column = "screening_p_malignant"
     by_level = {lv: [c for c in report["calls"] if c["level"] == lv] for lv in ("image", "breast", "exam")}
-    assert by_level["exam"][0]["p"] == pytest.approx(float(rows["exam"][column].iloc[0]), rel=1e-12, abs=1e-15)
-    assert by_level["exam"][0]["call"] == rows["exam"]["screening_call"].iloc[0]
-    breasts = rows["breast"].sort_values("laterality")
-    assert [c["p"] for c in by_level["breast"]] == pytest.approx(breasts[column].tolist(), rel=1e-12, abs=1e-15)
-    images = rows["image"].set_index(rows["image"]["sample_id"].map(lambda s: Path(s).name))
-    assert [c["p"] for c in by_level["image"]] == pytest.approx(
-        [images.loc[p.name, column] for p in CDD_EXAM], rel=1e-12, abs=1e-15)
+    assert [(c["p"], c["threshold"], c["call"]) for c in by_level["exam"]] == list(
+        rows["exam"][[column, "screening_threshold", "screening_call"]].itertuples(index=False, name=None))
+    assert [(c["p"], c["threshold"], c["call"]) for c in by_level["breast"]] == list(
+        rows["breast"][[column, "screening_threshold", "screening_call"]].itertuples(index=False, name=None))
+    images = rows["image"].set_index(rows["image"]["sample_id"].map(lambda s: Path(s).name)).loc[
+        [p.name for p in CDD_EXAM]]
+    assert [(c["p"], c["threshold"], c["call"]) for c in by_level["image"]] == list(
+        images[[column, "screening_threshold", "screening_call"]].itertuples(index=False, name=None))
 
 
 def test_inversion_warning_stays_and_the_dicom_report_holds_calls_but_no_patient_value(browser_app, tmp_path):

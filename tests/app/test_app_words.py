@@ -84,3 +84,11 @@ def test_report_zip_holds_the_page_its_json_and_the_cards(tmp_path):
         assert json.loads(z.read("report.json")) == payload
     assert "suspicious" in page and "found 9 of 10" in page and "href='cards/m-v1.html'" in page
     assert "data:image/jpeg;base64," in page and "<\\/script>" in page  # the embedded JSON cannot close its tag
+
+
+def test_heat_overlay_colours_as_the_batch_maps_do():
+    from pipeline.serving.screening import overlay_rgb
+
+    rng = np.random.default_rng(0)
+    grey, heat = rng.random((64, 48), dtype=np.float32), rng.random((64, 48), dtype=np.float32)
+    assert np.abs(S.heat_overlay(grey, heat).astype(int) - overlay_rgb(grey, heat).astype(int)).max() <= 1

@@ -176,7 +176,7 @@ def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path, 
 def test_training_is_deterministic(champion, tmp_path: Path):
     """The tiny experiment, trained again with the same seed (fresh feature cache): the same metrics and bit-identical
     out-of-fold and final-model predictions."""
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
     from pipeline.training.train import load_task_data, train_experiment
     from tests._tiny_store import tiny_experiment
     import registry
@@ -228,18 +228,53 @@ def test_manifest_with_patient_ids_gets_density_per_exam(champion, tmp_path: Pat
 
 
 def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
-    from pipeline.serving.batch import exam_of, write_exam_summary
+    from types import SimpleNamespace
+
+    from pipeline.serving.batch import ExamFiles, Prepared, exam_of
 
     assert exam_of(InputItem(path="/x.png")) is None
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
-    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
-    from types import SimpleNamespace
-
+    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "P1|exam:E7"
+    assert exam_of(InputItem(path="/x.png", extra={"exam_id": "E7"})) == "E7"
     density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1)
     row = {"path": "/x.png", "density_p_F": 0.2, "density_p_G": 0.3, "density_p_D": 0.5, "error": None}
-    assert write_exam_summary(tmp_path / "r.csv", [row], [InputItem(path="/x.png")], [density]) is None  # no exam ids
+    result = SimpleNamespace(density={"probabilities": {"F": 0.2, "G": 0.3, "D": 0.5}, "call": "D"}, exam=None)
+    lone = InputItem(path="/x.png")
+    files = ExamFiles(tmp_path / "r.csv", [density], [lone], mode="overwrite")  # no exam ids
+    files.add([Prepared(item=lone)], [row], result)
+    assert files.density_path is None and not (tmp_path / "r.exams.csv").exists()
     named = InputItem(path="/x.png", extra={"patient_id": "P1"})
-    assert write_exam_summary(tmp_path / "r.csv", [row], [named], []) is None  # no density model
-    assert write_exam_summary(tmp_path / "r.csv", [], [named], [density]) is None  # nothing scored yet
-    out = write_exam_summary(tmp_path / "r.csv", [row], [named], [density])
+    assert ExamFiles(tmp_path / "r.csv", [], [named], mode="overwrite").density_path is None  # no density model
+    files = ExamFiles(tmp_path / "r.csv", [density], [named], mode="overwrite")
+    assert files.density_path is None  # nothing scored yet
+    files.add([Prepared(item=named)], [row], result)
+    files.add([Prepared(item=named)], [row], result)  # a resumed exam is not written twice
+    out = files.density_path
     assert out == str(tmp_path / "r.exams.csv") and pd.read_csv(out)["density_call"].tolist() == ["D"]
+
+
+def test_a_resumed_run_rescores_a_partly_done_exam_whole_and_writes_no_row_twice(champion, tmp_path: Path):
+    """Exams are the unit: cut the results after the first exam's first image (as a kill would) and resume: the
+    exam is scored again with both its views, its missing image row is added, and the per-exam file keeps one row
+    per exam with the same figures as an uninterrupted run."""
+    from pipeline.paths import default_mias_dir
+
+    images = default_mias_dir() / "images"
+    manifest = tmp_path / "exams.csv"
+    pd.DataFrame({"path": [str(images / f"mdb{n:03d}.png") for n in range(1, 5)],
+                  "patient_id": ["w0", "w0", "w1", "w1"]}).to_csv(manifest, index=False)
+    options = dict(paths=[str(manifest)], model_uri=champion.model_uri("density"),
+                   tracking_uri=champion.tracking_uri, progress=False, n_jobs=1)
+    whole = run_batch(BatchOptions(out=str(tmp_path / "whole.csv"), **options))
+    out = tmp_path / "cut.csv"
+    assert run_batch(BatchOptions(out=str(out), **options)).exit_code == EXIT_OK
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]))  # header + the first image of w0
+    exams_file = tmp_path / "cut.exams.csv"
+    exams_file.write_text("".join(exams_file.read_text().splitlines(keepends=True)[:2]))  # w0's row only
+    resumed = run_batch(BatchOptions(out=str(out), **options))
+    assert resumed.exit_code == EXIT_OK and resumed.skipped == 1 and resumed.this_run == 3
+    final, reference = pd.read_csv(out), pd.read_csv(whole.out)
+    assert final["path"].is_unique and sorted(final["path"]) == sorted(reference["path"])
+    pd.testing.assert_frame_equal(final.set_index("path").sort_index(), reference.set_index("path").sort_index())
+    pd.testing.assert_frame_equal(pd.read_csv(exams_file), pd.read_csv(whole.exams_out))

@@ -168,10 +168,76 @@ def test_the_app_page_shows_the_screening_map_without_a_region_and_the_lesion_mo
     predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
     path = _exam(result).loc[0, "path"]
     handlers = gradio_app._Handlers({"screening": predictor}, {}, ImageCache())
-    state = {"path": path, "pending": None}
-    *labels, summary, _status = handlers.refresh(state, "")
-    assert "operating point" in summary and "call" in summary and labels[list(gradio_app.TASKS).index("screening")]
-    _processed, overlay, notes = handlers.refresh_views(state, "")
+    state = handlers.on_upload([path])[3]
+    verdict, _density, _warnings, status = handlers.refresh(state, "")
+    assert "screening model" in verdict and "of 100 cancers" in verdict and "threshold" in verdict and not status
+    overlay = handlers.refresh_map(state, "")
     loaded = handlers.cache.get(path)
-    assert overlay is not None and overlay.shape[:2][0] >= loaded.display.shape[0] and "heat map" in notes
+    assert overlay is not None and overlay.shape[:2] == loaded.display.shape[:2]
+    assert overlay[..., 0].astype(int).sum() != overlay[..., 2].astype(int).sum()  # coloured by the map
     assert handlers.active((10, 10, 200, 200)) == {}  # a drawn region: the region's (lesion) model answers
+    verdict, *_ = handlers.refresh(state, "10, 10, 200, 200")
+    assert "screening model" not in verdict and "not available" in verdict
+
+
+def _same(a: pd.Series, b: pd.Series) -> bool:
+    """Equal to the bit: numbers as float64 (NaN == NaN), everything else as text (None / NaN as '')."""
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
+    if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+        return np.array_equal(a.to_numpy(float), b.to_numpy(float), equal_nan=True)
+    text = lambda s: s.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))  # noqa: E731
+    return text(a).equals(text(b))
+
+
+def test_an_exam_agrees_to_the_bit_through_score_exam_the_app_and_batch(trained, tmp_path):
+    """#28: one four-view CDD-CESM exam through Predictor.score_exam, the app's /score_exam (a real Gradio server,
+    gradio_client, laterality and view from the uploaded file names) and `mammoscope predict` (a manifest): every
+    probability, threshold and call equal to the bit; the batch's level files are exactly ExamResult.rows()."""
+    from gradio_client import Client, handle_file
+
+    from pipeline.cli import main
+    from pipeline.io.imageio import read_image
+    from pipeline.serving.exam import exam_image
+    from pipeline.serving.predict import load_predictor
+    from pipeline.serving.screening import map_summary
+    from tests._app_helpers import running_app
+
+    uri, result, _ = trained
+    exam = _exam(result)
+    predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
+    images = [exam_image(*read_image(r.path), r.path, patient_id=r.patient_id, laterality=r.laterality, view=r.view)
+              for r in exam.itertuples()]
+    direct = predictor.score_exam(images)
+    assert [im.laterality for im in direct.images] == exam["laterality"].tolist()
+    assert len(direct.breasts) == 2 and direct.exam.n_images == 4 and all(r.context_views for r in direct.images)
+    assert all(r.heatmap.shape == read_image(p)[0].shape for r, p in zip(direct.images, exam["path"]))
+
+    manifest, out_csv = tmp_path / "exam.csv", tmp_path / "results.csv"
+    exam[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
+    assert main(["predict", str(manifest), "--model", f"models:/{NAME}@champion", "--tracking-uri", uri,
+                 "--out", str(out_csv), "--maps", str(tmp_path / "maps"), "--n-jobs", "2", "--no-progress"]) == 0
+    results = pd.read_csv(out_csv).set_index("path").reindex(exam["path"])
+    assert _same(results["screening_p_malignant"], pd.Series([r.p_single for r in direct.images]))
+    assert _same(results["screening_call"], pd.Series([r.outputs["screening_call"] for r in direct.images]))
+    expected = direct.rows()
+    for level in ("image", "breast", "exam"):
+        written = pd.read_csv(tmp_path / f"results.screening.{level}s.csv")
+        assert list(written.columns) == list(expected[level].columns), level
+        for column in written.columns:
+            assert _same(written[column], expected[level][column]), (level, column)
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 4
+
+    with running_app(uri, models={"screening": predictor}) as (url, _demo):
+        app = Client(url, verbose=False).predict([handle_file(p) for p in exam["path"]], api_name="/score_exam")
+    assert not app["errors"] and [im["laterality"] for im in app["images"]] == exam["laterality"].tolist()
+    for got, want in zip(app["images"], direct.images):
+        assert (got["p_single"], got["p"], got["threshold"], got["call"]) == (want.p_single, want.p, want.threshold,
+                                                                              want.call)
+        assert got["map"] == map_summary(want.heatmap)
+    by_side = {b["laterality"]: b for b in app["breasts"]}
+    for want in direct.breasts:
+        got = by_side[want.laterality]
+        assert (got["p"], got["threshold"], got["call"], got["views"]) == (want.p, want.threshold, want.call,
+                                                                           want.views)
+    assert (app["exam"]["p"], app["exam"]["call"]) == (direct.exam.p, direct.exam.call)
+    assert app["model"]["card"]["levels"]["exam"]["threshold"] == predictor.card.decision["level_thresholds"]["exam"]
