@@ -178,7 +178,7 @@ def test_four_view_exam_at_once_equals_mammoscope_predict(browser_app, store, tm
     table[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", str(manifest), "--out", str(out),
-                           "--tracking-uri", store.tracking_uri, "--no-progress"], cwd=ROOT, env=env,
+                           "--tracking-uri", store.tracking_uri, "--n-jobs", "1", "--no-progress"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {lv: pd.read_csv(out.with_name(f"batch.screening.{lv}s.csv")) for lv in ("image", "breast", "exam")}
