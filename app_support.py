@@ -3,7 +3,11 @@
 Reading an upload once per session (a small thread-safe cache), a browser-sized display image of a mammogram
 (16-bit data are windowed by ``pipeline.io.imageio`` and only the display copy is 8-bit), the region of interest
 drawn as a box by two clicks, heat-map overlays, and a whitelist of image facts safe to show (never a
-patient-identifying DICOM value). Prediction itself is ``pipeline.serving.predict``; nothing here computes features.
+patient-identifying DICOM value); the words a reader reads (each call's cost from its model card, bars in the card's
+class order with the threshold mark, prediction-set and density lines, warnings when an image is outside what a card
+says its model saw) and the report to keep (one HTML page + its JSON + the cards, zipped; own code because it is a
+few lines of HTML over data the app already holds). Prediction itself is ``pipeline.serving``; nothing here computes
+features or scores.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ __all__ = [
     "enlarge",
     "safe_meta",
     "user_message",
+    "esc",
     "call_word",
     "operating_figures",
     "cost_sentence",
@@ -336,7 +341,7 @@ def density_legend(classes: Sequence[str], adapter: str | None = None) -> str:
     return "The training dataset's own density labels: " + ", ".join(cls) + "."
 
 
-def _esc(text: Any) -> str:
+def esc(text: Any) -> str:
     import html
 
     return html.escape(str(text), quote=True)
@@ -354,7 +359,7 @@ def bar_html(probabilities: Mapping[str, float], classes: Sequence[str], thresho
             mark = (f"<span class='thr' style='left:{100 * threshold:.1f}%' "
                     f"title='threshold {threshold:.3f}'></span>")
         hot = " hot" if c == highlight else ""
-        rows.append(f"<div class='barrow'><span class='cls'>{_esc(c)}</span><span class='bar'><span "
+        rows.append(f"<div class='barrow'><span class='cls'>{esc(c)}</span><span class='bar'><span "
                     f"class='fill{hot}' style='width:{100 * p:.1f}%'></span>{mark}</span>"
                     f"<span class='pct'>{100 * p:.0f}%</span></div>")
     return "".join(rows)
@@ -367,12 +372,12 @@ def call_html(title: str, level: str, p: float | None, threshold: float | None, 
     positive = str(classes[1])
     probs = {} if p is None else {str(classes[0]): 1 - p, positive: p}
     rel = "" if p is None or threshold is None else (" ≥ " if p >= threshold else " < ")
-    why = f" (P({_esc(positive)}) {p:.2f}{rel}threshold {threshold:.2f})" if p is not None and threshold else ""
-    return (f"<div class='call' data-level='{_esc(level)}' data-call='{_esc(call)}'><div class='head'>"
-            f"<b>{_esc(title)}</b>: called <b class='word'>{_esc(call_word(call))}</b>{why}</div>"
+    why = f" (P({esc(positive)}) {p:.2f}{rel}threshold {threshold:.2f})" if p is not None and threshold else ""
+    return (f"<div class='call' data-level='{esc(level)}' data-call='{esc(call)}'><div class='head'>"
+            f"<b>{esc(title)}</b>: called <b class='word'>{esc(call_word(call))}</b>{why}</div>"
             f"{bar_html(probs, [str(c) for c in classes], threshold, positive if call == positive else None)}"
-            f"<div class='cost'>{_esc(sentence(cost_sentence(card, level)))}.</div>"
-            + (f"<div class='setline'>{_esc(extra)}</div>" if extra else "") + "</div>")
+            f"<div class='cost'>{esc(sentence(cost_sentence(card, level)))}.</div>"
+            + (f"<div class='setline'>{esc(extra)}</div>" if extra else "") + "</div>")
 
 
 RESULT_CSS = """
@@ -487,7 +492,7 @@ def figure_bytes(rgb: np.ndarray, max_side: int = 720) -> bytes:
 
 
 def _row(cells: Sequence[Any], tag: str = "td") -> str:
-    return "<tr>" + "".join(f"<{tag}>{_esc('' if c is None else c)}</{tag}>" for c in cells) + "</tr>"
+    return "<tr>" + "".join(f"<{tag}>{esc('' if c is None else c)}</{tag}>" for c in cells) + "</tr>"
 
 
 def _fmt(p: Any) -> str:
@@ -501,13 +506,13 @@ def report_html(payload: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
     import base64
     import json
 
-    b = [f"<h1>Mammoscope report</h1><p>{_esc(payload.get('note', ''))}</p>",
-         f"<p>Made {_esc(payload.get('created'))} by {_esc(payload.get('code_version'))}; question: "
-         f"{_esc(payload.get('question'))}.</p>"]
+    b = [f"<h1>Mammoscope report</h1><p>{esc(payload.get('note', ''))}</p>",
+         f"<p>Made {esc(payload.get('created'))} by {esc(payload.get('code_version'))}; question: "
+         f"{esc(payload.get('question'))}.</p>"]
     if figures:
         b.append("<div class='figs'>" + "".join(
-            f"<figure><img alt='{_esc(k)}' src='data:image/jpeg;base64,{base64.b64encode(v).decode()}'>"
-            f"<figcaption>{_esc(k)}</figcaption></figure>" for k, v in figures.items()) + "</div>")
+            f"<figure><img alt='{esc(k)}' src='data:image/jpeg;base64,{base64.b64encode(v).decode()}'>"
+            f"<figcaption>{esc(k)}</figcaption></figure>" for k, v in figures.items()) + "</div>")
     calls = payload.get("calls") or []
     if calls:
         b.append("<h2>Calls</h2><table>" + _row(["what", "model", "probability", "threshold", "call", "cost"], "th")
@@ -515,21 +520,21 @@ def report_html(payload: Mapping[str, Any], figures: Mapping[str, bytes]) -> str
                                  call_word(c.get("call")), c.get("cost")]) for c in calls) + "</table>")
     sets = [c for c in calls if c.get("set_line")]
     if sets:
-        b.append("<h2>Prediction sets</h2><ul>" + "".join(f"<li>{_esc(c['what'])}: {_esc(c['set_line'])}</li>"
+        b.append("<h2>Prediction sets</h2><ul>" + "".join(f"<li>{esc(c['what'])}: {esc(c['set_line'])}</li>"
                                                           for c in sets) + "</ul>")
     density = payload.get("density")
     if density:
         probs = ", ".join(f"{k} {v:.0%}" for k, v in (density.get("probabilities") or {}).items())
-        b.append(f"<h2>Density</h2><p>Call <b>{_esc(density.get('call'))}</b> ({_esc(probs)}); "
-                 f"{_esc(density.get('cost'))}. {_esc(density.get('set_line') or '')}</p>"
-                 f"<p>{_esc(density.get('legend'))}</p>")
+        b.append(f"<h2>Density</h2><p>Call <b>{esc(density.get('call'))}</b> ({esc(probs)}); "
+                 f"{esc(density.get('cost'))}. {esc(density.get('set_line') or '')}</p>"
+                 f"<p>{esc(density.get('legend'))}</p>")
     warns = payload.get("warnings") or []
-    b.append("<h2>Warnings</h2>" + ("<ul>" + "".join(f"<li class='warn'>{_esc(w)}</li>" for w in warns) + "</ul>"
+    b.append("<h2>Warnings</h2>" + ("<ul>" + "".join(f"<li class='warn'>{esc(w)}</li>" for w in warns) + "</ul>"
                                     if warns else "<p>None.</p>"))
     models = payload.get("models") or []
     b.append("<h2>Models</h2><ul>" + "".join(
-        f"<li>{_esc(m['task'])}: {_esc(m['name'])} version {_esc(m['version'])}"
-        + (f" (<a href='{_esc(m['card_file'])}'>model card</a>)" if m.get("card_file") else "") + "</li>"
+        f"<li>{esc(m['task'])}: {esc(m['name'])} version {esc(m['version'])}"
+        + (f" (<a href='{esc(m['card_file'])}'>model card</a>)" if m.get("card_file") else "") + "</li>"
         for m in models) + "</ul>")
     data = json.dumps(payload, indent=1).replace("</", "<\\/")
     b.append(f"<script type='application/json' id='report-data'>{data}</script>")

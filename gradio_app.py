@@ -45,7 +45,7 @@ from app_support import (
     RESULT_CSS,
     server_address,
     ImageCache,
-    _esc,
+    esc,
     bar_html,
     box_from_corners,
     box_problem,
@@ -482,12 +482,12 @@ class _Handlers:
         adapter = trained_on(model.card.dataset or {})
         per = "exam" if d.get("n_images", 1) > 1 else "image"
         return (f"<div class='call' data-level='density'><div class='head'><b>Density ({per})</b>: "
-                f"<b class='word'>{_esc(d['call'])}</b></div>"
+                f"<b class='word'>{esc(d['call'])}</b></div>"
                 f"{bar_html(d['probabilities'], classes, None, d['call'])}"
-                + (f"<div class='setline'>{_esc(set_line(d.get('prediction_set'), coverage, len(classes)))}</div>"
+                + (f"<div class='setline'>{esc(set_line(d.get('prediction_set'), coverage, len(classes)))}</div>"
                    if d.get("prediction_set") else "")
-                + f"<div class='cost'>{_esc(sentence(density_cost(model.card, per == 'exam')))}.</div>"
-                f"<div class='legend'>{_esc(density_legend(classes, adapter))}</div></div>")
+                + f"<div class='cost'>{esc(sentence(density_cost(model.card, per == 'exam')))}.</div>"
+                f"<div class='legend'>{esc(density_legend(classes, adapter))}</div></div>")
 
     def _warnings(self, exam: "_Exam", i: int, box: tuple | None) -> str:
         """Markdown of every warning that stands for the result on show (reader, card, region)."""

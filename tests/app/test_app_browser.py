@@ -123,6 +123,13 @@ def test_whole_mdb028_is_screened_with_its_map_in_the_breast_and_a_box_switches_
     distance = ndimage.distance_transform_edt(~breast_mask(image))
     assert distance[y, x] <= max(image.shape) / side, f"the map's hottest point {x, y} lies off the breast"
 
+    page.click("#about button, #about .label-wrap")  # the model cards' HTML pages, reachable from the app
+    with page.expect_download(timeout=30_000) as info:
+        page.click("#card-screening")
+    card = Path(info.value.path()).read_text(encoding="utf-8")
+    assert "Model card: mammoscope-screening" in card and "Intended use" in card
+    page.click("#about button, #about .label-wrap")
+
     image_el = page.locator("#view img")
     box = image_el.bounding_box()
     image_el.click(position={"x": box["width"] * 0.40, "y": box["height"] * 0.30})

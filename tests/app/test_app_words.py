@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,24 @@ def test_heat_overlay_colours_as_the_batch_maps_do():
     rng = np.random.default_rng(0)
     grey, heat = rng.random((64, 48), dtype=np.float32), rng.random((64, 48), dtype=np.float32)
     assert np.abs(S.heat_overlay(grey, heat).astype(int) - overlay_rgb(grey, heat).astype(int)).max() <= 1
+
+
+def test_a_zipped_study_is_unpacked_flat_without_dicomdir_hidden_or_mac_files(tmp_path):
+    import gradio_app
+
+    study = tmp_path / "study.zip"
+    with zipfile.ZipFile(study, "w") as z:
+        z.writestr("STUDY/SERIES1/IM1", b"one")
+        z.writestr("STUDY/SERIES2/IM2", b"two")
+        z.writestr("DICOMDIR", b"index")
+        z.writestr("__MACOSX/._IM1", b"fork")
+        z.writestr("../escape.dcm", b"three")  # a name outside the folder is written inside it, flat
+    plain = tmp_path / "mdb001.png"
+    plain.write_bytes(b"png")
+    bad = tmp_path / "broken.zip"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    files, errors = gradio_app._unpack([str(plain), str(study), str(bad)])
+    assert not errors and files[0] == str(plain) and files[-1] == str(bad)  # not a zip: read (and refused) as a file
+    unpacked = files[1:-1]
+    assert sorted(open(f, "rb").read() for f in unpacked) == [b"one", b"three", b"two"]
+    assert all(Path(f).parent == Path(unpacked[0]).parent and ".." not in f for f in unpacked)
