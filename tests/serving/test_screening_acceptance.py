@@ -241,3 +241,29 @@ def test_an_exam_agrees_to_the_bit_through_score_exam_the_app_and_batch(trained,
                                                                            want.views)
     assert (app["exam"]["p"], app["exam"]["call"]) == (direct.exam.p, direct.exam.call)
     assert app["model"]["card"]["levels"]["exam"]["threshold"] == predictor.card.decision["level_thresholds"]["exam"]
+
+
+def test_predict_with_maps_reads_each_image_once(trained, tmp_path, monkeypatch):
+    """#28: `--maps` draws each overlay from the sample and pixels already in memory: one read per image."""
+    import collections
+
+    import pipeline.io.imageio as imageio
+    from pipeline.serving.batch import BatchOptions, run_batch
+
+    uri, result, _ = trained
+    exam = _exam(result)
+    reads: collections.Counter = collections.Counter()
+    real = imageio.read_image
+
+    def counting(path, *args, **kwargs):
+        reads[str(path)] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "read_image", counting)
+    manifest = tmp_path / "exam.csv"
+    exam[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
+    summary = run_batch(BatchOptions(paths=[str(manifest)], out=str(tmp_path / "r.csv"),
+                                     model_uri=f"models:/{NAME}@champion", tracking_uri=uri, n_jobs=1,
+                                     progress=False, maps=str(tmp_path / "maps")))
+    assert summary.exit_code == 0 and summary.maps_out == 4 and len(summary.levels_out) == 3
+    assert dict(reads) == {str(Path(p)): 1 for p in exam["path"]}
