@@ -177,7 +177,7 @@ def test_the_app_page_shows_the_screening_map_without_a_region_and_the_lesion_mo
     assert overlay[..., 0].astype(int).sum() != overlay[..., 2].astype(int).sum()  # coloured by the map
     assert handlers.active((10, 10, 200, 200)) == {}  # a drawn region: the region's (lesion) model answers
     verdict, *_ = handlers.refresh(state, "10, 10, 200, 200")
-    assert "screening model" not in verdict and "not available" in verdict
+    assert "Answered by the screening model" not in verdict and "not available" in verdict
 
 
 def _same(a: pd.Series, b: pd.Series) -> bool:
