@@ -1,18 +1,22 @@
-"""Latency of the Gradio app through a real server and gradio_client (upload -> both probabilities returned).
+"""Latency of the Gradio app through a real server and gradio_client, the old app (main at 0202106) and this one
+in the same run: probabilities (``/predict``) and the map (``/explain``, the screening model's tile map of the whole
+image) for a 1024 px mini-MIAS PNG, probabilities for a full-field 16-bit RLE DICOM, and N concurrent clients on
+the new app (zero errors, p95). Targets (issue 29): probabilities p95 <= 300 ms, map p95 <= 1 s for the PNG.
 
-Starts `gradio_app.launch` in a subprocess on a free loopback port with the upload cache off (every request
-reads its file again), then measures: a 224x224 PNG (targets p50 <= 150 ms, p95 <= 300 ms), a full-field
-16-bit RLE DICOM from ../shared/data/cbis_ddsm (target p95 <= 1.5 s), and 8 concurrent clients x 25 requests
-(zero errors, p95). Models: the champions at --tracking-uri (default: the project's store); if there are none,
-the tiny test champions are trained into a temporary store first (said in the output).
+Each app runs in a subprocess on a free loopback port with the upload cache off (every request reads its file
+again). The old app is `git archive <commit>` unpacked into a temporary folder and run from there; its models
+are pickled with its own module paths, so each app scores its own tiny champions (density, malignancy and
+screening, trained by that tree's code on the same real images with the same settings: tests/_tiny_store.py),
+unless --tracking-uri / --old-tracking-uri name stores with champions (the main job's, for real-model figures).
 
-    .venv/bin/python benchmarks/app.py [--tracking-uri URI] [--png-requests 40] [--dicom-requests 10]
+    .venv/bin/python benchmarks/app.py [--old-commit 0202106] [--requests 30] [--clients 4 --per-client 10]
 
 Figures on a shared 2-core machine are noisy; run it when the machine is otherwise idle.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -27,122 +31,206 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.paths import default_data_root, default_tracking_uri  # noqa: E402
+OLD_COMMIT = "0202106"  # main before issue 29: the app with the lesion model on whole images and no report
+TASKS = ("density", "malignancy", "screening")
+
+# Trains the tiny champions with the code of the tree it runs in (cwd): density and malignancy from
+# tests/_tiny_store.py, screening with the settings passed as JSON (tests._tiny_store.TINY_SCREENING of this tree).
+_TRAIN = """
+import json, sys
+from pathlib import Path
+from tests._tiny_store import tiny_store
+from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+from pipeline.training.train import train_experiment
+folder = Path(sys.argv[1])
+store = tiny_store(folder)
+exp = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", json.loads(sys.argv[2]))
+result = train_experiment(exp, store.tracking_uri, cache_dir=folder / "cache")
+assert result.promoted, result.promotion_reason
+print("URI", store.tracking_uri)
+"""
 
 
-def _has_champions(uri: str) -> bool:
-    from pipeline.config.tasks import TASKS
-    from pipeline.serving.predict import load_available_models
+def _old_tree(commit: str, folder: Path) -> Path:
+    """The project at `commit` unpacked into `folder` (git archive: tracked files only); `../shared` linked beside
+    it so its default data root finds the same images."""
+    tree = folder / f"app-{commit}"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    shared = folder / "shared"
+    if not shared.exists():
+        shared.symlink_to((ROOT.parent / "shared").resolve())
+    return tree
 
-    _, missing = load_available_models([t for t in TASKS if TASKS[t].in_main], tracking_uri=uri)
-    return not missing  # the champions the main job trains (the app benchmark measures those)
+
+def _has_champions(tree: Path, uri: str) -> bool:
+    code = ("import sys; from pipeline.serving.predict import load_available_models; "
+            f"m, missing = load_available_models({list(TASKS)!r}, tracking_uri={uri!r}); sys.exit(1 if missing else 0)")
+    return subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), capture_output=True).returncode == 0
 
 
-def _start_server(uri: str, port: int) -> subprocess.Popen:
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "GRADIO_ANALYTICS_ENABLED": "False"}
+
+
+def _train_tiny(tree: Path, folder: Path) -> str:
+    from tests._tiny_store import TINY_SCREENING
+
+    done = subprocess.run([sys.executable, "-c", _TRAIN, str(folder), json.dumps(TINY_SCREENING)], cwd=tree,
+                          env=_env(tree), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"training the tiny champions in {tree} failed:\n{done.stderr[-3000:]}")
+    return next(line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith("URI "))
+
+
+def _start_server(tree: Path, uri: str, port: int) -> subprocess.Popen:
     code = ("import gradio_app; gradio_app.launch('127.0.0.1', %d, %r, image_cache_size=0, quiet=True)" % (port, uri))
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True,
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tree, env=_env(tree), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with status {proc.returncode} before serving")
+            raise RuntimeError(f"the app in {tree} exited with status {proc.returncode} before serving")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2)
             return proc
         except OSError:
             time.sleep(0.5)
-    proc.kill()
+    os.killpg(proc.pid, 15)
     raise RuntimeError("the app did not start within 300 s")
 
 
 def _pct(ms: list[float]) -> str:
     a = np.asarray(ms)
-    return f"n={len(a)} p50={np.percentile(a, 50):.0f} ms p95={np.percentile(a, 95):.0f} ms max={a.max():.0f} ms"
+    return f"p50 {np.percentile(a, 50):6.0f} ms  p95 {np.percentile(a, 95):6.0f} ms  (n={len(a)})"
 
 
-def _timed(client, path: Path) -> float:
+def _timed(client, path: Path, api: str) -> float:
     from gradio_client import handle_file
 
     t = time.perf_counter()
-    out = client.predict(handle_file(str(path)), "", api_name="/predict")
+    if api == "/score_exam":  # the page's whole-image path: score_exam with the maps (the new app only)
+        out = client.predict([handle_file(str(path))], api_name=api)
+        ms = (time.perf_counter() - t) * 1000
+        if out["exam"] is None or out["images"][0]["map"] is None:
+            raise AssertionError("no exam level or map in the /score_exam answer")
+        return ms
+    out = client.predict(handle_file(str(path)), "", api_name=api)
     ms = (time.perf_counter() - t) * 1000
-    for task in out["results"]:
-        total = sum(out["results"][task]["probabilities"].values())
-        if abs(total - 1) > 1e-6:
-            raise AssertionError(f"{task} probabilities sum to {total}")
+    if api == "/predict":
+        for task, res in out["results"].items():
+            if abs(sum(res["probabilities"].values()) - 1) > 1e-6:
+                raise AssertionError(f"{task} probabilities do not sum to 1")
+    elif "map" not in out["explanations"].get("screening", {}):
+        raise AssertionError("no screening map in the /explain answer: is a screening champion loaded?")
     return ms
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument("--png-requests", type=int, default=40)
-    parser.add_argument("--dicom-requests", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--per-client", type=int, default=25)
-    args = parser.parse_args()
-
+def _measure(name: str, tree: Path, uri: str, png: Path, dicom: Path, n: int, exam: bool = False
+             ) -> dict[str, list[float]]:
     from gradio_client import Client
-    from PIL import Image
 
-    from tests._app_helpers import CBIS_DICOM, MIAS_PNG, free_port, tiny_champions
-
-    uri = args.tracking_uri or default_tracking_uri()
-    if not _has_champions(uri):
-        print(f"no density+malignancy champions at {uri}: training the tiny test champions (mini-MIAS, 32 px)")
-        uri, versions = tiny_champions()
-    print(f"models from {uri}")
-    work = Path(tempfile.mkdtemp(prefix="mammoscope-bench-"))
-    png = work / "mdb001_224.png"
-    Image.open(MIAS_PNG).convert("L").resize((224, 224), Image.BILINEAR).save(png)
-    dicom = CBIS_DICOM if CBIS_DICOM.exists() else next((default_data_root() / "cbis_ddsm").rglob("*.dcm"))
+    from tests._app_helpers import free_port
 
     port = free_port()
     t0 = time.perf_counter()
-    proc = _start_server(uri, port)
-    print(f"server up in {time.perf_counter() - t0:.1f} s (upload cache off)")
+    proc = _start_server(tree, uri, port)
+    print(f"{name}: server up in {time.perf_counter() - t0:.1f} s")
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        for _ in range(5):
-            _timed(client, png)
-        png_ms = [_timed(client, png) for _ in range(args.png_requests)]
-        print(f"224x224 PNG -> both probabilities: {_pct(png_ms)}  (targets p50 <= 150, p95 <= 300)")
+        out: dict[str, list[float]] = {}
+        for label, path, api, count in (("probabilities, 1024 px PNG", png, "/predict", n),
+                                        ("map, 1024 px PNG", png, "/explain", n),
+                                        ("probabilities, 16-bit DICOM", dicom, "/predict", max(3, n // 4)),
+                                        *([("calls + map (/score_exam), PNG", png, "/score_exam", n)] if exam else [])):
+            for _ in range(2):
+                _timed(client, path, api)  # warm-up
+            out[label] = [_timed(client, path, api) for _ in range(count)]
+        return out
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
 
-        _timed(client, dicom)
-        dcm_ms = [_timed(client, dicom) for _ in range(args.dicom_requests)]
-        print(f"{dicom.name} (16-bit RLE DICOM) -> both probabilities: {_pct(dcm_ms)}  (target p95 <= 1500)")
 
-        clients = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(args.clients)]
-        latencies: list[float] = []
-        errors: list[str] = []
-        lock = threading.Lock()
+def _concurrent(uri: str, png: Path, clients: int, per_client: int) -> None:
+    from gradio_client import Client
 
-        def worker(c) -> None:
-            for _ in range(args.per_client):
-                try:
-                    ms = _timed(c, png)
-                    with lock:
-                        latencies.append(ms)
-                except Exception as exc:  # counted and printed: the benchmark reports every failure
-                    with lock:
-                        errors.append(f"{type(exc).__name__}: {exc}")
+    from tests._app_helpers import free_port
 
+    port = free_port()
+    proc = _start_server(ROOT, uri, port)
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def worker(c) -> None:
+        for _ in range(per_client):
+            try:
+                ms = _timed(c, png, "/predict")
+                with lock:
+                    latencies.append(ms)
+            except Exception as exc:  # counted and printed: the benchmark reports every failure
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        pool = [Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(clients)]
         t = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(c,)) for c in clients]
+        threads = [threading.Thread(target=worker, args=(c,)) for c in pool]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
-        print(f"{args.clients} clients x {args.per_client} PNG requests: errors={len(errors)} {_pct(latencies)} "
-              f"throughput={len(latencies) / wall:.1f} req/s")
-        for e in errors[:5]:
-            print("  error:", e)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
-    return 0 if not errors else 1
+    print(f"new app, {clients} clients x {per_client} PNG /predict: errors={len(errors)} {_pct(latencies)} "
+          f"throughput={len(latencies) / wall:.1f} req/s")
+    for e in errors[:5]:
+        print("  error:", e)
+    if errors:
+        raise SystemExit(1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default=None, help="store with the new app's champions (default: tiny)")
+    parser.add_argument("--old-tracking-uri", default=None, help="store with champions the old code can load")
+    parser.add_argument("--old-commit", default=OLD_COMMIT)
+    parser.add_argument("--requests", type=int, default=30, help="timed requests per measure and app")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients on the new app (0: skip)")
+    parser.add_argument("--per-client", type=int, default=10)
+    args = parser.parse_args()
+
+    from tests._app_helpers import CBIS_DICOM, MIAS_PNG
+
+    work = Path(tempfile.mkdtemp(prefix="mammoscope-bench-app-"))
+    old = _old_tree(args.old_commit, work)
+    stores = {}
+    for name, tree, given in (("old", old, args.old_tracking_uri), ("new", ROOT, args.tracking_uri)):
+        if given and _has_champions(tree, given):
+            stores[name] = given
+        else:
+            t = time.perf_counter()
+            stores[name] = _train_tiny(tree, work / f"store-{name}")
+            print(f"{name}: tiny density, malignancy and screening champions trained by its own code in "
+                  f"{time.perf_counter() - t:.0f} s")
+    png, dicom = MIAS_PNG, CBIS_DICOM  # mdb001: 1024 x 1024 8-bit PNG; a 16-bit RLE full-field DICOM
+    results = {f"old ({args.old_commit})": _measure("old", old, stores["old"], png, dicom, args.requests),
+               "new (this tree)": _measure("new", ROOT, stores["new"], png, dicom, args.requests, exam=True)}
+    print(f"\n{'measure':32s} {'app':18s} latency through the server (gradio_client)")
+    for label in results["new (this tree)"]:
+        for app, out in results.items():
+            if label in out:
+                print(f"{label:32s} {app:18s} {_pct(out[label])}")
+    new = results["new (this tree)"]
+    print(f"\ntargets: probabilities p95 <= 300 ms -> {np.percentile(new['probabilities, 1024 px PNG'], 95):.0f} ms; "
+          f"map p95 <= 1000 ms -> {np.percentile(new['map, 1024 px PNG'], 95):.0f} ms")
+    if args.clients > 0:
+        _concurrent(stores["new"], png, args.clients, args.per_client)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.paths import PROJECT_DIR
+from pipeline.paths import PROJECT_DIR, default_data_root
 
-__all__ = ["TASK_OVERRIDES", "TINY_EXPERIMENT", "TINY_OVERRIDES", "TinyStore", "tiny_experiment", "tiny_store"]
+__all__ = ["TASK_OVERRIDES", "TINY_EXPERIMENT", "TINY_OVERRIDES", "TINY_SCREENING", "TinyStore", "tiny_experiment",
+           "tiny_store", "tiny_screening"]
 
 TINY_EXPERIMENT = PROJECT_DIR / "experiments" / "tiny_test.yaml"
 TINY_OVERRIDES = ("samples.size=32", "model.n_estimators=5", "evaluation.bootstrap_resamples=20",
@@ -77,3 +78,35 @@ def tiny_store(folder: Path | None = None) -> TinyStore:
         folder.mkdir(parents=True, exist_ok=True)
         _STORE.append(_train(folder))
     return _STORE[0]
+
+
+# A tiny screening champion (CDD-CESM, 28 images, 32 px samples at scale 2, 4 tiles): the app's whole-image model.
+TINY_SCREENING = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
+                               "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
+                  "samples": {"size": 32},
+                  "screening": {"scale": 2.0, "tile_size": 32, "max_tiles": 4},
+                  "model": {"n_estimators": 15}, "calibration": {"inner_folds": 2},
+                  "evaluation": {"folds": 3, "bootstrap_resamples": 20},
+                  "dataset": {"max_samples": 28},
+                  "compute": {"n_jobs": 1},
+                  "tracking": {"experiment_name": "mammoscope-test", "registered_model_name": "mammoscope-screening"}}
+_SCREENING: list[int] = []
+
+
+def tiny_screening(store: TinyStore | None = None) -> TinyStore:
+    """The tiny store with a mammoscope-screening champion added (trained on first call from real CDD-CESM images,
+    ~1 min on 2 cores); its version joins `store.versions["screening"]`."""
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.training.train import train_experiment
+
+    store = store or tiny_store()
+    if not _SCREENING:
+        if not (default_data_root() / "cdd_cesm" / "manifest.csv").is_file():
+            raise FileNotFoundError("CDD-CESM is not in shared/data: the tiny screening champion needs it")
+        exp = load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", TINY_SCREENING)
+        result = train_experiment(exp, store.tracking_uri, cache_dir=store.cache_dir)
+        assert result.promoted, result.promotion_reason
+        _SCREENING.append(int(result.model_version))
+        store.versions["screening"] = _SCREENING[0]
+        store.names["screening"] = "mammoscope-screening"
+    return store

@@ -163,6 +163,10 @@ def test_without_a_champion_the_app_starts_and_names_the_training_command(tmp_pa
     with running_app(uri) as (url, _demo):
         page = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
         texts = " ".join(str(c.get("props", {}).get("value", "")) for c in page["components"])
-        assert "mammoscope train" in texts
+        assert "mammoscope train" in texts  # in the About panel: how to train each missing model
+        by_id = {c.get("props", {}).get("elem_id"): str(c.get("props", {}).get("value", "")) for c in page["components"]}
+        calm = by_id["missing"]  # the first screen: one calm line, no command, no path
+        assert "Screening is not available in this installation." in calm
+        assert "mammoscope" not in calm.lower() and "sqlite" not in calm and "/" not in calm
         with pytest.raises(AppError, match="mammoscope train"):
             Client(url, verbose=False).predict(handle_file(str(MIAS_PNG)), "", api_name="/predict")

@@ -41,7 +41,7 @@ def test_app_and_batch_give_identical_probabilities_for_the_same_image_and_model
 
 
 def test_one_click_builds_each_sample_once(predictors, monkeypatch):
-    """refresh, refresh_views and the explanation of one image and region share one sample per task."""
+    """refresh, refresh_map and the report of one image and region share one sample per task."""
     import gradio_app
     from pipeline.serving import predict
     from app_support import ImageCache
@@ -57,9 +57,10 @@ def test_one_click_builds_each_sample_once(predictors, monkeypatch):
 
     monkeypatch.setattr(predict.SampleSpec, "prepare", counting)
     h = gradio_app._Handlers(predictors, {}, ImageCache())
-    state = {"path": str(MIAS_PNG), "pending": None}
+    state = h.on_upload([str(MIAS_PNG)])[3]
     h.refresh(state, "450, 300, 650, 500")
-    h.refresh_views(state, "450, 300, 650, 500")
+    h.refresh_map(state, "450, 300, 650, 500")
+    h.refresh_report(state, "450, 300, 650, 500")
     assert sorted(calls) == ["density", "malignancy"]
 
 

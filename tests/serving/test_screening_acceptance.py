@@ -168,13 +168,16 @@ def test_the_app_page_shows_the_screening_map_without_a_region_and_the_lesion_mo
     predictor = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri)
     path = _exam(result).loc[0, "path"]
     handlers = gradio_app._Handlers({"screening": predictor}, {}, ImageCache())
-    state = {"path": path, "pending": None}
-    *labels, summary, _status = handlers.refresh(state, "")
-    assert "operating point" in summary and "call" in summary and labels[list(gradio_app.TASKS).index("screening")]
-    _processed, overlay, notes = handlers.refresh_views(state, "")
+    state = handlers.on_upload([path])[3]
+    verdict, _density, _warnings, status = handlers.refresh(state, "")
+    assert "screening model" in verdict and "of 100 cancers" in verdict and "threshold" in verdict and not status
+    overlay = handlers.refresh_map(state, "")
     loaded = handlers.cache.get(path)
-    assert overlay is not None and overlay.shape[:2][0] >= loaded.display.shape[0] and "heat map" in notes
+    assert overlay is not None and overlay.shape[:2] == loaded.display.shape[:2]
+    assert overlay[..., 0].astype(int).sum() != overlay[..., 2].astype(int).sum()  # coloured by the map
     assert handlers.active((10, 10, 200, 200)) == {}  # a drawn region: the region's (lesion) model answers
+    verdict, *_ = handlers.refresh(state, "10, 10, 200, 200")
+    assert "Answered by the screening model" not in verdict and "not available" in verdict
 
 
 def _same(a: pd.Series, b: pd.Series) -> bool:
