@@ -10,6 +10,10 @@ Method of :func:`breast_mask`
 3. A binary opening with a small square detaches thin bridges between the breast and burned-in film labels, markers or
    scanner edges; the largest 8-connected component is kept (the breast is by far the largest bright object, labels
    and markers are small and separate).
+   Markers brighter than the breast (``max_peel``): on a dim export with a saturated corner marker, Otsu's threshold
+   can fall between the breast and the marker, and the marker alone is kept. When every bright component is
+   smaller than ``min_share`` of the image (too small to be a breast), those pixels are set aside and the rest is
+   thresholded again (its grey scale now ends at the brightest pixel left), up to ``max_peel`` times.
 4. Holes inside the component (dark fat lobules, a dark lesion core) are filled, then the mask is dilated back by
    the opening radius intersected with the threshold mask.
 5. Dim breast inside the outline (``fill_convex``, on by default): on digital and contrast-enhanced images whose
@@ -35,7 +39,9 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from skimage.morphology import convex_hull_image
 
-__all__ = ["breast_mask", "chest_wall_side", "orient_chest_wall_left"]
+__all__ = ["MIN_BREAST_SHARE", "breast_mask", "contrast_to_noise", "chest_wall_side", "orient_chest_wall_left"]
+
+MIN_BREAST_SHARE = 0.02  # a bright region under 2 % of the image is a label, a marker or noise, not a breast
 
 
 def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -57,9 +63,44 @@ def _fill_convex(component: np.ndarray, above_floor: np.ndarray) -> np.ndarray:
     return np.isin(labels, keep[keep > 0])
 
 
+def _bright(small: np.ndarray, counted: np.ndarray, lowest: float, otsu_fraction: float
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 levels of `small` over [lowest, max of the counted pixels], counted pixels above the fraction of Otsu's
+    threshold of the counted non-black pixels)."""
+    span = float(small[counted].max()) - lowest
+    if span <= 0.0:
+        return np.zeros(small.shape, np.uint8), np.zeros(small.shape, bool)
+    levels = np.clip((small - lowest) * np.float32(255.0 / span), 0, 255).astype(np.uint8)
+    # 256-level histogram of the non-black pixels, then Otsu on it (cheaper than on the pixels themselves)
+    counts = np.bincount(levels[counted], minlength=256).astype(np.float64)
+    counts[0] = 0.0
+    if np.count_nonzero(counts) < 2:
+        bright = levels > 0
+    else:
+        threshold = threshold_otsu(hist=(counts, np.arange(256, dtype=np.float64)))
+        bright = levels > threshold * otsu_fraction
+    return levels, bright & counted
+
+
+def _largest(bright: np.ndarray, opening_radius: int) -> np.ndarray | None:
+    """The largest 8-connected component of `bright` after a square opening (None when there is none)."""
+    size = 2 * opening_radius + 1
+    if opening_radius > 0:  # square opening via separable min/max filters: fast on uint8
+        as_u8 = bright.view(np.uint8)
+        opened = ndi.maximum_filter(ndi.minimum_filter(as_u8, size=size), size=size).astype(bool)
+    else:
+        opened = bright
+    labels, count = ndi.label(opened if opened.any() else bright, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
 def breast_mask(
     image: np.ndarray, *, work_size: int = 128, otsu_fraction: float = 0.5, opening_radius: int = 2,
-    fill_convex: bool = True, floor_levels: int = 2,
+    fill_convex: bool = True, floor_levels: int = 2, min_share: float = MIN_BREAST_SHARE, max_peel: int = 3,
 ) -> np.ndarray:
     """Boolean (H, W) mask of the breast: largest bright component after a fraction of Otsu's threshold, holes filled.
 
@@ -75,31 +116,20 @@ def breast_mask(
     small = np.asarray(image[::stride, ::stride], dtype=np.float32)
 
     lowest = float(small.min())
-    span = float(small.max()) - lowest
-    if span <= 0.0:
+    if float(small.max()) <= lowest:
         return np.zeros((height, width), dtype=bool)
-    # 256-level histogram of the non-black pixels, then Otsu on it (cheaper than on the pixels themselves)
-    levels = ((small - lowest) * np.float32(255.0 / span)).astype(np.uint8)
-    counts = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
-    counts[0] = 0.0
-    if np.count_nonzero(counts) < 2:
-        bright = levels > 0
-    else:
-        threshold = threshold_otsu(hist=(counts, np.arange(256, dtype=np.float64)))
-        bright = levels > threshold * otsu_fraction
-
     size = 2 * opening_radius + 1
-    if opening_radius > 0:  # square opening via separable min/max filters: fast on uint8
-        as_u8 = bright.view(np.uint8)
-        opened = ndi.maximum_filter(ndi.minimum_filter(as_u8, size=size), size=size).astype(bool)
-    else:
-        opened = bright
-    labels, count = ndi.label(opened if opened.any() else bright, structure=np.ones((3, 3), bool))
-    if count == 0:
+    counted = np.ones(small.shape, dtype=bool)  # pixels the threshold is computed from
+    for _ in range(max_peel + 1):
+        levels, bright = _bright(small, counted, lowest, otsu_fraction)
+        component = _largest(bright, opening_radius)
+        if component is None or component.mean() >= min_share or not (counted & ~bright).any():
+            break
+        # every bright object is too small to be a breast: markers or labels brighter than the breast; set them
+        # aside and threshold the rest again
+        counted &= ~bright
+    if component is None:
         return np.zeros((height, width), dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    component = labels == int(np.argmax(sizes))
     if opening_radius > 0:
         component = ndi.maximum_filter(component.view(np.uint8), size=size).astype(bool) & bright
     component = ndi.binary_fill_holes(component)
@@ -109,6 +139,29 @@ def breast_mask(
     if stride == 1:
         return component
     return np.repeat(np.repeat(component, stride, axis=0), stride, axis=1)[:height, :width]
+
+
+def contrast_to_noise(image: np.ndarray, *, work_size: int = 128) -> float:
+    """Grey range of the image's large structure over its noise: p99 - p1 of a 9 x 9 median-filtered copy, divided
+    by the noise standard deviation in its flattest tenth (blocks of 8 x 8 pixels), both at `work_size` px; inf when
+    noise-free.
+
+    A breast against its background gives tens or more (its contrast is large, the background flat); an empty
+    detector or a noise field, whose only structure is its noise, about 1. The 9 x 9 median keeps structure wider
+    than about 5 % of the image's long side (a breast) and drops what is thinner or smaller (a detector seam line, a
+    corner marker) and most of the noise; the noise is estimated from the absolute difference to a 3 x 3 median (0.72
+    of the standard deviation for Gaussian noise) in the flattest blocks, so tissue texture does not count as noise.
+    """
+    image = _check_image(image)
+    stride = max(1, int(np.ceil(max(image.shape) / work_size)))
+    small = np.asarray(image[::stride, ::stride], dtype=np.float32)
+    low, high = np.percentile(ndi.median_filter(small, size=9, mode="nearest"), [1, 99])
+    residual = np.abs(small - ndi.median_filter(small, size=3, mode="nearest"))
+    noise = float(np.percentile(ndi.uniform_filter(residual, size=8, mode="nearest"), 10)) / 0.72
+    contrast = float(high - low)
+    if noise <= 0.0:
+        return float("inf") if contrast > 0.0 else 0.0
+    return contrast / noise
 
 
 def chest_wall_side(image: np.ndarray, mask: np.ndarray | None = None) -> str:

@@ -26,14 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.breast import breast_mask, orient_chest_wall_left
+from features.breast import MIN_BREAST_SHARE, breast_mask, contrast_to_noise, orient_chest_wall_left
 from features.preprocess import resize_image
 from pipeline.io.datasets.table import ROI_KINDS
 from pipeline.errors import ImageReadError, MammoscopeError, NoBreastError
 from pipeline.io.imageio import read_image
 
-__all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "MIN_BREAST_SHARE",
-           "check_image_size", "check_not_blank", "check_breast", "check_roi_on_breast", "resize_square", "density_sample",
+__all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "ROSE_CNR", "MIN_BREAST_SHARE",
+           "check_image_size", "check_not_blank", "check_breast", "find_breast", "check_roi_on_breast",
+           "resize_square", "density_sample",
            "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "highres_sample",
            "map_to_original"]
 
@@ -41,8 +42,10 @@ logger = logging.getLogger(__name__)
 
 RECIPES = ("breast", "lesion", "highres")  # whole breast; square crop around the row's ROI; breast at scale x S
 MIN_IMAGE_SIDE = 32  # px: a smaller image (icon, thumbnail, placeholder) is refused, never scored as a mammogram
-BLANK_RANGE = 0.02  # robust grey range (p99.5 - p0.5) below which an image is blank (no breast, no background)
-MIN_BREAST_SHARE = 0.02  # a breast region under 2 % of the image is a label, a marker or noise, not a breast
+# robust grey range (p99.5 - p0.5) below which an image is blank: under 16 grey levels of an 8-bit export (4 bits)
+# no tissue can be told apart; a near-black export is refused, not scored
+BLANK_RANGE = 16 / 255
+ROSE_CNR = 5.0  # Rose criterion: structure under 5 noise standard deviations cannot be seen (an empty detector)
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,17 +91,27 @@ def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN
         )
 
 
-def check_not_blank(image: np.ndarray, path: object = None, min_range: float = BLANK_RANGE) -> None:
-    """Raise NoBreastError when `image` is uniform or nearly so (robust grey range below `min_range`)."""
+def check_not_blank(image: np.ndarray, path: object = None, min_range: float = BLANK_RANGE,
+                    min_cnr: float = ROSE_CNR) -> None:
+    """Raise NoBreastError when `image` is uniform or nearly so (robust grey range below `min_range`) or holds no
+    structure above its noise (features.breast.contrast_to_noise below `min_cnr`: an empty detector)."""
     step = max(1, int(np.ceil(max(np.shape(image)) / 256)))
     small = np.asarray(image[::step, ::step], dtype=np.float32)
     lo, hi = (float(v) for v in np.percentile(small, [0.5, 99.5]))
     if hi - lo < min_range:
         raise NoBreastError(
             path if path is not None else "image",
-            f"image is blank: nearly every pixel has the grey level {np.median(small):.2f} (range {hi - lo:.3f}), "
-            "there is no breast to score",
-            "check the export (an all-black or all-white image is a failed conversion or a placeholder)",
+            f"image is blank: nearly every pixel has the grey level {np.median(small):.2f} (range {hi - lo:.3f}, "
+            f"under {min_range:.3f}), there is no breast to score",
+            "check the export (an all-black, all-white or near-black image is a failed conversion or a placeholder)",
+        )
+    cnr = contrast_to_noise(small)
+    if cnr < min_cnr:
+        raise NoBreastError(
+            path if path is not None else "image",
+            f"no breast found: the image holds no structure above its noise (contrast {cnr:.1f} times the noise, a "
+            f"breast gives at least {min_cnr:.0f}): an empty detector or a noise image",
+            "give a mammogram; an exposure without a breast is not scored",
         )
 
 
@@ -112,6 +125,16 @@ def check_breast(mask: np.ndarray, path: object = None, min_share: float = MIN_B
             f"{min_share:.0%})",
             "give a mammogram; a label, a marker or an almost empty image is not scored",
         )
+
+
+def find_breast(image: np.ndarray, laterality: str | None = None, path: object = None
+                ) -> tuple[np.ndarray, bool, np.ndarray]:
+    """(image mirrored so the chest wall is on the left, flipped, its boolean breast mask); NoBreastError when the
+    mask is too small to be a breast (check_breast)."""
+    oriented, flipped = orient_chest_wall_left(image, laterality)
+    mask = breast_mask(oriented)
+    check_breast(mask, path)
+    return oriented, flipped, mask
 
 
 def check_roi_on_breast(mask: np.ndarray, cx: float, cy: float, extent: float, path: object = None) -> None:
@@ -254,9 +277,7 @@ def make_sample(
     side = side if isinstance(side, str) and side in ("L", "R") else laterality
     if recipe == "highres":
         return highres_sample(image, side, sample_side(size, scale), row.get("path"))[0]
-    oriented, flipped = orient_chest_wall_left(image, side)
-    mask = breast_mask(oriented)
-    check_breast(mask, row.get("path"))
+    oriented, flipped, mask = find_breast(image, side, row.get("path"))
     masked = np.where(mask, oriented, np.float32(0.0))
     if recipe == "breast":
         return density_sample(masked, mask, size)
@@ -287,9 +308,7 @@ def highres_sample(image: np.ndarray, laterality: str | None, side: int, path: A
                    ) -> tuple[np.ndarray, Geometry]:
     """(float32 (side, side) masked breast, Geometry) of an image already read; NoBreastError without a breast."""
     check_image_size(image, path)
-    oriented, flipped = orient_chest_wall_left(image, laterality if laterality in ("L", "R") else None)
-    mask = breast_mask(oriented)
-    check_breast(mask, path)
+    oriented, flipped, mask = find_breast(image, laterality if laterality in ("L", "R") else None, path)
     masked = np.where(mask, oriented, np.float32(0.0))
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
