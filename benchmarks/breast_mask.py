@@ -47,6 +47,15 @@ def score_case(path: Path, truth: np.ndarray | None) -> dict:
     return out
 
 
+def _kept(results: list[dict]) -> str:
+    """'median M, worst W' of the breast share kept by the masks of the exports that were not refused."""
+    kept = np.array([r["kept"] for r in results if not r["refused"]], dtype=float)
+    kept = kept[np.isfinite(kept)]
+    if kept.size == 0:
+        return "no mask"
+    return f"median {np.median(kept):.3f}, worst {kept.min():.3f}, below 0.9: {int((kept < 0.9).sum())}"
+
+
 def main() -> None:
     """Print refusals and mask coverage of the generated full-frame exports, then the refusal cases."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -84,18 +93,14 @@ def main() -> None:
                         if f"_{part}" in case.name:
                             by_variant[part].append(result)
             refused = [r for r in results if r["refused"]]
-            kept = np.array([r["kept"] for r in results if not r["refused"]])
             print(f"{set_name}: {len(paths)} images, {len(results)} exports: refused {len(refused)}, "
-                  f"read as inverted {sum(r['inverted'] for r in results)}, breast kept median "
-                  f"{np.nanmedian(kept):.3f}, worst {np.nanmin(kept):.3f}, below 0.9: {int((kept < 0.9).sum())}")
+                  f"read as inverted {sum(r['inverted'] for r in results)}, breast kept {_kept(results)}")
             for r in refused[:4]:
                 inv = " (read as inverted)" if r["inverted"] else ""
                 print(f"    refused {r['name']}{inv}: {r['refused'].split(': ', 1)[-1][:70]}")
         for part, results in by_variant.items():
-            kept = np.array([r["kept"] for r in results if not r["refused"]])
             print(f"  with {part}: {len(results)} exports, refused {sum(bool(r['refused']) for r in results)}, "
-                  f"inverted {sum(r['inverted'] for r in results)}, "
-                  f"kept median {np.nanmedian(kept):.3f}, worst {np.nanmin(kept):.3f}")
+                  f"inverted {sum(r['inverted'] for r in results)}, kept {_kept(results)}")
         print("must be refused:")
         for case in refusal_cases(first_image):
             result = score_case(case.write(Path(tmp)), None)

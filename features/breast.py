@@ -10,10 +10,13 @@ Method of :func:`breast_mask`
 3. A binary opening with a small square detaches thin bridges between the breast and burned-in film labels, markers or
    scanner edges; the largest 8-connected component is kept (the breast is by far the largest bright object, labels
    and markers are small and separate).
-   Markers brighter than the breast (``max_peel``): on a dim export with a saturated corner marker, Otsu's threshold
-   can fall between the breast and the marker, and the marker alone is kept. When every bright component is
-   smaller than ``min_share`` of the image (too small to be a breast), those pixels are set aside and the rest is
-   thresholded again (its grey scale now ends at the brightest pixel left), up to ``max_peel`` times.
+   Markers brighter than the breast (``max_peel``): on a dim export with a saturated corner marker or label, the
+   marker sets the top of the grey scale and Otsu's threshold can fall between the breast and the marker, so the
+   marker alone, or a sliver of the brightest tissue, is kept. A marker is a component smaller than ``min_share`` of
+   the image (too small to be a breast) whose median is brighter than every pixel of the largest component (or, when
+   none is, the largest component itself while it is under ``min_share``); it is set aside with a 2-pixel rim (blur,
+   JPEG ringing) and the rest thresholded again (its grey scale now ends at the brightest pixel left), up to
+   ``max_peel`` times. A lone label leaves nothing: the mask is empty.
 4. Holes inside the component (dark fat lobules, a dark lesion core) are filled, then the mask is dilated back by
    the opening radius intersected with the threshold mask.
 5. Dim breast inside the outline (``fill_convex``, on by default): on digital and contrast-enhanced images whose
@@ -98,6 +101,27 @@ def _largest(bright: np.ndarray, opening_radius: int) -> np.ndarray | None:
     return labels == int(np.argmax(sizes))
 
 
+def _markers(bright: np.ndarray, component: np.ndarray, levels: np.ndarray, min_share: float) -> np.ndarray:
+    """The bright pixels that look like markers or labels, not breast: the components of `bright` under `min_share`
+    of the image whose median grey level lies above every level of the largest component (small, and brighter than
+    any breast tissue), else, when the largest component is itself under `min_share`, that component."""
+    labels, count = ndi.label(bright & ~component, structure=np.ones((3, 3), bool))
+    if count:
+        top = int(levels[component].max())
+        index = np.arange(1, count + 1)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        peaks = np.asarray(ndi.maximum(levels, labels, index))
+        candidates = index[(sizes < min_share * bright.size) & (peaks > top)]  # cheap first cut: any pixel above
+        if candidates.size:
+            medians = np.asarray(ndi.median(levels, labels, candidates))
+            outliers = candidates[medians > top]
+            if outliers.size:
+                return np.isin(labels, outliers)
+    if component.mean() < min_share:
+        return component & bright
+    return np.zeros_like(bright)
+
+
 def breast_mask(
     image: np.ndarray, *, work_size: int = 128, otsu_fraction: float = 0.5, opening_radius: int = 2,
     fill_convex: bool = True, floor_levels: int = 2, min_share: float = MIN_BREAST_SHARE, max_peel: int = 3,
@@ -123,11 +147,14 @@ def breast_mask(
     for _ in range(max_peel + 1):
         levels, bright = _bright(small, counted, lowest, otsu_fraction)
         component = _largest(bright, opening_radius)
-        if component is None or component.mean() >= min_share or not (counted & ~bright).any():
+        if component is None:
             break
-        # every bright object is too small to be a breast: markers or labels brighter than the breast; set them
-        # aside and threshold the rest again
-        counted &= ~bright
+        markers = _markers(bright, component, levels, min_share)
+        if not markers.any() or not (counted & ~markers).any():
+            break
+        # markers or labels brighter than the breast set the grey scale and pull Otsu's threshold above the breast:
+        # set them and their rim (blur, JPEG ringing) aside and threshold the rest again
+        counted &= ~ndi.binary_dilation(markers, iterations=2)
     if component is None:
         return np.zeros((height, width), dtype=bool)
     if opening_radius > 0:

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.base import OneToOneFeatureMixin
 
 from features._base import ImageTransformerBase
+from features.breast import breast_mask  # module level: the feature cache's code version follows the mask's source
 from features.preprocess import INSIDE_FLOOR
 
 
@@ -20,8 +21,6 @@ def mask_breast(image: np.ndarray, *, otsu_fraction: float = 0.5, opening_radius
 
     An image whose mask is empty (no bright component) is returned unmasked, clipped to [0, 1].
     """
-    from features.breast import breast_mask
-
     img = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
     work_size = max(16, max(img.shape))
     mask = breast_mask(img, work_size=work_size, otsu_fraction=otsu_fraction, opening_radius=opening_radius)

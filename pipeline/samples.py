@@ -109,8 +109,8 @@ def check_not_blank(image: np.ndarray, path: object = None, min_range: float = B
     if cnr < min_cnr:
         raise NoBreastError(
             path if path is not None else "image",
-            f"no breast found: the image holds no structure above its noise (contrast {cnr:.1f} times the noise, a "
-            f"breast gives at least {min_cnr:.0f}): an empty detector or a noise image",
+            f"no breast found: nothing wider than a marker or label stands out of the noise (contrast {cnr:.1f} times "
+            f"the noise; a breast gives at least {min_cnr:.0f}): an empty detector, a lone label or a noise image",
             "give a mammogram; an exposure without a breast is not scored",
         )
 

@@ -82,8 +82,8 @@ def test_markers_and_dim_exports_are_masked_on_the_breast(results):
 def test_images_without_a_breast_are_still_refused(tmp_path, mias_dir):
     image, _ = read_image(mias_dir / "images" / "mdb002.png")
     expected = {"blank_black": "image is blank", "blank_grey": "image is blank", "label_only": "no breast found",
-                "label_and_marker": "no breast found", "empty_detector": "no structure above its noise",
-                "empty_detector_seam_marker": "no structure above its noise", "near_black_export": "image is blank"}
+                "label_and_marker": "no breast found", "empty_detector": "stands out of the noise",
+                "empty_detector_seam_marker": "stands out of the noise", "near_black_export": "image is blank"}
     cases = refusal_cases(image)
     assert sorted(c.name for c in cases) == sorted(expected)
     for case in cases:
@@ -114,3 +114,11 @@ def test_contrast_to_noise_separates_a_breast_from_an_empty_detector(mias_dir):
     noisy = np.clip(image + 0.02 * rng.standard_normal(image.shape), 0, 1).astype(np.float32)
     assert contrast_to_noise(noisy) > 10  # a noisy breast is still a breast
     assert contrast_to_noise(np.zeros((64, 64), np.float32)) == 0.0
+
+
+def test_the_breast_mask_transformer_cache_key_follows_the_mask_code():
+    """A change of features/breast.py must invalidate cached BreastMask outputs (its code version names it)."""
+    from features.masking import BreastMask
+    from pipeline.training.model import code_version
+
+    assert "features.breast:" in code_version(BreastMask())
