@@ -286,7 +286,11 @@ def exam_levels(predictor: Any, table: pd.DataFrame, p: np.ndarray, asymmetry: n
     model = getattr(predictor, "pipeline", None)
     if hasattr(model, "score_levels"):
         levels = model.score_levels(p, table, asymmetry)
-        return levels.images, levels.breasts, levels.exams
+        # the model is fitted on encoded labels (0 / 1): calls are named by the card's classes, as every call served
+        names = dict(zip(getattr(model, "classes_", predictor.classes), predictor.classes))
+        frames = [f.assign(call=f["call"].map(lambda c: names.get(c, c))) for f in (levels.images, levels.breasts,
+                                                                                    levels.exams)]
+        return frames[0], frames[1], frames[2]
     from pipeline.serving.screening import context_model, level_rows
 
     rows = level_rows(table, p, predictor.card, context_model(predictor), asymmetry)
