@@ -1,4 +1,4 @@
-"""A feature group kept only where it pays, decided inside each fit from its own training rows (#15).
+"""A feature group kept only where it pays, decided inside each fit from its own training rows.
 
 `LastColumnsChoice` fits a calibrated classifier (`PatientCalibratedClassifier`) twice, on every column and
 without the last `n_drop` columns (a feature group the union appends last, e.g. ``screening.tile_scores``), and

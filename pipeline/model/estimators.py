@@ -327,8 +327,8 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     inner out-of-fold calibrated probabilities (each inner fold scored by the member fitted without it).
     holdout="cv", ensemble=False: the estimator is fitted on all rows and scores new rows; a calibrator
     (`CalibratedClassifierCV` over `FrozenEstimator` of the scores) is fitted on the inner out-of-fold scores, and
-    the operating point on those calibrated scores, each from one model as a new row's is (measured on CDD-CESM
-    screening: no gain in AUC or specificity, so not the default). holdout="split": the estimator is fitted on
+    the operating point on those calibrated scores, each from one model as a new row's is (not the default:
+    docs/screening.md). holdout="split": the estimator is fitted on
     (1 - fraction) of the patients and calibrated, with `FrozenEstimator`, on the rest; the threshold is chosen on
     that calibration split.
     `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`

@@ -113,7 +113,7 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
         blocks.append(("whole", "passthrough", slice(0, -width)))
     blocks.append(("tiles", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]),
                                         top_k=int(sc["top_k"])), tiles))
-    if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
+    if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold
         from features.tile_scores import TileScoreFeatures
         from pipeline.model.routing import request_groups
 

@@ -205,8 +205,8 @@ def read_exam_images(paths: Sequence[str | Path], *, patient_id: str | None = No
 # Scoring
 # --------------------------------------------------------------------------------------------------------------------
 def _levels_of(images: Sequence[ExamImage]) -> pd.DataFrame:
-    """The table level_rows fuses (sample_id, patient_id, exam_id where the exam is not the patient, laterality,
-    view), whose pipeline.io.exams.level_ids are the images' keys."""
+    """The exams table of ExamModel.score_levels (sample_id, patient_id, exam_id where the exam is not the patient,
+    laterality, view), whose pipeline.io.exams.level_ids are the images' keys."""
     raw = []
     for im in images:
         prefix = f"{im.key.patient_id}|exam:"
@@ -280,29 +280,19 @@ def _density_of_exam(model: Any, scores: Any) -> dict[str, Any]:
 
 def exam_levels(predictor: Any, table: pd.DataFrame, p: np.ndarray, asymmetry: np.ndarray | None = None
                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(images, breasts, exams) of scored images in the columns of pipeline.model's ExamLevels: the served model's
-    own `score_levels` where it has one (the ExamModel: the code the cross-validation runs), else the levels of a
-    Pipeline carrying its exam stage as attributes (`level_rows`, the same fusion)."""
+    """(images, breasts, exams) of scored images (pipeline.model.exam.ExamLevels columns) by the served ExamModel's
+    own `score_levels`: the context stage, view fusion and operating points the cross-validation ran."""
     model = getattr(predictor, "pipeline", None)
-    if hasattr(model, "score_levels"):
-        levels = model.score_levels(p, table, asymmetry)
-        return levels.images, levels.breasts, levels.exams
-    from pipeline.serving.screening import context_model, level_rows
-
-    rows = level_rows(table, p, predictor.card, context_model(predictor), asymmetry)
-    column = f"screening_p_{predictor.classes[1]}"
-    rename = {column: "p", "screening_threshold": "threshold", "screening_call": "call"}
-    ids = level_ids(table)
-    if "image" in rows:
-        images = rows["image"].rename(columns={**rename, "single_image_p": "p_single"})
-    else:  # no context stage: each image keeps its own score at the image operating point
-        t = (predictor.card.decision.get("level_thresholds") or {}).get("image", predictor.threshold)
-        images = pd.DataFrame({"sample_id": ids["image"], "breast_id": ids["breast"], "exam_id": ids["exam"],
-                               "p_single": p, "p": p, "context_views": False, "threshold": t,
-                               "call": [None if t is None else predictor.classes[int(v >= t)] for v in p]})
-    images = images.assign(patient_id=table["patient_id"].astype(str).to_numpy(),
-                           laterality=table.get("laterality"), view=table.get("view"))
-    return images, rows["breast"].rename(columns=rename), rows["exam"].rename(columns=rename)
+    if not hasattr(model, "score_levels"):
+        raise MammoscopeError(f"{predictor.name} version {predictor.version} is a screening model registered before "
+                              "exam models (pipeline.model.exam.ExamModel): retrain it with `mammoscope train "
+                              "experiments/cdd_cesm_screening.yaml` to score exams")
+    levels = model.score_levels(p, table, asymmetry)
+    # the model is fitted on encoded labels (0 / 1): calls are named by the card's classes, as every call served
+    names = dict(zip(getattr(model, "classes_", predictor.classes), predictor.classes))
+    images, breasts, exams = (f.assign(call=f["call"].map(lambda c: names.get(c, c)))
+                              for f in (levels.images, levels.breasts, levels.exams))
+    return images, breasts, exams
 
 
 def _screening_levels(predictor: Any, images: Sequence[ExamImage], scores: Any, results: list[ImageResult]

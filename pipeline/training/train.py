@@ -388,7 +388,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
     exams = exam_ids(data.table)
-    calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # #16: the model's own calls
+    calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # the fold models' own calls
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         clf = final_classifier(est)
@@ -585,7 +585,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     cache = resolve_compute(cfg, cache_dir=cache_dir).cache_dir
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    # streamed (#18): samples + frozen features per image in worker processes, cached; fine-tuning: in memory
+    # streamed: samples + frozen features per image in worker processes, cached; fine-tuning: in memory
     data = load_task_features(cfg, progress, cache_dir=cache, progress_bar=progress_bar) \
         or load_task_data(cfg, progress, progress_bar=progress_bar)
     seconds["samples"] = time.perf_counter() - t0

@@ -55,7 +55,7 @@ class _ByMean:
 
 
 def test_score_exam_fuses_breasts_and_exam_pools_density_and_writes_the_batch_columns():
-    """Without a context stage: each image keeps its own score; a breast is the mean of its views, the exam its most
+    """An ExamModel without a context stage: each image keeps its own score; a breast is the mean of its views, the exam its most
     suspicious breast, each at its level's operating point; density per exam is the mean of the image
     probabilities, called by the density model's rule; rows() has the columns of predict's level files."""
     from pipeline.serving.exam import score_exam
@@ -65,7 +65,13 @@ def test_score_exam_fuses_breasts_and_exam_pools_density_and_writes_the_batch_co
 
     screening = card("screening", ["not_malignant", "malignant"], 0.3, size=32, scale=2.0)
     screening.decision.update(level_thresholds={"image": 0.3, "breast": 0.35, "exam": 0.4}, view_fusion="mean")
-    models = {"screening": Predictor(_ByMean(), screening, name="m-scr", version=3),
+    from pipeline.model.exam import ExamModel
+
+    exam_model = ExamModel(view_fusion="mean")  # its fitted state by hand: a stand-in image model, no context stage
+    exam_model.pipeline_, exam_model.classes_ = _ByMean(), np.array([0, 1])
+    exam_model.thresholds_ = {"image": 0.3, "breast": 0.35, "exam": 0.4}
+    exam_model.context_ = exam_model.asymmetry_ = exam_model.asymmetry_columns_ = exam_model.heatmap_ = None
+    models = {"screening": Predictor(exam_model, screening, name="m-scr", version=3),
               "density": Predictor(_ByMean(3, 1.0), card("density", ["F", "G", "D"]), name="m-den", version=1)}
     meta = ImageMeta(format="png", original_shape=(160, 128))
     views = [exam_image(breast_like(160, 128, seed=i) * (0.5 + 0.15 * i), meta, f"/up/P7_{s}_CM_{v}.png",
@@ -73,7 +79,8 @@ def test_score_exam_fuses_breasts_and_exam_pools_density_and_writes_the_batch_co
                                                                         ("R", "MLO")])]
     result = score_exam(models, views, maps=False)
     p = np.array([r.p_single for r in result.images])
-    assert np.array_equal(p, [r.p for r in result.images]) and not any(r.context_views for r in result.images)
+    assert np.array_equal(p, [r.p for r in result.images])  # no context stage: each image keeps its own score
+    assert all(r.context_views for r in result.images)  # though each has other views of its exam
     assert [r.call for r in result.images] == ["malignant" if v >= 0.3 else "not_malignant" for v in p]
     breasts = {b.laterality: b for b in result.breasts}
     assert breasts["L"].p == p[:2].mean() and breasts["R"].p == p[2:].mean() and breasts["L"].views == ["CC", "MLO"]

@@ -78,7 +78,7 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     from pipeline.cli import main
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_predictor
-    from pipeline.serving.screening import context_model, level_rows
+    from pipeline.serving.screening import context_model
     from tests._app_helpers import running_app
 
     uri, result, _ = trained
@@ -96,11 +96,11 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     # asymmetry score), then a breast = the mean of its two views, the exam = its most suspicious breast
     context = context_model(predictor)
     assert context is not None and scores.asymmetry is not None
-    expected = level_rows(exam.assign(sample_id=exam["path"]), p, predictor.card, context, scores.asymmetry)
-    in_context = expected["image"]["screening_p_malignant"].to_numpy()
+    expected = predictor.pipeline.score_levels(p, exam.assign(sample_id=exam["path"]), scores.asymmetry)
+    in_context = expected.images["p"].to_numpy()
     breast_p = exam.assign(p=in_context).groupby("laterality")["p"].mean()
-    assert np.allclose(sorted(expected["breast"]["screening_p_malignant"]), sorted(breast_p))
-    assert np.isclose(expected["exam"]["screening_p_malignant"].iloc[0], breast_p.max())
+    assert np.allclose(sorted(expected.breasts["p"]), sorted(breast_p))
+    assert np.isclose(expected.exams["p"].iloc[0], breast_p.max())
 
     # the app, no region: the screening probability, operating point and call; same number as the Predictor
     first = exam.loc[0, "path"]
