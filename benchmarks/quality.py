@@ -540,66 +540,31 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
-    from pipeline.model.screening import asymmetry_setup, context_C, context_auto
+    from pipeline.model.screening import build_exam_model, context_C
 
-    C = context_C(config)  # the multi-view context stage (#15), when on
-    tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C,
-                           context_auto(config), asymmetry_setup(config, X, cache))
+    config = {**config, "screening": {**config["screening"], "view_fusion": how}}
+    tracker = LevelTracker(data.table, data.y, X, how, context_C(config) is not None)
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         if nested is not None:
-            chosen.append(nested.labels[est.best_index_])
+            chosen.append(nested.labels[est.pipeline_.best_index_])
         tracker.on_fold(i, tr, te, est, p)
 
+    def make_exam() -> Any:  # every fold an ExamModel, fitted as train's folds and final model are
+        return build_exam_model(config, (nested.make if nested else make)(), with_map=False)
+
     t0 = time.perf_counter()
-    if C is not None and nested is None:  # context arms share their first stage: kept once, for every C
-        seconds = _context_arm(config, make, X, data, folds, digest, cache, tracker)
-        proba = np.full(len(data.y), np.nan)  # every image is tested once: image_proba fills them all
-    else:
-        cv = cross_validate(nested.make if nested else make, X, data.y, data.groups, folds, route_groups=True,
-                            on_fold=on_fold)
-        seconds = time.perf_counter() - t0
-        proba = cv.proba[:, 1]
+    cv = cross_validate(make_exam, X, data.y, data.groups, folds, route_groups=True, on_fold=on_fold,
+                        exams=data.table)
+    seconds = time.perf_counter() - t0
+    proba = cv.proba[:, 1]
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
     proba = tracker.image_proba(proba)
     kept = tracker.kept()
     _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str),
               **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
     return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept)
-
-
-def _context_arm(config: Mapping[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any, folds: list,
-                 digest: str, cache: Path | None, tracker: Any) -> float:
-    """A screening.context arm: its first stage's folds (test probabilities, inner out-of-fold probabilities and
-    their rows) from <cache>/quality-cv/levels-stage1-<key>.npz or one CV; the tracker replays them. Returns seconds."""
-    from types import SimpleNamespace
-
-    from pipeline.training.cv import cross_validate
-
-    first = {**config, "screening": {k: v for k, v in config["screening"].items() if not k.startswith("context")}}
-    _, disk = _memo_file(cache, first, digest, X, tag="stage1", prefix="levels-stage1-")
-    if disk is None or not disk.is_file():
-        kept: dict[str, np.ndarray] = {}
-
-        def keep(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
-            clf = est.steps[-1][1]
-            kept[f"p{i}"], kept[f"vi{i}"], kept[f"vp{i}"] = p, clf.validation_index_, clf.validation_proba_
-            if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fold's fit keep them
-                kept[f"kg{i}"] = np.asarray(bool(clf.kept_group_))
-
-        t0 = time.perf_counter()
-        cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=keep)
-        _save_npz(disk, seconds=time.perf_counter() - t0, **kept)
-        z: Any = {**kept, "seconds": time.perf_counter() - t0}
-    else:
-        z = dict(np.load(disk))
-    for i, (tr, te) in enumerate(folds):
-        clf = SimpleNamespace(validation_index_=z[f"vi{i}"], validation_proba_=z[f"vp{i}"])
-        if f"kg{i}" in z:  # memos written before the choice was kept do not say
-            clf.kept_group_ = bool(z[f"kg{i}"])
-        tracker.on_fold(i, tr, te, SimpleNamespace(steps=[("classifier", clf)]), z[f"p{i}"])
-    return float(z["seconds"])
 
 
 def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str, n_resamples: int, seed: int
@@ -715,7 +680,8 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
     """Run the benchmark; returns {"table": DataFrame, "arms": DataFrame, "folds": {task: {arm: digest}}, ...}."""
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.paths import default_cache_dir
-    from pipeline.training.train import exam_ids, load_task_data
+    from pipeline.io.exams import exam_ids
+    from pipeline.training.train import load_task_data
 
     started = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -758,7 +724,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 data = _prevalence_subsample(data, bt.prevalence, seed=0)
             ev = configs["shipped"]["evaluation"]
             folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
-            exams = exam_ids(data)
+            exams = exam_ids(data.table)
             counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
             progress(f"{bt.key}: {len(data.y)} images of {len(set(data.groups))} patients {counts}; "
                      f"{len(folds)} patient-level folds ({time.perf_counter() - t0:.0f} s to load)")

@@ -1,4 +1,6 @@
-"""Every estimator in features/, cnn/ and pipeline/model/estimators.py passes scikit-learn's estimator checks."""
+"""Every estimator pickled into or used by a served model (features/, cnn/, pipeline/model/: the estimators, the
+tile-scores choice, SampleRows and the ExamModel) passes scikit-learn's estimator checks, each expected failure
+with its reason."""
 from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -70,14 +72,51 @@ def _pipeline_estimators() -> list:
     ]
 
 
-ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_tile_estimators(), *_pipeline_estimators()]
+def _model_estimators() -> list:
+    """The exam model (binary image classifier + exam stage) and the sample-store view of fine-tuning models."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+
+    from features import IntensityFeatures
+    from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.model.exam import ExamModel
+    from pipeline.model.routing import request_groups
+    from pipeline.model.sample_rows import SampleRows
+
+    def image() -> Pipeline:
+        return Pipeline([("classifier", request_groups(PatientCalibratedClassifier(
+            WeightedXGBClassifier(n_estimators=5, max_depth=2), inner_folds=2)))])
+
+    store = Path(tempfile.mkdtemp(prefix="mammoscope-checks-")) / "store.npy"
+    np.save(store, np.random.default_rng(0).uniform(0, 1, (64, 16)).astype(np.float32))
+    return [ExamModel(image()), ExamModel(image(), context_C=1.0, context_auto=True),
+            SampleRows(IntensityFeatures(bins=4), store=str(store))]
+
+
+ESTIMATORS = [*_feature_estimators(), *_cnn_estimators(), *_tile_estimators(), *_pipeline_estimators(),
+              *_model_estimators()]
 
 # Expected failures, per estimator class: {check name: why}. Empty means every check must pass.
 _CROSS_FITTED = ("fit_transform returns cross-fitted (out-of-fold) tile scores by design, as scikit-learn's "
                  "TargetEncoder does, so it differs from fit().transform() on the same rows")
+_STORE_ROWS = ("X is one column of integer row positions into a sample store on disk, not the samples: generated "
+               "data with several columns or non-integer values is refused by design (tests/training/"
+               "test_sample_rows.py checks it on real store rows)")
 _EXPECTED_FAILURES: dict[str, dict[str, str]] = {
     "TileScoreFeatures": {"check_transformer_general": _CROSS_FITTED, "check_transformer_data_not_an_array":
                           _CROSS_FITTED},
+    "SampleRows": {name: _STORE_ROWS for name in (
+        "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
+        "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+        "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_dtype_object",
+        "check_pipeline_consistency", "check_estimators_nan_inf", "check_estimators_pickle",
+        "check_f_contiguous_array_estimator", "check_transformer_data_not_an_array", "check_transformer_general",
+        "check_transformer_preserve_dtypes", "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature", "check_dict_unchanged",
+        "check_fit_idempotent", "check_fit_check_is_fitted", "check_n_features_in", "check_fit2d_predict1d")},
 }
 
 

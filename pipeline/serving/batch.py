@@ -305,8 +305,10 @@ def score_exam_unit(unit: Sequence[Prepared], models: Sequence[Predictor], maps:
     try:
         result = score_exam(models, [exam_image_of(unit[i]) for i in ok], maps=maps,
                             errors=[p.error for p in unit if p.error])
-    except Exception:  # noqa: BLE001 - one bad sample must cost one row, not the exam: retried image by image
-        logger.debug("exam scoring failed; retrying image by image", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - one bad sample must cost one row, not the exam: retried image by image
+        logger.warning("the exam of %s could not be scored together (%s: %s): its images are scored alone and it "
+                       "gets no breast / exam rows", unit[ok[0]].item.path, type(exc).__name__, exc)
+        logger.debug("exam scoring failed", exc_info=True)
         return score_batch(unit, models), None
     for j, i in enumerate(ok):
         rows[i].update(result.images[j].outputs)

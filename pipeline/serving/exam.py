@@ -27,7 +27,7 @@ from pipeline.errors import MammoscopeError
 from pipeline.io.exams import ExamKey, key_from_meta, level_ids
 
 __all__ = ["ExamKey", "ExamImage", "ImageResult", "LevelResult", "ExamResult", "read_exam_images", "score_exam",
-           "predictor_score_exam", "exam_image", "one_exam", "image_rows_columns", "SINGLE_EXAM"]
+           "predictor_score_exam", "exam_levels", "exam_image", "one_exam", "image_rows_columns", "SINGLE_EXAM"]
 
 SINGLE_EXAM = "exam"  # exam id of files given together with no patient or study id (an upload is one exam)
 
@@ -205,8 +205,8 @@ def read_exam_images(paths: Sequence[str | Path], *, patient_id: str | None = No
 # Scoring
 # --------------------------------------------------------------------------------------------------------------------
 def _levels_of(images: Sequence[ExamImage]) -> pd.DataFrame:
-    """The table level_rows fuses (sample_id, patient_id, exam_id where the exam is not the patient, laterality,
-    view), whose pipeline.io.exams.level_ids are the images' keys."""
+    """The exams table of ExamModel.score_levels (sample_id, patient_id, exam_id where the exam is not the patient,
+    laterality, view), whose pipeline.io.exams.level_ids are the images' keys."""
     raw = []
     for im in images:
         prefix = f"{im.key.patient_id}|exam:"
@@ -278,44 +278,44 @@ def _density_of_exam(model: Any, scores: Any) -> dict[str, Any]:
     return entry
 
 
+def exam_levels(predictor: Any, table: pd.DataFrame, p: np.ndarray, asymmetry: np.ndarray | None = None
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(images, breasts, exams) of scored images (pipeline.model.exam.ExamLevels columns) by the served ExamModel's
+    own `score_levels`: the context stage, view fusion and operating points the cross-validation ran."""
+    model = getattr(predictor, "pipeline", None)
+    if not hasattr(model, "score_levels"):
+        raise MammoscopeError(f"{predictor.name} version {predictor.version} is a screening model registered before "
+                              "exam models (pipeline.model.exam.ExamModel): retrain it with `mammoscope train "
+                              "experiments/cdd_cesm_screening.yaml` to score exams")
+    levels = model.score_levels(p, table, asymmetry)
+    # the model is fitted on encoded labels (0 / 1): calls are named by the card's classes, as every call served
+    names = dict(zip(getattr(model, "classes_", predictor.classes), predictor.classes))
+    images, breasts, exams = (f.assign(call=f["call"].map(lambda c: names.get(c, c)))
+                              for f in (levels.images, levels.breasts, levels.exams))
+    return images, breasts, exams
+
+
 def _screening_levels(predictor: Any, images: Sequence[ExamImage], scores: Any, results: list[ImageResult]
                       ) -> tuple[list[LevelResult], LevelResult, str, str]:
     """Fill each image's screening fields in `results` and return (breasts, exam, exam id, patient id): the image
-    beside its exam's other views (the context stage), breasts and exam by `level_rows`, the cross-validation's
-    fusion (pipeline.serving.screening)."""
-    from pipeline.serving.screening import context_model, level_rows
-
-    table = _levels_of(images)
+    beside its exam's other views (the context stage), its breasts (views fused) and the exam (its most suspicious
+    breast), each at its level's operating point (`exam_levels`)."""
     p = scores.probabilities[:, 1]
-    context = context_model(predictor)
-    levels = level_rows(table, p, predictor.card, context, scores.asymmetry)
-    column = f"screening_p_{predictor.classes[1]}"
-    if "image" in levels:
-        img = levels["image"]
-        in_context, thresholds, calls = (img[column].to_numpy(float), img["screening_threshold"].tolist(),
-                                         img["screening_call"].tolist())
-        has = img["context_views"].to_numpy(bool)
-        breast_ids, exam_ids = img["breast_id"].tolist(), img["exam_id"].tolist()
-    else:
-        ids = level_ids(table)
-        in_context, has = p, np.zeros(len(p), bool)
-        thresholds, calls = [predictor.threshold] * len(p), list(scores.calls)
-        breast_ids, exam_ids = list(ids["breast"]), list(ids["exam"])
+    img, breast_rows, exam_rows = exam_levels(predictor, _levels_of(images), p, scores.asymmetry)
+    for r, row in zip(results, img.to_dict("records")):
+        r.p_single, r.p = float(row["p_single"]), float(row["p"])
+        r.threshold, r.call = _none_or(row["threshold"], float), _none_or(row["call"], str)
+        r.breast_id, r.exam_id, r.context_views = str(row["breast_id"]), str(row["exam_id"]), bool(row["context_views"])
     for i, r in enumerate(results):
-        r.p_single, r.p = float(p[i]), float(in_context[i])
-        r.threshold, r.call = _none_or(thresholds[i], float), _none_or(calls[i], str)
         r.prediction_set = None if scores.sets is None else list(scores.sets[i])
-        r.breast_id, r.exam_id, r.context_views = str(breast_ids[i]), str(exam_ids[i]), bool(has[i])
     breasts = [LevelResult(id=str(b["breast_id"]), laterality=_none_or(b["laterality"], str),
                            views=[v for v in str(b["views"]).split(",") if v], n_images=int(b["n_images"]),
-                           p=float(b[column]), threshold=_none_or(b["screening_threshold"], float),
-                           call=_none_or(b["screening_call"], str))
-               for b in levels["breast"].to_dict("records")]
-    e = levels["exam"].iloc[0]
+                           p=float(b["p"]), threshold=_none_or(b["threshold"], float), call=_none_or(b["call"], str))
+               for b in breast_rows.to_dict("records")]
+    e = exam_rows.iloc[0]
     exam = LevelResult(id=str(e["exam_id"]), laterality=None, views=[v for v in str(e["views"]).split(",") if v],
-                       n_images=int(e["n_images"]), p=float(e[column]),
-                       threshold=_none_or(e["screening_threshold"], float), call=_none_or(e["screening_call"], str),
-                       most_suspicious_breast=_none_or(e["most_suspicious_breast"], str))
+                       n_images=int(e["n_images"]), p=float(e["p"]), threshold=_none_or(e["threshold"], float),
+                       call=_none_or(e["call"], str), most_suspicious_breast=_none_or(e["most_suspicious_breast"], str))
     return breasts, exam, exam.id, str(e["patient_id"])
 
 

@@ -1,25 +1,18 @@
-"""Serving a screening model (Task ``screening``): the tile-score heat map on the original image, the per-breast and
-per-exam rows of an exam (pipeline.serving.exam builds its ExamResult from them), and the overlay colouring of the
-app and of ``mammoscope predict --maps``.
-
-The per-image probability and call come from `Predictor.score` like every task's; here the levels above it: a
-breast's probability is the `view_fusion` (mean or max) of its views' probabilities, an exam's is its most
-suspicious breast (pipeline.model.levels.level_proba, the same function the cross-validation uses), each with the
-operating point the training chose for that level (the card's ``decision["level_thresholds"]``).
+"""Serving a screening model (Task ``screening``): the tile-score heat map on the original image, its JSON summary,
+and the overlay colouring of the app and of ``mammoscope predict --maps``. The levels above the image (breasts,
+exams) are the served ExamModel's own (pipeline.model.exam.ExamModel.score_levels, via pipeline.serving.exam).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from features.tiles import tile_heatmap
-from pipeline.model.levels import level_proba
 
-__all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "context_model", "level_rows",
-           "overlay_rgb"]
+__all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "context_model", "overlay_rgb"]
 
 log = logging.getLogger(__name__)
 MAP_GRID = 32  # cells per side of the coarse map in the app's JSON API (`map_summary`)
@@ -82,71 +75,10 @@ def map_summary(heat: np.ndarray, grid: int = MAP_GRID, digits: int = 4) -> dict
             "grid": np.round(cells, digits).tolist()}
 
 
-def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    from pipeline.io.exams import level_ids
-
-    return level_ids(rows)
-
-
 def context_model(model: Any) -> Any | None:
-    """The multi-view context stage a screening model carries (``pipeline.context_``; None when trained without
-    ``screening.context``)."""
+    """The multi-view context stage a screening model's ExamModel carries (``context_``; None when trained without
+    ``screening.context`` or where the fit dropped it)."""
     return getattr(getattr(model, "pipeline", None), "context_", None)
-
-
-def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, context: Any | None = None,
-               asymmetry: Sequence[float] | None = None) -> dict[str, pd.DataFrame]:
-    """{"breast": rows, "exam": rows} of scored images (columns sample_id, patient_id, optional exam_id,
-    laterality, view) with their positive-class probabilities; each row has its level's operating point and call.
-    With a multi-view `context` stage (`context_model`), also {"image": rows}: each image's probability beside its
-    exam's other views (an image without any keeps its own), from which the breasts and exams are fused; a stage
-    trained with the bilateral asymmetry score also needs each image's `asymmetry` score (Scores.asymmetry, the
-    batch column ``screening_asymmetry_score``)."""
-    from pipeline.model.context import apply_context, context_features, has_context
-
-    d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
-    decision, classes = d["decision"], [str(c) for c in d["classes"]]
-    thresholds = dict(decision.get("level_thresholds") or {})
-    how = str(decision.get("view_fusion") or "mean")
-    ids = _level_ids(images)
-    p = np.asarray(probability, float)
-    out = {}
-    if context is not None:
-        single = p
-        p = apply_context(context, p, images, None if asymmetry is None else np.asarray(asymmetry, float))
-        t = thresholds.get("image")
-        out["image"] = pd.DataFrame({"sample_id": ids["image"], "breast_id": ids["breast"], "exam_id": ids["exam"],
-                                     "single_image_p": single,
-                                     "context_views": has_context(context_features(single, images)),
-                                     f"screening_p_{classes[1]}": p, "screening_threshold": t,
-                                     "screening_call": [None if t is None else classes[int(v >= t)] for v in p]})
-    fused = level_proba(p, np.zeros(len(p), int), ids, how)
-    frame = pd.DataFrame({"breast_id": ids["breast"], "exam_id": ids["exam"],
-                          "patient_id": images["patient_id"].astype(str).to_numpy(),
-                          "laterality": images.get("laterality", pd.Series([None] * len(images))).to_numpy(),
-                          "view": images.get("view", pd.Series([None] * len(images))).to_numpy(), "p": p})
-    for lv in ("breast", "exam"):
-        u, _, pp = fused[lv]
-        t = thresholds.get(lv)
-        grouped = frame.groupby(f"{lv}_id", sort=True)
-        rows = pd.DataFrame({f"{lv}_id": u,
-                             "patient_id": grouped["patient_id"].first().reindex(u).to_numpy(),
-                             "n_images": grouped.size().reindex(u).to_numpy(),
-                             "views": grouped["view"].agg(lambda v: ",".join(sorted(map(str, v.dropna()))))
-                             .reindex(u).to_numpy()})
-        if lv == "breast":
-            rows["exam_id"] = grouped["exam_id"].first().reindex(u).to_numpy()
-            rows["laterality"] = grouped["laterality"].first().reindex(u).to_numpy()
-        else:
-            breast_p = pd.Series(fused["breast"][2], index=fused["breast"][0])
-            top = frame.drop_duplicates("breast_id").assign(bp=lambda f: breast_p.reindex(f["breast_id"]).to_numpy())
-            rows["most_suspicious_breast"] = top.sort_values("bp", ascending=False).groupby("exam_id")[
-                "breast_id"].first().reindex(u).to_numpy()
-        rows[f"screening_p_{classes[1]}"] = pp
-        rows["screening_threshold"] = t
-        rows["screening_call"] = [None if t is None else classes[int(v >= t)] for v in pp]
-        out[lv] = rows
-    return out
 
 
 def overlay_rgb(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

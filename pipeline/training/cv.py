@@ -35,7 +35,7 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
                    folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
                    route_groups: bool = False,
                    on_fold: Callable[[int, np.ndarray, np.ndarray, Any, np.ndarray], None] | None = None,
-                   n_jobs: int | None = None) -> CVResult:
+                   n_jobs: int | None = None, exams: pd.DataFrame | None = None) -> CVResult:
     """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
 
     The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
@@ -51,6 +51,8 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     dask backend would fall back to this process). Estimators are made (`make_estimator`) and
     `on_fold(i, train_idx, test_idx, fitted, test_proba)` is called here, on the client, in fold order as folds
     finish (`test_proba`: the fold's out-of-fold probabilities, (len(test_idx), k), already computed).
+    `exams` (one row per X row): an ExamModel's exam table, its training rows passed to fit as ``exams=`` with
+    ``groups=`` (the ExamModel routes the groups itself).
     """
     from pipeline.compute import map_chunks
 
@@ -63,7 +65,8 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     thr = np.full(n, np.nan)
     fold_thresholds: list[float] = []
     fit = functools.partial(_fit_folds, X=X, y=y, groups=groups,
-                            fit_groups_param=ROUTED if route_groups else fit_groups_param)
+                            fit_groups_param=EXAMS if exams is not None else ROUTED if route_groups else fit_groups_param,
+                            exams=exams)
     specs = ((make_estimator(), tr, te) for tr, te in folds)  # lazy: each estimator made as its fold is sent
     results = (fitted for _, chunk in map_chunks(fit, specs, 1, n_jobs=1 if n_jobs is None else int(n_jobs),
                                                  max_in_flight=max(1, len(folds)), ordered=True)
@@ -82,12 +85,16 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
 
 
 ROUTED = "<metadata routing>"  # _fit_fold: pass groups by metadata routing
+EXAMS = "<exam model>"  # _fit_fold: fit(X, y, groups=, exams=) of an ExamModel
 
 
 def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
-              test: np.ndarray, fit_groups_param: str | None) -> tuple[Any, np.ndarray]:
+              test: np.ndarray, fit_groups_param: str | None, exams: pd.DataFrame | None = None
+              ) -> tuple[Any, np.ndarray]:
     """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
-    if fit_groups_param == ROUTED:
+    if fit_groups_param == EXAMS:
+        estimator.fit(X[train], y[train], groups=groups[train], exams=exams.iloc[train])
+    elif fit_groups_param == ROUTED:
         from pipeline.model.routing import fit_with_groups
 
         fit_with_groups(estimator, X[train], y[train], groups[train])
@@ -98,10 +105,10 @@ def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
 
 
 def _fit_folds(specs: list[tuple[Any, np.ndarray, np.ndarray]], *, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-               fit_groups_param: str | None) -> list[tuple[Any, np.ndarray]]:
+               fit_groups_param: str | None, exams: pd.DataFrame | None = None) -> list[tuple[Any, np.ndarray]]:
     """`_fit_fold` of each (estimator, train_idx, test_idx): one map_chunks task (X, y, groups travel once, with
     the function, to each worker)."""
-    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param) for est, tr, te in specs]
+    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param, exams) for est, tr, te in specs]
 
 
 def _final(est: Any) -> Any:

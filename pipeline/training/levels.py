@@ -22,10 +22,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.evaluation.metrics import binary_metrics, choose_threshold
+from pipeline.evaluation.metrics import binary_metrics
 from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.io.exams import level_ids
-from pipeline.model.estimators import final_classifier
 from pipeline.model.levels import LEVELS, level_proba
 from pipeline.training.cv import cross_validate
 
@@ -46,20 +45,18 @@ def check_folds(folds: list[tuple[np.ndarray, np.ndarray]], table: pd.DataFrame)
 
 
 class LevelTracker:
-    """Collects, fold by fold, the in-fold operating point of each level and the test units' calls at it; then the
-    metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the benchmark)."""
+    """Collects, fold by fold, each fitted ExamModel's operating point of each level and the test units' calls at
+    it; then the metrics of the out-of-fold probabilities at every level (used by pipeline.training.train and the
+    benchmarks). Every fold's exam stage is fitted by ExamModel.fit, as the final model's is."""
 
-    def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean",
-                 context_C: float | None = None, context_auto: bool = False,
-                 asymmetry: tuple[np.ndarray, float] | None = None) -> None:
+    def __init__(self, table: pd.DataFrame, y: np.ndarray, X: Any, how: str = "mean",
+                 context: bool = False) -> None:
         self.table = table.reset_index(drop=True)
         self.ids = level_ids(table)
         self.y = np.asarray(y, int)
-        self.target = float(target_sensitivity)
+        self.X = X                              # what the fold models score (to read test rows' asymmetry)
         self.how = how
-        self.context_C = context_C
-        self.context_auto = bool(context_auto)  # keep the stage in a fold only where it pays on its training rows
-        self.asymmetry = asymmetry              # (tile-max block of every row, C) or None
+        self.context = bool(context)            # the levels read the context stage's output
         self.context_used: list[bool] = []      # per fold: was the context stage applied
         self.tile_scores_kept: list[bool] = []  # per fold, with screening.tile_scores_auto: did the fit keep them
         self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
@@ -67,40 +64,18 @@ class LevelTracker:
         self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
 
     def on_fold(self, i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
-        """Thresholds from the fold's classifier's inner OOF probabilities (training rows only), applied to te."""
-        clf = final_classifier(est)
-        rows = tr[clf.validation_index_]
-        sub = {k: v[rows] for k, v in self.ids.items()}
-        inner_p, test_p = clf.validation_proba_[:, 1], p[:, 1]
-        if hasattr(clf, "kept_group_"):
-            self.tile_scores_kept.append(bool(clf.kept_group_))
-        if self.context_C is not None:
-            from pipeline.model.context import apply_context, cross_fit_context, fit_context
-
-            table = self.table.iloc[rows]
-            groups = table["patient_id"].astype(str).to_numpy()
-            s_inner = s_test = None
-            if self.asymmetry is not None:
-                from pipeline.model.asymmetry import cross_fit_asymmetry, image_scores
-
-                M, aC = self.asymmetry
-                s_inner, models = cross_fit_asymmetry(M[rows], self.y[rows], table, groups, aC)
-                s_inner, s_test = (s_inner, image_scores(models, M[te])) if models else (None, None)
-            model = fit_context(inner_p, self.y[rows], table, self.context_C, s_inner)
-            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C, asymmetry=s_inner)
-            use = True
-            if self.context_auto:
-                from pipeline.model.context import context_pays
-
-                use = context_pays(self.y[rows], inner_p, inner_ctx)
-            self.context_used.append(use)
-            if use:
-                test_p, inner_p = apply_context(model, test_p, self.table.iloc[te], s_test), inner_ctx
+        """The fold's ExamModel `est` (fitted on tr) scores the test rows te at every level at its own thresholds."""
+        if est.tile_scores_kept_ is not None:
+            self.tile_scores_kept.append(bool(est.tile_scores_kept_))
+        if est.context_C is not None:
+            self.context_used.append(bool(est.context_used_))
+        asym = est.image_asymmetry(_rows(self.X, te)) if est.asymmetry_ is not None else None
+        test_p = est.score_levels(p[:, 1], self.table.iloc[te], asym).images["p"].to_numpy()
+        if self.context:
             self.context_proba[te] = test_p
-        inner = level_proba(inner_p, self.y[rows], sub, self.how)
         outer = level_proba(test_p, self.y[te], {k: v[te] for k, v in self.ids.items()}, self.how)
         for lv in LEVELS:
-            t = choose_threshold(inner[lv][1], inner[lv][2], self.target)
+            t = est.thresholds_[lv]
             self.thresholds[lv].append(float(t))
             self.calls[lv].update({u: float(q) >= t for u, q in zip(outer[lv][0], outer[lv][2])})
 
@@ -113,7 +88,7 @@ class LevelTracker:
         """The out-of-fold image probabilities the levels are scored on: `p` (the first stage), or with the context
         stage on, its output on every image tested so far."""
         p = np.asarray(p, float)
-        if self.context_C is None:
+        if not self.context:
             return p
         return np.where(np.isfinite(self.context_proba), self.context_proba, p)
 
@@ -137,13 +112,17 @@ class LevelTracker:
         stage on, the image's own context-stage probability ``p_context``)."""
         fused = level_proba(self.image_proba(p), self.y, self.ids, self.how)
         out: dict[str, np.ndarray] = {}
-        if self.context_C is not None:
+        if self.context:
             out["p_context"] = self.image_proba(p)
         for lv in ("breast", "exam"):
             u, _, pp = fused[lv]
             out[f"{lv}_id"] = self.ids[lv]
             out[f"p_{lv}"] = pd.Series(pp, index=u).reindex(self.ids[lv]).to_numpy()
         return out
+
+
+def _rows(X: Any, index: np.ndarray) -> Any:
+    return X.iloc[index] if hasattr(X, "iloc") else np.asarray(X)[index]
 
 
 @dataclass
@@ -160,20 +139,26 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           progress: Callable[[str], None] = log.info, context_C: float | None = None,
-                          context_auto: bool = False, asymmetry: tuple[np.ndarray, float] | None = None) -> LevelCV:
-    """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds
-    (`context_C`: with the multi-view context stage, `context_auto`: kept per fold where it pays, `asymmetry`:
-    with the bilateral asymmetry score in it; see LevelTracker)."""
+                          context_auto: bool = False, asymmetry_C: float | None = None) -> LevelCV:
+    """Patient-level CV of a binary image estimator (y 0/1), each fold an ExamModel around it, with
+    image/breast/exam metrics and in-fold thresholds (`context_C`: with the multi-view context stage, `context_auto`:
+    kept per fold where it pays, `asymmetry_C`: with the bilateral asymmetry score in it)."""
+    from pipeline.model.exam import ExamModel
+
     groups = table["patient_id"].astype(str).to_numpy()
     folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
     check_folds(folds, table)
-    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto, asymmetry)
+    tracker = LevelTracker(table, y, X, how, context_C is not None)
+
+    def make() -> Any:
+        return ExamModel(make_estimator(), context_C=context_C, context_auto=context_auto, asymmetry_C=asymmetry_C,
+                         view_fusion=how, target_sensitivity=float(ev["target_sensitivity"]))
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)
         progress(f"fold {i + 1}/{len(folds)}: train {len(tr)} test {len(te)} images")
 
-    cv = cross_validate(make_estimator, X, y, groups, folds, route_groups=True, on_fold=on_fold)
+    cv = cross_validate(make, X, y, groups, folds, route_groups=True, on_fold=on_fold, exams=table)
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
               ece_bins=ev["ece_bins"])
     metrics = tracker.metrics(cv.proba[:, 1], **kw)

@@ -238,7 +238,9 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     """The task's rows and their frozen-feature matrix, streamed (pipeline.training.stream): every image read once
     in worker processes (compute.n_jobs; Dask workers inside a compute_backend block), per-row features cached on
     disk, nothing but the feature matrix (n, d) held here. Fine-tuning experiments (stateful feature steps): their
-    samples go to a store on disk (`load_task_store`). None where neither applies (screening): use `load_task_data`."""
+    samples go to a store on disk (`load_task_store`). Screening streams too: its front is the whole breast's
+    features and each image's tile matrix (pipeline.training.screening). None where nothing applies (no cache folder
+    for a fine-tuning store): use `load_task_data`."""
     from pipeline.compute import current_session, resolve_compute
     from pipeline.training import stream
 
@@ -250,8 +252,6 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
         cache = session.cache_dir  # the folder the workers were pointed at (shared storage)
     else:
         cache = compute.cache_dir
-    if spec.levels:  # screening fits its tile scorer on the high-resolution samples themselves: in memory
-        return None
     pipe = build_pipeline(config, cache)
     parts = stream.split_pipeline(pipe)
     if parts is None:  # stateful feature steps (fine-tuning): their samples go to a store on disk
@@ -261,9 +261,11 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     distributed = session is not None and session.is_distributed
     jobs = None if distributed else compute.n_jobs
     where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
+    side = round(sp.get("scale", 1.0) * sp["size"])
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"streaming {sp['size']} px samples through the frozen feature steps {where}")
-    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
+             f"streaming {side} px samples through the frozen feature steps {where}")
+    desc = "samples + tiles embedded" if spec.levels else "samples + features"
+    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar, desc=desc)
     progress(result.summary())
     return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
                       front=front, example=example, stream=result)
@@ -360,16 +362,6 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         crossing = set(data.groups[tr]) & set(data.groups[te])
         if crossing:  # StratifiedGroupKFold guarantees this; checked because the whole evaluation rests on it
             raise RuntimeError(f"patients {sorted(crossing)[:3]} are in both a training and a test fold")
-    levels = None
-    if task.levels:  # breasts and exams beside images (screening): in-fold thresholds per level
-        from pipeline.training.levels import LevelTracker, check_folds
-
-        check_folds(folds, data.table)
-        from pipeline.model.screening import asymmetry_setup, context_C, context_auto
-
-        levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"],
-                              context_C(config), context_auto(config),  # #15: the multi-view context stage
-                              asymmetry_setup(config, data.X, cache_dir))  # with the bilateral asymmetry score
     pipe = build_pipeline(config, cache_dir)
     X = data.X
     fold_jobs = 1
@@ -377,6 +369,16 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         pipe, X = head_pipeline(pipe, data), data.features
         if data.samples is None:  # a head on feature rows: folds side by side, one XGBoost thread each
             pipe, fold_jobs = _parallel_folds(pipe, config, len(folds))
+    make = lambda: clone(pipe)  # noqa: E731
+    levels = None
+    if task.levels:  # breasts and exams beside images (screening): each fold an ExamModel, as the final model
+        from pipeline.model.screening import build_exam_model, context_C
+        from pipeline.training.levels import LevelTracker, check_folds
+
+        check_folds(folds, data.table)
+        levels = LevelTracker(data.table, data.y, X, config["screening"]["view_fusion"],
+                              context_C(config) is not None)
+        make = lambda: build_exam_model(config, clone(pipe), with_map=False)  # noqa: E731
     started = time.perf_counter()
     bar = tqdm(total=len(folds), desc="cross-validation (features + fit)", unit="fold", file=sys.stderr,
                disable=not progress_bar, dynamic_ncols=True)
@@ -406,8 +408,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         bar.update(1)
 
     with bar:
-        cv = cross_validate(lambda: clone(pipe), X, data.y, data.groups, folds,
-                            route_groups=True, on_fold=fold_done, n_jobs=fold_jobs)
+        cv = cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=fold_done,
+                            n_jobs=fold_jobs, exams=data.table if levels is not None else None)
     call = cv.call if task.uses_threshold else calls  # multiclass: the fold models' decide() (e.g. cut-points)
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
@@ -418,7 +420,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
     if levels is not None:
         # with the context stage on, the image level also with its exam's other views (cv_image_*): cv_* stays
         # the single image, as Predictor.score and the app serve one image; the levels read the context output
-        image = ("image",) if levels.context_C is not None else ()
+        image = ("image",) if levels.context else ()
         metrics.update(levels.metrics(cv.proba[:, 1], prefix="cv_{level}_", levels=(*image, *task.levels), **kw))
     exam_proba = None
     if task.exam_pooled and len(set(exams)) < len(exams):  # some exam has several images: score it as a whole
@@ -490,6 +492,9 @@ def start_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path
     n_folds = int(config["evaluation"]["folds"])
     if _parallel_folds(head_pipeline(build_pipeline(config, cache_dir)), config, n_folds)[1] <= 1:
         return None
+    import xgboost  # noqa: F401  imported here first: joblib's reader thread unpickling the folds' models while
+    # the final fit's thread imports it for the first time fails (KeyError: 'xgboost')
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mammoscope-final")
     future = pool.submit(fit_final, config, data, cache_dir, one_thread=True)
     pool.shutdown(wait=False)
@@ -534,12 +539,21 @@ def head_pipeline(pipe: Any, data: TaskData | None = None) -> Any:
 def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path | None = None, *,
               one_thread: bool = False) -> Any:
     """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
-    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. `one_thread`: the
-    head's XGBoost on one thread (beside the CV folds, `start_final`)."""
+    matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. A task with levels
+    (screening) gets its ExamModel, fitted by the same ExamModel.fit as every CV fold. `one_thread`: the head's
+    XGBoost on one thread (beside the CV folds, `start_final`)."""
     from pipeline.model.routing import fit_with_groups
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
+    if get_task(config["dataset"]["task"]).levels:
+        from pipeline.model.screening import build_exam_model
+
+        front, X = None, data.X
+        if data.streamed:
+            pipe, front, X = head_pipeline(pipe, data), data.front, data.features
+            pipe = _one_xgb_thread(pipe) if one_thread else pipe
+        return build_exam_model(config, pipe, front=front).fit(X, data.y, groups=data.groups, exams=data.table)
     if not data.streamed:
         return fit_with_groups(pipe, data.X, data.y, data.groups)
     head = head_pipeline(pipe, data)
@@ -605,11 +619,8 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             t2 = time.perf_counter()
             progress("fitting the final model on all samples")
             final = pending.result() if pending is not None else fit_final(cfg, data, cache)
-            decision_extra = None
-            if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
-                from pipeline.training.screening import finish_screening_model
-
-                decision_extra = finish_screening_model(final, cfg, data.X, data.y, data.table, cache)
+            # screening: the ExamModel's breast/exam operating points, view fusion and stages in the card
+            decision_extra = final.decision_entries() if get_task(task).levels else None
             strip_requests(disable_cache(final))
             card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra)
             registry.log_text(card.to_json(), "model_card/card.json")

@@ -39,3 +39,61 @@ def test_files_uploaded_together_are_one_exam_even_when_each_names_its_own_study
     assert {(im.key.patient_id, im.key.exam_id) for im in together} == {(SINGLE_EXAM, SINGLE_EXAM)}
     assert [(im.key.laterality, im.key.view) for im in together] == [("L", "CC"), ("R", "MLO")]
     assert one_exam(together) == together
+
+
+class _ByMean:
+    """A stand-in fitted pipeline: P(last class) grows with the sample's mean (k = 2 or 3; the rest split evenly)."""
+
+    def __init__(self, k: int = 2, scale: float = 1.5) -> None:
+        self.k, self.scale = k, scale
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(X, float).mean(axis=1) * self.scale, 0.01, 0.99)
+        if self.k == 2:
+            return np.column_stack([1 - p, p])
+        return np.column_stack([(1 - p) / 2, (1 - p) / 2, p])
+
+
+def test_score_exam_fuses_breasts_and_exam_pools_density_and_writes_the_batch_columns():
+    """An ExamModel without a context stage: each image keeps its own score; a breast is the mean of its views, the exam its most
+    suspicious breast, each at its level's operating point; density per exam is the mean of the image
+    probabilities, called by the density model's rule; rows() has the columns of predict's level files."""
+    from pipeline.serving.exam import score_exam
+    from pipeline.serving.predict import Predictor
+    from tests._cards import card
+    from tests._images import breast_like
+
+    screening = card("screening", ["not_malignant", "malignant"], 0.3, size=32, scale=2.0)
+    screening.decision.update(level_thresholds={"image": 0.3, "breast": 0.35, "exam": 0.4}, view_fusion="mean")
+    from pipeline.model.exam import ExamModel
+
+    exam_model = ExamModel(view_fusion="mean")  # its fitted state by hand: a stand-in image model, no context stage
+    exam_model.pipeline_, exam_model.classes_ = _ByMean(), np.array([0, 1])
+    exam_model.thresholds_ = {"image": 0.3, "breast": 0.35, "exam": 0.4}
+    exam_model.context_ = exam_model.asymmetry_ = exam_model.asymmetry_columns_ = exam_model.heatmap_ = None
+    models = {"screening": Predictor(exam_model, screening, name="m-scr", version=3),
+              "density": Predictor(_ByMean(3, 1.0), card("density", ["F", "G", "D"]), name="m-den", version=1)}
+    meta = ImageMeta(format="png", original_shape=(160, 128))
+    views = [exam_image(breast_like(160, 128, seed=i) * (0.5 + 0.15 * i), meta, f"/up/P7_{s}_CM_{v}.png",
+                        patient_id="P7") for i, (s, v) in enumerate([("L", "CC"), ("L", "MLO"), ("R", "CC"),
+                                                                        ("R", "MLO")])]
+    result = score_exam(models, views, maps=False)
+    p = np.array([r.p_single for r in result.images])
+    assert np.array_equal(p, [r.p for r in result.images])  # no context stage: each image keeps its own score
+    assert all(r.context_views for r in result.images)  # though each has other views of its exam
+    assert [r.call for r in result.images] == ["malignant" if v >= 0.3 else "not_malignant" for v in p]
+    breasts = {b.laterality: b for b in result.breasts}
+    assert breasts["L"].p == p[:2].mean() and breasts["R"].p == p[2:].mean() and breasts["L"].views == ["CC", "MLO"]
+    assert result.exam.p == max(b.p for b in result.breasts) and result.exam.threshold == 0.4
+    assert result.exam.most_suspicious_breast == max(result.breasts, key=lambda b: b.p).id == "P7|R"
+    density = np.array([[r.outputs[f"density_p_{c}"] for c in "FGD"] for r in result.images])
+    assert np.allclose(list(result.density["probabilities"].values()), density.mean(axis=0), atol=1e-12)
+    assert result.density["call"] in ("F", "G", "D") and result.density["n_images"] == 4
+    rows = result.rows()
+    assert list(rows["breast"].columns) == ["breast_id", "patient_id", "n_images", "views", "exam_id", "laterality",
+                                            "screening_p_malignant", "screening_threshold", "screening_call",
+                                            "screening_model", "screening_version"]
+    assert rows["exam"]["exam_id"].tolist() == ["P7"] and rows["image"]["single_image_p"].tolist() == list(p)
+    assert all(r.heatmap is None for r in result.images)  # maps=False
+    json = result.to_dict()
+    assert json["exam"]["p"] == result.exam.p and json["images"][0]["map"] is None

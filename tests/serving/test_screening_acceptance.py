@@ -78,7 +78,7 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     from pipeline.cli import main
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_predictor
-    from pipeline.serving.screening import context_model, level_rows
+    from pipeline.serving.screening import context_model
     from tests._app_helpers import running_app
 
     uri, result, _ = trained
@@ -96,11 +96,11 @@ def test_one_exam_scores_the_same_through_predictor_app_and_batch(trained, tmp_p
     # asymmetry score), then a breast = the mean of its two views, the exam = its most suspicious breast
     context = context_model(predictor)
     assert context is not None and scores.asymmetry is not None
-    expected = level_rows(exam.assign(sample_id=exam["path"]), p, predictor.card, context, scores.asymmetry)
-    in_context = expected["image"]["screening_p_malignant"].to_numpy()
+    expected = predictor.pipeline.score_levels(p, exam.assign(sample_id=exam["path"]), scores.asymmetry)
+    in_context = expected.images["p"].to_numpy()
     breast_p = exam.assign(p=in_context).groupby("laterality")["p"].mean()
-    assert np.allclose(sorted(expected["breast"]["screening_p_malignant"]), sorted(breast_p))
-    assert np.isclose(expected["exam"]["screening_p_malignant"].iloc[0], breast_p.max())
+    assert np.allclose(sorted(expected.breasts["p"]), sorted(breast_p))
+    assert np.isclose(expected.exams["p"].iloc[0], breast_p.max())
 
     # the app, no region: the screening probability, operating point and call; same number as the Predictor
     first = exam.loc[0, "path"]
@@ -238,3 +238,29 @@ def test_an_exam_agrees_to_the_bit_through_score_exam_the_app_and_batch(trained,
                                                                            want.views)
     assert (app["exam"]["p"], app["exam"]["call"]) == (direct.exam.p, direct.exam.call)
     assert app["model"]["card"]["levels"]["exam"]["threshold"] == predictor.card.decision["level_thresholds"]["exam"]
+
+
+def test_predict_with_maps_reads_each_image_once(trained, tmp_path, monkeypatch):
+    """#28: `--maps` draws each overlay from the sample and pixels already in memory: one read per image."""
+    import collections
+
+    import pipeline.io.imageio as imageio
+    from pipeline.serving.batch import BatchOptions, run_batch
+
+    uri, result, _ = trained
+    exam = _exam(result)
+    reads: collections.Counter = collections.Counter()
+    real = imageio.read_image
+
+    def counting(path, *args, **kwargs):
+        reads[str(path)] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imageio, "read_image", counting)
+    manifest = tmp_path / "exam.csv"
+    exam[["path", "patient_id", "laterality", "view"]].to_csv(manifest, index=False)
+    summary = run_batch(BatchOptions(paths=[str(manifest)], out=str(tmp_path / "r.csv"),
+                                     model_uri=f"models:/{NAME}@champion", tracking_uri=uri, n_jobs=1,
+                                     progress=False, maps=str(tmp_path / "maps")))
+    assert summary.exit_code == 0 and summary.maps_out == 4 and len(summary.levels_out) == 3
+    assert dict(reads) == {str(Path(p)): 1 for p in exam["path"]}

@@ -41,7 +41,7 @@ def _predict(uri: str, manifest: pd.DataFrame, tmp_path, name: str) -> dict[str,
 
 def test_context_model_travels_and_predict_rows_agree_at_every_level(trained, tmp_path):
     from pipeline.serving.predict import load_predictor
-    from pipeline.serving.screening import context_model, level_rows
+    from pipeline.serving.screening import context_model
     from pipeline.model.context import apply_context
 
     uri, result = trained
@@ -62,10 +62,9 @@ def test_context_model_travels_and_predict_rows_agree_at_every_level(trained, tm
     fused = pd.Series(images["screening_p_malignant"].to_numpy()).groupby(side).mean()
     assert np.allclose(out["breast"].set_index("laterality")["screening_p_malignant"].sort_index(), fused.sort_index())
     assert np.isclose(out["exam"]["screening_p_malignant"].iloc[0], fused.max())
-    # the Predictor route gives the same rows; without the stage, level_rows has no image rows
-    rows = level_rows(exam.assign(sample_id=exam["path"]), single, predictor.card, context)
-    assert np.allclose(rows["image"]["screening_p_malignant"], images["screening_p_malignant"])
-    assert "image" not in level_rows(exam.assign(sample_id=exam["path"]), single, predictor.card)
+    # the served ExamModel's own levels are the same rows
+    rows = predictor.pipeline.score_levels(single, exam.assign(sample_id=exam["path"]))
+    assert np.allclose(rows.images["p"], images["screening_p_malignant"])
 
 
 def test_an_image_without_its_exams_other_views_keeps_its_single_image_score(trained, tmp_path):
@@ -97,7 +96,7 @@ def test_the_asymmetry_score_travels_per_image_and_the_exam_rows_use_it(trained_
     from pipeline.cli import main
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_predictor
-    from pipeline.serving.screening import context_model, level_rows
+    from pipeline.serving.screening import context_model
     from pipeline.model.asymmetry import image_scores
     from pipeline.model.context import apply_context, uses_asymmetry
     from pipeline.model.screening import tile_max_block
@@ -127,7 +126,7 @@ def test_the_asymmetry_score_travels_per_image_and_the_exam_rows_use_it(trained_
     table = exam.assign(sample_id=exam["path"])
     expected = apply_context(context, single, table, results["screening_asymmetry_score"].to_numpy())
     assert np.allclose(images["screening_p_malignant"], expected, atol=1e-9)
-    rows = level_rows(table, single, predictor.card, context, scores.asymmetry)
-    assert np.allclose(rows["image"]["screening_p_malignant"], images["screening_p_malignant"], atol=1e-6)
+    rows = predictor.pipeline.score_levels(single, table, scores.asymmetry)
+    assert np.allclose(rows.images["p"], images["screening_p_malignant"], atol=1e-6)
     with pytest.raises(ValueError, match="asymmetry"):
-        level_rows(table, single, predictor.card, context)
+        predictor.pipeline.score_levels(single, table)

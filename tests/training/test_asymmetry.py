@@ -113,26 +113,33 @@ def test_level_cv_with_the_asymmetry_score_beats_an_uninformative_first_stage():
     """cross_validate_levels: the asymmetry model is fitted on each fold's training rows only and lifts the image
     level where the first stage knows nothing; a fold's test rows never enter its fit (their labels flipped: same
     test scores)."""
+    from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
+    from features.tiles import TilePooling
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.training.levels import cross_validate_levels
     from tests.training.test_context import ScoreColumn
 
     M, y, table = _bilateral(n_patients=80)
     p = np.random.default_rng(1).uniform(0.2, 0.8, len(y))  # a first stage at chance
+    X = np.column_stack([p, np.ones(len(y)), M])  # the score, then a tile matrix of one tile: [present] + M
     ev = {"folds": 4, "seed": 0, "target_sensitivity": 0.95, "bootstrap_resamples": 20, "confidence_level": 0.95,
           "ece_bins": 10}
-    make = lambda: Pipeline([("classifier", ScoreColumn())])  # noqa: E731
+
+    def make():  # the screening head's layout: blocks (score, pooled tiles) -> select -> classifier (column 0)
+        blocks = ColumnTransformer([("score", "passthrough", [0]),
+                                    ("tiles", TilePooling(max_tiles=1, poolings=("max",)), slice(1, None))])
+        return Pipeline([("blocks", blocks), ("select", "passthrough"), ("classifier", ScoreColumn())])
+
     folds = patient_stratified_folds(y, table["patient_id"].to_numpy(), 4, 0)
-    plain = cross_validate_levels(make, p[:, None], y, table, ev, folds=folds, context_C=1.0)
-    asym = cross_validate_levels(make, p[:, None], y, table, ev, folds=folds, context_C=1.0, asymmetry=(M, 0.1))
+    plain = cross_validate_levels(make, X, y, table, ev, folds=folds, context_C=1.0)
+    asym = cross_validate_levels(make, X, y, table, ev, folds=folds, context_C=1.0, asymmetry_C=0.1)
     assert plain.metrics["image_roc_auc"] < 0.7 < 0.9 < asym.metrics["image_roc_auc"]
     tr, te = folds[0]
     flipped = y.copy()
     flipped[te] = 1 - flipped[te]
-    again = cross_validate_levels(make, p[:, None], flipped, table, ev, folds=folds, context_C=1.0,
-                                  asymmetry=(M, 0.1))
+    again = cross_validate_levels(make, X, flipped, table, ev, folds=folds, context_C=1.0, asymmetry_C=0.1)
     assert np.allclose(asym.oof["p_context"].to_numpy()[te], again.oof["p_context"].to_numpy()[te])
 
 

@@ -112,27 +112,24 @@ def test_level_cv_with_context_keeps_patients_whole_and_scores_every_level():
 def test_auto_keeps_the_stage_only_in_folds_where_it_ranks_the_training_images_better():
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.model.context import context_pays
-    from pipeline.training.levels import LevelTracker
+    from sklearn.pipeline import Pipeline
 
-    class Fitted:  # a fold's classifier: its inner out-of-fold probabilities are the scores themselves
-        def __init__(self, p):
-            self.steps = [("classifier", self)]
-            self.validation_index_ = np.arange(len(p))
-            self.validation_proba_ = np.column_stack([1 - p, p])
+    from pipeline.training.levels import cross_validate_levels
+
+    ev = {"folds": 3, "seed": 0, "target_sensitivity": 0.95, "bootstrap_resamples": 20, "confidence_level": 0.95,
+          "ece_bins": 10}
 
     def run(t, y, p):
-        tracker = LevelTracker(t, y, 0.95, "mean", context_C=1.0, context_auto=True)
-        groups = t["patient_id"].to_numpy()
-        for i, (tr, te) in enumerate(patient_stratified_folds(y, groups, 3, seed=0)):
-            tracker.on_fold(i, tr, te, Fitted(p[tr]), np.column_stack([1 - p[te], p[te]]))
-        return tracker
+        folds = patient_stratified_folds(y, t["patient_id"].to_numpy(), 3, seed=0)
+        return cross_validate_levels(lambda: Pipeline([("classifier", ScoreColumn())]), p[:, None], y, t, ev,
+                                     folds=folds, context_C=1.0, context_auto=True)
 
     t, y, p = _exams(120, seed=6)  # the patient shift: the other breast explains it away
     helped = run(t, y, p)
-    assert helped.context_used == [True] * 3
-    assert roc_auc_score(y, helped.image_proba(p)) > roc_auc_score(y, p) + 0.05
+    assert helped.metrics["folds_context_kept"] == 3
+    assert roc_auc_score(y, helped.oof["p_context"]) > roc_auc_score(y, p) + 0.05
     # scores that already rank perfectly: the stage cannot rank better, so every fold keeps the first stage
     clean = np.where(y == 1, 0.7, 0.3) + np.random.default_rng(0).normal(0, 0.01, len(y))
     kept = run(t, y, clean)
-    assert kept.context_used == [False] * 3 and np.array_equal(kept.image_proba(clean), clean)
+    assert kept.metrics["folds_context_kept"] == 0 and np.allclose(kept.oof["p_context"], clean)
     assert not context_pays(y, clean, clean) and context_pays(y, 1 - clean, clean)
