@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"round {k + 1}: pacs {pacs_s[-1]:.1f} s, predict {predict_s[-1]:.1f} s", flush=True)
     finally:
         server.remove_storage()
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     pacs_rate = exams / (statistics.median(pacs_s) / 60)
     predict_rate = exams / (statistics.median(predict_s) / 60)
     print(f"\n{exams} exams ({len(files)} images: 8 CBIS-DDSM full-field 16-bit RLE + 4 CDD-CESM 512 px), median of "

@@ -3,7 +3,6 @@ folder, for the PACS tests and benchmarks/pacs.py; `scripts/dev.sh test` install
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

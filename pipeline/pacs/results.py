@@ -66,8 +66,9 @@ class CODES:
 
 
 def class_code(cls: str, kind: str = "screening") -> Any:
-    """A model class as a coded value (private scheme; the meaning is the class name)."""
-    return _code(f"{kind.upper()}-{cls}"[:16], str(cls))
+    """A model class as a coded value (private scheme; the meaning is the class name, the value S-/D-<class> cut to
+    the 16 characters a code value may hold)."""
+    return _code(f"{kind[0].upper()}-{cls}"[:16], str(cls))
 
 
 def density_probability_code(cls: str) -> Any:
