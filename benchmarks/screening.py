@@ -38,10 +38,11 @@ from pipeline.evaluation.splits import patient_stratified_folds  # noqa: E402
 from pipeline.io.imageio import read_image  # noqa: E402
 from pipeline.paths import default_cache_dir  # noqa: E402
 from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: E402
-from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
-from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
-from pipeline.training.screening import (context_auto, context_C, finish_screening_model,  # noqa: E402
-                                         whole_image_config, asymmetry_setup)
+from pipeline.model.levels import LEVELS  # noqa: E402
+from pipeline.training.levels import cross_validate_levels  # noqa: E402
+from pipeline.model.estimators import build_pipeline, disable_cache  # noqa: E402
+from pipeline.model.screening import context_auto, context_C, whole_image_config, asymmetry_setup  # noqa: E402
+from pipeline.training.screening import finish_screening_model  # noqa: E402
 from pipeline.training.train import fit_final, head_pipeline, load_task_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,8 @@ def _config(cache) -> dict:
 
 def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tmp_path, monkeypatch):
     import pipeline.samples
-    from pipeline.training.screening import finish_screening_model, front_features, tile_block_width
+    from pipeline.model.screening import front_features, tile_block_width
+    from pipeline.training.screening import finish_screening_model
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_data, load_task_features
 
     cache = tmp_path / "cache"
