@@ -242,7 +242,7 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     in worker processes (compute.n_jobs; Dask workers inside a compute_backend block), per-row features cached on
     disk, nothing but the feature matrix (n, d) held here. Fine-tuning experiments (stateful feature steps): their
     samples go to a store on disk (`load_task_store`). Screening streams too: its front is the whole breast's
-    features and each image's tile matrix (pipeline.training.screening). None where nothing applies (no cache folder
+    features and each image's tile matrix (pipeline.model.screening). None where nothing applies (no cache folder
     for a fine-tuning store): use `load_task_data`."""
     from pipeline.compute import current_session, resolve_compute
     from pipeline.training import stream
