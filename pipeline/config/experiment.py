@@ -238,6 +238,7 @@ SCHEMA: dict[str, Any] = {
         "ece_bins": Int(2, 100),
         "conformal": {"enabled": Bool(), "coverage": Float(0.5, 0.999), "class_conditional": Bool()},
         "group_thresholds": {"enabled": Bool(), "min_positives": Int(1, 100000)},
+        "shortcut_audit": {"enabled": Bool(), "max_auc": Float(0.5, 1.0)},
     },
     "compute": {
         "n_jobs": Int(-1, 256),
