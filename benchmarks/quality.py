@@ -539,11 +539,12 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
-    from pipeline.training.screening import asymmetry_setup, context_C, context_auto
+    from pipeline.training.screening import asymmetry_setup, context_auto, context_C, context_presence
 
     C = context_C(config)  # the multi-view context stage (#15), when on
     tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C,
-                           context_auto(config), asymmetry_setup(config, X, cache))
+                           context_auto(config), asymmetry_setup(config, X, cache),
+                           context_presence=context_presence(config))
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:

@@ -42,7 +42,8 @@ from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
 from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
 from pipeline.training.routing import fit_with_groups  # noqa: E402
 from pipeline.training.screening import (build_screening_pipeline, context_auto, context_C,  # noqa: E402
-                                         finish_screening_model, whole_image_config, asymmetry_setup)
+                                         context_presence, finish_screening_model, whole_image_config,
+                                         asymmetry_setup)
 from pipeline.training.train import load_task_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +175,8 @@ def run(name: str, args: argparse.Namespace) -> None:
           + f"; peak memory {peak_mib():.0f} MiB", flush=True)
     scr = cross_validate_levels(lambda: clone(pipe), data.X, data.y, data.table, ev, how, folds, progress=print,
                                 context_C=context_C(config), context_auto=context_auto(config),
-                                asymmetry=asymmetry_setup(config, data.X, cold))
+                                asymmetry=asymmetry_setup(config, data.X, cold),
+                                context_presence=context_presence(config))
     kept = {k: v for k, v in scr.metrics.items() if k.startswith("folds_")}
     if kept:
         print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)

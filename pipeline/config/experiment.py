@@ -206,6 +206,7 @@ SCHEMA: dict[str, Any] = {
         "tile_scores_auto": Bool(),
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "context_C": Float(0.0, None, lo_open=True),
+        "context_presence": Bool(),
         "context_asymmetry": Bool(),
         "context_asymmetry_C": Float(0.0, None, lo_open=True),
     },

@@ -6,7 +6,8 @@ probabilities of the training images (`PatientCalibratedClassifier.validation_pr
 the highest threshold reaching the target sensitivity there is applied unchanged to the test fold.
 
 With ``context_C`` set (experiment switch ``screening.context``), each fold also fits the multi-view context stage
-(pipeline.training.context) on those inner out-of-fold probabilities and replaces the test images' probabilities by
+(pipeline.training.context; `context_presence` False: the one without view-presence flags, applied to every image)
+on those inner out-of-fold probabilities and replaces the test images' probabilities by
 its output before fusing; the thresholds are then chosen on its patient-grouped out-of-fold output (`image_proba`).
 With `asymmetry` (the (n, D) tile-max block of every image and the C of ``screening.context_asymmetry``), the
 fold also cross-fits the bilateral asymmetry model (pipeline.training.asymmetry) on the same training rows and the
@@ -70,7 +71,7 @@ class LevelTracker:
 
     def __init__(self, table: pd.DataFrame, y: np.ndarray, target_sensitivity: float, how: str = "mean",
                  context_C: float | None = None, context_auto: bool = False,
-                 asymmetry: tuple[np.ndarray, float] | None = None) -> None:
+                 asymmetry: tuple[np.ndarray, float] | None = None, *, context_presence: bool = True) -> None:
         self.table = table.reset_index(drop=True)
         self.ids = level_ids(table)
         self.y = np.asarray(y, int)
@@ -79,6 +80,7 @@ class LevelTracker:
         self.context_C = context_C
         self.context_auto = bool(context_auto)  # keep the stage in a fold only where it pays on its training rows
         self.asymmetry = asymmetry              # (tile-max block of every row, C) or None
+        self.context_presence = bool(context_presence)  # False: the stage without view-presence flags (#31)
         self.context_used: list[bool] = []      # per fold: was the context stage applied
         self.tile_scores_kept: list[bool] = []  # per fold, with screening.tile_scores_auto: did the fit keep them
         self.context_proba = np.full(len(self.y), np.nan)  # test images' context-stage probabilities (context on)
@@ -105,8 +107,9 @@ class LevelTracker:
                 M, aC = self.asymmetry
                 s_inner, models = cross_fit_asymmetry(M[rows], self.y[rows], table, groups, aC)
                 s_inner, s_test = (s_inner, image_scores(models, M[te])) if models else (None, None)
-            model = fit_context(inner_p, self.y[rows], table, self.context_C, s_inner)
-            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C, asymmetry=s_inner)
+            model = fit_context(inner_p, self.y[rows], table, self.context_C, s_inner, self.context_presence)
+            inner_ctx = cross_fit_context(inner_p, self.y[rows], table, groups, self.context_C, asymmetry=s_inner,
+                                          presence=self.context_presence)
             use = True
             if self.context_auto:
                 from pipeline.training.context import context_pays
@@ -179,14 +182,16 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           progress: Callable[[str], None] = log.info, context_C: float | None = None,
-                          context_auto: bool = False, asymmetry: tuple[np.ndarray, float] | None = None) -> LevelCV:
+                          context_auto: bool = False, asymmetry: tuple[np.ndarray, float] | None = None, *,
+                          context_presence: bool = True) -> LevelCV:
     """Patient-level CV of a binary estimator (y 0/1) with image/breast/exam metrics and in-fold thresholds
     (`context_C`: with the multi-view context stage, `context_auto`: kept per fold where it pays, `asymmetry`:
-    with the bilateral asymmetry score in it; see LevelTracker)."""
+    with the bilateral asymmetry score in it, `context_presence`: with view-presence flags; see LevelTracker)."""
     groups = table["patient_id"].astype(str).to_numpy()
     folds = folds or patient_stratified_folds(y, groups, ev["folds"], ev["seed"])
     check_folds(folds, table)
-    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto, asymmetry)
+    tracker = LevelTracker(table, y, ev["target_sensitivity"], how, context_C, context_auto, asymmetry,
+                           context_presence=context_presence)
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)

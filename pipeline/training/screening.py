@@ -33,7 +33,7 @@ from pipeline.training.levels import LEVELS, level_proba
 from pipeline.training.model import CachedTransformer, build_pipeline, disable_cache, final_classifier
 
 __all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
-           "context_C", "asymmetry_C", "tile_max_block", "asymmetry_setup", "level_thresholds",
+           "context_C", "context_presence", "asymmetry_C", "tile_max_block", "asymmetry_setup", "level_thresholds",
            "finish_screening_model"]
 
 
@@ -125,6 +125,12 @@ def context_C(config: Mapping[str, Any]) -> float | None:
     return float(sc.get("context_C", 1.0)) if sc.get("context", False) in (True, "auto") else None
 
 
+def context_presence(config: Mapping[str, Any]) -> bool:
+    """``screening.context_presence``: whether the context stage reads view-presence flags (False: the
+    shortcut-free stage of pipeline.training.context, applied to every image)."""
+    return bool(config["screening"].get("context_presence", True))
+
+
 def context_auto(config: Mapping[str, Any]) -> bool:
     """``screening.context: auto``: each fit keeps the context stage only where, on its own training images'
     out-of-fold probabilities, it ranks them better than the first stage (a choice made without the test fold)."""
@@ -204,8 +210,9 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
                 final.asymmetry_columns_ = _union_tile_max_columns(final, config, X[:1])
             else:  # too few images with a contralateral breast: the stage reads no asymmetry
                 s_inner, aC = None, None
-        final.context_ = fit_context(p, yy, rows, C, s_inner)
-        inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner)
+        presence = context_presence(config)
+        final.context_ = fit_context(p, yy, rows, C, s_inner, presence)
+        inner_p = cross_fit_context(p, yy, rows, groups, C, asymmetry=s_inner, presence=presence)
         if context_auto(config):
             from pipeline.training.context import context_pays
 
@@ -215,6 +222,7 @@ def finish_screening_model(final: Pipeline, config: Mapping[str, Any], X: np.nda
             final.asymmetry_ = final.asymmetry_columns_ = None
     thresholds = level_thresholds(clf, table, y, how, float(config["evaluation"]["target_sensitivity"]), inner_p)
     extra = {"level_thresholds": thresholds, "view_fusion": how, "context": C is not None,
+             "context_presence": C is not None and context_presence(config),
              "context_asymmetry": getattr(final, "asymmetry_", None) is not None}
     if hasattr(clf, "kept_group_"):  # screening.tile_scores_auto: did this fit keep the tile scores
         extra["tile_scores_kept"] = bool(clf.kept_group_)

@@ -374,11 +374,12 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         from pipeline.training.levels import LevelTracker, check_folds
 
         check_folds(folds, data.table)
-        from pipeline.training.screening import asymmetry_setup, context_C, context_auto
+        from pipeline.training.screening import asymmetry_setup, context_auto, context_C, context_presence
 
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"],
                               context_C(config), context_auto(config),  # #15: the multi-view context stage
-                              asymmetry_setup(config, data.X, cache_dir))  # with the bilateral asymmetry score
+                              asymmetry_setup(config, data.X, cache_dir),  # with the bilateral asymmetry score
+                              context_presence=context_presence(config))  # #31: with or without presence flags
     pipe = build_pipeline(config, cache_dir)
     X = data.X
     fold_jobs = 1

@@ -1,0 +1,179 @@
+"""Benchmark: does the multi-view context stage learn view presence? The shipped CDD-CESM screening recipe on the
+normal set and on an artefact set (the contralateral breast of every malignant exam dropped, so that "one breast
+only" predicts cancer, as in the external set of issue 31), each with the context stage with and without presence
+flags (``screening.context_presence``), paired on one set of folds and patient resamples; plus the shortcut audit
+(pipeline.training.audit) of each set.
+
+    nice -n 10 .venv/bin/python benchmarks/shortcut.py stage      # the first stage's CV on both sets (slow, cached)
+    nice -n 10 .venv/bin/python benchmarks/shortcut.py compare    # the context variants + audit (seconds)
+
+`stage` keeps each fold's first-stage outputs (training rows' inner out-of-fold probabilities, test probabilities)
+and every image's tile-max block in <out>/<set>.npz: every context variant then reads the same first stage, so the
+difference between them is the context stage alone.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.config.experiment import load_experiment  # noqa: E402
+from pipeline.evaluation.splits import patient_stratified_folds  # noqa: E402
+from pipeline.paths import default_cache_dir  # noqa: E402
+
+EXPERIMENT = ROOT / "experiments" / "cdd_cesm_screening.yaml"
+log = logging.getLogger("shortcut")
+
+
+def artefact_rows(table: pd.DataFrame, label: np.ndarray) -> np.ndarray:
+    """Positions of the rows kept in the artefact set: every exam with a malignant image loses the breast(s) without
+    one (women with cancer come with one breast's views only, cancer-free women with both)."""
+    from pipeline.io.datasets.screening import level_ids
+
+    ids = level_ids(table.reset_index(drop=True))
+    df = pd.DataFrame({"exam": ids["exam"], "breast": ids["breast"], "y": np.asarray(label, int)})
+    exam_pos = df.groupby("exam")["y"].transform("max").to_numpy() > 0
+    breast_pos = df.groupby("breast")["y"].transform("max").to_numpy() > 0
+    return np.flatnonzero(~exam_pos | breast_pos)
+
+
+def stage(out: Path, sets: list[str]) -> None:
+    """First-stage CV of the shipped recipe on each set; fold outputs and the tile-max block to <out>/<set>.npz."""
+    from sklearn.base import clone
+
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.model import build_pipeline, final_classifier
+    from pipeline.training.screening import tile_max_block
+    from pipeline.training.train import load_task_data
+
+    cfg = load_experiment(EXPERIMENT).config
+    cache = default_cache_dir()
+    t0 = time.perf_counter()
+    data = load_task_data(cfg, log.info, progress_bar=True)
+    log.info("samples: %.0f s", time.perf_counter() - t0)
+    for name in sets:
+        rows = np.arange(len(data.y)) if name == "normal" else artefact_rows(data.table, data.y)
+        table, y, X = data.table.iloc[rows].reset_index(drop=True), data.y[rows], data.X[rows]
+        groups = table["patient_id"].astype(str).to_numpy()
+        folds = patient_stratified_folds(y, groups, cfg["evaluation"]["folds"], cfg["evaluation"]["seed"])
+        pipe = build_pipeline(cfg, cache)
+        record: dict[str, np.ndarray] = {"rows": rows, "y": y}
+
+        def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est, p: np.ndarray) -> None:
+            clf = final_classifier(est)
+            record.update({f"tr{i}": tr, f"te{i}": te, f"vi{i}": clf.validation_index_,
+                           f"vp{i}": clf.validation_proba_[:, 1], f"p{i}": p[:, 1]})
+            log.info("%s fold %d done (%.0f s)", name, i + 1, time.perf_counter() - t0)
+
+        cross_validate(lambda: clone(pipe), X, y, groups, folds, route_groups=True, on_fold=on_fold)
+        record["M"] = tile_max_block(cfg, X, cache)
+        record["n_folds"] = np.array(len(folds))
+        np.savez_compressed(out / f"{name}.npz", **record)
+        table.to_csv(out / f"{name}.csv", index=False)
+        log.info("%s: %d images, first stage saved (%.0f s)", name, len(y), time.perf_counter() - t0)
+
+
+def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, patients: np.ndarray, n: int = 1000,
+                           seed: int = 0) -> tuple[float, float, float]:
+    """AUC(a) - AUC(b) on the same images, with a 95% CI from patient-level bootstrap resamples (paired)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    ids, inverse = np.unique(patients, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(len(ids))]
+    diffs = []
+    for _ in range(n):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(ids), len(ids))])
+        if len(np.unique(y[rows])) == 2:
+            diffs.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(low), float(high)
+
+
+def compare(out: Path, sets: list[str]) -> dict:
+    """Per set: the first stage alone and the context stage with / without presence flags on the saved first-stage
+    folds (image / breast / exam AUC [CI], spec at the in-fold 95%-sensitivity threshold), paired differences, and
+    the shortcut audit; printed and written to <out>/compare.json."""
+    import json
+
+    from pipeline.training.audit import shortcut_audit
+    from pipeline.training.levels import LevelTracker
+    from pipeline.training.screening import asymmetry_C, context_C
+
+    cfg = load_experiment(EXPERIMENT).config
+    ev = cfg["evaluation"]
+    kw = dict(n_resamples=int(ev["bootstrap_resamples"]), confidence_level=ev["confidence_level"], seed=ev["seed"],
+              ece_bins=ev["ece_bins"])
+    report: dict = {}
+    for name in sets:
+        z = np.load(out / f"{name}.npz")
+        table = pd.read_csv(out / f"{name}.csv", dtype={"patient_id": str, "sample_id": str})
+        y, M = z["y"], z["M"]
+        folds = [(z[f"tr{i}"], z[f"te{i}"]) for i in range(int(z["n_folds"]))]
+        first = np.zeros(len(y))
+        for i, (_, te) in enumerate(folds):
+            first[te] = z[f"p{i}"]
+        arms = {"image alone": None, "context, presence flags": True, "context, no presence flag": False}
+        figures, image_p = {}, {}
+        for arm, presence in arms.items():
+            tracker = LevelTracker(table, y, ev["target_sensitivity"], cfg["screening"]["view_fusion"],
+                                   None if presence is None else context_C(cfg), False,
+                                   None if presence is None else (M, asymmetry_C(cfg)),
+                                   context_presence=True if presence is None else presence)
+            for i, (tr, te) in enumerate(folds):
+                vp = z[f"vp{i}"]
+                clf = SimpleNamespace(validation_index_=z[f"vi{i}"], validation_proba_=np.column_stack([1 - vp, vp]))
+                p = z[f"p{i}"]
+                tracker.on_fold(i, tr, te, SimpleNamespace(steps=[("classifier", clf)]), np.column_stack([1 - p, p]))
+            figures[arm] = tracker.metrics(first, **kw)
+            image_p[arm] = tracker.image_proba(first)
+        patients = table["patient_id"].astype(str).to_numpy()
+        diffs = {"flags - no flag": _paired_auc_difference(y, image_p["context, presence flags"],
+                                                           image_p["context, no presence flag"], patients),
+                 "no flag - image alone": _paired_auc_difference(y, image_p["context, no presence flag"],
+                                                                 image_p["image alone"], patients),
+                 "flags - image alone": _paired_auc_difference(y, image_p["context, presence flags"],
+                                                               image_p["image alone"], patients)}
+        audit = shortcut_audit(table, y, folds, n_resamples=int(ev["bootstrap_resamples"]), seed=int(ev["seed"]))
+        report[name] = {"n_images": int(len(y)), "n_malignant": int(y.sum()),
+                        "n_patients": int(table["patient_id"].nunique()),
+                        "arms": {a: {k: float(v) for k, v in m.items()} for a, m in figures.items()},
+                        "image_auc_differences": diffs, "audit": audit.to_dict()}
+        print(f"\n== {name}: {len(y)} images ({int(y.sum())} malignant), {table['patient_id'].nunique()} patients")
+        for arm, m in figures.items():
+            print(f"  {arm:28s} " + "  ".join(
+                f"{lv} {m[f'{lv}_roc_auc']:.3f} [{m[f'{lv}_roc_auc_ci_low']:.3f}-{m[f'{lv}_roc_auc_ci_high']:.3f}]"
+                f" spec {m[f'{lv}_spec_at_target']:.2f}" for lv in ("image", "breast", "exam")))
+        for what, (d, lo, hi) in diffs.items():
+            print(f"  image AUC {what}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired, patient bootstrap)")
+        print(f"  audit flagged: {audit.flagged or 'nothing'}")
+    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("step", choices=("stage", "compare"))
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "shortcut")
+    ap.add_argument("--sets", nargs="+", default=["normal", "artefact"], choices=("normal", "artefact"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.step == "stage":
+        stage(args.out, args.sets)
+    else:
+        compare(args.out, args.sets)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
