@@ -231,9 +231,9 @@ def user_message(exc: BaseException) -> str:
 
 
 def processed_view(sample: np.ndarray, loaded: Any) -> np.ndarray:
-    """What the model's texture features see (pipeline.training.model.enhanced_view: masking, CLAHE + unsharp mask) of
+    """What the model's texture features see (pipeline.model.estimators.enhanced_view: masking, CLAHE + unsharp mask) of
     `sample` (S, S): float32 (S, S) in [0, 1]; the sample itself when the pipeline has no such step."""
-    from pipeline.training.model import enhanced_view
+    from pipeline.model.estimators import enhanced_view
 
     steps: Mapping[str, Any] = getattr(loaded.pipeline, "named_steps", {})
     if "features" not in steps:

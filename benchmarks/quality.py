@@ -294,7 +294,7 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
     from pipeline.config.tasks import get_task
     from pipeline.evaluation.metrics import exam_average
     from pipeline.training.cv import cross_validate
-    from pipeline.training.model import build_pipeline, final_classifier
+    from pipeline.model.estimators import build_pipeline, final_classifier
 
     memo = {} if memo is None else memo
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
@@ -529,7 +529,8 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     import json
 
     from pipeline.training.cv import cross_validate
-    from pipeline.training.levels import LEVELS, LevelTracker
+    from pipeline.model.levels import LEVELS
+    from pipeline.training.levels import LevelTracker
 
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
     _, disk = _memo_file(cache, config, digest, X, tag=name + (nested.tag if nested else ""), prefix="levels-")
@@ -539,7 +540,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
         chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
         kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
         return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
-    from pipeline.training.screening import asymmetry_setup, context_auto, context_C, context_presence
+    from pipeline.model.screening import asymmetry_setup, context_auto, context_C, context_presence
 
     C = context_C(config)  # the multi-view context stage (#15), when on
     tracker = LevelTracker(data.table, data.y, config["evaluation"]["target_sensitivity"], how, C,
@@ -606,7 +607,8 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
                  ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     """Table rows per level (AUC, spec at the in-fold 95%-sensitivity threshold, sensitivity reached; shipped -
     plain paired on the same whole-patient resamples of that level's units) and every arm's headline metrics."""
-    from pipeline.training.levels import LEVELS, level_ids, level_proba
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
 
     ids = level_ids(data.table)
     patient_of = {lv: pd.Series(data.groups, index=ids[lv]).groupby(level=0).first() for lv in LEVELS}
@@ -647,7 +649,7 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
 def plain_screening_config(path: Path, over: Mapping[str, Any]) -> dict[str, Any]:
     """The plain recipe of a screening entry: PLAIN on the 224 px whole breast, each image scored alone."""
     from pipeline.config.experiment import resolve_config
-    from pipeline.training.screening import whole_image_config
+    from pipeline.model.screening import whole_image_config
 
     return whole_image_config(resolve_config(path, _merge(PLAIN, over, PLAIN_SCREENING)))
 
@@ -666,8 +668,8 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.samples import load_samples
     from pipeline.training.levels import check_folds
-    from pipeline.training.model import build_pipeline
-    from pipeline.training.screening import build_screening_pipeline, whole_image_config
+    from pipeline.model.estimators import build_pipeline
+    from pipeline.model.screening import build_screening_pipeline, whole_image_config
     from pipeline.training.train import load_task_data
 
     path = EXPERIMENTS / bt.experiment
@@ -770,7 +772,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}")
             if choices:
                 from pipeline.config.experiment import deep_merge, parse_overrides
-                from pipeline.training.model import build_pipeline
+                from pipeline.model.estimators import build_pipeline
 
                 over = _merge(base, common, parse_overrides(overrides or []))
                 name, nested = choice_arm(bt, over, choices, lambda c: build_pipeline(

@@ -38,12 +38,13 @@ from pipeline.evaluation.splits import patient_stratified_folds  # noqa: E402
 from pipeline.io.imageio import read_image  # noqa: E402
 from pipeline.paths import default_cache_dir  # noqa: E402
 from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: E402
-from pipeline.training.levels import LEVELS, cross_validate_levels  # noqa: E402
-from pipeline.training.model import build_pipeline, disable_cache  # noqa: E402
-from pipeline.training.routing import fit_with_groups  # noqa: E402
-from pipeline.training.screening import (build_screening_pipeline, context_auto, context_C,  # noqa: E402
-                                         context_presence, finish_screening_model, whole_image_config,
-                                         asymmetry_setup)
+from pipeline.model.levels import LEVELS  # noqa: E402
+from pipeline.training.levels import cross_validate_levels  # noqa: E402
+from pipeline.model.estimators import build_pipeline, disable_cache  # noqa: E402
+from pipeline.model.routing import fit_with_groups  # noqa: E402
+from pipeline.model.screening import (build_screening_pipeline, context_auto, context_C,  # noqa: E402
+                                      context_presence, whole_image_config, asymmetry_setup)
+from pipeline.training.screening import finish_screening_model  # noqa: E402
 from pipeline.training.train import load_task_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ log = logging.getLogger("shortcut")
 def artefact_rows(table: pd.DataFrame, label: np.ndarray) -> np.ndarray:
     """Positions of the rows kept in the artefact set: every exam with a malignant image loses the breast(s) without
     one (women with cancer come with one breast's views only, cancer-free women with both)."""
-    from pipeline.io.datasets.screening import level_ids
+    from pipeline.io.exams import level_ids
 
     ids = level_ids(table.reset_index(drop=True))
     df = pd.DataFrame({"exam": ids["exam"], "breast": ids["breast"], "y": np.asarray(label, int)})
@@ -51,8 +51,8 @@ def stage(out: Path, sets: list[str]) -> None:
     from sklearn.base import clone
 
     from pipeline.training.cv import cross_validate
-    from pipeline.training.model import build_pipeline, final_classifier
-    from pipeline.training.screening import tile_max_block
+    from pipeline.model.estimators import build_pipeline, final_classifier
+    from pipeline.model.screening import tile_max_block
     from pipeline.training.train import load_task_data
 
     cfg = load_experiment(EXPERIMENT).config
@@ -107,7 +107,7 @@ def compare(out: Path, sets: list[str]) -> dict:
 
     from pipeline.training.audit import shortcut_audit
     from pipeline.training.levels import LevelTracker
-    from pipeline.training.screening import asymmetry_C, context_C
+    from pipeline.model.screening import asymmetry_C, context_C
 
     cfg = load_experiment(EXPERIMENT).config
     ev = cfg["evaluation"]

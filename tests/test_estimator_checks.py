@@ -1,4 +1,4 @@
-"""Every estimator in features/, cnn/ and pipeline/training/model.py passes scikit-learn's estimator checks."""
+"""Every estimator in features/, cnn/ and pipeline/model/estimators.py passes scikit-learn's estimator checks."""
 from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -53,10 +53,10 @@ def _tile_estimators() -> list:
 
 
 def _pipeline_estimators() -> list:
-    """The estimators of pipeline/training/model.py and choice.py, each built with small valid arguments."""
+    """The estimators of pipeline/model/estimators.py and choice.py, each built with small valid arguments."""
     from features import IntensityFeatures
-    from pipeline.training.choice import LastColumnsChoice
-    from pipeline.training.model import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
+    from pipeline.model.choice import LastColumnsChoice
+    from pipeline.model.estimators import (CachedTransformer, CenterCrop, MutualInfoSelector, PatientCalibratedClassifier,
                                 WeightedXGBClassifier)
 
     return [

@@ -7,10 +7,12 @@ Layers, lowest first (docs/architecture.md draws them):
   1 evaluation pipeline.evaluation                      splits, metrics (pure arithmetic)
   2 config    pipeline.config                           experiment schema, task registry, model card
   3 samples   pipeline.samples                          a table row / an image -> a working-resolution sample
-  4 training  pipeline.training                         Pipeline, estimators, routing, CV, plots, train_experiment
-  5 serving   pipeline.serving                          Predictor, batch prediction
+  4 model     pipeline.model                            what a served model is: Pipeline builders, estimators, the exam
+  5 training  pipeline.training                         CV, plots, streaming, train_experiment (fits pipeline.model)
+  5 serving   pipeline.serving                          Predictor, batch prediction (scores pipeline.model)
   6 app       gradio_app, app_support                   the Gradio app
   7 cli       pipeline.cli, pipeline.commands           the `mammoscope` command
+Training and serving are siblings on one layer: neither imports the other, and the app does not import training.
 registry/ may import only the ground floor of pipeline; features/ and cnn/ import nothing of pipeline.
 Imports inside functions count too (a lazy import is still an arrow).
 """
@@ -25,8 +27,8 @@ LAYERS = {
     "pipeline.compute": 1, "pipeline.io": 1, "pipeline.evaluation": 1,
     "pipeline.config": 2,
     "pipeline.samples": 3,
-    "pipeline.training": 4,
-    "pipeline.serving": 5,
+    "pipeline.model": 4,
+    "pipeline.training": 5, "pipeline.serving": 5,
     "app": 6,  # gradio_app and app_support, one room beside each other
     "pipeline.cli": 7, "pipeline.commands": 7,
 }
@@ -118,12 +120,28 @@ def test_the_import_graph_has_no_upward_arrow():
 
 def test_the_rule_catches_an_upward_arrow(tmp_path, monkeypatch):
     """The checker itself: an io module importing training is reported."""
-    assert room("pipeline.io.imageio") == "pipeline.io" and room("pipeline.training.model") == "pipeline.training"
+    assert room("pipeline.io.imageio") == "pipeline.io" and room("pipeline.model.estimators") == "pipeline.model"
     fake = ROOT / "pipeline" / "io" / "imageio.py"
     original = imports_of
     monkeypatch.setitem(globals(), "imports_of",
-                        lambda p: [*original(p), (1, "pipeline.training.model")] if p == fake else original(p))
-    assert any("pipeline.io.imageio -> pipeline.training.model" in a for a in arrows())
+                        lambda p: [*original(p), (1, "pipeline.model.estimators")] if p == fake else original(p))
+    assert any("pipeline.io.imageio -> pipeline.model.estimators" in a for a in arrows())
+
+
+def test_serving_and_the_app_never_import_training():
+    """What is served lives in pipeline.model; serving, the app (and so PACS and batch) reach training nowhere."""
+    served = [*(ROOT / "pipeline" / "serving").rglob("*.py"), ROOT / "gradio_app.py", ROOT / "app_support.py"]
+    bad = [f"{p.relative_to(ROOT)}:{line}: {target}" for p in served for line, target in imports_of(p)
+           if room(target) == "pipeline.training"]
+    assert bad == []
+
+
+def test_the_rule_catches_serving_importing_training(monkeypatch):
+    fake = ROOT / "pipeline" / "serving" / "predict.py"
+    original = imports_of
+    monkeypatch.setitem(globals(), "imports_of",
+                        lambda p: [*original(p), (1, "pipeline.training.levels")] if p == fake else original(p))
+    assert any("pipeline.serving.predict -> pipeline.training.levels" in a for a in arrows())
 
 
 def test_every_package_says_in_one_line_what_it_holds():

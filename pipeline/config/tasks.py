@@ -269,7 +269,7 @@ class Task:
     exam_pooled: bool = False                   # the clinical unit is the exam: probabilities averaged per exam
     derive_label: Callable[[pd.DataFrame], pd.Series] | None = None  # label from other columns (e.g. pathology)
     levels: tuple[str, ...] = ()                # fused units scored beside images: "breast" (views), "exam"
-    pipeline_builder: str = "standard"          # pipeline.training.model.PIPELINE_BUILDERS name
+    pipeline_builder: str = "standard"          # pipeline.model.estimators.PIPELINE_BUILDERS name
     region_free: bool = False                   # a whole-image model: the app shows it when no region is drawn
     needs_roi_note: str | None = None           # note shown when an image is scored without the ROI it expects
     display_label: str = ""

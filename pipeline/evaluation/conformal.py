@@ -2,7 +2,7 @@
 
 The non-conformity score of a label is ``1 - p(label)`` (crepes.extras.hinge) of the calibrated probabilities. The
 calibration scores are those of rows the model did not see while fitting: the inner out-of-fold probabilities that
-`pipeline.training.model.PatientCalibratedClassifier` keeps of its validation patients (`validation_proba_`), so inside an
+`pipeline.model.estimators.PatientCalibratedClassifier` keeps of its validation patients (`validation_proba_`), so inside an
 outer CV fold nothing of the test fold is used. With ``class_conditional=True`` each label is calibrated on the rows
 of that label only (Mondrian conformal prediction), which holds the coverage in every class, rare ones included:
 a class with fewer than ``1 / (1 - coverage) - 1`` calibration rows is then always in the set (honest: too few to

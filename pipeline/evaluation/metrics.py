@@ -4,7 +4,7 @@ Confidence intervals are percentile bootstrap intervals from ``scipy.stats.boots
 labels and predictions resampled together). With mini-MIAS each patient contributes at most two images (one per
 breast) so sample- and patient-level resampling differ little; say "sample-level bootstrap" when quoting them.
 The operating point of a malignancy model is chosen inside each training fold (on inner out-of-fold predictions, see
-pipeline.training.model.PatientCalibratedClassifier) and applied unchanged to the test fold.
+pipeline.model.estimators.PatientCalibratedClassifier) and applied unchanged to the test fold.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Arg-max of calibrated probabilities rarely names a rare extreme class (BI-RADS A
 even when the image is more extreme than most. Ordered classes have a natural one-dimensional score, the expected
 class index e = sum_k k p_k; the call is the number of cut-points below e. The K-1 cut-points are fitted to maximise
 quadratic-weighted kappa on held-out probabilities of the *training* data (the inner out-of-fold probabilities of
-pipeline.training.model.PatientCalibratedClassifier), stored in the model card (the ordinal_cutpoints rule) and
+pipeline.model.estimators.PatientCalibratedClassifier), stored in the model card (the ordinal_cutpoints rule) and
 applied unchanged at predict time.
 
     cuts = fit_cutpoints(y_val, proba_val)          # (K-1,) increasing, in expected-index units

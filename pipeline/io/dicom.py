@@ -324,6 +324,7 @@ def read_dicom(path: str | Path, *, max_pixels: int) -> tuple[np.ndarray, dict[s
         "manufacturer": str(ds.get("Manufacturer", "")).strip() or None,
         "pixel_spacing_mm": (float(spacing[0]), float(spacing[1])) if spacing else None,
         "warnings": tuple(problems),
+        "study_uid": str(ds.get("StudyInstanceUID", "")).strip() or None,
     }
     return image, meta
 

@@ -68,6 +68,7 @@ class ImageMeta:
     manufacturer: str | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    study_uid: str | None = None  # DICOM Study Instance UID: the exam (pipeline.io.exams); not a patient name or ID
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for tables, logs and JSON)."""

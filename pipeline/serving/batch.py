@@ -54,7 +54,6 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_MAX_JOBS = 4
 CHUNK = 4  # images per worker task: amortises inter-process overhead, keeps the pipeline fine-grained
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
-EXAM_COLUMNS = ("exam_id", "patient_id")  # manifest columns naming an image's examination, first found wins
 
 
 TaskModel = Predictor  # the former name of a batch's loaded model: now the one Predictor of pipeline.serving.predict
@@ -402,12 +401,14 @@ def run_batch(options: BatchOptions) -> BatchSummary:
 
 
 def exam_of(item: InputItem) -> str | None:
-    """The examination an input belongs to: its manifest's `exam_id`, else `patient_id`, else None (unknown)."""
-    for column in EXAM_COLUMNS:
-        value = str(item.extra.get(column) or "").strip()
-        if value:
-            return value
-    return None
+    """The examination an input belongs to (`pipeline.io.exams.exam_id_of` of its manifest's `patient_id` and
+    `exam_id`), None where the manifest names neither."""
+    from pipeline.io.exams import exam_id_of
+
+    try:
+        return exam_id_of(item.extra.get("patient_id"), item.extra.get("exam_id"))
+    except ValueError:
+        return None
 
 
 def write_exam_summary(out: str | Path, rows: Sequence[dict[str, Any]], items: Sequence[InputItem],

@@ -246,7 +246,7 @@ class Predictor:
     @property
     def asymmetry(self) -> Any | None:
         """The bilateral asymmetry model of a screening pipeline trained with ``screening.context_asymmetry``
-        (pipeline.training.asymmetry), else None: its per-image score joins the exam's context stage."""
+        (pipeline.model.asymmetry), else None: its per-image score joins the exam's context stage."""
         return getattr(self.pipeline, "asymmetry_", None)
 
     def output_row(self, scores: Scores, i: int) -> dict[str, Any]:
@@ -283,7 +283,7 @@ class Predictor:
         X = np.asarray(X, dtype=np.float32)
         asymmetry = None
         if self.asymmetry is not None:  # the features once: the classifier's input and the tile-max block
-            from pipeline.training.asymmetry import image_scores
+            from pipeline.model.asymmetry import image_scores
 
             features = self.pipeline.named_steps["features"].transform(X)
             start, stop = self.pipeline.asymmetry_columns_
@@ -493,7 +493,7 @@ def explain_sample(predictor: Predictor, sample: Sample, top: int = 10, heatmap:
     """Top XGBoost contributions (log-odds, averaged over the calibration ensemble) of named handcrafted features for
     the explained class (the task's explain_target), and a heat map (S, S) in [0, 1]: Grad-CAM when the CNN part has
     a fine-tuned head, else the occlusion sensitivity of the whole model (`occlusion_map`)."""
-    from pipeline.training.model import final_classifier
+    from pipeline.model.estimators import final_classifier
 
     if predictor.task_spec.levels:  # screening: the tile-score map on the original image
         from pipeline.serving.screening import explain_screening

@@ -3,7 +3,7 @@ per-exam rows of `mammoscope predict`, and the PNG overlays of ``--maps``.
 
 The per-image probability and call come from `Predictor.score` like every task's; here the levels above it: a
 breast's probability is the `view_fusion` (mean or max) of its views' probabilities, an exam's is its most
-suspicious breast (pipeline.training.levels.level_proba, the same function the cross-validation uses), each with the
+suspicious breast (pipeline.model.levels.level_proba, the same function the cross-validation uses), each with the
 operating point the training chose for that level (the card's ``decision["level_thresholds"]``).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.tiles import tile_heatmap
-from pipeline.training.levels import level_proba
+from pipeline.model.levels import level_proba
 
 __all__ = ["MAP_GRID", "sample_heatmap", "explain_screening", "map_summary", "context_model", "level_rows",
            "write_level_files", "overlay_rgb", "write_maps"]
@@ -83,7 +83,7 @@ def map_summary(heat: np.ndarray, grid: int = MAP_GRID, digits: int = 4) -> dict
 
 
 def _level_ids(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    from pipeline.io.datasets.screening import level_ids
+    from pipeline.io.exams import level_ids
 
     return level_ids(rows)
 
@@ -102,7 +102,7 @@ def level_rows(images: pd.DataFrame, probability: Sequence[float], card: Any, co
     exam's other views (an image without any keeps its own), from which the breasts and exams are fused; a stage
     trained with the bilateral asymmetry score also needs each image's `asymmetry` score (Scores.asymmetry, the
     batch column ``screening_asymmetry_score``)."""
-    from pipeline.training.context import apply_context, context_features, has_context
+    from pipeline.model.context import apply_context, context_features, has_context
 
     d = card.to_dict() if hasattr(card, "to_dict") else dict(card)
     decision, classes = d["decision"], [str(c) for c in d["classes"]]

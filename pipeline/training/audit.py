@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.evaluation.audit import Candidate, CandidateResult, audit_candidates, flagged_names
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
 
 __all__ = ["SITE_COLUMNS", "ShortcutAudit", "audit_candidates_of", "shortcut_audit", "audit_for_training"]
 

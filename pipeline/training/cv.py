@@ -41,7 +41,7 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
     own fit. `fit_groups_param` names the fit parameter that receives the training rows' patient ids
     (e.g. "classifier__groups" for a Pipeline), so inner splits stay patient-level; `route_groups=True` passes
-    them as `groups=` with scikit-learn metadata routing instead (pipeline.training.routing: every step that requested them,
+    them as `groups=` with scikit-learn metadata routing instead (pipeline.model.routing: every step that requested them,
     e.g. the calibrated classifier and the fine-tuning embedder, gets the training rows' patient ids).
 
     Each fold is fitted by the module-level `_fit_fold`, through `pipeline.compute.map_chunks` (one fold per task):
@@ -88,7 +88,7 @@ def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
               test: np.ndarray, fit_groups_param: str | None) -> tuple[Any, np.ndarray]:
     """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
     if fit_groups_param == ROUTED:
-        from pipeline.training.routing import fit_with_groups
+        from pipeline.model.routing import fit_with_groups
 
         fit_with_groups(estimator, X[train], y[train], groups[train])
     else:

@@ -6,11 +6,11 @@ probabilities of the training images (`PatientCalibratedClassifier.validation_pr
 the highest threshold reaching the target sensitivity there is applied unchanged to the test fold.
 
 With ``context_C`` set (experiment switch ``screening.context``), each fold also fits the multi-view context stage
-(pipeline.training.context; `context_presence` False: the one without view-presence flags, applied to every image)
+(pipeline.model.context; `context_presence` False: the one without view-presence flags, applied to every image)
 on those inner out-of-fold probabilities and replaces the test images' probabilities by
 its output before fusing; the thresholds are then chosen on its patient-grouped out-of-fold output (`image_proba`).
 With `asymmetry` (the (n, D) tile-max block of every image and the C of ``screening.context_asymmetry``), the
-fold also cross-fits the bilateral asymmetry model (pipeline.training.asymmetry) on the same training rows and the
+fold also cross-fits the bilateral asymmetry model (pipeline.model.asymmetry) on the same training rows and the
 context stage reads its scores: out-of-fold ones for the training rows, the mean of the fold models for the test
 rows (none where too few training images have a contralateral breast: the stage then reads no asymmetry).
 """
@@ -25,34 +25,15 @@ import pandas as pd
 
 from pipeline.evaluation.metrics import binary_metrics, choose_threshold
 from pipeline.evaluation.splits import patient_stratified_folds
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
+from pipeline.model.estimators import final_classifier
+from pipeline.model.levels import LEVELS, level_proba
 from pipeline.training.cv import cross_validate
-from pipeline.training.model import final_classifier
 
-__all__ = ["LEVELS", "fuse", "level_ids", "level_proba", "check_folds", "LevelTracker", "LevelCV",
+__all__ = ["check_folds", "LevelTracker", "LevelCV",
            "cross_validate_levels"]
 
 log = logging.getLogger(__name__)
-LEVELS = ("image", "breast", "exam")
-
-
-def fuse(p: np.ndarray, y: np.ndarray, ids: np.ndarray, how: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(group ids, group label = any positive, group probability = mean or max of its rows), groups sorted."""
-    if how not in ("mean", "max"):
-        raise ValueError(f"fusion must be 'mean' or 'max'; got {how!r}")
-    df = pd.DataFrame({"id": np.asarray(ids, str), "y": np.asarray(y, int), "p": np.asarray(p, float)})
-    g = df.groupby("id", sort=True)
-    return g.size().index.to_numpy(), g["y"].max().to_numpy(), g["p"].agg(how).to_numpy()
-
-
-def level_proba(p: np.ndarray, y: np.ndarray, ids: Mapping[str, np.ndarray], how: str
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per level (ids, y, p); an exam's probability is the max over its breasts' fused probabilities."""
-    out = {"image": fuse(p, y, ids["image"], "max"), "breast": fuse(p, y, ids["breast"], how)}
-    b_ids, b_y, b_p = out["breast"]
-    exam_of_breast = pd.Series(ids["exam"], index=ids["breast"]).groupby(level=0).first().reindex(b_ids).to_numpy()
-    out["exam"] = fuse(b_p, b_y, exam_of_breast, "max")
-    return out
 
 
 def check_folds(folds: list[tuple[np.ndarray, np.ndarray]], table: pd.DataFrame) -> None:
@@ -96,13 +77,13 @@ class LevelTracker:
         if hasattr(clf, "kept_group_"):
             self.tile_scores_kept.append(bool(clf.kept_group_))
         if self.context_C is not None:
-            from pipeline.training.context import apply_context, cross_fit_context, fit_context
+            from pipeline.model.context import apply_context, cross_fit_context, fit_context
 
             table = self.table.iloc[rows]
             groups = table["patient_id"].astype(str).to_numpy()
             s_inner = s_test = None
             if self.asymmetry is not None:
-                from pipeline.training.asymmetry import cross_fit_asymmetry, image_scores
+                from pipeline.model.asymmetry import cross_fit_asymmetry, image_scores
 
                 M, aC = self.asymmetry
                 s_inner, models = cross_fit_asymmetry(M[rows], self.y[rows], table, groups, aC)
@@ -112,7 +93,7 @@ class LevelTracker:
                                           presence=self.context_presence)
             use = True
             if self.context_auto:
-                from pipeline.training.context import context_pays
+                from pipeline.model.context import context_pays
 
                 use = context_pays(self.y[rows], inner_p, inner_ctx)
             self.context_used.append(use)

@@ -65,7 +65,7 @@ def split_pipeline(pipe: Pipeline) -> tuple[Pipeline, Pipeline] | None:
 
     The front (``preprocess``, ``features``) holds only CachedTransformers (or passthrough); the head is the rest
     (``select``, ``classifier``), fitted on the feature rows."""
-    from pipeline.training.model import CachedTransformer
+    from pipeline.model.estimators import CachedTransformer
 
     names = [n for n, _ in pipe.steps]
     if names[:2] != ["preprocess", "features"]:
@@ -107,7 +107,7 @@ class FeatureSpec:
 def _sample_code_version() -> str:
     import importlib
 
-    from pipeline.training.model import _module_digest
+    from pipeline.model.estimators import _module_digest
 
     parts = []
     for name in SAMPLE_MODULES:

@@ -2,7 +2,7 @@
 
 One MLflow parent run per call with a child run per fold (through `registry`, the only package that imports mlflow).
 The final model is fitted on all rows; its calibration and operating point come from inner patient-level splits of
-those rows (pipeline.training.model.PatientCalibratedClassifier), never from test data.
+those rows (pipeline.model.estimators.PatientCalibratedClassifier), never from test data.
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from pipeline.config.card import code_version as card_code_version
 from pipeline.errors import ConfigError, DatasetError
 from pipeline.evaluation.metrics import exam_average
 from pipeline.evaluation.splits import patient_stratified_folds
+from pipeline.io.exams import exam_ids
 from pipeline.training.cv import CVResult, cross_validate, subgroup_metrics
 from pipeline.config.experiment import Experiment, flatten_config
-from pipeline.training.model import build_pipeline, disable_cache, final_classifier
+from pipeline.model.estimators import build_pipeline, disable_cache, final_classifier
 from pipeline.config.tasks import ORDINAL_SCHEMES, Task, get_task, ordinal_scheme
 from pipeline.training.trust import FoldTrust, card_entries, final_trust
 
@@ -40,7 +41,6 @@ __all__ = [
     "evaluate_experiment",
     "head_pipeline",
     "fit_final",
-    "exam_ids",
     "train_experiment",
     "build_card",
 ]
@@ -67,7 +67,7 @@ class TaskData:
     front: Any = None                    # streamed: the fitted frozen steps (preprocess, features) before the head
     example: np.ndarray | None = None    # streamed: two samples (input example of the registered model)
     stream: Any = None                   # streamed: pipeline.training.stream.StreamResult (counts, timings)
-    samples: Any = None                  # fine-tuning: pipeline.training.sample_rows.SampleLayout (store on disk;
+    samples: Any = None                  # fine-tuning: pipeline.model.sample_rows.SampleLayout (store on disk;
                                          # `features` are then [frozen features | store row])
 
     @property
@@ -291,12 +291,13 @@ def _stream_front(config: Mapping[str, Any], front: Any, cache: Path | None) -> 
 
 def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[str], None], cache: Path | None, *,
                     progress_bar: bool = False) -> TaskData | None:
-    """Fine-tuning experiments (pipeline.training.sample_rows): the frozen branches streamed to feature rows as in
+    """Fine-tuning experiments (pipeline.model.sample_rows): the frozen branches streamed to feature rows as in
     `load_task_features`, every prepared sample written once to a float32 store on disk (stream.stream_samples), and
     rows ``[frozen features | store row]``: the pixel steps read the batch they need from the store. None without a
     cache folder or for Pipelines that do not split (then the samples are held in memory: `load_task_data`)."""
     from pipeline.compute import current_session, resolve_compute
-    from pipeline.training import sample_rows, stream
+    from pipeline.model import sample_rows
+    from pipeline.training import stream
 
     parts = sample_rows.split_samples(pipe)
     if parts is None or cache is None:
@@ -328,16 +329,6 @@ def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[st
     return _task_data(config, table, classes, path, errors, len(rows), features=rows, front=front,
                       example=example, stream=result,
                       samples=sample_rows.layout(pipe, front, example, store.path))
-
-
-def exam_ids(data: TaskData) -> np.ndarray:
-    """One examination id per row: the table's `exam_id` where the row has one, else its patient id."""
-    if "exam_id" not in data.table.columns:
-        return np.asarray(data.groups, dtype=str)
-    patients = np.asarray([f"patient:{g}" for g in data.groups], dtype=object)
-    exam = data.table["exam_id"]
-    known = exam.notna().to_numpy() & (exam.astype(str).str.strip() != "").to_numpy()
-    return np.where(known, [f"exam:{e}" for e in exam.astype(str)], patients).astype(str)
 
 
 def _metrics(task: str | Task, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: list[str],
@@ -374,7 +365,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
         from pipeline.training.levels import LevelTracker, check_folds
 
         check_folds(folds, data.table)
-        from pipeline.training.screening import asymmetry_setup, context_auto, context_C, context_presence
+        from pipeline.model.screening import asymmetry_setup, context_auto, context_C, context_presence
 
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"],
                               context_C(config), context_auto(config),  # #15: the multi-view context stage
@@ -392,7 +383,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
                disable=not progress_bar, dynamic_ncols=True)
     trust = FoldTrust(config, data)  # conformal sets and per-density-group thresholds, from each fold's own rows
 
-    exams = exam_ids(data)
+    exams = exam_ids(data.table)
     calls, exam_calls = np.zeros(len(data.y), int), np.zeros(len(data.y), int)  # #16: the model's own calls
 
     def fold_done(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
@@ -482,7 +473,7 @@ def _parallel_folds(head: Any, config: Mapping[str, Any], n_folds: int) -> tuple
 def _one_xgb_thread(head: Any) -> Any:
     """A clone of `head` whose XGBoost models train on one thread (the same trees: hist is thread-count
     independent)."""
-    from pipeline.training.model import WeightedXGBClassifier
+    from pipeline.model.estimators import WeightedXGBClassifier
 
     single = {f"{k}__n_jobs": 1 for k, v in head.get_params(deep=True).items() if isinstance(v, WeightedXGBClassifier)}
     return clone(head).set_params(**single) if single else head
@@ -531,7 +522,7 @@ def head_pipeline(pipe: Any, data: TaskData | None = None) -> Any:
     from pipeline.training.stream import split_pipeline
 
     if data is not None and data.samples is not None:
-        from pipeline.training.sample_rows import store_pipeline
+        from pipeline.model.sample_rows import store_pipeline
 
         return store_pipeline(pipe, data.samples)
     parts = split_pipeline(pipe)
@@ -546,7 +537,7 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     """The final image -> probability Pipeline fitted on all rows: streamed data fit the head on the feature
     matrix behind the already-fitted frozen front; in-memory samples fit the whole Pipeline. `one_thread`: the
     head's XGBoost on one thread (beside the CV folds, `start_final`)."""
-    from pipeline.training.routing import fit_with_groups
+    from pipeline.model.routing import fit_with_groups
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
@@ -555,7 +546,7 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     head = head_pipeline(pipe, data)
     head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, data.features, data.y, data.groups)
     if data.samples is not None:
-        from pipeline.training.sample_rows import image_pipeline
+        from pipeline.model.sample_rows import image_pipeline
 
         return image_pipeline(data.front, head)
     return assemble(data.front, head)
@@ -571,7 +562,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
 
     import registry
     from pipeline.compute import resolve_compute
-    from pipeline.training.routing import strip_requests
+    from pipeline.model.routing import strip_requests
 
     cfg = exp.config
     task = exp.task
@@ -704,7 +695,7 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         features=dict(cfg["features"]),
         dataset={"adapter": cfg["dataset"]["adapter"], "path": data.source, "digest": digest,
                  "n_samples": int(len(table)), "n_patients": int(table["patient_id"].nunique()),
-                 "n_exams": int(len(set(exam_ids(data)))),
+                 "n_exams": int(len(set(exam_ids(data.table)))),
                  "class_counts": {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)},
                  "density_counts": density.value_counts().sort_index().to_dict() or None,
                  "views": views.value_counts().sort_index().to_dict() or None},

@@ -39,7 +39,7 @@ def test_compute_settings_resolve_argument_then_experiment_then_environment(tmp_
 
 
 def test_build_pipeline_honours_the_experiments_cache_dir(tmp_path):
-    from pipeline.training.model import CachedTransformer, build_pipeline
+    from pipeline.model.estimators import CachedTransformer, build_pipeline
 
     config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", [f"compute.cache_dir={tmp_path}"]).config
     cached = [s for _, s in build_pipeline(config).named_steps["features"].transformer_list

@@ -112,7 +112,7 @@ def test_experiment_finetune_keys_reach_the_embedder():
     from pathlib import Path
 
     from pipeline.config.experiment import load_experiment
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_experiment(root / "experiments" / "tiny_test.yaml", [

@@ -68,7 +68,7 @@ def test_finetuning_refuses_multilevel_pooling():
 
 def test_screening_tile_pooling_reaches_the_tile_embedder():
     from pipeline.config.experiment import resolve_config
-    from pipeline.training.screening import tile_embedding_step
+    from pipeline.model.screening import tile_embedding_step
 
     def pooling(overrides):
         cfg = resolve_config("experiments/tiny_test.yaml", {"dataset": {"task": "screening"}, **overrides})

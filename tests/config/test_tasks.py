@@ -61,7 +61,7 @@ def test_each_task_answers_for_its_data_metrics_and_decisions():
 
 def test_ordinal_tasks_train_the_cutpoint_rule_unless_the_experiment_asks_for_argmax():
     """evaluation.decision picks the density rule (#16); a binary task keeps its threshold whatever it says."""
-    from pipeline.training.model import build_pipeline, final_classifier
+    from pipeline.model.estimators import build_pipeline, final_classifier
 
     for task, decision, rule, fitted in (("density", "ordinal", "ordinal_cutpoints", "ordinal"),
                                          ("density", "argmax", "argmax", "argmax"),

@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score, cohen_kappa_score, roc_auc_
 from pipeline.evaluation.metrics import _ap_vectorized, _auc_vectorized, _kappa_quadratic_vectorized, binary_metrics, choose_threshold, exam_average, expected_calibration_error, multiclass_metrics
 from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.training.cv import cross_validate, subgroup_metrics
-from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
+from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
 
 
 def test_binary_metrics_hand_checked():

@@ -118,7 +118,8 @@ def test_screening_rows_pair_arms_per_level_on_whole_patients():
     n_pat = 24
     table, y, data = _four_views(n_pat)
     p = np.clip(0.6 * y + 0.4 * rng.random(len(y)), 0, 1)
-    from pipeline.training.levels import LEVELS, level_ids, level_proba
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
 
     fused = level_proba(p, y, level_ids(table), "mean")
     calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
@@ -149,8 +150,8 @@ def test_nested_arm_picks_the_informative_candidate_inside_each_training_fold():
 
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.training.cv import cross_validate
-    from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
-    from pipeline.training.routing import request_groups
+    from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.model.routing import request_groups
 
     rng = np.random.default_rng(0)
     n = 160
@@ -180,7 +181,8 @@ def test_screening_extra_arm_rows_pair_it_with_plain_and_shipped():
     mod = _module()
     rng = np.random.default_rng(1)
     table, y, data = _four_views(20)
-    from pipeline.training.levels import LEVELS, level_ids, level_proba
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
 
     def arm(name, p):
         fused = level_proba(p, y, level_ids(table), "mean")
@@ -200,7 +202,7 @@ def test_plain_screening_arm_has_none_of_the_shipped_second_stages(experiment: s
     """The plain arm of a screening entry scores each image alone even where the experiment ships the context stage
     or tile scores (and where --set turns them on): it is the recipe to beat, not plain + our second stage."""
     from pipeline.config.experiment import resolve_config
-    from pipeline.training.screening import context_C
+    from pipeline.model.screening import context_C
 
     mod = _module()
     path = mod.EXPERIMENTS / experiment
@@ -218,9 +220,9 @@ def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: 
     from sklearn.pipeline import Pipeline
 
     from pipeline.evaluation.splits import patient_stratified_folds
-    from pipeline.training.choice import LastColumnsChoice
-    from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
-    from pipeline.training.routing import request_groups
+    from pipeline.model.choice import LastColumnsChoice
+    from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.model.routing import request_groups
 
     mod = _module()
     rng = np.random.default_rng(0)

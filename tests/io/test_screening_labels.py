@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.io.datasets.screening import CLASSES, breast_ids, exam_ids, screening_table
+from pipeline.io.datasets.screening import CLASSES, screening_table
+from pipeline.io.exams import breast_ids, exam_ids
 
 CDD = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cdd_cesm" / "manifest.csv"
 

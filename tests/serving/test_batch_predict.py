@@ -176,7 +176,7 @@ def test_resume_after_sigkill_scores_every_image_once(champion, tmp_path: Path, 
 def test_training_is_deterministic(champion, tmp_path: Path):
     """The tiny experiment, trained again with the same seed (fresh feature cache): the same metrics and bit-identical
     out-of-fold and final-model predictions."""
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
     from pipeline.training.train import load_task_data, train_experiment
     from tests._tiny_store import tiny_experiment
     import registry
@@ -232,7 +232,8 @@ def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
 
     assert exam_of(InputItem(path="/x.png")) is None
     assert exam_of(InputItem(path="/x.png", extra={"patient_id": " P1 ", "exam_id": ""})) == "P1"
-    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "E7"
+    assert exam_of(InputItem(path="/x.png", extra={"patient_id": "P1", "exam_id": "E7"})) == "P1|exam:E7"
+    assert exam_of(InputItem(path="/x.png", extra={"exam_id": "E7"})) == "E7"
     from types import SimpleNamespace
 
     density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1)

@@ -42,7 +42,7 @@ def _predict(uri: str, manifest: pd.DataFrame, tmp_path, name: str) -> dict[str,
 def test_context_model_travels_and_predict_rows_agree_at_every_level(trained, tmp_path):
     from pipeline.serving.predict import load_predictor
     from pipeline.serving.screening import context_model, level_rows
-    from pipeline.training.context import apply_context
+    from pipeline.model.context import apply_context
 
     uri, result = trained
     assert "p_context" in result.oof and np.isfinite(result.metrics["cv_breast_roc_auc"])
@@ -98,9 +98,9 @@ def test_the_asymmetry_score_travels_per_image_and_the_exam_rows_use_it(trained_
     from pipeline.io.imageio import read_image
     from pipeline.serving.predict import load_predictor
     from pipeline.serving.screening import context_model, level_rows
-    from pipeline.training.asymmetry import image_scores
-    from pipeline.training.context import apply_context, uses_asymmetry
-    from pipeline.training.screening import tile_max_block
+    from pipeline.model.asymmetry import image_scores
+    from pipeline.model.context import apply_context, uses_asymmetry
+    from pipeline.model.screening import tile_max_block
 
     uri, result, exp = trained_asymmetry
     predictor = load_predictor(f"models:/{NAME}-asym@champion", tracking_uri=uri)

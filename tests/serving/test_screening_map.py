@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.config.experiment import resolve_config
 from pipeline.serving.screening import sample_heatmap
-from pipeline.training.screening import build_map_pipeline
+from pipeline.model.screening import build_map_pipeline
 
 TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
                      "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},

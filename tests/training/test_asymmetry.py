@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline.training.asymmetry import (asymmetry_of, cross_fit_asymmetry, fit_asymmetry, image_scores,
+from pipeline.model.asymmetry import (asymmetry_of, cross_fit_asymmetry, fit_asymmetry, image_scores,
                                          tile_max_columns)
-from pipeline.training.context import (FEATURES, apply_context, context_features, contralateral_rows, fit_context,
+from pipeline.model.context import (FEATURES, apply_context, context_features, contralateral_rows, fit_context,
                                        uses_asymmetry)
 
 
@@ -139,7 +139,7 @@ def test_level_cv_with_the_asymmetry_score_beats_an_uninformative_first_stage():
 def test_the_asymmetry_switch_acts_with_the_context_stage_and_needs_max_pooling():
     from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
     from pipeline.errors import ConfigError
-    from pipeline.training.screening import asymmetry_C
+    from pipeline.model.screening import asymmetry_C
 
     on = load_experiment(EXPERIMENTS_DIR / "mias_screening.yaml").config
     assert on["screening"]["context_asymmetry"] is True and asymmetry_C(on) == pytest.approx(1e-3)

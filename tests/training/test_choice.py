@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.training.choice import LastColumnsChoice
-from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
+from pipeline.model.choice import LastColumnsChoice
+from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
 
 
 def _clf() -> PatientCalibratedClassifier:

@@ -7,7 +7,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 
-from pipeline.training.context import (FEATURES, apply_context, context_features, cross_fit_context, fit_context,
+from pipeline.model.context import (FEATURES, apply_context, context_features, cross_fit_context, fit_context,
                                        has_context)
 
 
@@ -111,7 +111,7 @@ def test_level_cv_with_context_keeps_patients_whole_and_scores_every_level():
 
 def test_auto_keeps_the_stage_only_in_folds_where_it_ranks_the_training_images_better():
     from pipeline.evaluation.splits import patient_stratified_folds
-    from pipeline.training.context import context_pays
+    from pipeline.model.context import context_pays
     from pipeline.training.levels import LevelTracker
 
     class Fitted:  # a fold's classifier: its inner out-of-fold probabilities are the scores themselves

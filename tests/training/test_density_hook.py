@@ -9,7 +9,7 @@ from features.density import DensityFeatures
 from features.pectoral import PectoralMask
 from pipeline.config.experiment import resolve_config
 from pipeline.errors import ConfigError
-from pipeline.training.model import build_pipeline
+from pipeline.model.estimators import build_pipeline
 from tests.features.test_pectoral import _mlo
 
 EXPERIMENT = "experiments/mias_density_fused.yaml"

@@ -7,7 +7,7 @@ import textwrap
 
 import numpy as np
 
-from pipeline.training.model import CachedTransformer
+from pipeline.model.estimators import CachedTransformer
 
 FEATURE = '''
 import numpy as np

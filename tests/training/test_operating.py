@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.config.experiment import resolve_config
-from pipeline.training.model import PatientCalibratedClassifier
+from pipeline.model.estimators import PatientCalibratedClassifier
 from pipeline.evaluation.operating import apply_group_thresholds, choose_group_thresholds, density_groups
 from pipeline.training.trust import FoldTrust
 from tests.evaluation.test_evaluate import CallLog, RecordingClassifier

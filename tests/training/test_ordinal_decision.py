@@ -10,7 +10,7 @@ from tests._ordinal import ordinal_problem
 
 
 def test_classifier_fits_cutpoints_on_inner_folds_and_predict_applies_them():
-    from pipeline.training.model import PatientCalibratedClassifier, WeightedXGBClassifier
+    from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
 
     X, y = ordinal_problem(300, seed=3)
     groups = np.repeat(np.arange(150), 2)

@@ -5,7 +5,7 @@ import numpy as np
 
 import cnn.finetune as finetune_module
 from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
-from pipeline.training.model import build_pipeline
+from pipeline.model.estimators import build_pipeline
 
 
 def test_finetuning_early_stopping_split_keeps_each_patient_on_one_side(monkeypatch):
@@ -13,7 +13,7 @@ def test_finetuning_early_stopping_split_keeps_each_patient_on_one_side(monkeypa
     early stopping gets the training rows' patient ids, so no patient is on both sides of it."""
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.training.cv import cross_validate
-    from pipeline.training.routing import fit_with_groups
+    from pipeline.model.routing import fit_with_groups
 
     seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     real = finetune_module.patient_split

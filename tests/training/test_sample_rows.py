@@ -1,4 +1,4 @@
-"""Fine-tuning from the sample store on disk (pipeline.training.sample_rows): `train` on a fine-tuning experiment
+"""Fine-tuning from the sample store on disk (pipeline.model.sample_rows): `train` on a fine-tuning experiment
 keeps its samples in a store on disk, the fine-tuned embedder reads only the batch it needs through the CV folds and
 the final fit, the models equal the in-memory path's, and the job's peak traced allocation stays flat for 5x images.
 
@@ -42,7 +42,7 @@ def _experiment(csv: Path, *extra: str):
 
 def test_store_path_gives_the_in_memory_models_and_predictions(archive, tmp_path):
     from cnn.rows import LazyRows
-    from pipeline.training.sample_rows import SampleRows
+    from pipeline.model.sample_rows import SampleRows
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_data, load_task_features
 
     cfg = _experiment(archive, "dataset.max_samples=16").config

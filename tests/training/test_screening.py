@@ -9,8 +9,9 @@ from sklearn.base import clone
 from pipeline.config.experiment import resolve_config
 from pipeline.io.datasets.screening import CLASSES, screening_table
 from pipeline.samples import load_samples
-from pipeline.training.levels import check_folds, cross_validate_levels, fuse
-from pipeline.training.screening import build_screening_pipeline
+from pipeline.model.levels import fuse
+from pipeline.training.levels import check_folds, cross_validate_levels
+from pipeline.model.screening import build_screening_pipeline
 
 TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
                      "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
@@ -78,7 +79,7 @@ def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, 
     """screening.tile_scores: the tile scorer's top-k tile probabilities join the union; inside a fit they are
     cross-fitted on the patient groups routed to them (no patient scored by a scorer fitted on it)."""
     from features.tile_scores import TileScoreFeatures
-    from pipeline.training.routing import fit_with_groups
+    from pipeline.model.routing import fit_with_groups
 
     table, X, y = tiny_mias
     config = resolve_config(None, {**TINY, "screening": {**TINY["screening"], "tile_scores": 2}})
@@ -110,9 +111,9 @@ def test_tile_scores_auto_ends_in_a_choice_that_reads_the_union_columns_it_kept(
     """screening.tile_scores_auto: the classifier is a LastColumnsChoice over the tile-score columns (the union's
     last k), fitted with the routed patient groups; with a selection step it is refused with a clear error."""
     from pipeline.errors import ConfigError
-    from pipeline.training.choice import LastColumnsChoice
-    from pipeline.training.model import final_classifier
-    from pipeline.training.routing import fit_with_groups
+    from pipeline.model.choice import LastColumnsChoice
+    from pipeline.model.estimators import final_classifier
+    from pipeline.model.routing import fit_with_groups
 
     table, X, y = tiny_mias
     sc = {**TINY["screening"], "tile_scores": 2, "tile_scores_auto": True}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
 
-from pipeline.training.context import (FEATURES, PRESENCE, apply_context, context_features, fit_context,
+from pipeline.model.context import (FEATURES, PRESENCE, apply_context, context_features, fit_context,
                                        stage_layout)
 from tests.training.test_context import ScoreColumn, _exams
 
@@ -97,7 +97,7 @@ def test_the_experiment_switch_is_validated():
     from pipeline.config.experiment import load_experiment
     from pipeline.errors import ConfigError
     from pipeline.paths import PROJECT_DIR
-    from pipeline.training.screening import context_presence
+    from pipeline.model.screening import context_presence
 
     path = PROJECT_DIR / "experiments" / "cdd_cesm_screening.yaml"
     assert context_presence(load_experiment(path).config) is True

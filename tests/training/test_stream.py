@@ -156,7 +156,7 @@ def test_killed_training_resumes_computing_only_the_missing_images(archive, tmp_
 
 def test_pipelines_with_stateful_features_are_not_streamed():
     from pipeline.config.experiment import load_experiment
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
     from pipeline.training.stream import split_pipeline
 
     cfg = load_experiment(ROOT / "experiments" / "tiny_test.yaml",
@@ -172,7 +172,7 @@ def _front_spec(cfg: dict, cache: Path):
     """The fitted front and worker spec of an experiment, as load_task_features makes them."""
     from pipeline.config.tasks import get_task
     from pipeline.training import stream
-    from pipeline.training.model import build_pipeline
+    from pipeline.model.estimators import build_pipeline
     from pipeline.training.train import sample_params, task_table
 
     front, _ = stream.split_pipeline(build_pipeline(cfg, cache))

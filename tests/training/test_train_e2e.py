@@ -13,7 +13,7 @@ from pipeline.evaluation.metrics import binary_metrics
 from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.training.cv import cross_validate
 from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
-from pipeline.training.model import build_pipeline
+from pipeline.model.estimators import build_pipeline
 from pipeline.paths import default_mias_dir
 
 pytestmark = pytest.mark.skipif(not (default_mias_dir() / "Info.txt").is_file(), reason="mini-MIAS not present")
@@ -75,14 +75,14 @@ def test_champion_loads_back_with_identical_predictions(trained):
     assert md["task"] == "density" and md["classes"] == ["F", "G", "D"]
     assert md["sample_params"]["size"] == size
     # the streamed head kept the ordinal decision: its cut-points are the card's decision (#16)
-    from pipeline.training.model import final_classifier
+    from pipeline.model.estimators import final_classifier
 
     clf = final_classifier(loaded.pipeline)
     assert clf.decision == "ordinal" and md["decision"]["rule"] == "ordinal_cutpoints"
     assert md["decision"]["cutpoints"] == pytest.approx(list(clf.cutpoints_)) and len(clf.cutpoints_) == 2
 
     data = load_task_data(exp.config, lambda s: None)
-    from pipeline.training.model import disable_cache
+    from pipeline.model.estimators import disable_cache
 
     refit = disable_cache(build_pipeline(exp.config).fit(data.X, data.y, classifier__groups=data.groups))
     np.testing.assert_allclose(loaded.pipeline.predict_proba(data.X[:6]), refit.predict_proba(data.X[:6]),
@@ -221,7 +221,7 @@ def test_cnn_input_raw_or_enhanced_while_texture_always_sees_the_enhanced_image(
     """features.cnn.input: the CNN embeds the masked sample as read ("raw") or after CLAHE + unsharp ("enhanced");
     the texture features and the app's processed view are the enhanced image either way."""
     from cnn.embedder import CNNEmbedder
-    from pipeline.training.model import enhanced_view
+    from pipeline.model.estimators import enhanced_view
 
     exp = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml",
                           ["features.cnn.enabled=true", "features.cnn.backbone=tiny", "features.cnn.weights=random",

@@ -1,6 +1,6 @@
 """Screening labels: one row per image, malignant vs not malignant (benign and normal images are negatives).
 
-A breast is patient + laterality; an exam is the table's ``exam_id`` where it has one, else the patient.
+Which exam and breast a row belongs to: `pipeline.io.exams` (the one definition).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.errors import DatasetError
 
-__all__ = ["CLASSES", "image_rows", "screening_label", "screening_table", "breast_ids", "exam_ids", "level_ids"]
+__all__ = ["CLASSES", "image_rows", "screening_label", "screening_table"]
 
 CLASSES = ["not_malignant", "malignant"]
 
@@ -49,27 +49,3 @@ def screening_table(full: pd.DataFrame) -> pd.DataFrame:
     """`image_rows` with the label in column ``screening`` (what Task screening trains on)."""
     rows = image_rows(full)
     return rows.assign(screening=screening_label(rows))
-
-
-def breast_ids(table: pd.DataFrame) -> np.ndarray:
-    """exam|laterality per row (exam|image id where the laterality is unknown: a breast of its own)."""
-    side = table["laterality"].astype(object) if "laterality" in table.columns else pd.Series(np.nan, table.index)
-    known = side.isin(["L", "R"]).to_numpy()
-    exam = pd.Series(exam_ids(table), index=table.index)
-    return np.where(known, exam + "|" + side.astype(str), exam + "|" + table["sample_id"].astype(str)).astype(str)
-
-
-def exam_ids(table: pd.DataFrame) -> np.ndarray:
-    """The row's ``exam_id`` where given, else its patient id."""
-    pid = table["patient_id"].astype(str)
-    if "exam_id" not in table.columns:
-        return pid.to_numpy(dtype=str)
-    exam = table["exam_id"]
-    known = exam.notna().to_numpy() & (exam.astype(str).str.strip() != "").to_numpy()
-    return np.where(known, (pid + "|exam:" + exam.astype(str)).to_numpy(), pid.to_numpy()).astype(str)
-
-
-def level_ids(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Row -> unit id at each level (image = sample_id, breast = exam|side, exam = exam_id or patient)."""
-    return {"image": table["sample_id"].astype(str).to_numpy(), "breast": breast_ids(table),
-            "exam": exam_ids(table)}

@@ -16,10 +16,10 @@ alone. A fitted stage says which it is by its number of columns (`stage_layout`)
 without 4 (+1).
 
 With ``screening.context_asymmetry`` one more column joins them: the image's bilateral asymmetry score
-(pipeline.training.asymmetry: a linear model of its tile-max embedding minus the contralateral breast's), passed in
+(pipeline.model.asymmetry: a linear model of its tile-max embedding minus the contralateral breast's), passed in
 as per-image scores `asymmetry` (0 where the image has no contralateral breast).
 
-Metadata: breast and exam ids from `pipeline.io.datasets.screening.level_ids` (patient / exam_id, laterality);
+Metadata: breast and exam ids from `pipeline.io.exams.level_ids` (patient / exam_id, laterality);
 the columns ``laterality`` (L/R) and ``view`` (e.g. CC, MLO) of the table, either of which may be missing.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.io.datasets.screening import level_ids
+from pipeline.io.exams import level_ids
 
 __all__ = ["FEATURES", "PRESENCE", "contralateral_rows", "contralateral_mean", "context_features", "has_context",
            "stage_layout", "uses_asymmetry", "fit_context", "apply_context", "cross_fit_context"]
@@ -82,7 +82,7 @@ def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray |
     """(n, len(FEATURES)) float: each image's first-stage logit and its differences to the other views of its exam
     (0 where a view is absent, flagged by has_ipsi / has_contra; `presence` False: without those two columns); with
     per-image `asymmetry` scores (n,), one more column: the image's score minus its contralateral breast's
-    (pipeline.training.asymmetry.asymmetry_of)."""
+    (pipeline.model.asymmetry.asymmetry_of)."""
     p = np.clip(np.asarray(p, float), _EPS, 1 - _EPS)
     z = np.log(p / (1 - p))
     ids = level_ids(table.reset_index(drop=True))
@@ -101,7 +101,7 @@ def context_features(p: np.ndarray, table: pd.DataFrame, asymmetry: np.ndarray |
     columns = [z, np.where(has_ipsi, ipsi - z, 0.0), np.where(has_contra, contra_same - z, 0.0),
                np.where(has_contra, contra - z, 0.0), *((has_ipsi, has_contra) if presence else ())]
     if asymmetry is not None:
-        from pipeline.training.asymmetry import asymmetry_of
+        from pipeline.model.asymmetry import asymmetry_of
 
         columns.append(asymmetry_of(np.asarray(asymmetry, float), table))
     return np.column_stack(columns).astype(float)

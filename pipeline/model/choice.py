@@ -36,7 +36,7 @@ class LastColumnsChoice(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> "LastColumnsChoice":
         """Fit both candidates (groups: patient ids for their inner folds) and keep the better; returns self."""
-        from pipeline.training.model import PatientCalibratedClassifier
+        from pipeline.model.estimators import PatientCalibratedClassifier
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
         n_drop = int(self.n_drop)

@@ -11,7 +11,7 @@ Because the model is linear and has neither intercept nor centring, its score of
 per-image scores: w . (m_i - mean m_c) / sigma = s_i - mean s_c with s = w . m / sigma. So it is served per image
 (`image_scores`, one number per image, computed beside its probability) and the exam's other images only enter as
 scores (`asymmetry_of`), exactly as the context stage uses probabilities. The score is a column of the context stage
-(pipeline.training.context), fitted on cross-fitted scores of the training images (`cross_fit_asymmetry`); new
+(pipeline.model.context), fitted on cross-fitted scores of the training images (`cross_fit_asymmetry`); new
 images are scored by the mean of those same fold models, so the stage reads scores of the kind it was fitted on (a
 model refitted on all rows would score with larger weights than the fold models the stage learnt from).
 
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.training.context import contralateral_mean
+from pipeline.model.context import contralateral_mean
 
 __all__ = ["fit_asymmetry", "image_scores", "asymmetry_of", "cross_fit_asymmetry", "tile_max_columns"]
 

@@ -1,7 +1,7 @@
 """Fine-tuning from the sample store on disk: Pipeline rows that reference a store row instead of holding pixels.
 
 An experiment whose feature union has stateful branches (a fine-tuned CNN) cannot be streamed to a feature matrix
-alone (pipeline.training.stream.split_pipeline). It splits instead into (`split_samples`):
+alone (the training stream's split_pipeline). It splits instead into (`split_samples`):
 
 * the **front**: ``preprocess`` and the frozen branches (CachedTransformers), streamed to feature rows as usual;
 * the **pixel branches** (FineTunedEmbedder): fitted in-fold on samples, which live in a store on disk
@@ -86,7 +86,7 @@ class SampleLayout:
 def split_samples(pipe: Pipeline) -> tuple[Pipeline, list[tuple[str, Any]], Pipeline] | None:
     """(front: preprocess + the frozen branches, [(name, stateful branch)], head: select + classifier), or None
     when the Pipeline is not preprocess -> features -> ... with frozen preprocessing and some stateful branch."""
-    from pipeline.training.model import CachedTransformer
+    from pipeline.model.estimators import CachedTransformer
 
     if [n for n, _ in pipe.steps[:2]] != ["preprocess", "features"]:
         return None
@@ -130,7 +130,7 @@ def rows_matrix(features: np.ndarray, store_rows: np.ndarray) -> np.ndarray:
 
 def store_pipeline(pipe: Pipeline, lay: SampleLayout) -> Pipeline:
     """The estimator cross-validated on `rows_matrix` rows: branch blocks in union order, then select, classifier."""
-    from pipeline.training.routing import request_groups, routing
+    from pipeline.model.routing import request_groups, routing
 
     union = dict(pipe.steps[1][1].transformer_list)
     parts: list[tuple[str, Any, Any]] = []

@@ -482,7 +482,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
 
     Feature cache: `cache_dir`, else the experiment's compute.cache_dir, else none (pipeline.compute.resolve_compute).
     The steps that split their training data (calibration's inner folds, fine-tuning's early-stopping split) request
-    the patient `groups` by metadata routing: fit it with pipeline.training.routing.fit_with_groups.
+    the patient `groups` by metadata routing: fit it with pipeline.model.routing.fit_with_groups.
     """
     from features.clahe import CLAHE
     from features.handcrafted import handcrafted_union
@@ -491,7 +491,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
 
     pre, feats, mdl = config["preprocessing"], config["features"], config["model"]
     from pipeline.compute import resolve_compute
-    from pipeline.training.routing import request_groups
+    from pipeline.model.routing import request_groups
     from pipeline.config.tasks import get_task
 
     builder = get_task(config["dataset"]["task"]).pipeline_builder
@@ -591,7 +591,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
 def _pipeline_builder(name: str) -> Any:
     """The `build(config, cache_dir) -> Pipeline` function a Task's `pipeline_builder` names (imported lazily)."""
     if name == "tiles":
-        from pipeline.training.screening import build_screening_pipeline
+        from pipeline.model.screening import build_screening_pipeline
 
         return build_screening_pipeline
     raise ValueError(f"unknown pipeline builder {name!r}; known: standard, tiles")
