@@ -6,6 +6,7 @@ flags (``screening.context_presence``), paired on one set of folds and patient r
 
     nice -n 10 .venv/bin/python benchmarks/shortcut.py stage      # the first stage's CV on both sets (slow, cached)
     nice -n 10 .venv/bin/python benchmarks/shortcut.py compare    # the context variants + audit (seconds)
+    nice -n 10 .venv/bin/python benchmarks/shortcut.py proxy      # the same with a cheap proxy first stage (~1 min)
 
 `stage` keeps each fold's first-stage outputs (training rows' inner out-of-fold probabilities, test probabilities)
 and every image's tile-max block in <out>/<set>.npz: every context variant then reads the same first stage, so the
@@ -82,6 +83,41 @@ def stage(out: Path, sets: list[str]) -> None:
         log.info("%s: %d images, first stage saved (%.0f s)", name, len(y), time.perf_counter() - t0)
 
 
+def proxy_score(path: str) -> float:
+    """A cheap single-image score with no training: the 99th percentile of the image's bright (breast) pixels at
+    ~128 px (contrast-enhancing lesions are bright in CDD-CESM's subtracted images)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.draft("L", (128, 128))
+        a = np.asarray(im.convert("L").reduce(max(1, im.size[0] // 128)), np.float32) / 255
+    bright = a[a > 0.05]
+    return float(np.clip(np.quantile(bright, 0.99) if bright.size else 0.0, 0.01, 0.99))
+
+
+def stage_proxy(out: Path, sets: list[str]) -> None:
+    """The `stage` files with `proxy_score` as the first stage (its inner out-of-fold probabilities: the score
+    itself, as nothing is fitted), to <out>/proxy-<set>.npz: the comparison in seconds, without the CNN recipe."""
+    from pipeline.training.train import task_table
+
+    cfg = load_experiment(EXPERIMENT).config
+    full, classes, _ = task_table(cfg)
+    y_full = (full["screening"].astype(str) == classes[1]).to_numpy(int)
+    score_full = np.array([proxy_score(p) for p in full["path"]])
+    for name in sets:
+        rows = np.arange(len(y_full)) if name == "normal" else artefact_rows(full, y_full)
+        table, y, score = full.iloc[rows].reset_index(drop=True), y_full[rows], score_full[rows]
+        groups = table["patient_id"].astype(str).to_numpy()
+        folds = patient_stratified_folds(y, groups, cfg["evaluation"]["folds"], cfg["evaluation"]["seed"])
+        record: dict[str, np.ndarray] = {"rows": rows, "y": y, "n_folds": np.array(len(folds))}
+        for i, (tr, te) in enumerate(folds):
+            record.update({f"tr{i}": tr, f"te{i}": te, f"vi{i}": np.arange(len(tr)), f"vp{i}": score[tr],
+                           f"p{i}": score[te]})
+        np.savez_compressed(out / f"proxy-{name}.npz", **record)
+        table.to_csv(out / f"proxy-{name}.csv", index=False)
+        log.info("proxy %s: %d images saved", name, len(y))
+
+
 def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, patients: np.ndarray, n: int = 1000,
                            seed: int = 0) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the same images, with a 95% CI from patient-level bootstrap resamples (paired)."""
@@ -99,7 +135,7 @@ def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, patients
     return float(roc_auc_score(y, a) - roc_auc_score(y, b)), float(low), float(high)
 
 
-def compare(out: Path, sets: list[str]) -> dict:
+def compare(out: Path, sets: list[str], prefix: str = "") -> dict:
     """Per set: the first stage alone and the context stage with / without presence flags on the saved first-stage
     folds (image / breast / exam AUC [CI], spec at the in-fold 95%-sensitivity threshold), paired differences, and
     the shortcut audit; printed and written to <out>/compare.json."""
@@ -115,9 +151,9 @@ def compare(out: Path, sets: list[str]) -> dict:
               ece_bins=ev["ece_bins"])
     report: dict = {}
     for name in sets:
-        z = np.load(out / f"{name}.npz")
-        table = pd.read_csv(out / f"{name}.csv", dtype={"patient_id": str, "sample_id": str})
-        y, M = z["y"], z["M"]
+        z = np.load(out / f"{prefix}{name}.npz")
+        table = pd.read_csv(out / f"{prefix}{name}.csv", dtype={"patient_id": str, "sample_id": str})
+        y, M = z["y"], (z["M"] if "M" in z.files else None)  # the proxy has no tile-max block: no asymmetry
         folds = [(z[f"tr{i}"], z[f"te{i}"]) for i in range(int(z["n_folds"]))]
         first = np.zeros(len(y))
         for i, (_, te) in enumerate(folds):
@@ -127,7 +163,7 @@ def compare(out: Path, sets: list[str]) -> dict:
         for arm, presence in arms.items():
             tracker = LevelTracker(table, y, ev["target_sensitivity"], cfg["screening"]["view_fusion"],
                                    None if presence is None else context_C(cfg), False,
-                                   None if presence is None else (M, asymmetry_C(cfg)),
+                                   None if presence is None or M is None else (M, asymmetry_C(cfg)),
                                    context_presence=True if presence is None else presence)
             for i, (tr, te) in enumerate(folds):
                 vp = z[f"vp{i}"]
@@ -148,7 +184,7 @@ def compare(out: Path, sets: list[str]) -> dict:
                         "n_patients": int(table["patient_id"].nunique()),
                         "arms": {a: {k: float(v) for k, v in m.items()} for a, m in figures.items()},
                         "image_auc_differences": diffs, "audit": audit.to_dict()}
-        print(f"\n== {name}: {len(y)} images ({int(y.sum())} malignant), {table['patient_id'].nunique()} patients")
+        print(f"\n== {prefix}{name}: {len(y)} images ({int(y.sum())} malignant), {table['patient_id'].nunique()} patients")
         for arm, m in figures.items():
             print(f"  {arm:28s} " + "  ".join(
                 f"{lv} {m[f'{lv}_roc_auc']:.3f} [{m[f'{lv}_roc_auc_ci_low']:.3f}-{m[f'{lv}_roc_auc_ci_high']:.3f}]"
@@ -156,13 +192,13 @@ def compare(out: Path, sets: list[str]) -> dict:
         for what, (d, lo, hi) in diffs.items():
             print(f"  image AUC {what}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired, patient bootstrap)")
         print(f"  audit flagged: {audit.flagged or 'nothing'}")
-    (out / "compare.json").write_text(json.dumps(report, indent=2))
+    (out / f"{prefix}compare.json").write_text(json.dumps(report, indent=2))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("step", choices=("stage", "compare"))
+    ap.add_argument("step", choices=("stage", "compare", "proxy"))
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "shortcut")
     ap.add_argument("--sets", nargs="+", default=["normal", "artefact"], choices=("normal", "artefact"))
     args = ap.parse_args(argv)
@@ -170,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "stage":
         stage(args.out, args.sets)
+    elif args.step == "proxy":  # the cheap first stage, then its comparison
+        stage_proxy(args.out, args.sets)
+        compare(args.out, args.sets, prefix="proxy-")
     else:
         compare(args.out, args.sets)
     return 0
