@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,30 @@ def stage_proxy(out: Path, sets: list[str]) -> None:
         log.info("proxy %s: %d images saved", name, len(y))
 
 
+def derive_artefact(z: Mapping[str, np.ndarray], table: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """The artefact set's stage record from the normal set's (when its own first-stage CV was not run): the kept
+    rows, each fold's training / test rows and inner out-of-fold probabilities restricted to them (patients stay
+    whole, so the folds stay patient-level). The first stage was then fitted on the normal set's training images;
+    the context stage, where the shortcut lives, sees only the artefact set's rows."""
+    y = z["y"]
+    rows = artefact_rows(table, y)
+    new = np.full(len(y), -1)
+    new[rows] = np.arange(len(rows))
+    out: dict[str, np.ndarray] = {"rows": rows, "y": y[rows], "n_folds": z["n_folds"]}
+    if "M" in z:
+        out["M"] = z["M"][rows]
+    for i in range(int(z["n_folds"])):
+        tr, te, vi = z[f"tr{i}"], z[f"te{i}"], z[f"vi{i}"]
+        keep_tr, keep_te = new[tr] >= 0, new[te] >= 0
+        tr_new = new[tr[keep_tr]]
+        position = np.full(len(tr), -1)
+        position[np.flatnonzero(keep_tr)] = np.arange(keep_tr.sum())
+        keep_vi = position[vi] >= 0
+        out.update({f"tr{i}": tr_new, f"te{i}": new[te[keep_te]], f"vi{i}": position[vi[keep_vi]],
+                    f"vp{i}": z[f"vp{i}"][keep_vi], f"p{i}": z[f"p{i}"][keep_te]})
+    return out, table.iloc[rows].reset_index(drop=True)
+
+
 def _paired_auc_difference(y: np.ndarray, a: np.ndarray, b: np.ndarray, patients: np.ndarray, n: int = 1000,
                            seed: int = 0) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the same images, with a 95% CI from patient-level bootstrap resamples (paired)."""
@@ -151,9 +176,16 @@ def compare(out: Path, sets: list[str], prefix: str = "") -> dict:
               ece_bins=ev["ece_bins"])
     report: dict = {}
     for name in sets:
-        z = np.load(out / f"{prefix}{name}.npz")
-        table = pd.read_csv(out / f"{prefix}{name}.csv", dtype={"patient_id": str, "sample_id": str})
-        y, M = z["y"], (z["M"] if "M" in z.files else None)  # the proxy has no tile-max block: no asymmetry
+        derived = name == "artefact" and not (out / f"{prefix}{name}.npz").is_file()
+        if derived:  # the normal set's first stage, restricted to the artefact set's rows
+            z, table = derive_artefact(
+                dict(np.load(out / f"{prefix}normal.npz")),
+                pd.read_csv(out / f"{prefix}normal.csv", dtype={"patient_id": str, "sample_id": str}))
+            log.info("artefact: first stage derived from the normal set's folds (its own CV was not run)")
+        else:
+            z = np.load(out / f"{prefix}{name}.npz")
+            table = pd.read_csv(out / f"{prefix}{name}.csv", dtype={"patient_id": str, "sample_id": str})
+        y, M = z["y"], (z["M"] if "M" in z else None)  # the proxy has no tile-max block: no asymmetry
         folds = [(z[f"tr{i}"], z[f"te{i}"]) for i in range(int(z["n_folds"]))]
         first = np.zeros(len(y))
         for i, (_, te) in enumerate(folds):
@@ -180,7 +212,8 @@ def compare(out: Path, sets: list[str], prefix: str = "") -> dict:
                  "flags - image alone": _paired_auc_difference(y, image_p["context, presence flags"],
                                                                image_p["image alone"], patients)}
         audit = shortcut_audit(table, y, folds, n_resamples=int(ev["bootstrap_resamples"]), seed=int(ev["seed"]))
-        report[name] = {"n_images": int(len(y)), "n_malignant": int(y.sum()),
+        report[name] = {"first_stage": "derived from the normal set's CV" if derived else "own CV",
+                        "n_images": int(len(y)), "n_malignant": int(y.sum()),
                         "n_patients": int(table["patient_id"].nunique()),
                         "arms": {a: {k: float(v) for k, v in m.items()} for a, m in figures.items()},
                         "image_auc_differences": diffs, "audit": audit.to_dict()}
