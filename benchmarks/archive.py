@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/archive.py [--n 2000 10000 50000] [--tasks density malignancy] [--side 512]
         [--jobs 1 2] [--cluster] [--set features.cnn.enabled=false ...] [--keep DIR]
+    .venv/bin/python benchmarks/archive.py --experiment experiments/cdd_cesm_screening.yaml --n 300 898
+
+With --experiment, no synthetic archive: the experiment's own images, at most N per run (dataset.max_samples,
+whole patients), trained as `train` does without MLflow (screening: the streamed front, the CV with the exam stage
+per fold, the final fit with the exam stage and the map's scorer); printed per N: the run's line, the CV figures of
+each level as benchmarks/screening.py prints them, and the main process's peak RSS at the largest N / the smallest.
 
 The archive: N images made from the real mini-MIAS mammograms in ../shared/data (random crop of 80-100 % of the
 side, horizontal flip with the laterality swapped, rotation of up to +-5 degrees, gamma and contrast changes,
@@ -191,6 +197,89 @@ def run_one(csv: str, task: str, jobs: int, cluster: bool, cache: str, overrides
     return out
 
 
+def run_experiment(experiment: str, n: int, cache: str, overrides: list[str]) -> dict:
+    """Streamed training of an experiment file on at most `n` of its images, as `train` runs it without MLflow:
+    stream the front (samples + features, tile matrices), patient-level CV of the head with the exam stage per fold,
+    final fit and (screening) the exam stage and map scorer; the figures as a dict, with the CV lines per level."""
+    import logging
+
+    from pipeline.config.experiment import load_experiment
+    from pipeline.config.tasks import get_task
+    from pipeline.training.train import evaluate_experiment, fit_final, load_task_features, start_final
+
+    logging.basicConfig(level=logging.WARNING)
+    exp = load_experiment(Path(experiment), [f"dataset.max_samples={n}", f"compute.cache_dir={cache}", *overrides])
+    cfg = exp.config
+    out: dict = {"task": exp.task, "experiment": exp.name, "jobs": cfg["compute"]["n_jobs"], "cluster": False}
+    t0 = t = time.perf_counter()
+    cpu = _cpu_seconds()
+    data = load_task_features(cfg, lambda s: None, cache_dir=cache)
+    out["stream_s"] = time.perf_counter() - t
+    out["stream_cpu_s"] = [b - a for a, b in zip(cpu, _cpu_seconds())]
+    t = time.perf_counter()
+    pending = start_final(cfg, data, cache)
+    metrics, _, _ = evaluate_experiment(cfg, data, cache, lambda s: None)
+    out["cv_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    final = pending.result() if pending is not None else fit_final(cfg, data, cache)
+    if get_task(exp.task).levels:  # the exam stage and the map's tile scorer, on the feature rows
+        from pipeline.training.screening import finish_screening_model
+
+        finish_screening_model(final, cfg, None, data.y, data.table, cache, features=data.features)
+    out["final_s"] = time.perf_counter() - t
+    out["final_overlapped"] = pending is not None
+    out["job_s"] = time.perf_counter() - t0
+    st = data.stream
+    levels = ("image", *get_task(exp.task).levels) if get_task(exp.task).levels else ()
+    out.update(n_images=st.n_images, n_rows=len(data.y), n_features=int(data.features.shape[1]),
+               worker_read_s=st.seconds["worker_read"], worker_sample_s=st.seconds["worker_sample"],
+               worker_features_s=st.seconds["worker_features"], workers=st.workers,
+               worker_peak_rss_mb=st.worker_peak_rss / 2**20, main_peak_rss_mb=_peak_rss_mb(),
+               headline={k: round(metrics[k], 4) for k in ("cv_kappa_quadratic", "cv_roc_auc") if k in metrics},
+               cv_lines=[_level_line(metrics, lv) for lv in levels])
+    return out
+
+
+def _level_line(m: dict, level: str) -> str:
+    """The CV figures of one level as benchmarks/screening.py prints them: AUC [CI], spec at the in-fold threshold
+    for the target sensitivity (sens reached, n units)."""
+    k = f"cv_{level}_"
+    return (f"{level:>6} AUC {m[k + 'roc_auc']:.3f} [{m[k + 'roc_auc_ci_low']:.3f}-{m[k + 'roc_auc_ci_high']:.3f}]"
+            f" spec {m[k + 'spec_at_target']:.2f} (sens {m[k + 'sens_at_target']:.2f}, n {int(m[k + 'n'])})")
+
+
+def experiment_main(experiment: str, sizes: list[int], overrides: list[str], shared_cache: Path | None = None) -> int:
+    """One subprocess per size: the experiment's streamed training on its first `n` images (patient-stratified
+    subsample), peak RSS of the main process per size and their ratio. `shared_cache`: one feature cache for every
+    size (a larger run reads the smaller one's images; the main process receives the same rows either way)."""
+    tmp = Path(tempfile.mkdtemp(prefix="mammoscope-archive-"))
+    results: dict[int, dict] = {}
+    try:
+        for n in sorted(sizes):
+            cache = str(shared_cache) if shared_cache else tempfile.mkdtemp(prefix="cache-", dir=tmp)
+            cmd = [sys.executable, __file__, "--one-experiment", experiment, str(n), cache, "--", *overrides]
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-3000:])
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            r["wall_s"] = time.perf_counter() - started
+            if not shared_cache:
+                shutil.rmtree(cache, ignore_errors=True)
+            results[n] = r
+            print(_line(r["n_images"], r), flush=True)
+            print("\n".join(f"  {r['experiment']} N={r['n_images']} CV {line}" for line in r["cv_lines"]), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if len(results) >= 2:
+        lo, hi = min(results), max(results)
+        a, b = results[lo], results[hi]
+        print(f"{b['experiment']}: peak RSS main at N={b['n_images']} / N={a['n_images']}: "
+              f"{b['main_peak_rss_mb']:.0f} / {a['main_peak_rss_mb']:.0f} MB = "
+              f"{b['main_peak_rss_mb'] / a['main_peak_rss_mb']:.2f}x (target <= 1.3x)", flush=True)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 def _spawn(csv: Path, task: str, jobs: int, cluster: bool, overrides: list[str], tmp: Path) -> dict:
     cache = tempfile.mkdtemp(prefix="cache-", dir=tmp)
@@ -227,7 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--ratio-n", type=int, default=None,
                         help="run the 1-worker / cluster comparisons at this N only (default: the smallest)")
+    parser.add_argument("--experiment", default=None, metavar="YAML",
+                        help="instead of the synthetic archive: this experiment's own images, at most --n of them "
+                             "per run (e.g. experiments/cdd_cesm_screening.yaml --n 300 898: screening, CNN on)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="with --experiment: one feature cache folder for every size (kept); default a fresh one "
+                             "per run")
     args = parser.parse_args(argv)
+    if args.experiment:
+        return experiment_main(args.experiment, args.n, args.overrides, args.cache)
     tmp = Path(tempfile.mkdtemp(prefix="mammoscope-archive-"))
     print(f"archive folder {tmp} (removed at the end); overrides {args.overrides}", flush=True)
     results: list[tuple[int, dict]] = []
@@ -278,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--one-experiment":
+        experiment, n, cache = sys.argv[2:5]
+        extra = sys.argv[6:] if len(sys.argv) > 5 and sys.argv[5] == "--" else []
+        print(json.dumps(run_experiment(experiment, int(n), cache, extra)))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
         csv, task, jobs, cluster, cache = sys.argv[2:7]
         extra = sys.argv[8:] if len(sys.argv) > 7 and sys.argv[7] == "--" else []

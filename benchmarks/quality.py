@@ -716,7 +716,8 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
     """Run the benchmark; returns {"table": DataFrame, "arms": DataFrame, "folds": {task: {arm: digest}}, ...}."""
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.paths import default_cache_dir
-    from pipeline.training.train import exam_ids, load_task_data
+    from pipeline.io.exams import exam_ids
+    from pipeline.training.train import load_task_data
 
     started = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -759,7 +760,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 data = _prevalence_subsample(data, bt.prevalence, seed=0)
             ev = configs["shipped"]["evaluation"]
             folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
-            exams = exam_ids(data)
+            exams = exam_ids(data.table)
             counts = {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)}
             progress(f"{bt.key}: {len(data.y)} images of {len(set(data.groups))} patients {counts}; "
                      f"{len(folds)} patient-level folds ({time.perf_counter() - t0:.0f} s to load)")

@@ -3,8 +3,9 @@
 Prints for each dataset (CDD-CESM malignant vs not, mini-MIAS malignant images vs the rest), at image, breast
 (views fused by the experiment's view_fusion) and exam (most suspicious breast) level: ROC AUC [95% CI] and the
 specificity at the threshold chosen inside the training folds for 95% sensitivity, with the sensitivity reached;
-for the screening recipe also the training time from an empty feature cache (samples + every image's features +
-the final fit), the time to score one image from its file (2 threads, no cache) and the peak memory.
+for the screening recipe also the training time from an empty feature cache (samples + every image's features,
+streamed on worker processes as `train` does, + the final fit and exam stage on the feature rows), the time to score
+one image from its file (2 threads, no cache) and the peak memory of this process.
 
 Plain recipe: pad to square, 224 px, CLAHE, unsharp mask, GLCM (64 levels) + 32-bin histogram + first-order
 statistics, frozen EfficientNet-Lite0, XGBoost with sigmoid calibration (experiments/defaults.yaml, density-style
@@ -28,7 +29,6 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import clone
-from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,11 +41,10 @@ from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: 
 from pipeline.model.levels import LEVELS  # noqa: E402
 from pipeline.training.levels import cross_validate_levels  # noqa: E402
 from pipeline.model.estimators import build_pipeline, disable_cache  # noqa: E402
-from pipeline.model.routing import fit_with_groups  # noqa: E402
-from pipeline.model.screening import (build_screening_pipeline, context_auto, context_C,  # noqa: E402
-                                      context_presence, whole_image_config, asymmetry_setup)
+from pipeline.model.screening import (context_auto, context_C, context_presence, whole_image_config,  # noqa: E402
+                                      asymmetry_setup)
 from pipeline.training.screening import finish_screening_model  # noqa: E402
-from pipeline.training.train import load_task_data  # noqa: E402
+from pipeline.training.train import fit_final, head_pipeline, load_task_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = {"cdd": ROOT / "experiments" / "cdd_cesm_screening.yaml", "mias": ROOT / "experiments" / "mias_screening.yaml"}
@@ -62,25 +61,6 @@ def line(name: str, m: dict) -> str:
              f" spec {m[f'{lv}_spec_at_target']:.2f} (sens {m[f'{lv}_sens_at_target']:.2f}, n {int(m[f'{lv}_n'])})"
              for lv in LEVELS]
     return f"{name:<10}" + " | ".join(cells)
-
-
-def timed_fit(pipe: Pipeline, X: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[Pipeline, dict[str, float]]:
-    """The final fit of `pipe` (the same work as fit_with_groups(pipe, ...)), timed per stage: each feature branch
-    (filling the empty cache), the union's refit from the cache, the selection + calibrated classifier."""
-    stages: dict[str, float] = {}
-    union = clone(pipe.named_steps["features"])
-    parts = []
-    for name, branch in union.transformer_list:
-        t = time.perf_counter()
-        parts.append(clone(branch).fit_transform(X, y))
-        stages[f"{name} features"] = time.perf_counter() - t
-    t = time.perf_counter()
-    union.fit(X, y)  # from the cache just filled: the fitted union the served Pipeline needs
-    stages["union from cache"] = time.perf_counter() - t
-    t = time.perf_counter()
-    head = fit_with_groups(clone(pipe[1:]), np.hstack(parts), y, groups)
-    stages["classifier"] = time.perf_counter() - t
-    return Pipeline([("features", union), *head.steps]), stages
 
 
 def density_lines(name: str, cv, data, ev: dict) -> list[str]:
@@ -155,35 +135,37 @@ def run(name: str, args: argparse.Namespace) -> None:
     ev, how = config["evaluation"], config["screening"]["view_fusion"]
     cold = args.screening_cache or Path(tempfile.mkdtemp(prefix="screening_cold_", dir=args.cache))
     print(f"== {name}: {config['name']} ({'given' if args.screening_cache else 'cold'} cache {cold})", flush=True)
+    # screening training as `train` runs it: samples + whole-breast features + tile matrices streamed on worker
+    # processes into the cache, the final fit and the exam stage on the feature rows
     t0 = time.perf_counter()
-    data = load_task_data(config, progress=print)
-    data.side = sample_side(config["samples"]["size"], config["screening"]["scale"])
-    t_samples = time.perf_counter() - t0
+    data = load_task_features(config, progress=print, cache_dir=cold)
+    side = sample_side(config["samples"]["size"], config["screening"]["scale"])
+    stages = {"samples + features (streamed)": time.perf_counter() - t0}
     groups = data.groups
     folds = patient_stratified_folds(data.y, groups, ev["folds"], ev["seed"])
-    print(f"{len(data.y)} images, {data.y.sum()} malignant, {len(set(groups))} patients; samples "
-          f"{data.side} px in {t_samples:.0f} s", flush=True)
-
-    # screening: training from an empty cache = samples + features of every image + the final fit
-    pipe = build_screening_pipeline(config, cold)
-    final, stages = timed_fit(pipe, data.X, data.y, groups)
+    print(f"{len(data.y)} images, {data.y.sum()} malignant, {len(set(groups))} patients; {side} px samples, "
+          f"features {data.features.shape}", flush=True)
+    t = time.perf_counter()
+    final = fit_final(config, data, cold)
+    stages["final fit"] = time.perf_counter() - t
     t = time.perf_counter()  # the context stage (on the classifier's inner out-of-fold scores) and the map's scorer
-    finish_screening_model(final, config, data.X, data.y, data.table, cold)
+    finish_screening_model(final, config, None, data.y, data.table, cold, features=data.features)
     stages["context stage + map scorer"] = time.perf_counter() - t
-    t_train = t_samples + sum(stages.values())
+    t_train = sum(stages.values())
     print(f"screening: trained on all images from an empty cache in {t_train:.0f} s ({t_train / 60:.1f} min): "
-          f"samples {t_samples:.0f} s, " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
+          + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
           + f"; peak memory {peak_mib():.0f} MiB", flush=True)
-    scr = cross_validate_levels(lambda: clone(pipe), data.X, data.y, data.table, ev, how, folds, progress=print,
-                                context_C=context_C(config), context_auto=context_auto(config),
-                                asymmetry=asymmetry_setup(config, data.X, cold),
+    head = head_pipeline(build_pipeline(config, cold), data)
+    scr = cross_validate_levels(lambda: clone(head), data.features, data.y, data.table, ev, how, folds,
+                                progress=print, context_C=context_C(config), context_auto=context_auto(config),
+                                asymmetry=asymmetry_setup(config, features=data.features),
                                 context_presence=context_presence(config))
     kept = {k: v for k, v in scr.metrics.items() if k.startswith("folds_")}
     if kept:
         print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)
     print(line("screening", scr.metrics), flush=True)  # printed at once: the plain recipe takes a while
     torch.set_num_threads(2)
-    per_image = score_time(final, data.table, data.side, args.time_images)
+    per_image = score_time(final, data.table, side, args.time_images)
     print(f"screening: {per_image:.2f} s per image (2 threads, from the file, no cache)", flush=True)
 
     if not args.skip_plain:

@@ -49,25 +49,27 @@ def artefact_rows(table: pd.DataFrame, label: np.ndarray) -> np.ndarray:
 
 
 def stage(out: Path, sets: list[str]) -> None:
-    """First-stage CV of the shipped recipe on each set; fold outputs and the tile-max block to <out>/<set>.npz."""
+    """First-stage CV of the shipped recipe on each set; fold outputs and the tile-max block to <out>/<set>.npz.
+    Trained as `mammoscope train` does: every image's front features streamed once into the cache, the head
+    cross-validated on the feature rows."""
     from sklearn.base import clone
 
-    from pipeline.training.cv import cross_validate
     from pipeline.model.estimators import build_pipeline, final_classifier
     from pipeline.model.screening import tile_max_block
-    from pipeline.training.train import load_task_data
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.train import head_pipeline, load_task_features
 
     cfg = load_experiment(EXPERIMENT).config
     cache = default_cache_dir()
     t0 = time.perf_counter()
-    data = load_task_data(cfg, log.info, progress_bar=True)
-    log.info("samples: %.0f s", time.perf_counter() - t0)
+    data = load_task_features(cfg, log.info, cache_dir=cache, progress_bar=True)
+    log.info("features: %.0f s", time.perf_counter() - t0)
+    head = head_pipeline(build_pipeline(cfg, cache), data)
     for name in sets:
         rows = np.arange(len(data.y)) if name == "normal" else artefact_rows(data.table, data.y)
-        table, y, X = data.table.iloc[rows].reset_index(drop=True), data.y[rows], data.X[rows]
+        table, y, F = data.table.iloc[rows].reset_index(drop=True), data.y[rows], data.features[rows]
         groups = table["patient_id"].astype(str).to_numpy()
         folds = patient_stratified_folds(y, groups, cfg["evaluation"]["folds"], cfg["evaluation"]["seed"])
-        pipe = build_pipeline(cfg, cache)
         record: dict[str, np.ndarray] = {"rows": rows, "y": y}
 
         def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est, p: np.ndarray) -> None:
@@ -76,8 +78,8 @@ def stage(out: Path, sets: list[str]) -> None:
                            f"vp{i}": clf.validation_proba_[:, 1], f"p{i}": p[:, 1]})
             log.info("%s fold %d done (%.0f s)", name, i + 1, time.perf_counter() - t0)
 
-        cross_validate(lambda: clone(pipe), X, y, groups, folds, route_groups=True, on_fold=on_fold)
-        record["M"] = tile_max_block(cfg, X, cache)
+        cross_validate(lambda: clone(head), F, y, groups, folds, route_groups=True, on_fold=on_fold)
+        record["M"] = tile_max_block(cfg, features=F)
         record["n_folds"] = np.array(len(folds))
         np.savez_compressed(out / f"{name}.npz", **record)
         table.to_csv(out / f"{name}.csv", index=False)

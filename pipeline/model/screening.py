@@ -2,15 +2,22 @@
 breast at `screening.scale` x the working resolution -> calibrated XGBoost; and the tile scorer behind the map.
 
     Pipeline([
-        ("features", FeatureUnion([
-            ("whole", Pipeline([Resize(S), <preprocess + FeatureUnion(handcrafted, CNN) of the density recipe>])),
-            ("tiles", Pipeline([("embed", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),
-                                ("pool", TilePooling)])),
+        ("preprocess", "passthrough"),
+        ("features", FeatureUnion([                                   # the frozen front: cached per image
+            ("whole", CachedTransformer(Resize(S) -> <preprocess + FeatureUnion(handcrafted, CNN) of the density
+                                        recipe>)),
+            ("tiles", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),  # the tile matrix, max_tiles x (1 + D)
         ])),
-        ("select", ...), ("classifier", PatientCalibratedClassifier(WeightedXGBClassifier)),
+        ("blocks", ColumnTransformer([("whole", "passthrough", <whole columns>),   # the head: fitted in-fold
+                                      ("tiles", TilePooling, <tile matrix>),
+                                      ("tile_scores", TileScoreFeatures (patient groups), <tile matrix>)])),
+        ("select", ...), ("classifier", [LastColumnsChoice of] PatientCalibratedClassifier(WeightedXGBClassifier)),
     ])
 
-Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S).
+Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S). Every branch of the
+front is stateless, so training streams it (pipeline.training.stream: each image's sample, whole-breast features
+and tile matrix computed once on a worker and cached on disk) and fits the head on the front's output; whatever is
+fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix from those columns.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from pipeline.errors import ConfigError
@@ -28,8 +36,9 @@ from pipeline.io.exams import level_ids
 from pipeline.model.estimators import CachedTransformer, build_pipeline
 from pipeline.model.levels import LEVELS, level_proba
 
-__all__ = ["whole_image_config", "tile_embedding_step", "build_screening_pipeline", "build_map_pipeline",
-           "context_C", "context_auto", "context_presence", "asymmetry_C", "tile_max_block", "asymmetry_setup", "level_thresholds"]
+__all__ = ["whole_image_config", "tile_embedding_step", "tile_block_width", "build_screening_pipeline",
+           "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
+           "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns", "context_auto"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,44 +72,67 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 
 
+def tile_block_width(config: Mapping[str, Any]) -> int:
+    """Columns of the tile matrix the tile embedding step writes per image: max_tiles x (1 + D), D the CNN
+    embedding's width for the configured backbone and pooling (probed once per process: a network is built)."""
+    step = tile_embedding_step(config).transformer.steps[-1][1]
+    key = (step.backbone, step.weights, step.pooling, int(step.tile_size))
+    if key not in _EMBEDDING_WIDTH:
+        t = int(step.tile_size)
+        probe = clone(step).set_params(max_tiles=1, n_threads=None).fit(np.zeros((1, t * t), np.float32))
+        _EMBEDDING_WIDTH[key] = int(probe.n_embedding_)
+    return int(step.max_tiles) * (1 + _EMBEDDING_WIDTH[key])
+
+
+_EMBEDDING_WIDTH: dict[tuple, int] = {}
+
+
 def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
-    """The screening Pipeline of a resolved config (dataset.task screening)."""
+    """The screening Pipeline of a resolved config (dataset.task screening): a frozen front of cached per-image
+    features (the whole breast's, the tile matrix) and a head fitted on them (``blocks``: the tile matrix pooled
+    and, with ``screening.tile_scores``, scored in-fold; ``select``; ``classifier``), so training can stream the
+    front (pipeline.training.stream) and serve ``assemble(front, head)``."""
+    from sklearn.compose import ColumnTransformer
+
     from features.resize import Resize
     from features.tiles import TilePooling
 
     sc = config["screening"]
-    plain = build_pipeline(whole_image_config(config), cache_dir)
-    union: list[tuple[str, Any]] = []
+    plain = build_pipeline(whole_image_config(config), None)  # uncached inside: the branch is cached as a whole
+    front: list[tuple[str, Any]] = []
     if sc["whole_breast"]:
-        union.append(("whole", Pipeline([("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
-                                         ("preprocess", plain.named_steps["preprocess"]),
-                                         ("features", plain.named_steps["features"])])))
-    union.append(("tiles", Pipeline([
-        ("embed", tile_embedding_step(config, cache_dir)),
-        ("pool", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))),
-    ])))
+        front.append(("whole", CachedTransformer(Pipeline([
+            ("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
+            ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]),
+            str(cache_dir) if cache_dir else None)))
+    front.append(("tiles", tile_embedding_step(config, cache_dir)))
+    width = tile_block_width(config)
+    tiles = slice(-width, None)  # the tile matrix: the front's last columns
+    blocks: list[tuple[str, Any, Any]] = []
+    if sc["whole_breast"]:
+        blocks.append(("whole", "passthrough", slice(0, -width)))
+    blocks.append(("tiles", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]),
+                                        top_k=int(sc["top_k"])), tiles))
     if int(sc.get("tile_scores", 0)) > 0:  # the tile scorer's top-k tile probabilities, fitted in-fold (#15)
         from features.tile_scores import TileScoreFeatures
         from pipeline.model.routing import request_groups
 
-        union.append(("tile_scores", Pipeline([
-            ("embed", tile_embedding_step(config, cache_dir)),
-            ("score", request_groups(TileScoreFeatures(max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]),
-                                                       C=float(sc["map_C"]),
-                                                       random_state=int(config["evaluation"]["seed"])))),
-        ])))
+        blocks.append(("tile_scores", request_groups(TileScoreFeatures(
+            max_tiles=int(sc["max_tiles"]), k=int(sc["tile_scores"]), C=float(sc["map_C"]),
+            random_state=int(config["evaluation"]["seed"]))), tiles))
     classifier = plain.named_steps["classifier"]
     if int(sc.get("tile_scores", 0)) > 0 and sc.get("tile_scores_auto", False):
-        # the tile scores (the union's last columns) kept by each fit only where they pay on its training rows
+        # the tile scores (the blocks' last columns) kept by each fit only where they pay on its training rows
         from pipeline.model.choice import LastColumnsChoice
         from pipeline.model.routing import request_groups
 
         if config["features"]["selection"]["k_best"] is not None:
             raise ConfigError("screening.tile_scores_auto needs features.selection.k_best: null (the choice drops "
-                              "the feature union's last columns, which a selection step would reorder)")
+                              "the feature blocks' last columns, which a selection step would reorder)")
         classifier = request_groups(LastColumnsChoice(classifier, n_drop=int(sc["tile_scores"])))
-    return Pipeline([("features", FeatureUnion(union)), ("select", plain.named_steps["select"]),
-                     ("classifier", classifier)])
+    return Pipeline([("preprocess", "passthrough"), ("features", FeatureUnion(front)),
+                     ("blocks", ColumnTransformer(blocks, sparse_threshold=0.0)),
+                     ("select", plain.named_steps["select"]), ("classifier", classifier)])
 
 
 def build_map_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> Pipeline:
@@ -141,30 +173,45 @@ def asymmetry_C(config: Mapping[str, Any]) -> float | None:
     return float(sc.get("context_asymmetry_C", 1e-3))
 
 
-def _tiles_member(pipeline: Pipeline) -> Any:
-    return dict(pipeline.named_steps["features"].transformer_list)["tiles"]
+def front_features(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
+    """(n, d) the frozen front's output (whole-breast features, then the tile matrix) of a fitted screening Pipeline
+    for samples X (n, R*R): what streamed training holds instead of the samples."""
+    return np.asarray(pipeline[:2].transform(X))
 
 
-def tile_max_block(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None,
-                   pipeline: Pipeline | None = None) -> np.ndarray:
-    """(n, D) each image's tile-max embedding (TilePooling's max block) from the tiles member of `pipeline` (fitted)
-    or of a fresh screening pipeline (its tile embedding and pooling learn nothing from labels, so one pass over
-    all images serves every fold); reads the tile cache where the fit filled it."""
+def tile_matrix(config: Mapping[str, Any], features: np.ndarray) -> np.ndarray:
+    """(n, max_tiles * (1 + D)) float32 each image's tile matrix: the last columns of the front's output."""
+    return np.asarray(np.asarray(features)[:, -tile_block_width(config):], np.float32)
+
+
+def _pooling(config: Mapping[str, Any]) -> Any:
+    from features.tiles import TilePooling
+
+    sc = config["screening"]
+    return TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]), top_k=int(sc["top_k"]))
+
+
+def tile_max_block(config: Mapping[str, Any], X: np.ndarray | None = None, cache_dir: str | Path | None = None,
+                   pipeline: Pipeline | None = None, *, features: np.ndarray | None = None) -> np.ndarray:
+    """(n, D) each image's tile-max embedding (TilePooling's max block): from the front's output `features`, else
+    from samples X through the front of `pipeline` (fitted) or of a fresh screening pipeline (the tile embedding and
+    pooling learn nothing from labels, so one pass over all images serves every fold; it reads the tile cache)."""
     from pipeline.model.asymmetry import tile_max_columns
 
-    if pipeline is None:
-        tiles = _tiles_member(build_screening_pipeline(config, cache_dir))
-        T = tiles.fit_transform(X)
-    else:
-        T = _tiles_member(pipeline).transform(X)
-    return np.asarray(T[:, tile_max_columns(T.shape[1], config["screening"]["poolings"])], np.float64)
+    if features is None:
+        front = pipeline[:2] if pipeline is not None else build_screening_pipeline(config, cache_dir)[:2].fit(X[:2])
+        features = front_features(front, X)
+    T = tile_matrix(config, features)
+    pooled = _pooling(config).fit(T[:1]).transform(T)
+    return np.asarray(pooled[:, tile_max_columns(pooled.shape[1], config["screening"]["poolings"])], np.float64)
 
 
-def asymmetry_setup(config: Mapping[str, Any], X: np.ndarray, cache_dir: str | Path | None = None
-                    ) -> tuple[np.ndarray, float] | None:
-    """(tile-max block of every image, C) for a CV with ``screening.context_asymmetry`` on, else None."""
+def asymmetry_setup(config: Mapping[str, Any], X: np.ndarray | None = None, cache_dir: str | Path | None = None,
+                    *, features: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
+    """(tile-max block of every image, C) for a CV with ``screening.context_asymmetry`` on, else None; from the
+    front's output `features` (streamed) or the samples X."""
     C = asymmetry_C(config)
-    return None if C is None else (tile_max_block(config, X, cache_dir), C)
+    return None if C is None else (tile_max_block(config, X, cache_dir, features=features), C)
 
 
 def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: str, target: float,
@@ -176,3 +223,15 @@ def level_thresholds(classifier: Any, table: pd.DataFrame, y: np.ndarray, how: s
     p = classifier.validation_proba_[:, 1] if inner_p is None else inner_p
     inner = level_proba(p, np.asarray(y)[classifier.validation_index_], ids, how)
     return {lv: float(choose_threshold(inner[lv][1], inner[lv][2], target)) for lv in LEVELS}
+
+
+def blocks_tile_max_columns(config: Mapping[str, Any], n_front: int) -> tuple[int, int]:
+    """[start, stop) of the tile-max block in the ``blocks`` step's output (the classifier's input, which serving
+    computes anyway) of a front with `n_front` columns: the pooled tiles follow the whole breast's columns."""
+    from pipeline.model.asymmetry import tile_max_columns
+
+    sc = config["screening"]
+    width = tile_block_width(config)
+    d = width // int(sc["max_tiles"]) - 1
+    cols = tile_max_columns(1 + len(sc["poolings"]) * d, sc["poolings"], offset=int(n_front) - width)
+    return int(cols.start), int(cols.stop)

@@ -285,10 +285,10 @@ class Predictor:
         if self.asymmetry is not None:  # the features once: the classifier's input and the tile-max block
             from pipeline.model.asymmetry import image_scores
 
-            features = self.pipeline.named_steps["features"].transform(X)
+            features = self.pipeline[:-2].transform(X)  # the classifier's input: up to select + classifier
             start, stop = self.pipeline.asymmetry_columns_
             asymmetry = image_scores(self.asymmetry, np.asarray(features)[:, start:stop])
-            proba = self.pipeline[1:].predict_proba(features)
+            proba = self.pipeline[-2:].predict_proba(features)
         else:
             proba = self.pipeline.predict_proba(X)
         proba = np.asarray(proba, dtype=np.float64)

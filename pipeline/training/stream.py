@@ -128,7 +128,7 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
     union = front.steps[1][1] if len(front.steps) > 1 else None  # None: a front of preprocessing only (samples)
     pre_key = pre._step_key() if pre not in (None, "passthrough") else "passthrough"
     size = int(sample_params["size"])
-    crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
+    crop = _crop(sample_params)
     base = (recipe, size, sorted(crop.items()), bool(whole_breast_without_roi), _sample_code_version(), pre_key)
     branches = tuple((name, t.transformer_, f"{name}-{t._step_key()}-{joblib.hash(base)[:12]}")
                      for name, t in (union.transformer_list if union is not None else []))
@@ -136,6 +136,11 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
                        preprocess=pre.transformer_ if pre not in (None, "passthrough") else None,
                        branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key,
                        preprocess_key=pre_key, error_key=f"errors-{joblib.hash(base[:-1])[:12]}")
+
+
+def _crop(sample_params: Mapping[str, Any]) -> dict[str, float]:
+    """The sample parameters beside `size` that shape a sample: the lesion crop's, and the highres recipe's scale."""
+    return {k: float(sample_params[k]) for k in ("context", "min_side", "scale") if k in sample_params}
 
 
 def file_key(path: str, how: str = "content") -> str:
@@ -339,7 +344,7 @@ def _groups(table: pd.DataFrame) -> list[tuple[str, list[dict]]]:
 
 def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | None = None,
                     chunk_size: int = IMAGES_PER_CHUNK, max_in_flight: int | None = None,
-                    progress_bar: bool = False) -> StreamResult:
+                    progress_bar: bool = False, desc: str = "samples + features") -> StreamResult:
     """Feature rows of every row of `table` (rows sharing a file read it once), computed where the active compute
     session says (`n_jobs` local processes, None = every core; a Dask cluster inside `compute_backend`)."""
     from tqdm.auto import tqdm
@@ -358,7 +363,7 @@ def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | Non
     peak = 0
     pids: set[int] = set()
     func = functools.partial(_chunk_features, spec=spec)
-    bar = tqdm(total=len(groups), desc="samples + features", unit="img", file=sys.stderr, disable=not progress_bar,
+    bar = tqdm(total=len(groups), desc=desc, unit="img", file=sys.stderr, disable=not progress_bar,
                dynamic_ncols=True)
     with bar:
         for start, result in map_chunks(func, groups, chunk_size, n_jobs=jobs, max_in_flight=max_in_flight,
@@ -407,10 +412,10 @@ def assemble(front: Pipeline, head: Pipeline) -> Pipeline:
 def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, Any], *,
                   whole_breast_without_roi: bool, n: int = 2, tries: int = 16) -> np.ndarray:
     """Up to `n` samples (n, S*S) from the first rows that can be prepared (to fit the front on; input example)."""
-    from pipeline.samples import load_samples
+    from pipeline.samples import load_samples, sample_recipe, sample_side
 
     size = int(sample_params["size"])
-    crop = {k: float(sample_params[k]) for k in ("context", "min_side") if k in sample_params}
+    crop = _crop(sample_params)
     got: list[np.ndarray] = []
     for begin in range(0, min(len(table), tries), n):
         X, _ = load_samples(table.iloc[begin:begin + n], recipe, size=size, n_jobs=1,
@@ -418,7 +423,8 @@ def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, 
         got.extend(X)
         if len(got) >= n:
             break
-    return np.asarray(got[:n], dtype=np.float32).reshape(-1, size * size)
+    side = sample_side(size, crop.get("scale", 1.0)) if sample_recipe(recipe) == "highres" else size
+    return np.asarray(got[:n], dtype=np.float32).reshape(-1, side * side)
 
 
 

@@ -238,7 +238,9 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     """The task's rows and their frozen-feature matrix, streamed (pipeline.training.stream): every image read once
     in worker processes (compute.n_jobs; Dask workers inside a compute_backend block), per-row features cached on
     disk, nothing but the feature matrix (n, d) held here. Fine-tuning experiments (stateful feature steps): their
-    samples go to a store on disk (`load_task_store`). None where neither applies (screening): use `load_task_data`."""
+    samples go to a store on disk (`load_task_store`). Screening streams too: its front is the whole breast's
+    features and each image's tile matrix (pipeline.training.screening). None where nothing applies (no cache folder
+    for a fine-tuning store): use `load_task_data`."""
     from pipeline.compute import current_session, resolve_compute
     from pipeline.training import stream
 
@@ -250,8 +252,6 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
         cache = session.cache_dir  # the folder the workers were pointed at (shared storage)
     else:
         cache = compute.cache_dir
-    if spec.levels:  # screening fits its tile scorer on the high-resolution samples themselves: in memory
-        return None
     pipe = build_pipeline(config, cache)
     parts = stream.split_pipeline(pipe)
     if parts is None:  # stateful feature steps (fine-tuning): their samples go to a store on disk
@@ -261,9 +261,11 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     distributed = session is not None and session.is_distributed
     jobs = None if distributed else compute.n_jobs
     where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
+    side = round(sp.get("scale", 1.0) * sp["size"])
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"streaming {sp['size']} px samples through the frozen feature steps {where}")
-    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar)
+             f"streaming {side} px samples through the frozen feature steps {where}")
+    desc = "samples + tiles embedded" if spec.levels else "samples + features"
+    result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar, desc=desc)
     progress(result.summary())
     return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
                       front=front, example=example, stream=result)
@@ -369,7 +371,8 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
         levels = LevelTracker(data.table, data.y, ev["target_sensitivity"], config["screening"]["view_fusion"],
                               context_C(config), context_auto(config),  # #15: the multi-view context stage
-                              asymmetry_setup(config, data.X, cache_dir),  # with the bilateral asymmetry score
+                              asymmetry_setup(config, data.X, cache_dir,  # with the bilateral asymmetry score
+                                              features=data.features if data.streamed else None),
                               context_presence=context_presence(config))  # #31: with or without presence flags
     pipe = build_pipeline(config, cache_dir)
     X = data.X
@@ -491,6 +494,9 @@ def start_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path
     n_folds = int(config["evaluation"]["folds"])
     if _parallel_folds(head_pipeline(build_pipeline(config, cache_dir)), config, n_folds)[1] <= 1:
         return None
+    import xgboost  # noqa: F401  imported here first: joblib's reader thread unpickling the folds' models while
+    # the final fit's thread imports it for the first time fails (KeyError: 'xgboost')
+
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mammoscope-final")
     future = pool.submit(fit_final, config, data, cache_dir, one_thread=True)
     pool.shutdown(wait=False)
@@ -611,7 +617,8 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             if get_task(task).levels:  # screening: the map's tile scorer and the breast/exam operating points
                 from pipeline.training.screening import finish_screening_model
 
-                decision_extra = finish_screening_model(final, cfg, data.X, data.y, data.table, cache)
+                decision_extra = finish_screening_model(final, cfg, data.X, data.y, data.table, cache,
+                                                        features=data.features, progress_bar=progress_bar)
             strip_requests(disable_cache(final))
             card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra,
                               audit=audit)

@@ -71,7 +71,7 @@ def test_tiny_screening_cv_on_real_images_reports_every_level(tiny_mias, tmp_pat
     for col in ("patient_id", "breast_id", "exam_id"):
         assert (res.oof.groupby(col)["fold"].nunique() == 1).all()
     # tiles: the tile matrix has one row per image, so a tile travels with its image (and patient)
-    tiles = pipe.named_steps["features"].transformer_list[-1][1]
+    tiles = dict(pipe.named_steps["features"].transformer_list)["tiles"]
     assert clone(tiles).fit(X[:3]).transform(X[:3]).shape[0] == 3
 
 
@@ -84,8 +84,9 @@ def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, 
     table, X, y = tiny_mias
     config = resolve_config(None, {**TINY, "screening": {**TINY["screening"], "tile_scores": 2}})
     pipe = build_screening_pipeline(config, tmp_path / "cache")
-    names = [n for n, _ in pipe.named_steps["features"].transformer_list]
-    assert names == ["whole", "tiles", "tile_scores"]
+    # the front: cached per image; the tile scores read the front's tile matrix in the head's blocks
+    assert [n for n, _ in pipe.named_steps["features"].transformer_list] == ["whole", "tiles"]
+    assert [n for n, _, _ in pipe.named_steps["blocks"].transformers] == ["whole", "tiles", "tile_scores"]
     seen: list[np.ndarray] = []
     original = TileScoreFeatures.fit_transform
 
@@ -100,15 +101,14 @@ def test_tile_score_features_are_cross_fitted_on_the_routed_patients(tiny_mias, 
     p = pipe.predict_proba(X[:4])
     assert p.shape == (4, 2) and np.isfinite(p).all()
     # cross-fitted scores differ from the in-sample ones of the scorer fitted on every row
-    branch = dict(pipe.named_steps["features"].transformer_list)["tile_scores"]
-    tiles = branch.named_steps["embed"].transform(X)
+    tiles = dict(pipe.named_steps["features"].transformer_list)["tiles"].transform(X)
     step = TileScoreFeatures(max_tiles=6, k=2, C=float(config["screening"]["map_C"]))
     assert not np.allclose(step.fit_transform(tiles, y, groups), step.transform(tiles))
     assert step.transform(tiles).shape == (len(y), 2)
 
 
 def test_tile_scores_auto_ends_in_a_choice_that_reads_the_union_columns_it_kept(tiny_mias, tmp_path):
-    """screening.tile_scores_auto: the classifier is a LastColumnsChoice over the tile-score columns (the union's
+    """screening.tile_scores_auto: the classifier is a LastColumnsChoice over the tile-score columns (the blocks'
     last k), fitted with the routed patient groups; with a selection step it is refused with a clear error."""
     from pipeline.errors import ConfigError
     from pipeline.model.choice import LastColumnsChoice
