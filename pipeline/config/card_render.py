@@ -167,8 +167,9 @@ def _audit_lines(audit: Mapping[str, Any]) -> list[str]:
     flagged = list(audit.get("flagged") or [])
     cands = list(audit.get("candidates") or [])
     tested = [c for c in cands if not c.get("skipped")]
-    head = (f"- **Warning**: {', '.join(flagged)} predict(s) the label by itself: a model can learn it instead of "
-            "the image; check how the data were collected and exported before trusting the figures"
+    head = (f"- **Warning**: {', '.join(flagged)} {'predicts' if len(flagged) == 1 else 'predict'} the label by "
+            "itself: a model can learn it instead of the image; check how the data were collected and exported "
+            "before trusting the figures"
             if flagged else f"- None of {len(tested)} tested candidates predicts the label beyond chance")
     lines = [head, f"- Rule: {audit.get('rule', 'n/a')}"]
     skipped = [f"{c.get('name')} ({c['skipped']})" for c in cands if c.get("skipped")]

@@ -145,7 +145,7 @@ def audit_candidates_of(table: pd.DataFrame, headers: pd.DataFrame | None = None
         cands.append(Candidate("file_format", "category", h["format"].to_numpy(object), "file format (png, dicom, ...)"))
     cands += [Candidate("file_name", "tokens", [_tokens(p) for p in paths], "tokens of the file name"),
               Candidate("folder", "category", _folder(paths).to_numpy(object), "folder of the file")]
-    for col, what in (("view", "view (CC, MLO, ...)"), ("laterality", "laterality (L / R)")):
+    for col, what in (("view", "CC, MLO, ..."), ("laterality", "L / R")):
         if col in t.columns:
             cands.append(Candidate(col, "category", t[col].to_numpy(object), what))
     for col in ("manufacturer", "model"):

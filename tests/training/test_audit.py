@@ -101,3 +101,24 @@ def result_metrics(run_id):
     from registry.store import client
 
     return client().get_run(run_id).data.metrics
+
+
+def test_the_card_renders_the_audit_with_a_table_and_names_what_is_flagged():
+    from pipeline.config.card_render import render_html, render_markdown
+    from tests._cards import card as make_card
+
+    plain = make_card("screening", ["not_malignant", "malignant"], threshold=0.3).to_dict()
+    card = {**plain, "extra": {"shortcut_audit": {
+        "max_auc": 0.6, "rule": "flagged when ...", "flagged": ["breasts_per_exam"],
+        "candidates": [{"name": "breasts_per_exam", "kind": "numeric", "what": "breasts in the exam", "roc_auc": 0.9,
+                        "ci_low": 0.87, "ci_high": 0.92, "flagged": True, "skipped": None},
+                       {"name": "bit_depth", "kind": "numeric", "what": "bits", "roc_auc": None, "ci_low": None,
+                        "ci_high": None, "flagged": False, "skipped": "the same for every image"}]}}}
+    md = render_markdown(card)
+    section = md.split("## Shortcut audit")[1].split("\n## ")[0]
+    assert "**Warning**: breasts_per_exam predicts the label" in section
+    assert "| breasts_per_exam (breasts in the exam) | 0.900 [0.870, 0.920] | FLAGGED |" in section
+    assert "Not tested: bit_depth (the same for every image)" in section
+    page = render_html(card, {})
+    assert "<h2>Shortcut audit</h2><ul><li><b>Warning</b>" in page and "<td>FLAGGED</td>" in page
+    assert "## Shortcut audit" not in render_markdown(plain)  # no audit, no section
