@@ -7,6 +7,7 @@ flags (``screening.context_presence``), paired on one set of folds and patient r
     nice -n 10 .venv/bin/python benchmarks/shortcut.py stage      # the first stage's CV on both sets (slow, cached)
     nice -n 10 .venv/bin/python benchmarks/shortcut.py compare    # the context variants + audit (seconds)
     nice -n 10 .venv/bin/python benchmarks/shortcut.py proxy      # the same with a cheap proxy first stage (~1 min)
+    nice -n 10 .venv/bin/python benchmarks/shortcut.py light      # ... with the plain recipe minus its CNN (minutes)
 
 `stage` keeps each fold's first-stage outputs (training rows' inner out-of-fold probabilities, test probabilities)
 and every image's tile-max block in <out>/<set>.npz: every context variant then reads the same first stage, so the
@@ -84,6 +85,41 @@ def stage(out: Path, sets: list[str]) -> None:
         np.savez_compressed(out / f"{name}.npz", **record)
         table.to_csv(out / f"{name}.csv", index=False)
         log.info("%s: %d images, first stage saved (%.0f s)", name, len(y), time.perf_counter() - t0)
+
+
+def stage_light(out: Path) -> None:
+    """The `stage` files of the normal set with the plain whole-breast recipe without its CNN as the first stage
+    (224 px, CLAHE, unsharp, GLCM + histogram -> calibrated XGBoost: a trained first stage a 2-core machine fits in
+    minutes), to <out>/light-normal.npz; `compare --prefix light-` derives the artefact set from it."""
+    from sklearn.base import clone
+
+    from pipeline.model.estimators import build_pipeline, final_classifier
+    from pipeline.model.screening import whole_image_config
+    from pipeline.samples import load_samples
+    from pipeline.training.cv import cross_validate
+    from pipeline.training.train import task_table
+
+    cfg = load_experiment(EXPERIMENT, ["features.cnn.enabled=false"]).config
+    table, classes, _ = task_table(cfg)
+    t0 = time.perf_counter()
+    X, errors = load_samples(table, "density", size=int(cfg["samples"]["size"]), n_jobs=2)
+    if len(errors):
+        table = table.drop(index=[int(p) for p in errors["position"]]).reset_index(drop=True)
+    y = (table["screening"].astype(str) == classes[1]).to_numpy(int)
+    groups = table["patient_id"].astype(str).to_numpy()
+    folds = patient_stratified_folds(y, groups, cfg["evaluation"]["folds"], cfg["evaluation"]["seed"])
+    pipe = build_pipeline(whole_image_config(cfg), default_cache_dir() / "shortcut-light")
+    record: dict[str, np.ndarray] = {"rows": np.arange(len(y)), "y": y, "n_folds": np.array(len(folds))}
+
+    def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est, p: np.ndarray) -> None:
+        clf = final_classifier(est)
+        record.update({f"tr{i}": tr, f"te{i}": te, f"vi{i}": clf.validation_index_,
+                       f"vp{i}": clf.validation_proba_[:, 1], f"p{i}": p[:, 1]})
+        log.info("light fold %d done (%.0f s)", i + 1, time.perf_counter() - t0)
+
+    cross_validate(lambda: clone(pipe), X, y, groups, folds, route_groups=True, on_fold=on_fold)
+    np.savez_compressed(out / "light-normal.npz", **record)
+    table.to_csv(out / "light-normal.csv", index=False)
 
 
 def proxy_score(path: str) -> float:
@@ -233,7 +269,7 @@ def compare(out: Path, sets: list[str], prefix: str = "") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("step", choices=("stage", "compare", "proxy"))
+    ap.add_argument("step", choices=("stage", "compare", "proxy", "light"))
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "shortcut")
     ap.add_argument("--sets", nargs="+", default=["normal", "artefact"], choices=("normal", "artefact"))
     args = ap.parse_args(argv)
@@ -241,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "stage":
         stage(args.out, args.sets)
+    elif args.step == "light":  # the plain recipe without its CNN as the first stage, then the comparison
+        stage_light(args.out)
+        compare(args.out, args.sets, prefix="light-")
     elif args.step == "proxy":  # the cheap first stage, then its comparison
         stage_proxy(args.out, args.sets)
         compare(args.out, args.sets, prefix="proxy-")
