@@ -6,8 +6,9 @@ module reads no card class, so it renders any card with those keys (`ModelCard.t
 pipeline.config.card). It reads `decision["group_thresholds"]` (pipeline.evaluation.operating state, under the
 `group_threshold` rule) and, under `extra`: `reliability` ({"bins": [{"mean_predicted", "observed", "count"}],
 "what": str}), `conformal` ({coverage, method, ...}: pipeline.evaluation.conformal state), `limitations` (list of
-str), `screening_prevalence_per_1000`. The card holds every CV metric; the Markdown shows the task's headline ones,
-the conformal coverage and the per-group operating point (`SHOWN_SUBGROUP_METRICS` for the subgroups).
+str), `screening_prevalence_per_1000`, `shortcut_audit` (pipeline.training.audit: {flagged, rule, candidates}).
+The card holds every CV metric; the Markdown shows the task's headline ones, the conformal coverage and the
+per-group operating point (`SHOWN_SUBGROUP_METRICS` for the subgroups).
 """
 from __future__ import annotations
 
@@ -153,10 +154,33 @@ def _sections(card: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
                                 "card); ECE " + _ci(metrics.get("cv_ece", {}))] if extra.get("reliability") else
                                ["- no reliability data in this card"]))
     out.append(("Operating points", _operating_lines(card, decision, metrics, extra)))
+    if extra.get("shortcut_audit"):
+        out.append(("Shortcut audit", _audit_lines(extra["shortcut_audit"])))
     out.append(("Known limitations", [f"- {x}" for x in _limitations(card)]))
     out.append(("Reporting checklist (CLAIM / TRIPOD+AI, by item topic)",
                 [f"- [{'x' if ok else ' '}] {item} ({where})" for item, where, ok in checklist(card)]))
     return out
+
+
+def _audit_lines(audit: Mapping[str, Any]) -> list[str]:
+    """The shortcut audit (pipeline.training.audit): the verdict, then one table row per candidate."""
+    flagged = list(audit.get("flagged") or [])
+    cands = list(audit.get("candidates") or [])
+    tested = [c for c in cands if not c.get("skipped")]
+    head = (f"- **Warning**: {', '.join(flagged)} {'predicts' if len(flagged) == 1 else 'predict'} the label by "
+            "itself: a model can learn it instead of the image; check how the data were collected and exported "
+            "before trusting the figures"
+            if flagged else f"- None of {len(tested)} tested candidates predicts the label beyond chance")
+    lines = [head, f"- Rule: {audit.get('rule', 'n/a')}"]
+    skipped = [f"{c.get('name')} ({c['skipped']})" for c in cands if c.get("skipped")]
+    if skipped:
+        lines.append("- Not tested: " + ", ".join(skipped))
+    if tested:
+        lines += ["| candidate | out-of-fold ROC AUC [95% CI] | verdict |", "|---|---|---|"]
+        lines += [f"| {c.get('name')} ({c.get('what', '')}) | "
+                  f"{_ci({'value': c.get('roc_auc'), 'low': c.get('ci_low'), 'high': c.get('ci_high')})} | "
+                  f"{'FLAGGED' if c.get('flagged') else 'ok'} |" for c in tested]
+    return lines
 
 
 def _operating_lines(card: Mapping[str, Any], decision: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -259,6 +283,10 @@ def _inline(text: str) -> str:
 
 
 def _html_block(lines: Sequence[str]) -> str:
+    """A section's lines as HTML: a Markdown table, a list, or a list followed by a table (each run its own)."""
+    split = next((i for i, line in enumerate(lines) if line.startswith("|")), None)
+    if split:  # list lines, then a table
+        return _html_block(lines[:split]) + _html_block(lines[split:])
     if lines and lines[0].startswith("|"):
         rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")]
         head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])

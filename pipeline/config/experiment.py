@@ -206,6 +206,7 @@ SCHEMA: dict[str, Any] = {
         "tile_scores_auto": Bool(),
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "context_C": Float(0.0, None, lo_open=True),
+        "context_presence": Bool(),
         "context_asymmetry": Bool(),
         "context_asymmetry_C": Float(0.0, None, lo_open=True),
     },
@@ -238,6 +239,7 @@ SCHEMA: dict[str, Any] = {
         "ece_bins": Int(2, 100),
         "conformal": {"enabled": Bool(), "coverage": Float(0.5, 0.999), "class_conditional": Bool()},
         "group_thresholds": {"enabled": Bool(), "min_positives": Int(1, 100000)},
+        "shortcut_audit": {"enabled": Bool(), "max_auc": Float(0.5, 1.0)},
     },
     "compute": {
         "n_jobs": Int(-1, 256),

@@ -55,19 +55,23 @@ class ExamModel(ClassifierMixin, BaseEstimator):
     map_scorer : an unfitted tile scorer (features.tiles.TileScorer) fitted on the tile matrix; None: no map.
     context_C : C of the context stage's logistic regression; None: no context stage.
     context_auto : keep the context stage only where it ranks the training rows better (inner out-of-fold AUC).
+    context_presence : the context stage reads view-presence flags (False: it cannot, and scores every image;
+        pipeline.model.context).
     asymmetry_C : C of the bilateral asymmetry model (a column of the context stage); None: none.
     view_fusion : "mean" or "max" of a breast's images' probabilities; an exam is its most suspicious breast.
     target_sensitivity : the sensitivity each level's operating point reaches on the inner out-of-fold rows.
     """
 
     def __init__(self, pipeline: Any = None, *, front: Any = None, map_scorer: Any = None,
-                 context_C: float | None = None, context_auto: bool = False, asymmetry_C: float | None = None,
+                 context_C: float | None = None, context_auto: bool = False, context_presence: bool = True,
+                 asymmetry_C: float | None = None,
                  view_fusion: str = "mean", target_sensitivity: float = 0.95) -> None:
         self.pipeline = pipeline
         self.front = front
         self.map_scorer = map_scorer
         self.context_C = context_C
         self.context_auto = context_auto
+        self.context_presence = context_presence
         self.asymmetry_C = asymmetry_C
         self.view_fusion = view_fusion
         self.target_sensitivity = target_sensitivity
@@ -137,8 +141,10 @@ class ExamModel(ClassifierMixin, BaseEstimator):
                 self.asymmetry_, self.asymmetry_columns_ = models, columns
             else:  # too few images with a contralateral breast: the stage reads no asymmetry
                 s_inner = None
-        context = fit_context(p, yy, rows, float(self.context_C), s_inner)
-        inner_ctx = cross_fit_context(p, yy, rows, groups, float(self.context_C), asymmetry=s_inner)
+        presence = bool(self.context_presence)
+        context = fit_context(p, yy, rows, float(self.context_C), s_inner, presence)
+        inner_ctx = cross_fit_context(p, yy, rows, groups, float(self.context_C), asymmetry=s_inner,
+                                      presence=presence)
         self.context_used_ = True if not self.context_auto else context_pays(yy, p, inner_ctx)
         if not self.context_used_:  # auto: the stage does not pay on these training images
             self.asymmetry_ = self.asymmetry_columns_ = None
@@ -303,6 +309,8 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         out = {"level_thresholds": dict(self.thresholds_), "view_fusion": self.view_fusion,
                "context": self.context_C is not None and self.context_used_,
                "context_asymmetry": self.asymmetry_ is not None}
+        if out["context"]:  # False: the stage read no view-presence flags (pipeline.model.context)
+            out["context_presence"] = bool(self.context_presence)
         if self.tile_scores_kept_ is not None:
             out["tile_scores_kept"] = self.tile_scores_kept_
         return out

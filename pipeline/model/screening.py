@@ -152,6 +152,12 @@ def context_C(config: Mapping[str, Any]) -> float | None:
     return float(sc.get("context_C", 1.0)) if sc.get("context", False) in (True, "auto") else None
 
 
+def context_presence(config: Mapping[str, Any]) -> bool:
+    """``screening.context_presence``: whether the context stage reads view-presence flags (False: the
+    shortcut-free stage of pipeline.model.context, applied to every image)."""
+    return bool(config["screening"].get("context_presence", True))
+
+
 def context_auto(config: Mapping[str, Any]) -> bool:
     """``screening.context: auto``: each fit keeps the context stage only where, on its own training images'
     out-of-fold probabilities, it ranks them better than the first stage (a choice made without the test fold)."""
@@ -242,6 +248,7 @@ def build_exam_model(config: Mapping[str, Any], pipeline: Any, *, front: Any = N
     scorer = TileScorer(max_tiles=int(sc["max_tiles"]), top_k=1, C=float(sc["map_C"]),
                         random_state=int(config["evaluation"]["seed"])) if with_map else None
     return ExamModel(pipeline, front=front, map_scorer=scorer, context_C=context_C(config),
-                     context_auto=context_auto(config), asymmetry_C=asymmetry_C(config),
+                     context_auto=context_auto(config), context_presence=context_presence(config),
+                     asymmetry_C=asymmetry_C(config),
                      view_fusion=str(sc["view_fusion"]),
                      target_sensitivity=float(config["evaluation"]["target_sensitivity"]))

@@ -139,10 +139,12 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
                           ev: Mapping[str, Any], how: str = "mean",
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           progress: Callable[[str], None] = log.info, context_C: float | None = None,
-                          context_auto: bool = False, asymmetry_C: float | None = None) -> LevelCV:
+                          context_auto: bool = False, asymmetry_C: float | None = None, *,
+                          context_presence: bool = True) -> LevelCV:
     """Patient-level CV of a binary image estimator (y 0/1), each fold an ExamModel around it, with
     image/breast/exam metrics and in-fold thresholds (`context_C`: with the multi-view context stage, `context_auto`:
-    kept per fold where it pays, `asymmetry_C`: with the bilateral asymmetry score in it)."""
+    kept per fold where it pays, `asymmetry_C`: with the bilateral asymmetry score in it, `context_presence` False:
+    the stage without view-presence flags)."""
     from pipeline.model.exam import ExamModel
 
     groups = table["patient_id"].astype(str).to_numpy()
@@ -151,8 +153,8 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
     tracker = LevelTracker(table, y, X, how, context_C is not None)
 
     def make() -> Any:
-        return ExamModel(make_estimator(), context_C=context_C, context_auto=context_auto, asymmetry_C=asymmetry_C,
-                         view_fusion=how, target_sensitivity=float(ev["target_sensitivity"]))
+        return ExamModel(make_estimator(), context_C=context_C, context_auto=context_auto,
+                         context_presence=context_presence, asymmetry_C=asymmetry_C, view_fusion=how, target_sensitivity=float(ev["target_sensitivity"]))
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         tracker.on_fold(i, tr, te, est, p)

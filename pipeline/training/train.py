@@ -599,6 +599,7 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             data.table[["sample_id", "patient_id", "path", "density", "pathology"]].astype(str),
             name=f"{cfg['dataset']['adapter'] or 'dataset'}-{task}")
         registry.log_text(exp.to_yaml(), "config/experiment.yaml")
+        audit = _shortcut_audit(cfg, data, progress)  # before the CV: a flagged shortcut is said at once
         t1 = time.perf_counter()
         pending = start_final(cfg, data, cache) if register else None  # beside the folds when they run in workers
         metrics, cv, oof = evaluate_experiment(
@@ -625,7 +626,8 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
             # screening: the ExamModel's breast/exam operating points, view fusion and stages in the card
             decision_extra = final.decision_entries() if get_task(task).levels else None
             strip_requests(disable_cache(final))
-            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra)
+            card = build_card(exp, data, metrics, cv, final_classifier(final), digest, run.run_id, decision_extra,
+                              audit=audit)
             registry.log_text(card.to_json(), "model_card/card.json")
             info = registry.log_model(final, artifact_name="model", registered_model_name=tr["registered_model_name"],
                                       input_example=data.X[:2] if data.X is not None else data.example,
@@ -644,6 +646,21 @@ def train_experiment(exp: Experiment, tracking_uri: str | None = None, *, regist
     return result
 
 
+def _shortcut_audit(config: Mapping[str, Any], data: TaskData, progress: Callable[[str], None]) -> Any:
+    """The shortcut audit of a binary task's data in the run's folds (pipeline.training.audit), logged to the run
+    (metrics audit_*, artifact audit/shortcut_audit.json); None where it is off or the task is not binary."""
+    import json
+
+    import registry
+    from pipeline.training.audit import audit_for_training
+
+    audit = audit_for_training(config, data, progress)
+    if audit is not None:
+        registry.log_metrics(audit.metrics())
+        registry.log_text(json.dumps(audit.to_dict(), indent=2), "audit/shortcut_audit.json")
+    return audit
+
+
 def _log_rendered_card(card: ModelCard) -> None:
     """The card's Markdown and self-contained HTML beside its card.json in the run (model_card/)."""
     import registry
@@ -654,11 +671,13 @@ def _log_rendered_card(card: ModelCard) -> None:
 
 
 def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv: CVResult, classifier: Any,
-               digest: str, run_id: str | None, decision_extra: Mapping[str, Any] | None = None) -> ModelCard:
+               digest: str, run_id: str | None, decision_extra: Mapping[str, Any] | None = None, *,
+               audit: Any = None) -> ModelCard:
     """The model card of a trained model: task, classes, decision rule (with per-density-group thresholds where
     the data allow; screening: per-level thresholds in `decision_extra`), sample parameters, data, split, metrics
-    (conformal coverage included), reliability bins and the conformal state the Predictor forms prediction sets
-    with."""
+    (conformal coverage included), reliability bins, the conformal state the Predictor forms prediction sets
+    with and the shortcut `audit` (pipeline.training.audit.ShortcutAudit: extra ``shortcut_audit``, its warnings
+    among the limitations)."""
     cfg = exp.config
     spec = get_task(exp.task)
     table = data.table
@@ -703,8 +722,19 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
         extra={"experiment_name": exp.name, "dense_classes": list(data.dense_classes),
                "selection_metric": cfg["tracking"]["champion_metric"],
                "cnn": bool(cfg["features"]["cnn"]["enabled"]),
-               "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"]), **extra_trust},
+               "handcrafted": bool(cfg["features"]["handcrafted"]["enabled"]), **extra_trust,
+               **_audit_extra(audit, extra_trust)},
     )
+
+
+def _audit_extra(audit: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Card extra entries of a shortcut audit: ``shortcut_audit`` and its warnings added to ``limitations``."""
+    if audit is None:
+        return {}
+    out: dict[str, Any] = {"shortcut_audit": audit.to_dict()}
+    if audit.warnings():
+        out["limitations"] = [*(extra.get("limitations") or []), *audit.warnings()]
+    return out
 
 
 def _metric_lines(metrics: Mapping[str, float], keys: Sequence[str]) -> list[str]:
