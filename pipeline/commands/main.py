@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
           "`mammoscope app` (the app on the champions), `mammoscope predict FILES`")
     if args.serve:
         import gradio_app
+        from app_support import server_address
 
-        print("\n== serving the app on the champions: http://127.0.0.1:7860 (Ctrl-C stops it)", flush=True)
+        host, port = server_address()
+        print(f"\n== serving the app on the champions: http://{host}:{port} (Ctrl-C stops it)", flush=True)
         gradio_app.launch(tracking_uri=args.tracking_uri)
     return 0
