@@ -1,6 +1,6 @@
 """The multi-view context stage end to end (#15, screening.context on): a tiny screening model trained on real
 CDD-CESM images carries it; the Predictor's level rows and `mammoscope predict` score each image beside its exam's
-other views, and an image given without them keeps its single-image score."""
+other views, and an image given without them scores as it would beside views that look like it."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,14 +67,26 @@ def test_context_model_travels_and_predict_rows_agree_at_every_level(trained, tm
     assert np.allclose(rows.images["p"], images["screening_p_malignant"])
 
 
-def test_an_image_without_its_exams_other_views_keeps_its_single_image_score(trained, tmp_path):
+def test_an_image_without_its_exams_other_views_scores_as_beside_views_that_look_like_it(trained, tmp_path):
+    """The shipped stage reads no view-presence flag (screening.context_presence: false): a lone image gets the
+    probability it would get beside other views scoring exactly as it does, so view availability alone moves nothing."""
+    from pipeline.serving.predict import load_predictor
+
     uri, result = trained
     lone = _exam(result).iloc[[0]]
     out = _predict(uri, lone, tmp_path, "lone")
     row = out["image"].iloc[0]
     assert not row["context_views"]
-    assert row["screening_p_malignant"] == pytest.approx(out["results"]["screening_p_malignant"].iloc[0], abs=1e-12)
     assert out["breast"]["screening_p_malignant"].iloc[0] == pytest.approx(row["screening_p_malignant"], abs=1e-12)
+    model = load_predictor(f"models:/{NAME}@champion", tracking_uri=uri).pipeline
+    assert model.decision_entries()["context_presence"] is False
+    single = float(row["single_image_p"])
+    four = pd.DataFrame({"sample_id": list("abcd"), "patient_id": ["w"] * 4, "laterality": list("LLRR"),
+                         "view": ["CC", "MLO", "CC", "MLO"]})
+    beside = model.score_levels(np.full(4, single), four).images["p"].to_numpy()
+    alone = model.score_levels(np.array([single]), four.iloc[[0]]).images["p"].to_numpy()
+    assert np.allclose(beside, alone[0], rtol=0, atol=1e-12)
+    assert row["screening_p_malignant"] == pytest.approx(alone[0], abs=1e-12)
 
 
 @pytest.fixture(scope="module")
