@@ -1,7 +1,7 @@
 """Latency of the Gradio app through a real server and gradio_client, the old app (main at 0202106) and this one
 in the same run: probabilities (``/predict``) and the map (``/explain``, the screening model's tile map of the whole
 image) for a 1024 px mini-MIAS PNG, probabilities for a full-field 16-bit RLE DICOM, and N concurrent clients on
-the new app (zero errors, p95). Targets (issue 29): probabilities p95 <= 300 ms, map p95 <= 1 s for the PNG.
+the new app (zero errors, p95). Targets: probabilities p95 <= 300 ms, map p95 <= 1 s for the PNG.
 
 Each app runs in a subprocess on a free loopback port with the upload cache off (every request reads its file
 again). The old app is `git archive <commit>` unpacked into a temporary folder and run from there; its models
@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-OLD_COMMIT = "0202106"  # main before issue 29: the app with the lesion model on whole images and no report
+OLD_COMMIT = "0202106"  # main before the reader app: the app with the lesion model on whole images and no report
 TASKS = ("density", "malignancy", "screening")
 
 # Trains the tiny champions with the code of the tree it runs in (cwd): density and malignancy from

@@ -1,6 +1,6 @@
 """Benchmark: does the multi-view context stage learn view presence? The shipped CDD-CESM screening recipe on the
 normal set and on an artefact set (the contralateral breast of every malignant exam dropped, so that "one breast
-only" predicts cancer, as in the external set of issue 31), each with the context stage with and without presence
+only" predicts cancer, as in an external screening set the maintainers ran), each with the context stage with and without presence
 flags (``screening.context_presence``), paired on one set of folds and patient resamples; plus the shortcut audit
 (pipeline.training.audit) of each set.
 

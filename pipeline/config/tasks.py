@@ -110,7 +110,7 @@ ORDINAL_RULE = "ordinal_cutpoints"
 
 @dataclass(frozen=True)
 class OrdinalCutpointsRule:
-    """Ordered classes (#16): the number of ``decision["cutpoints"]`` (K-1, increasing) below the expected class
+    """Ordered classes: the number of ``decision["cutpoints"]`` (K-1, increasing) below the expected class
     index (pipeline.evaluation.ordinal); fitted to maximise quadratic kappa on inner out-of-fold probabilities of the
     training data (PatientCalibratedClassifier.cutpoints_). A card without cut-points calls the most probable class."""
 
