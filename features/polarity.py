@@ -26,8 +26,9 @@ frame's corners on the nipple side; clipped tissue or the muscle is a compact bl
 holds at most the chest-wall corner. Both factors are invariant to inverting the image, so an inverted image and its
 original get mirror-image shares. Cases that remain wrong are listed in docs/breast-mask.md.
 
-Checked on all 322 mini-MIAS images and their inverses (644 of 644 right), the 8 CBIS-DDSM DICOMs and a third of
-CDD-CESM (600 of 600 with inverses): see tests/test_polarity.py and benchmarks/polarity.py.
+Checked on every mini-MIAS, CBIS-DDSM and CDD-CESM image and its inverse, and on generated full-frame exports and
+their inverses: benchmarks/polarity.py, tests/io/test_polarity.py, tests/features/test_polarity_full_frame.py and
+docs/breast-mask.md ("Polarity").
 """
 from __future__ import annotations
 
