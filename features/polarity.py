@@ -9,19 +9,32 @@ Method of :func:`background_shares`
 3. Keep, at each end, only the connected regions that touch the image border; weigh their share of the image by
    their flatness, ``exp(-roughness / flatness_scale)``, where roughness is the mean absolute difference from a
    3 x 3 median, relative to the grey range (film and detector background: ~0.001; breast tissue: ~0.01 and more).
+4. Weigh it again by its shape (``geometry=True``, the default): by ``1 - 0.8 solidity`` (solidity: its area over
+   that of its convex hull) and by ``(1 + corners) / 5``, where corners is how many of the frame's four corners it
+   holds (0.8 and 1 keep some weight for a rectangular background or one without a corner).
 
 The background of a mammogram is one large, flat region at one end of the grey range that reaches the border
 (whatever the breast touches: a breast against three borders leaves the fourth, a very dense breast is bright but
 textured, and film labels or markers are small). So the end with the larger weighted share is the background's:
 the dark end for a normal image, the bright end for an inverted one.
 
-Checked on all 322 mini-MIAS images and their inverses (644 of 644 right), the 8 CBIS-DDSM DICOMs and a third of
-CDD-CESM (600 of 600 with inverses): see tests/test_polarity.py and benchmarks/polarity.py.
+Why the shape (step 4): when a large breast fills 80-95 % of the frame (full-frame screening exports) the dark
+background is a thin rim, and a flat bright part of the breast (tissue clipped by a bright export, the pectoral
+muscle) can be larger. Geometry tells them apart without trusting the grey levels: the background is the outside
+of a rounded breast lying against one side, so its convex hull is mostly breast (low solidity) and it holds the
+frame's corners on the nipple side; clipped tissue or the muscle is a compact blob or triangle (high solidity) that
+holds at most the chest-wall corner. Both factors are invariant to inverting the image, so an inverted image and its
+original get mirror-image shares. Cases that remain wrong are listed in docs/breast-mask.md.
+
+Checked on every mini-MIAS, CBIS-DDSM and CDD-CESM image and its inverse, and on generated full-frame exports and
+their inverses: benchmarks/polarity.py, tests/io/test_polarity.py, tests/features/test_polarity_full_frame.py and
+docs/breast-mask.md ("Polarity").
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.morphology import convex_hull_image
 
 __all__ = ["background_shares", "is_inverted", "polarity_margin"]
 
@@ -36,8 +49,18 @@ def _small(image: np.ndarray, work_size: int) -> np.ndarray:
     return np.asarray(image[::stride, ::stride], dtype=np.float32)
 
 
-def _border_share(selected: np.ndarray, roughness: np.ndarray, flatness_scale: float) -> float:
-    """Share of the image in the connected regions of `selected` touching the border, weighed by their flatness."""
+def _shape_weight(region: np.ndarray) -> float:
+    """(1 - 0.8 solidity) x (1 + corners held) / 5 of a border region (module docstring, step 4), in [0.04, 1]."""
+    corners = int(region[0, 0]) + int(region[0, -1]) + int(region[-1, 0]) + int(region[-1, -1])
+    hull = convex_hull_image(region) if region.sum() >= 3 else region
+    solidity = float(region.sum()) / max(float(hull.sum()), 1.0)
+    return (1.0 - 0.8 * solidity) * (1 + corners) / 5.0
+
+
+def _border_share(selected: np.ndarray, roughness: np.ndarray, flatness_scale: float,
+                  geometry: bool = True) -> float:
+    """Share of the image in the connected regions of `selected` touching the border, weighed by their flatness
+    (and, with `geometry`, by their shape)."""
     labels, count = ndi.label(selected)
     if count == 0:
         return 0.0
@@ -48,15 +71,17 @@ def _border_share(selected: np.ndarray, roughness: np.ndarray, flatness_scale: f
     region = keep[labels]
     if not region.any():
         return 0.0
-    return float(region.mean() * np.exp(-float(roughness[region].mean()) / flatness_scale))
+    share = float(region.mean() * np.exp(-float(roughness[region].mean()) / flatness_scale))
+    return share * _shape_weight(region) if geometry else share
 
 
 def background_shares(image: np.ndarray, *, work_size: int = 128, delta: float = 0.1,
-                      flatness_scale: float = 0.02) -> tuple[float, float]:
+                      flatness_scale: float = 0.02, geometry: bool = True) -> tuple[float, float]:
     """(dark, bright): flatness-weighted share of the image in border-connected regions within `delta` of the low /
     high grey end.
 
-    See the module docstring. A uniform image gives (0.0, 0.0): it has no background to find.
+    See the module docstring; `geometry=False` drops the shape weight (step 4), as before issue 31. A uniform image
+    gives (0.0, 0.0): it has no background to find.
     """
     if not 0.0 < delta < 0.5:
         raise ValueError(f"delta must be a float in (0, 0.5). Got {delta!r} instead.")
@@ -72,8 +97,8 @@ def background_shares(image: np.ndarray, *, work_size: int = 128, delta: float =
         return 0.0, 0.0
     small = np.where(np.isfinite(small), small, np.float32(lo))
     roughness = np.abs(small - ndi.median_filter(small, size=3)) / np.float32(span)
-    dark = _border_share(small <= lo + delta * span, roughness, flatness_scale)
-    bright = _border_share(small >= hi - delta * span, roughness, flatness_scale)
+    dark = _border_share(small <= lo + delta * span, roughness, flatness_scale, geometry)
+    bright = _border_share(small >= hi - delta * span, roughness, flatness_scale, geometry)
     return dark, bright
 
 

@@ -42,8 +42,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".pnm", ".ppm", ".tif", ".tif
 _DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 # Polarity (features.polarity.polarity_margin, a share of the image): the pixels alone invert an image past
-# PIXEL_POLARITY_MARGIN and overrule a DICOM photometric tag only past TAG_OVERRULE_MARGIN (mini-MIAS: every image
-# and inverse has |margin| >= 0.03; the CBIS-DDSM DICOMs >= 0.6; a crop without background stays near 0).
+# PIXEL_POLARITY_MARGIN and overrule a DICOM photometric tag only when that margin is past it and the margin without
+# the shape weight (geometry=False) is past TAG_OVERRULE_MARGIN (docs/breast-mask.md: every real image
+# and inverse has |margin| >= 0.037; without the shape weight the CBIS-DDSM DICOMs >= 0.6; no background: near 0).
 PIXEL_POLARITY_MARGIN = 0.02
 TAG_OVERRULE_MARGIN = 0.15
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -281,9 +282,19 @@ def _check_polarity(path: Path, image: np.ndarray, meta: ImageMeta) -> tuple[np.
 
     margin = polarity_margin(image)
     tag_inverted = meta.inverted  # DICOM: the photometric tag already inverted the stored values
+    if meta.format == "dicom" and margin > PIXEL_POLARITY_MARGIN:
+        # the tag decides unless the flat-region margin without the shape weight is strong too, as before
+        margin = polarity_margin(image, geometry=False)
     limit = TAG_OVERRULE_MARGIN if meta.format == "dicom" else PIXEL_POLARITY_MARGIN
     if margin <= limit:
-        return image, replace(meta, inverted_by="tag" if tag_inverted else None)
+        meta = replace(meta, inverted_by="tag" if tag_inverted else None)
+        if meta.format != "dicom" and 0.0 < abs(margin) <= PIXEL_POLARITY_MARGIN:  # no tag to fall back on
+            message = (f"polarity could not be decided from the pixels (margin {margin:.3f}: no clear flat "
+                       "background at either grey end, as when a large breast fills the frame): left as stored; "
+                       "if the breast is dark on a bright background, re-export it with a dark background")
+            _warn(path, message)
+            meta = replace(meta, warnings=(*meta.warnings, message))
+        return image, meta
     if meta.format == "dicom":
         tag = meta.photometric or "MONOCHROME2"
         effect = "inverted" if tag_inverted else "not inverted"

@@ -119,6 +119,6 @@ def test_contrast_to_noise_separates_a_breast_from_an_empty_detector(mias_dir):
 def test_the_breast_mask_transformer_cache_key_follows_the_mask_code():
     """A change of features/breast.py must invalidate cached BreastMask outputs (its code version names it)."""
     from features.masking import BreastMask
-    from pipeline.training.model import code_version
+    from pipeline.model.estimators import code_version
 
     assert "features.breast:" in code_version(BreastMask())
