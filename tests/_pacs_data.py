@@ -10,19 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from tests._tiny_store import TINY_SCREENING
+
 __all__ = ["PacsStore", "pacs_store", "wrap_exam", "PATIENT_VALUES", "SCREENING_TINY"]
 
 # made-up identifying values of the wrapped exam: none may appear in any output, log or state file
 PATIENT_VALUES = ("Testpatient^Secretname", "PID-SECRET-4711", "ACC-SECRET-0815", "19580317")
-SCREENING_TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
-                               "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
-                  "samples": {"size": 32},
-                  "screening": {"scale": 2.0, "tile_size": 32, "max_tiles": 4},
-                  "model": {"n_estimators": 15}, "calibration": {"inner_folds": 2},
-                  "evaluation": {"folds": 3, "bootstrap_resamples": 20},
-                  "dataset": {"max_samples": 28},
-                  "compute": {"n_jobs": 1},
-                  "tracking": {"experiment_name": "mammoscope-test", "registered_model_name": "mammoscope-screening"}}
+SCREENING_TINY = TINY_SCREENING  # the suite's one tiny screening recipe
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,11 @@ import pytest
 
 from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
 from pipeline.paths import default_data_root
+from tests._tiny_store import TINY_SCREENING
 
 CDD = default_data_root() / "cdd_cesm" / "manifest.csv"
 NAME = "mammoscope-screening-acceptance"
-TINY = {"features": {"cnn": {"backbone": "tiny", "weights": "random", "batch_size": 64},
-                     "handcrafted": {"glcm": {"levels": 8, "distances": [1]}, "intensity": {"bins": 8}}},
-        "samples": {"size": 32},
-        "screening": {"scale": 2.0, "tile_size": 32, "max_tiles": 4},
-        "model": {"n_estimators": 15}, "calibration": {"inner_folds": 2},
-        "evaluation": {"folds": 3, "bootstrap_resamples": 20},
-        "dataset": {"max_samples": 28},
-        "compute": {"n_jobs": 1},
-        "tracking": {"experiment_name": "mammoscope-test", "registered_model_name": NAME}}
+TINY = {**TINY_SCREENING, "tracking": {**TINY_SCREENING["tracking"], "registered_model_name": NAME}}
 
 pytestmark = pytest.mark.skipif(not CDD.is_file(), reason="CDD-CESM is not in shared/data")
 
