@@ -259,7 +259,7 @@ class _Handlers:
 
     def region(self, exam: "_Exam", i: int, box: tuple) -> dict[str, Any] | None:
         """The malignancy model's result for region `box` of image i (density context: the exam's density call)."""
-        model = next((m for t, m in self.models.items() if get_task(t).name == "malignancy"), None)
+        model = next((m for t, m in self.models.items() if not get_task(t).whole_breast), None)  # region model
         if model is None:
             return None
         key = (i, box)

@@ -27,8 +27,10 @@ from pipeline.paths import default_data_root  # noqa: E402
 def _has_models(uri: str | None) -> bool:
     from pipeline.serving.predict import load_available_models
 
+    from pipeline.config.tasks import get_task
+
     models, _ = load_available_models(("screening",), tracking_uri=uri)
-    return "screening" in models
+    return any(get_task(t).levels for t in models)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,13 +125,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_models(args: argparse.Namespace) -> dict:
     """{task: Predictor}: the screening model (required) and the density model (optional) at --alias."""
+    from pipeline.config.tasks import get_task
     from pipeline.errors import ModelNotFoundError
     from pipeline.serving.predict import load_available_models
 
     models, missing = load_available_models(("screening", "density"), alias=args.alias,
                                             tracking_uri=args.tracking_uri)
-    if "screening" not in models:
-        raise ModelNotFoundError(missing.get("screening", "no screening model"))
-    if "density" in missing:
-        _say(f"mammoscope pacs: no density model, the SR will carry no density ({missing['density'].split('.')[0]})")
+    if not any(get_task(t).levels for t in models):  # the exam-level (screening) model is the one PACS needs
+        raise ModelNotFoundError(next((why for t, why in missing.items() if get_task(t).levels), "no screening model"))
+    for task, why in missing.items():
+        if get_task(task).density_labels:
+            _say(f"mammoscope pacs: no density model, the SR will carry no density ({why.split('.')[0]})")
     return models

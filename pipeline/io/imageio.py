@@ -69,11 +69,15 @@ class ImageMeta:
     manufacturer: str | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
-    study_uid: str | None = None  # DICOM Study Instance UID: the exam (pipeline.io.exams); not a patient name or ID
+    # DICOM Study Instance UID: which exam the image belongs to (pipeline.io.exams). Not a name, but it links an image
+    # to a patient's study, so it is read for grouping only: kept out of repr, to_dict, tables, logs and JSON.
+    study_uid: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (for tables, logs and JSON)."""
-        return asdict(self)
+        """Plain dict of the fields (for tables, logs and JSON), without the study UID."""
+        out = asdict(self)
+        out.pop("study_uid", None)
+        return out
 
 
 def _refuse_size(path: Path, width: int, height: int, max_pixels: int) -> None:

@@ -60,6 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
+DENSITY_FILE = "exams"  # key of the density-per-exam writer beside the screening level writers
 DEFAULT_MAX_JOBS = 4
 CHUNK = 4  # images per worker task: amortises inter-process overhead, keeps the pipeline fine-grained
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_RAN = 0, 3, 4
@@ -524,7 +525,7 @@ class ExamFiles:
             t = self.density.task
             columns = ["exam", "n_images", "n_failed", *(f"{t}_p_{c}" for c in self.density.classes),
                        f"{t}_call", f"{t}_model", f"{t}_version"]
-            self.writers["density"] = ResultWriter(out.with_name(out.stem + ".exams.csv"), columns, mode=mode,
+            self.writers[DENSITY_FILE] = ResultWriter(out.with_name(out.stem + ".exams.csv"), columns, mode=mode,
                                                    key="exam")
         if self.screening is not None and named:
             positive = self.screening.classes[1]
@@ -545,7 +546,7 @@ class ExamFiles:
         exam = exam_of(prepared[0].item) if prepared else None
         if exam is None:
             return
-        writer = self.writers.get("density")
+        writer = self.writers.get(DENSITY_FILE)
         if writer is not None and exam not in writer.done:
             writer.write([self._density_row(exam, rows, result)])
         if result is not None and result.exam is not None:
@@ -568,13 +569,13 @@ class ExamFiles:
     @property
     def density_path(self) -> str | None:
         """The density-per-exam file, where one was written."""
-        w = self.writers.get("density")
+        w = self.writers.get(DENSITY_FILE)
         return str(w.out) if w is not None and w.out.exists() else None
 
     @property
     def level_paths(self) -> list[str]:
         """The screening level files written."""
-        return [str(w.out) for lv, w in self.writers.items() if lv != "density" and w.out.exists()]
+        return [str(w.out) for lv, w in self.writers.items() if lv != DENSITY_FILE and w.out.exists()]
 
 
 class MapWriter:

@@ -53,6 +53,9 @@ def test_meta_has_no_patient_identifying_values(cbis_dir, cbis_reads):
     assert not {"patient_id", "patient_name", "birth_date", "accession", "institution"} & set(
         cbis_reads[CBIS_FILE][1].to_dict()
     )
+    # the study UID is read for grouping views into exams only: never shown (repr) nor written (to_dict)
+    meta = cbis_reads[CBIS_FILE][1]
+    assert meta.study_uid == str(ds.StudyInstanceUID) and meta.study_uid not in repr(meta)
 
 
 # The crop has no background, so the display-chain tests below read it without the pixel polarity check
