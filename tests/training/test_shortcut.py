@@ -85,7 +85,7 @@ def test_the_switch_reaches_the_final_model_and_old_stages_still_apply():
     flags = fit_context(p, y, t)
     assert stage_layout(flags) == (True, False)
     alone = t.iloc[[0]]
-    assert apply_context(flags, p[:1], alone)[0] == p[0]  # the default keeps today's behaviour
+    assert apply_context(flags, p[:1], alone)[0] == p[0]  # with flags a lone image keeps its own score
     free = fit_context(p, y, t, asymmetry=np.zeros(len(p)), presence=False)
     assert stage_layout(free) == (False, True)
     with pytest.raises(ValueError, match="asymmetry"):
@@ -100,7 +100,7 @@ def test_the_experiment_switch_is_validated():
     from pipeline.model.screening import context_presence
 
     path = PROJECT_DIR / "experiments" / "cdd_cesm_screening.yaml"
-    assert context_presence(load_experiment(path).config) is True
-    assert context_presence(load_experiment(path, ["screening.context_presence=false"]).config) is False
+    assert context_presence(load_experiment(path).config) is False  # shipped: no view-presence flags
+    assert context_presence(load_experiment(path, ["screening.context_presence=true"]).config) is True
     with pytest.raises(ConfigError, match="context_presence"):
         load_experiment(path, ["screening.context_presence=sometimes"])
