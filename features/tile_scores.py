@@ -1,4 +1,4 @@
-"""Tile evidence as image features (#15, switch ``screening.tile_scores``): the k highest tile probabilities of an
+"""Tile evidence as image features (switch ``screening.tile_scores``): the k highest tile probabilities of an
 instance-level `TileScorer` fitted on the training images, cross-fitted inside a fit.
 
 Kept apart from features/tiles.py so that the tile embeddings' cache key (the source of that module) is unchanged.

@@ -8,7 +8,7 @@ out-of-fold probabilities of the training images only (`PatientCalibratedClassif
 to the test (or served) images with the other images of their exam. An image without any other view of its exam
 keeps its first-stage probability unchanged (the single-image score), in CV and in serving alike.
 
-With ``screening.context_presence: false`` (#31) the stage cannot learn what is missing instead of what is seen: no
+With ``screening.context_presence: false`` the stage cannot learn what is missing instead of what is seen: no
 has_ipsi / has_contra column, a missing view's difference imputed as 0 ("the other view looks like this one"), and
 the stage fitted on and applied to every image, those without other views included; so an image whose other views
 score as it does gets exactly the probability it gets alone, and the output does not move with the number of views
