@@ -125,8 +125,11 @@ class _Handlers:
         self.card_files = {t: f"cards/{m.name}-v{m.version}.html" for t, m in self.models.items()}
 
     def active(self, box: tuple | None) -> dict[str, Any]:
-        """The models that answer for this region: a whole-image model (screening) only when none is drawn."""
-        return {t: m for t, m in self.models.items() if box is None or not get_task(t).region_free}
+        """The models that answer for this region: with none drawn, the whole-image models (screening, density); with
+        one, the lesion model for it (and density, always of the whole breast)."""
+        if box is None:
+            return self.whole_models()
+        return {t: m for t, m in self.models.items() if not get_task(t).region_free}
 
     def samples(self, path: str, loaded: Any, box: tuple | None) -> dict[str, P.Sample]:
         """Each model's sample of the image and region, made once and shared by the events of one click."""
@@ -153,10 +156,14 @@ class _Handlers:
         return loaded, box
 
     def api_predict(self, file: str | None, roi: str | None = None) -> dict[str, Any]:
-        """Calibrated probabilities per task, the malignancy call at its operating point, model name/version/alias."""
+        """Calibrated probabilities per task answering this region (`active`), each call at its operating point,
+        model name/version/alias."""
         loaded, box = self._read(file, roi)
         if not self.models:
             raise gr.Error(" ".join(self.missing.values()) or "no model loaded")
+        if not self.active(box):
+            raise gr.Error("No model in this installation answers a whole image (screening and density are not "
+                           "available): give a region 'x0, y0, x1, y1' for the malignancy model.")
         try:
             results = P.predict_image(loaded.image, loaded.meta, self.active(box), roi=box,
                                       samples=self.samples(file, loaded, box))
@@ -766,8 +773,9 @@ def build_demo(models: Mapping[str, Any] | None = None, tracking_uri: str | None
          .then(h.refresh_map, [state, roi], [view], **private)
          .then(h.refresh_report, [state, roi], [report], **private))
         api_trigger.click(h.api_predict, [api_file, roi], [api_out], api_name="predict",
-                          api_description="Calibrated density and malignancy probabilities for an uploaded image; "
-                          "roi 'x0, y0, x1, y1' in original pixels or '' for the whole image. Returns JSON.")
+                          api_description="Calibrated probabilities for an uploaded image: '' for the whole image "
+                          "(screening and density), or roi 'x0, y0, x1, y1' in original pixels for the malignancy of "
+                          "that region (and density). Returns JSON.")
         api_trigger.click(h.api_explain, [api_file, roi], [api_out], api_name="explain",
                           api_description="Top handcrafted-feature contributions (log-odds) per task. Returns JSON.")
         api_trigger.click(h.api_score_exam, [exam_files], [api_out], api_name="score_exam",

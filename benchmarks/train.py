@@ -137,13 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=list(TASKS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: a fresh temp folder)")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="folder for the MLflow store the timed runs register into, kept afterwards (default: a "
+                             "temp folder): its champions serve benchmarks/app.py --tracking-uri sqlite:///<store>/mlflow.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="mammoscope-bench-") as tmp:
         cache = args.cache_dir or Path(tmp) / "cache"
         if not args.skip_timing:
             print("timing: the main job (scan + every task's main experiment, final model, register)", flush=True)
-            timing(args.overrides, cache, Path(tmp))
+            if args.store:
+                args.store.mkdir(parents=True, exist_ok=True)
+            timing(args.overrides, cache, args.store or Path(tmp))
         if not args.skip_quality:
             quality(args.overrides, cache, args.tasks, args.variants)
     return 0

@@ -1,6 +1,8 @@
 """torch modules used by the backbones (imported only once torch is needed: keeps `import cnn` light)."""
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -76,14 +78,16 @@ def stage_taps(features: nn.Module, size: int = 224, min_stride: int = 8) -> lis
 
 
 class _Keep:
-    """Forward hook storing a unit's output under `key` in `store` (an object, so deepcopy keeps it per network)."""
+    """Forward hook storing a unit's output under (calling thread, `key`) in `store` (an object, so deepcopy keeps it
+    per network): forward passes of one network in several threads at once (the app's concurrent requests, the
+    embedder's parallel sub-batches) each read their own maps."""
 
     def __init__(self, store: dict, key: int):
         self.store = store
         self.key = key
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self.store[self.key] = output
+        self.store[(threading.get_ident(), self.key)] = output
 
 
 class EmbeddingNet(nn.Module):
@@ -97,16 +101,20 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         self.features = features
         self.pooling = pooling
-        self._maps: dict[int, torch.Tensor] = {}
+        self._maps: dict[tuple[int, int], torch.Tensor] = {}
+        self._n_taps = 0
         if pooling == "multilevel":
-            for k, unit in enumerate(stage_taps(features)):
+            taps = stage_taps(features)
+            for k, unit in enumerate(taps):
                 unit.register_forward_hook(_Keep(self._maps, k))
+            self._n_taps = len(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fmap = self.features(x)
         if self.pooling != "multilevel":
             return pool(fmap, self.pooling)
-        mids = [self._maps.pop(k) for k in sorted(self._maps)]
+        me = threading.get_ident()
+        mids = [self._maps.pop((me, k)) for k in range(self._n_taps)]
         return torch.cat([fmap.mean(dim=(2, 3))] + [m.mean(dim=(2, 3)) for m in mids]
                          + [m.amax(dim=(2, 3)) for m in mids], dim=1)
 

@@ -218,6 +218,7 @@ SCHEMA: dict[str, Any] = {
         "colsample_bytree": Float(0.0, 1.0, lo_open=True),
         "min_child_weight": Float(0.0, None),
         "reg_lambda": Float(0.0, None),
+        "max_bin": Int(2, 4096),
         "class_weight": Rule(lambda v: v in ("balanced", "none"),
                              "balanced (scikit-learn's inverse class frequency) or null for no weights ('none' is a "
                              "deprecated spelling of null)", nullable=True),

@@ -77,3 +77,27 @@ def test_screening_tile_pooling_reaches_the_tile_embedder():
     assert pooling({}) == "avg"  # null: the whole-breast CNN's pooling
     assert pooling({"screening": {"tile_pooling": "multilevel"}}) == "multilevel"
     assert pooling({"features": {"cnn": {"pooling": "max"}}}) == "max"
+
+
+def test_multilevel_embeddings_from_many_threads_at_once_equal_one_thread():
+    """One fitted embedder shared by concurrent callers (the app's requests): each call reads its own stage maps.
+    With a map store shared between threads, calls took each other's maps (wrong values or, at other batch
+    sizes, a shape error), as the app's four-client benchmark showed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = _tiny(pooling="multilevel", n_threads=1).fit(_images(1, 64))
+    inputs = [_images(1 + i % 3, 64, seed=i) for i in range(48)]
+    expected = [emb.transform(x) for x in inputs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(emb.transform, inputs))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_split_across_threads_embeds_each_image_as_alone():
+    """On the CPU a batch runs as n_threads sub-batches side by side: each image's embedding equals its own."""
+    X = _images(7, 64, seed=3)
+    emb = _tiny(pooling="multilevel", n_threads=2).fit(X[:1])
+    together = emb.transform(X)
+    alone = np.concatenate([emb.transform(X[i:i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
