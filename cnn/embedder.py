@@ -16,6 +16,7 @@ fine-tuned or file-loaded model unpickles without the weights file; unpickling r
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -42,6 +43,43 @@ def _pool(n: int) -> ThreadPoolExecutor:
         if n not in _POOLS:
             _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="cnn-sub-batch")
         return _POOLS[n]
+
+
+_THREADS = {"depth": 0, "saved": 0}
+_THREADS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch's intra-op thread count set to `n` for the block (None: unchanged); overlapping blocks in several
+    threads (the app's concurrent requests, models scored side by side) restore the count found by the first one
+    when the last one ends, so it cannot stay at another block's setting."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    with _THREADS_LOCK:
+        if _THREADS["depth"] == 0:
+            _THREADS["saved"] = torch.get_num_threads()
+        _THREADS["depth"] += 1
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS["depth"] -= 1
+            if _THREADS["depth"] == 0:
+                torch.set_num_threads(_THREADS["saved"])
+
+
+def _base_threads() -> int:
+    """torch's intra-op thread count outside any `_torch_threads` block (the one in force now, or the one the
+    blocks running in other threads will restore)."""
+    import torch
+
+    with _THREADS_LOCK:
+        return int(_THREADS["saved"]) if _THREADS["depth"] else torch.get_num_threads()
 
 
 def resolve_device(device: str) -> str:
@@ -230,16 +268,13 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         images = images_from_X(X, self.image_shape)
         out = np.empty((images.shape[0], self.n_embedding_), dtype=np.float32)
         device = resolve_device(self.device)
-        previous = torch.get_num_threads()
-        threads = int(self.n_threads) if self.n_threads is not None else previous
+        threads = int(self.n_threads) if self.n_threads is not None else _base_threads()
         # On the CPU a batch of several images runs as `threads` sub-batches side by side, each on one intra-op
         # thread: EfficientNet-Lite's small (depthwise) convolutions keep two intra-op threads busy only part of the
-        # time, so this is 1.6-1.8x faster on 2 cores (benchmarks/cnn.py, "sub-batches"); each image's embedding
-        # does not depend on the split beyond float rounding.
+        # time (benchmarks/cnn.py prints transform against the bare one-batch forward on 2 intra-op threads); each
+        # image's embedding does not depend on the split beyond float rounding (tests/cnn/test_multilevel.py).
         split = device == "cpu" and threads > 1 and len(images) > 1
-        if self.n_threads is not None or split:
-            torch.set_num_threads(1 if split else threads)
-        try:
+        with _torch_threads(1 if split else threads if self.n_threads is not None else None):
             with torch.inference_mode():
                 for start in range(0, len(images), self.batch_size):
                     chunk = images[start:start + self.batch_size]
@@ -248,9 +283,6 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
                     done = list(_pool(len(parts)).map(embed, parts)) if len(parts) > 1 else [embed(parts[0])]
                     for rows, emb in zip(parts, done):
                         out[start + rows] = emb
-        finally:
-            if self.n_threads is not None or split:
-                torch.set_num_threads(previous)
         return out
 
     def _embed_rows(self, chunk: np.ndarray, rows: np.ndarray, *, device: str) -> np.ndarray:

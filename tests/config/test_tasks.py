@@ -157,3 +157,23 @@ def test_class_weight_none_is_deprecated_null_is_no_weights():
         "class_weight"] is None
     with pytest.raises(ConfigError, match="model.class_weight"):
         load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["model.class_weight=heavy"])
+
+
+def test_model_max_bin_reaches_xgboost_and_is_checked():
+    """model.max_bin (histogram bins per feature) goes from the experiment file to the booster XGBoost trains:
+    with 2 bins a one-feature model has one split point, so at most two distinct scores."""
+    import numpy as np
+
+    from pipeline.model.estimators import WeightedXGBClassifier, build_pipeline
+
+    config = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["model.max_bin=16"]).config
+    base = build_pipeline(config, None).named_steps["classifier"].estimator
+    assert isinstance(base, WeightedXGBClassifier) and base.max_bin == 16
+    X = np.linspace(0, 1, 200).reshape(-1, 1)
+    y = (np.sin(12 * X[:, 0]) > 0).astype(int)  # many label changes along the one feature
+    kw = dict(n_estimators=20, max_depth=1, subsample=1.0, colsample_bytree=1.0, class_weight=None)
+    coarse = WeightedXGBClassifier(max_bin=2, **kw).fit(X, y).predict_proba(X)[:, 1]
+    fine = WeightedXGBClassifier(max_bin=256, **kw).fit(X, y).predict_proba(X)[:, 1]
+    assert len(np.unique(coarse.round(6))) <= 2 < len(np.unique(fine.round(6)))
+    with pytest.raises(ConfigError, match="model.max_bin"):
+        load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["model.max_bin=1"])
