@@ -137,7 +137,7 @@ class _Handlers:
         with self._lock:
             if key in self._samples:
                 return self._samples[key]
-        made = P.prepare_samples(loaded.image, loaded.meta, self.active(box), roi=box)
+        made = P.prepare_samples(loaded.image, loaded.meta, self.active(box), roi=box, side_by_side=True)
         with self._lock:
             while len(self._samples) >= SAMPLE_CACHE_SIZE:
                 self._samples.pop(next(iter(self._samples)))
