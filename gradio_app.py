@@ -137,7 +137,7 @@ class _Handlers:
         with self._lock:
             if key in self._samples:
                 return self._samples[key]
-        made = P.prepare_samples(loaded.image, loaded.meta, self.active(box), roi=box, side_by_side=True)
+        made = P.prepare_samples(loaded.image, loaded.meta, self.active(box), roi=box)
         with self._lock:
             while len(self._samples) >= SAMPLE_CACHE_SIZE:
                 self._samples.pop(next(iter(self._samples)))
@@ -166,7 +166,7 @@ class _Handlers:
                            "available): give a region 'x0, y0, x1, y1' for the malignancy model.")
         try:
             results = P.predict_image(loaded.image, loaded.meta, self.active(box), roi=box,
-                                      samples=self.samples(file, loaded, box), side_by_side=True)
+                                      samples=self.samples(file, loaded, box))
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None
         return {"results": results, "image": safe_meta(loaded.meta), "roi": list(box) if box else None,
@@ -218,8 +218,7 @@ class _Handlers:
         if not images:
             raise gr.Error(" ".join(errors))
         try:
-            result = score_exam(exam_models, one_exam(images), maps=True, errors=errors,  # the upload is one exam
-                                side_by_side=True)
+            result = score_exam(exam_models, one_exam(images), maps=True, errors=errors)  # the upload is one exam
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None
         return result.to_dict(maps="summary")
@@ -247,8 +246,7 @@ class _Handlers:
         if exam.result is None and exam.images and self.whole_models():
             from pipeline.serving.exam import score_exam
 
-            exam.result = score_exam(self.whole_models(), exam.images, maps=False, errors=exam.errors,
-                                     side_by_side=True)
+            exam.result = score_exam(self.whole_models(), exam.images, maps=False, errors=exam.errors)
         return exam.result
 
     def overlay(self, exam: "_Exam", i: int) -> np.ndarray:

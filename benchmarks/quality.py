@@ -104,7 +104,7 @@ PLAIN: dict[str, Any] = {
                          "input": "enhanced", "finetune": {"enabled": False}},
                  "selection": {"k_best": None}},
     "model": {"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3, "subsample": 1.0, "colsample_bytree": 1.0,
-              "min_child_weight": 1.0, "reg_lambda": 1.0, "class_weight": None},  # XGBoost's own defaults
+              "min_child_weight": 1.0, "reg_lambda": 1.0, "class_weight": None, "max_bin": 256},  # XGBoost's defaults
     "calibration": {"method": "sigmoid", "holdout": "cv", "inner_folds": 3, "ensemble": True},
     "evaluation": {"decision": "argmax"},
 }

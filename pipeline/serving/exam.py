@@ -337,12 +337,11 @@ def _maps(predictor: Any, images: Sequence[ExamImage], results: list[ImageResult
 
 
 def score_exam(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamImage], *, maps: bool = True,
-               errors: Sequence[str] = (), side_by_side: bool = False) -> ExamResult:
+               errors: Sequence[str] = ()) -> ExamResult:
     """One exam's images scored by every model (density first: its calls feed the others' decision rules): each
     image's results-file row, density per exam (density model), and the screening model's image / breast / exam
     levels and maps (`maps`: the tile map of each image on the original image, masked to the breast). `errors`:
-    inputs already refused (carried into the result); `side_by_side`: the models' probabilities computed in threads
-    at once (`score_tasks`; the app)."""
+    inputs already refused (carried into the result)."""
     from pipeline.serving.predict import Predictor, score_tasks
 
     predictors = [Predictor.from_loaded(m) for m in (models.values() if isinstance(models, Mapping) else models)]
@@ -350,7 +349,7 @@ def score_exam(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamI
         raise MammoscopeError("score_exam: no image to score" + (f" ({'; '.join(errors)})" if errors else ""))
     _check_one_exam(images)
     samples = {m.task: [im.sample(m) for im in images] for m in predictors}
-    scores = score_tasks(predictors, samples, side_by_side=side_by_side)
+    scores = score_tasks(predictors, samples)
     results = [ImageResult(sample_id=im.path or f"image{i}", laterality=im.key.laterality, view=im.key.view,
                            p_single=None, p=None, threshold=None, call=None, prediction_set=None, heatmap=None,
                            warnings=[*getattr(im.meta, "warnings", ()),

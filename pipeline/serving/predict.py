@@ -274,12 +274,6 @@ class Predictor:
         """Probabilities (n, k), rows normalised to sum to 1, the card's decision-rule call of each row, and the
         prediction sets / per-image thresholds where the card has them. `context` (e.g. ``{"density": [predicted
         density per row]}``) reaches a decision rule that uses it."""
-        return self.decide(*self.probabilities(samples), context)
-
-    def probabilities(self, samples: Sequence[Sample | np.ndarray] | np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities (n, k) with rows summing to 1, the bilateral asymmetry image scores (n,) or None): the
-        model's work on `samples`, before any decision rule (`decide`)."""
         if isinstance(samples, np.ndarray):  # rows (n, S*S) or images (n, S, S)
             X = samples.reshape(len(samples), -1)
         else:
@@ -296,12 +290,7 @@ class Predictor:
         else:
             proba = self.pipeline.predict_proba(X)
         proba = np.asarray(proba, dtype=np.float64)
-        return proba / proba.sum(axis=1, keepdims=True), asymmetry
-
-    def decide(self, proba: np.ndarray, asymmetry: np.ndarray | None = None,
-               context: Mapping[str, Any] | None = None) -> Scores:
-        """Scores of `probabilities`' output: the card's decision-rule call of each row (`context` reaches a rule
-        that uses it), prediction sets and per-row thresholds where the card has them."""
+        proba = proba / proba.sum(axis=1, keepdims=True)
         calls = decide_by_rule(proba, list(self.classes), self.card.decision, context)
         scores = Scores(self.task, list(self.classes), proba, calls, self.model_info(), asymmetry=asymmetry)
         state = self.conformal
@@ -446,17 +435,9 @@ def load_available_models(tasks: Sequence[str] | None = None, alias: str = "cham
 # Convenience over several tasks' predictors
 # --------------------------------------------------------------------------------------------------------------------
 def prepare_samples(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
-                    path: str | Path | None = None, *, side_by_side: bool = False) -> dict[str, Sample]:
-    """{task: Sample} of one image, each made once (`side_by_side`: each model's in its own thread, at once)."""
-    def make(p: Any) -> Sample:
-        return Predictor.from_loaded(p).prepare(image, meta, roi, path)
-
-    if side_by_side and len(models) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(models), thread_name_prefix="prepare-task") as pool:
-            return dict(zip(models, pool.map(make, models.values())))
-    return {task: make(p) for task, p in models.items()}
+                    path: str | Path | None = None) -> dict[str, Sample]:
+    """{task: Sample} of one image, each made once."""
+    return {task: Predictor.from_loaded(p).prepare(image, meta, roi, path) for task, p in models.items()}
 
 
 def density_first(models: Iterable[Predictor]) -> list[Predictor]:
@@ -471,42 +452,27 @@ def density_calls(scores: Scores) -> list[str]:
     return [c or scores.classes[int(np.argmax(p))] for c, p in zip(scores.calls, scores.probabilities)]
 
 
-def score_tasks(models: Iterable[Predictor], samples: Mapping[str, Any], *, side_by_side: bool = False
-                ) -> dict[str, Scores]:
+def score_tasks(models: Iterable[Predictor], samples: Mapping[str, Any]) -> dict[str, Scores]:
     """{task: Scores} of the same images by each model (`samples[task]`: that model's samples or rows, one per
-    image, in one order). The one place where density feeds the others: density models decide first and their calls
-    (`density_calls`) are the context of every later model's decision rule (per-density-group thresholds).
-    `side_by_side`: the models' probabilities are computed in threads at once (the app: one image, two or three
-    models, the cores otherwise half idle); the decisions follow in the same order, so the result is the same."""
-    ordered = density_first(models)
-    if side_by_side and len(ordered) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(ordered), thread_name_prefix="score-task") as pool:
-            work = {m.task: pool.submit(m.probabilities, samples[m.task]) for m in ordered}
-            made = {task: f.result() for task, f in work.items()}
-    else:
-        made = {}
+    image, in one order). The one place where density feeds the others: density models score first and their calls
+    (`density_calls`) are the context of every later model's decision rule (per-density-group thresholds)."""
     out: dict[str, Scores] = {}
     context: dict[str, Any] = {}
-    for model in ordered:
-        proba, asymmetry = made[model.task] if model.task in made else model.probabilities(samples[model.task])
-        out[model.task] = model.decide(proba, asymmetry, context or None)
+    for model in density_first(models):
+        out[model.task] = model.score(samples[model.task], context or None)
         if model.task_spec.density_labels:
             context = {"density": density_calls(out[model.task])}
     return out
 
 
 def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
-                  path: str | Path | None = None, samples: Mapping[str, Sample] | None = None, *,
-                  side_by_side: bool = False) -> dict[str, Any]:
+                  path: str | Path | None = None, samples: Mapping[str, Sample] | None = None) -> dict[str, Any]:
     """{task: Predictor.result} (JSON-able, in `models` order) of one image; `samples` (from prepare_samples) are
-    reused if given. A density model's call is the context of the other models' decision rules (`score_tasks`;
-    `side_by_side`: the models' probabilities computed in threads at once)."""
+    reused if given. A density model's call is the context of the other models' decision rules (`score_tasks`)."""
     samples = dict(samples or {})
     predictors = {task: Predictor.from_loaded(p) for task, p in models.items()}
     made = {task: samples.get(task) or p.prepare(image, meta, roi, path) for task, p in predictors.items()}
-    scores = score_tasks(predictors.values(), {task: [s] for task, s in made.items()}, side_by_side=side_by_side)
+    scores = score_tasks(predictors.values(), {task: [s] for task, s in made.items()})
     return {task: predictors[task].result(made[task], scores[task]) for task in models}
 
 

@@ -212,6 +212,7 @@ def test_plain_screening_arm_has_none_of_the_shipped_second_stages(experiment: s
     assert context_C(shipped) is not None and shipped["screening"]["tile_scores"] == 3
     assert context_C(plain) is None and plain["screening"]["tile_scores"] == 0
     assert plain["model"]["max_depth"] == mod.PLAIN["model"]["max_depth"]
+    assert plain["model"]["max_bin"] == 256  # XGBoost's default, whatever bins the shipped screening recipe uses
 
 
 def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: Path):

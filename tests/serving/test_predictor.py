@@ -40,32 +40,6 @@ def test_app_and_batch_give_identical_probabilities_for_the_same_image_and_model
         assert row[f"{task}_version"] == result["model"]["version"]
 
 
-def test_models_scored_side_by_side_give_the_sequential_scores(predictors):
-    """prepare_samples / score_tasks(side_by_side=True) (the app: each model in its own thread) equal the
-    sequential path bit for bit, density's call still reaching the malignancy rule; torch's thread count is back."""
-    import torch
-
-    from pipeline.io.imageio import read_image
-    from pipeline.serving.predict import Predictor, prepare_samples, score_tasks
-
-    if not MIAS_PNG.is_file():
-        pytest.skip(f"{MIAS_PNG} is absent")
-    image, meta = read_image(MIAS_PNG)
-    models = [Predictor.from_loaded(m) for m in predictors.values()]
-    samples = {m.task: [m.prepare(image, meta, (450, 300, 650, 500))] for m in models}
-    box = (450, 300, 650, 500)
-    made = prepare_samples(image, meta, predictors, box, side_by_side=True)
-    for m in models:
-        np.testing.assert_array_equal(made[m.task].row, samples[m.task][0].row)
-    threads = torch.get_num_threads()
-    one = score_tasks(models, samples)
-    both = score_tasks(models, samples, side_by_side=True)
-    assert torch.get_num_threads() == threads
-    for task in one:
-        np.testing.assert_array_equal(both[task].probabilities, one[task].probabilities)
-        assert both[task].calls == one[task].calls and both[task].thresholds == one[task].thresholds
-
-
 def test_one_click_builds_each_sample_once(predictors, monkeypatch):
     """refresh, refresh_map and the report of one image and region share one sample per task."""
     import gradio_app
