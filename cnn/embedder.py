@@ -17,10 +17,8 @@ fine-tuned or file-loaded model unpickles without the weights file; unpickling r
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 from pathlib import Path
 
@@ -33,18 +31,6 @@ from cnn.backbones import BACKBONES, POOLINGS
 __all__ = ["CNNEmbedder", "images_from_X", "preprocess_batch", "resolve_device"]
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A process-wide pool of `n` threads for CNNEmbedder's parallel sub-batches (made once per size)."""
-    with _POOLS_LOCK:
-        if n not in _POOLS:
-            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="cnn-sub-batch")
-        return _POOLS[n]
-
-
 _THREADS = {"depth": 0, "saved": 0}
 _THREADS_LOCK = threading.Lock()
 
@@ -52,8 +38,9 @@ _THREADS_LOCK = threading.Lock()
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
     """torch's intra-op thread count set to `n` for the block (None: unchanged); overlapping blocks in several
-    threads (the app's concurrent requests, models scored side by side) restore the count found by the first one
-    when the last one ends, so it cannot stay at another block's setting."""
+    threads (the app's concurrent requests) restore the count found by the first one
+    when the last one ends, so it cannot stay at another block's setting (each restoring what it found could leave
+    the count at another block's value for good)."""
     if n is None:
         yield
         return
@@ -71,15 +58,6 @@ def _torch_threads(n: int | None):
             _THREADS["depth"] -= 1
             if _THREADS["depth"] == 0:
                 torch.set_num_threads(_THREADS["saved"])
-
-
-def _base_threads() -> int:
-    """torch's intra-op thread count outside any `_torch_threads` block (the one in force now, or the one the
-    blocks running in other threads will restore)."""
-    import torch
-
-    with _THREADS_LOCK:
-        return int(_THREADS["saved"]) if _THREADS["depth"] else torch.get_num_threads()
 
 
 def resolve_device(device: str) -> str:
@@ -268,34 +246,16 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         images = images_from_X(X, self.image_shape)
         out = np.empty((images.shape[0], self.n_embedding_), dtype=np.float32)
         device = resolve_device(self.device)
-        threads = int(self.n_threads) if self.n_threads is not None else _base_threads()
-        # On the CPU a batch of several images runs as `threads` sub-batches side by side, each on one intra-op
-        # thread: EfficientNet-Lite's small (depthwise) convolutions keep two intra-op threads busy only part of the
-        # time (benchmarks/cnn.py prints transform against the bare one-batch forward on 2 intra-op threads); each
-        # image's embedding does not depend on the split beyond float rounding (tests/cnn/test_multilevel.py).
-        split = device == "cpu" and threads > 1 and len(images) > 1
-        with _torch_threads(1 if split else threads if self.n_threads is not None else None):
+        with _torch_threads(self.n_threads):
             with torch.inference_mode():
                 for start in range(0, len(images), self.batch_size):
                     chunk = images[start:start + self.batch_size]
-                    parts = np.array_split(np.arange(len(chunk)), min(threads, len(chunk)) if split else 1)
-                    embed = functools.partial(self._embed_rows, chunk, device=device)
-                    done = list(_pool(len(parts)).map(embed, parts)) if len(parts) > 1 else [embed(parts[0])]
-                    for rows, emb in zip(parts, done):
-                        out[start + rows] = emb
+                    # no copy for writeable arrays; read-only ones (memmaps) are copied one batch at a time
+                    batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(device)
+                    x = preprocess_batch(batch, input_size=self.input_size, mean=self.mean_, std=self.std_,
+                                         channels_last=self.channels_last)
+                    out[start:start + len(batch)] = self.model_(x).float().cpu().numpy()
         return out
-
-    def _embed_rows(self, chunk: np.ndarray, rows: np.ndarray, *, device: str) -> np.ndarray:
-        """(len(rows), n_embedding_) embeddings of `chunk[rows]` (images (n, H, W) in [0, 1]): one forward pass."""
-        import torch
-
-        with torch.inference_mode():
-            part = chunk[rows[0]:rows[-1] + 1]
-            # no copy for writeable arrays; read-only ones (memmaps) are copied one batch at a time
-            batch = torch.from_numpy(part if part.flags.writeable else part.copy()).to(device)
-            x = preprocess_batch(batch, input_size=self.input_size, mean=self.mean_, std=self.std_,
-                                 channels_last=self.channels_last)
-            return self.model_(x).float().cpu().numpy()
 
     def predict_logits(self, X) -> np.ndarray:
         """Logits (n, n_classes) of the head that came with the weights (ImageNet or fine-tuned)."""
