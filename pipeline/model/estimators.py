@@ -105,11 +105,25 @@ def _project_imports(name: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+_NOT_IDENTITY = ("n_jobs", "memory", "n_threads")  # how a step runs, not what it computes
+
+
+def _identity(value: Any) -> Any:
+    """A parameter value as it names a cached step's output: a nested estimator by its class only (its own
+    parameters are listed flat by get_params(deep=True), where n_jobs / n_threads are dropped), lists and tuples
+    element-wise (a Pipeline's steps, a FeatureUnion's transformer_list)."""
+    if hasattr(value, "get_params") and not isinstance(value, type):
+        return type(value).__qualname__
+    if isinstance(value, (list, tuple)):
+        return type(value)(_identity(v) for v in value)
+    return value
+
+
 class CachedTransformer(TransformerMixin, BaseEstimator):
     """Per-row disk cache around a stateless transformer: X (n, d) -> transformer's output (n, m).
 
     Each row's output is stored as `<cache_dir>/<step key>/<row hash>.npy`, where the step key hashes the
-    transformer's class and parameters (n_jobs/memory excluded) and a code version (`code_version`: the source of
+    transformer's class and parameters (n_jobs / n_threads / memory excluded, also inside nested steps) and a code version (`code_version`: the source of
     every module defining the transformer or one of its sub-estimators, so editing a feature invalidates its rows),
     and the row hash is the BLAKE2 digest of the row's float32 bytes. Only rows not yet in the cache are computed. `cache_dir=None` disables caching. Use it only for
     transformers whose output for a row does not depend on the data they were fitted on.
@@ -126,9 +140,8 @@ class CachedTransformer(TransformerMixin, BaseEstimator):
         return self
 
     def _step_key(self) -> str:
-        params = {k: v for k, v in self.transformer.get_params(deep=True).items()
-                  if not (k == "n_jobs" or k.endswith("__n_jobs") or k == "memory" or k.endswith("__memory")
-                          or k == "n_threads" or k.endswith("__n_threads"))}
+        params = {k: _identity(v) for k, v in self.transformer.get_params(deep=True).items()
+                  if k.rsplit("__", 1)[-1] not in _NOT_IDENTITY}
         code = code_version(self.transformer)
         return (f"{type(self.transformer).__name__}-"
                 f"{joblib.hash((type(self.transformer).__qualname__, params, code))[:16]}")

@@ -44,3 +44,20 @@ def test_editing_a_feature_invalidates_its_cached_rows(tmp_path, monkeypatch):
     np.testing.assert_allclose(edited, 2.0 * first, rtol=1e-6)  # recomputed, not the stale rows
     assert len(list(cache.iterdir())) == 2
     sys.modules.pop("mammoscope_test_feature", None)
+
+
+def test_the_cache_key_names_what_a_step_computes_not_how_many_threads_run_it(tmp_path):
+    """compute.n_jobs reaches nested steps as n_threads / n_jobs: a rerun with another core count reads the same
+    cached rows; a parameter that changes the output (here the tile budget) names another folder."""
+    from sklearn.pipeline import Pipeline
+
+    from features.clahe import CLAHE
+    from features.tiles import TileEmbedder
+
+    def key(**embed) -> str:
+        params = dict(tile_size=32, max_tiles=2, backbone="tiny", weights="random", n_threads=None) | embed
+        return CachedTransformer(Pipeline([("clahe", CLAHE()), ("embed", TileEmbedder(**params))]),
+                                 str(tmp_path))._step_key()
+
+    assert key() == key(n_threads=1) == key(n_threads=2)
+    assert key(max_tiles=3) != key()
