@@ -28,19 +28,37 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cnn.backbones import BACKBONES, POOLINGS
 
-__all__ = ["CNNEmbedder", "images_from_X", "preprocess_batch", "resolve_device"]
+__all__ = ["CNNEmbedder", "images_from_X", "preprocess_batch", "resolve_device", "cap_threads"]
 
 
-_THREADS = {"depth": 0, "saved": 0}
+_THREADS: dict = {"depth": 0, "saved": 0, "cap": None}
 _THREADS_LOCK = threading.Lock()
+
+
+def cap_threads(n: int) -> None:
+    """From now on at most `n` torch intra-op threads in this process, whatever an embedder's n_threads says. For
+    worker processes that share the cores with their siblings: two processes of two OpenMP threads each on 2 cores
+    spin at every barrier (the main job's cold run took 315 s instead of 229 s). Set once per process and never
+    restored (no switching back and forth); torch is imported only when an embedder runs (a worker that imports
+    it for nothing grows by hundreds of MB, which loky reads as a leak and replaces the worker)."""
+    with _THREADS_LOCK:
+        _THREADS["cap"] = int(n)  # applied by the first embedder call: torch is not imported for nothing here
 
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None):
     """torch's intra-op thread count set to `n` for the block (None: unchanged); overlapping blocks in several
-    threads (the app's concurrent requests) restore the count found by the first one
-    when the last one ends, so it cannot stay at another block's setting (each restoring what it found could leave
-    the count at another block's value for good)."""
+    threads (the app's concurrent requests) restore the count found by the first one when the last one ends (each
+    restoring what it found could leave the count at another block's value for good). Under `cap_threads` the
+    process keeps the cap."""
+    cap = _THREADS["cap"]
+    if cap is not None:  # a capped worker process: the count is set once and stays
+        import torch
+
+        if torch.get_num_threads() != cap:
+            torch.set_num_threads(cap)
+        yield
+        return
     if n is None:
         yield
         return

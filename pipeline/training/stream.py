@@ -290,8 +290,13 @@ def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
     return {"rows": out, "cached": False, "seconds": seconds}
 
 
-def _chunk_features(groups: list[tuple[str, list[dict]]], spec: FeatureSpec) -> dict:
-    """One map_chunks task: the feature rows of a few image groups, and the worker's peak RSS (bytes)."""
+def _chunk_features(groups: list[tuple[str, list[dict]]], spec: FeatureSpec, threads: int | None = None) -> dict:
+    """One map_chunks task: the feature rows of a few image groups, and the worker's peak RSS (bytes); `threads`:
+    torch's intra-op threads at most (1 where several worker processes share the cores)."""
+    if threads is not None:
+        from cnn.embedder import cap_threads
+
+        cap_threads(threads)
     results = [_image_features(spec, path, rows) for path, rows in groups]
     return {"images": results, "pid": os.getpid(), "peak_rss": _peak_rss()}
 
@@ -362,7 +367,8 @@ def stream_features(table: pd.DataFrame, spec: FeatureSpec, *, n_jobs: int | Non
     cached = computed = 0
     peak = 0
     pids: set[int] = set()
-    func = functools.partial(_chunk_features, spec=spec)
+    # several worker processes (or a cluster's workers): one CNN thread each, the processes fill the cores
+    func = functools.partial(_chunk_features, spec=spec, threads=None if jobs == 1 else 1)
     bar = tqdm(total=len(groups), desc=desc, unit="img", file=sys.stderr, disable=not progress_bar,
                dynamic_ncols=True)
     with bar:
