@@ -161,11 +161,12 @@ class _Handlers:
         loaded, box = self._read(file, roi)
         if not self.models:
             raise gr.Error(" ".join(self.missing.values()) or "no model loaded")
-        if not self.active(box):
+        models = self.active(box)
+        if not models:
             raise gr.Error("No model in this installation answers a whole image (screening and density are not "
                            "available): give a region 'x0, y0, x1, y1' for the malignancy model.")
         try:
-            results = P.predict_image(loaded.image, loaded.meta, self.active(box), roi=box,
+            results = P.predict_image(loaded.image, loaded.meta, models, roi=box,
                                       samples=self.samples(file, loaded, box))
         except (MammoscopeError, ValueError) as exc:
             raise gr.Error(user_message(exc)) from None

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None, help="feature cache (default: a fresh temp folder)")
     parser.add_argument("--store", type=Path, default=None,
                         help="folder for the MLflow store the timed runs register into, kept afterwards (default: a "
-                             "temp folder): its champions serve benchmarks/app.py --tracking-uri sqlite:///<store>/mlflow.db")
+                             "temp folder): its champions serve benchmarks/app.py --tracking-uri "
+                             "sqlite:///<store>/mlflow.db")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="mammoscope-bench-") as tmp:

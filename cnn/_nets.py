@@ -79,8 +79,8 @@ def stage_taps(features: nn.Module, size: int = 224, min_stride: int = 8) -> lis
 
 class _Keep:
     """Forward hook storing a unit's output under (calling thread, `key`) in `store` (an object, so deepcopy keeps it
-    per network): forward passes of one network in several threads at once (the app's concurrent requests, the
-    embedder's parallel sub-batches) each read their own maps."""
+    per network): forward passes of one network in several threads at once (the app's concurrent requests) each read
+    their own maps."""
 
     def __init__(self, store: dict, key: int):
         self.store = store

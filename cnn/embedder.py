@@ -37,10 +37,10 @@ _THREADS_LOCK = threading.Lock()
 
 def cap_threads(n: int) -> None:
     """From now on at most `n` torch intra-op threads in this process, whatever an embedder's n_threads says. For
-    worker processes that share the cores with their siblings: two processes of two OpenMP threads each on 2 cores
-    spin at every barrier (the main job's cold run took 315 s instead of 229 s). Set once per process and never
-    restored (no switching back and forth); torch is imported only when an embedder runs (a worker that imports
-    it for nothing grows by hundreds of MB, which loky reads as a leak and replaces the worker)."""
+    worker processes that share the cores with their siblings, whose OpenMP threads would otherwise spin at every
+    barrier (docs/screening.md "Screening in the main job"). Set once per process and never restored; torch is
+    imported only when an embedder runs (a worker that imports it for nothing grows by hundreds of MB, which loky
+    reads as a leak and replaces the worker)."""
     with _THREADS_LOCK:
         _THREADS["cap"] = int(n)  # applied by the first embedder call: torch is not imported for nothing here
 

@@ -23,7 +23,7 @@ class ImageReadError(MammoscopeError, ValueError):
     """An image or DICOM file cannot be turned into a mammogram array."""
 
     def __init__(self, path: object, problem: str, hint: str = "") -> None:
-        self.path = str(path)
+        self.path = "image" if path is None else str(path)  # None: an array with no file behind it
         self.problem = problem
         self.hint = hint
         message = f"{self.path}: {problem}"

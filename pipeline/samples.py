@@ -84,7 +84,7 @@ def check_image_size(image: np.ndarray, path: object = None, min_side: int = MIN
     height, width = np.shape(image)[:2]
     if min(height, width) < min_side:
         raise ImageReadError(
-            path if path is not None else "image",
+            path,
             f"image is {width} x {height} px, too small to be a mammogram (it needs at least {min_side} px on "
             "each side)",
             "give the full-resolution mammogram, not a thumbnail, icon or placeholder",
@@ -100,7 +100,7 @@ def check_not_blank(image: np.ndarray, path: object = None, min_range: float = B
     lo, hi = (float(v) for v in np.percentile(small, [0.5, 99.5]))
     if hi - lo < min_range:
         raise NoBreastError(
-            path if path is not None else "image",
+            path,
             f"image is blank: nearly every pixel has the grey level {np.median(small):.2f} (range {hi - lo:.3f}, "
             f"under {min_range:.3f}), there is no breast to score",
             "check the export (an all-black, all-white or near-black image is a failed conversion or a placeholder)",
@@ -108,7 +108,7 @@ def check_not_blank(image: np.ndarray, path: object = None, min_range: float = B
     cnr = contrast_to_noise(small)
     if cnr < min_cnr:
         raise NoBreastError(
-            path if path is not None else "image",
+            path,
             f"no breast found: nothing wider than a marker or label stands out of the noise (contrast {cnr:.1f} times "
             f"the noise; a breast gives at least {min_cnr:.0f}): an empty detector, a lone label or a noise image",
             "give a mammogram; an exposure without a breast is not scored",
@@ -120,7 +120,7 @@ def check_breast(mask: np.ndarray, path: object = None, min_share: float = MIN_B
     share = float(np.mean(mask))
     if share < min_share:
         raise NoBreastError(
-            path if path is not None else "image",
+            path,
             f"no breast found: the largest bright region covers {share:.1%} of the image (a breast covers at least "
             f"{min_share:.0%})",
             "give a mammogram; a label, a marker or an almost empty image is not scored",
@@ -145,7 +145,7 @@ def check_roi_on_breast(mask: np.ndarray, cx: float, cy: float, extent: float, p
     y0, y1 = max(int(np.floor(cy - half)), 0), min(int(np.ceil(cy + half)) + 1, h)
     if x1 <= x0 or y1 <= y0 or not mask[y0:y1, x0:x1].any():
         raise NoBreastError(
-            path if path is not None else "image",
+            path,
             f"the region of interest (centre {cx:.0f}, {cy:.0f}; size {extent:.0f} px) lies outside the breast",
             "give the region in pixels of the original image (x0, y0, x1, y1, top-left origin), on the breast",
         )

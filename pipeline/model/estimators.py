@@ -123,8 +123,9 @@ class CachedTransformer(TransformerMixin, BaseEstimator):
     """Per-row disk cache around a stateless transformer: X (n, d) -> transformer's output (n, m).
 
     Each row's output is stored as `<cache_dir>/<step key>/<row hash>.npy`, where the step key hashes the
-    transformer's class and parameters (n_jobs / n_threads / memory excluded, also inside nested steps) and a code version (`code_version`: the source of
-    every module defining the transformer or one of its sub-estimators, so editing a feature invalidates its rows),
+    transformer's class and parameters (n_jobs / n_threads / memory excluded, also inside nested steps) and a code
+    version (`code_version`: the source of every module defining the transformer or one of its sub-estimators, so
+    editing a feature invalidates its rows),
     and the row hash is the BLAKE2 digest of the row's float32 bytes. Only rows not yet in the cache are computed. `cache_dir=None` disables caching. Use it only for
     transformers whose output for a row does not depend on the data they were fitted on.
     """
