@@ -1,6 +1,7 @@
 """torch modules used by the backbones (imported only once torch is needed: keeps `import cnn` light)."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import torch
@@ -8,7 +9,8 @@ from torch import nn
 
 from cnn.backbones import POOLINGS
 
-__all__ = ["LiteFeatures", "EmbeddingNet", "ImageClassifier", "tiny_features", "pool", "stage_taps"]
+__all__ = ["LiteFeatures", "EmbeddingNet", "ImageClassifier", "tiny_features", "pool", "stage_taps",
+           "fused_for_inference"]
 
 
 def tiny_features() -> nn.Sequential:
@@ -132,3 +134,32 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.net(x))
+
+
+def _fuse_children(module: nn.Module) -> int:
+    """Fold each BatchNorm2d into the Conv2d registered just before it, among `module`'s direct children (in place:
+    the BatchNorm becomes Identity); returns how many were folded. Registration order is forward order in every
+    backbone of cnn.backbones (EfficientNet-Lite's conv/_bn attribute pairs, torchvision's Conv-BN-activation
+    Sequentials and ResNet blocks): `fused_for_inference`'s test checks the outputs are unchanged for each."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    children = list(module.named_children())
+    for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                and bn.running_mean is not None and bn.num_features == conv.out_channels):
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+            setattr(module, bn_name, nn.Identity())
+            folded += 1
+    return folded
+
+
+def fused_for_inference(net: nn.Module) -> nn.Module:
+    """An eval-mode copy of `net` with every BatchNorm folded into its convolution (torch's fuse_conv_bn_eval):
+    the same outputs (float rounding aside) without the BatchNorm passes, ~10 % of an EfficientNet-Lite0 forward
+    pass on a CPU. `net` itself is left as it is (its state dict is what pickles and fine-tuning use)."""
+    fused = copy.deepcopy(net).eval()
+    for module in list(fused.modules()):
+        _fuse_children(module)
+    return fused
+

@@ -206,11 +206,14 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         """Install a feature extractor (+ head) as model_/head_ in eval mode on self.device."""
         import torch
 
-        from cnn._nets import EmbeddingNet
+        from cnn._nets import EmbeddingNet, fused_for_inference
 
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         device = resolve_device(self.device)
         self.model_ = EmbeddingNet(features, self.pooling).to(device, memory_format=fmt).eval()
+        # what transform runs: BatchNorm folded into the convolutions (same embeddings, fewer passes); model_ keeps
+        # the plain network for Grad-CAM, fine-tuning and pickling
+        self.inference_model_ = fused_for_inference(self.model_).to(device, memory_format=fmt)
         self.head_ = None if head is None else head.to(device).eval()
         self.mean_ = tuple(float(v) for v in mean)
         self.std_ = tuple(float(v) for v in std)
@@ -272,7 +275,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
                     batch = torch.from_numpy(chunk if chunk.flags.writeable else chunk.copy()).to(device)
                     x = preprocess_batch(batch, input_size=self.input_size, mean=self.mean_, std=self.std_,
                                          channels_last=self.channels_last)
-                    out[start:start + len(batch)] = self.model_(x).float().cpu().numpy()
+                    out[start:start + len(batch)] = self.inference_model_(x).float().cpu().numpy()
         return out
 
     def predict_logits(self, X) -> np.ndarray:
@@ -304,6 +307,7 @@ class CNNEmbedder(TransformerMixin, BaseEstimator):
         state = dict(self.__dict__)
         if "model_" in state:
             state["model_"] = {"features": _state_to_numpy(self.model_.features)}
+            state.pop("inference_model_", None)  # rebuilt from model_ on loading
             head = state.get("head_")
             state["head_"] = None if head is None else {
                 "state": _state_to_numpy(head), "kind": "linear" if type(head).__name__ == "Linear" else "backbone",

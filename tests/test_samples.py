@@ -115,3 +115,29 @@ def test_mask_box_reads_any_two_valued_mask_and_tiny_findings(tmp_path, low, hig
     Image.fromarray(np.where(mask == high, low, high).astype(mask.dtype)).save(tmp_path / "inverted.png")
     with pytest.raises(ImageReadError, match="inverted mask.*not a binary mask|not a binary mask.*inverted mask"):
         mask_box(os.pathsep.join([str(tmp_path / "inverted.png"), str(tmp_path / "crop.png")]), (3000, 2600))
+
+
+def test_models_sharing_an_image_find_its_breast_once_and_get_the_same_samples(mias_dir, monkeypatch):
+    import pipeline.samples as samples
+    from pipeline.serving.predict import SampleSpec
+
+    image, meta = read_image(mias_dir / "images" / "mdb001.png")
+    specs = [SampleSpec("density", {"size": 64}), SampleSpec("screening", {"size": 64, "scale": 2.0})]
+    alone = [s.prepare(image, meta).array for s in specs]
+    calls = {"mask": 0, "cnr": 0}
+    real_mask, real_cnr = samples.breast_mask, samples.contrast_to_noise
+    monkeypatch.setattr(samples, "breast_mask", lambda *a, **k: calls.__setitem__("mask", calls["mask"] + 1)
+                        or real_mask(*a, **k))
+    monkeypatch.setattr(samples, "contrast_to_noise", lambda *a, **k: calls.__setitem__("cnr", calls["cnr"] + 1)
+                        or real_cnr(*a, **k))
+    with samples.shared_breast_finding():
+        shared = [s.prepare(image, meta).array for s in specs]
+    assert calls == {"mask": 1, "cnr": 1}  # once for both models
+    for a, b in zip(alone, shared):
+        np.testing.assert_array_equal(a, b)
+    [s.prepare(image, meta) for s in specs]  # outside the block nothing is kept
+    assert calls == {"mask": 3, "cnr": 3}
+    other = np.ascontiguousarray(image[:, ::-1])  # another image in the same block is measured on its own
+    with samples.shared_breast_finding():
+        specs[0].prepare(image, meta), specs[0].prepare(other, meta)
+    assert calls == {"mask": 5, "cnr": 5}

@@ -93,6 +93,7 @@ def prepare_item(item: InputItem, specs: Sequence[Any], display: bool = False) -
     """Read `item` and prepare one working-resolution sample per SampleSpec (or (task, sample_params)); errors
     become `error`. `display`: keep a uint8 copy of the image for a --maps overlay."""
     from pipeline.io.imageio import read_image
+    from pipeline.samples import shared_breast_finding
 
     out = Prepared(item=item, laterality=item.laterality, view=item.view)
     with warnings.catch_warnings(record=True) as caught:
@@ -104,9 +105,11 @@ def prepare_item(item: InputItem, specs: Sequence[Any], display: bool = False) -
             if out.laterality and meta.laterality is None:
                 meta = _with_laterality(meta, out.laterality)
             out.meta = meta
-            for spec in map(_as_spec, specs):
-                sample = spec.prepare(image, meta, path=item.path)
-                out.samples[spec.task] = replace(sample, array=np.ascontiguousarray(sample.array, dtype=np.float32))
+            with shared_breast_finding():  # one blank check and breast finding for every task's sample
+                for spec in map(_as_spec, specs):
+                    sample = spec.prepare(image, meta, path=item.path)
+                    out.samples[spec.task] = replace(sample, array=np.ascontiguousarray(sample.array,
+                                                                                        dtype=np.float32))
             if display:
                 out.display = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
             del image

@@ -342,13 +342,15 @@ def score_exam(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamI
     image's results-file row, density per exam (density model), and the screening model's image / breast / exam
     levels and maps (`maps`: the tile map of each image on the original image, masked to the breast). `errors`:
     inputs already refused (carried into the result)."""
+    from pipeline.samples import shared_breast_finding
     from pipeline.serving.predict import Predictor, score_tasks
 
     predictors = [Predictor.from_loaded(m) for m in (models.values() if isinstance(models, Mapping) else models)]
     if not images:
         raise MammoscopeError("score_exam: no image to score" + (f" ({'; '.join(errors)})" if errors else ""))
     _check_one_exam(images)
-    samples = {m.task: [im.sample(m) for im in images] for m in predictors}
+    with shared_breast_finding():  # each image's blank check and breast finding once for all models
+        samples = {m.task: [im.sample(m) for im in images] for m in predictors}
     scores = score_tasks(predictors, samples)
     results = [ImageResult(sample_id=im.path or f"image{i}", laterality=im.key.laterality, view=im.key.view,
                            p_single=None, p=None, threshold=None, call=None, prediction_set=None, heatmap=None,

@@ -436,8 +436,11 @@ def load_available_models(tasks: Sequence[str] | None = None, alias: str = "cham
 # --------------------------------------------------------------------------------------------------------------------
 def prepare_samples(image: np.ndarray, meta: Any, models: Mapping[str, Predictor], roi: Any = None,
                     path: str | Path | None = None) -> dict[str, Sample]:
-    """{task: Sample} of one image, each made once."""
-    return {task: Predictor.from_loaded(p).prepare(image, meta, roi, path) for task, p in models.items()}
+    """{task: Sample} of one image, each made once; the models share one blank check and breast finding."""
+    from pipeline.samples import shared_breast_finding
+
+    with shared_breast_finding():
+        return {task: Predictor.from_loaded(p).prepare(image, meta, roi, path) for task, p in models.items()}
 
 
 def density_first(models: Iterable[Predictor]) -> list[Predictor]:
@@ -469,9 +472,12 @@ def predict_image(image: np.ndarray, meta: Any, models: Mapping[str, Predictor],
                   path: str | Path | None = None, samples: Mapping[str, Sample] | None = None) -> dict[str, Any]:
     """{task: Predictor.result} (JSON-able, in `models` order) of one image; `samples` (from prepare_samples) are
     reused if given. A density model's call is the context of the other models' decision rules (`score_tasks`)."""
+    from pipeline.samples import shared_breast_finding
+
     samples = dict(samples or {})
     predictors = {task: Predictor.from_loaded(p) for task, p in models.items()}
-    made = {task: samples.get(task) or p.prepare(image, meta, roi, path) for task, p in predictors.items()}
+    with shared_breast_finding():
+        made = {task: samples.get(task) or p.prepare(image, meta, roi, path) for task, p in predictors.items()}
     scores = score_tasks(predictors.values(), {task: [s] for task, s in made.items()})
     return {task: predictors[task].result(made[task], scores[task]) for task in models}
 

@@ -102,7 +102,7 @@ def test_n_threads_applies_inside_transform_only():
     before = torch.get_num_threads()
     seen = []
     emb = _tiny(n_threads=1).fit(np.zeros((2, 16), np.float32))
-    hook = emb.model_.register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
+    hook = emb.inference_model_.register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
     emb.transform(np.zeros((2, 16), np.float32))
     hook.remove()
     assert seen == [1] and torch.get_num_threads() == before

@@ -43,7 +43,8 @@ def test_multilevel_starts_with_the_average_pooled_embedding_and_adds_two_poolin
     assert Z.shape == (4, 32) and multi.n_embedding_ == 32 and Z.dtype == np.float32
     np.testing.assert_array_equal(Z[:, :16], avg)
     assert (Z[:, 24:] >= Z[:, 16:24] - 1e-6).all()  # max pooling >= average pooling, channel by channel
-    assert not multi.model_._maps  # no activation kept between calls
+    assert not multi.inference_model_._maps  # no activation kept between calls (transform runs the fused copy)
+    assert multi.inference_model_._maps is not multi.model_._maps
 
 
 def test_multilevel_embedders_survive_pickle_and_deepcopy_independently():
@@ -56,6 +57,7 @@ def test_multilevel_embedders_survive_pickle_and_deepcopy_independently():
     np.testing.assert_array_equal(twin.transform(other), emb.transform(other))
     np.testing.assert_array_equal(emb.transform(X), want)
     assert twin.model_._maps is not emb.model_._maps
+    assert twin.inference_model_._maps is not emb.inference_model_._maps
 
 
 def test_finetuning_refuses_multilevel_pooling():
