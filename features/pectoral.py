@@ -19,10 +19,17 @@ edge of the upper chest-wall corner, and Kwok et al. 2004, who bound it by a str
    muscle), blank or odd images are safe: a feature computed "outside the muscle" is then computed on the breast.
 5. The triangle is drawn at the input resolution from the line (intersected with the breast), mirrored back.
 
+The last few lines found are remembered by the image's content (a BLAKE2 digest of its bytes, its mask and the
+parameters): a density model asks twice for the same sample's line (PectoralMask before the texture features and
+the percent-density features), ~9 ms each on a 224 px sample.
+
 :class:`PectoralMask` zeroes the muscle of breast-masked images, so the ``mask="nonzero"`` features leave it out.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -50,17 +57,42 @@ def _chest_wall_left(mask: np.ndarray) -> bool:
     return int(mask[:, cols[0]].sum()) >= int(mask[:, cols[-1]].sum())
 
 
+_RECENT: OrderedDict[bytes, tuple[PectoralLine | None, bool]] = OrderedDict()  # digest -> result, newest last
+_RECENT_SIZE = 8
+_RECENT_LOCK = threading.Lock()
+
+
 def find_pectoral_line(
     image: np.ndarray, mask: np.ndarray | None = None, *, work_size: int = 128, sigma: float = 1.5,
     step: float = 3.0, grid: int = 40, min_contrast: float = 0.15, min_step: float = 0.02, min_area: float = 0.01, max_area: float = 0.45,
 ) -> tuple[PectoralLine | None, bool]:
     """(the credible muscle edge or None, whether the chest wall is on the left); see the module docstring."""
-    image = np.asarray(image, dtype=np.float32)
+    image = np.ascontiguousarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"image must be a 2D (H, W) array. Got shape {image.shape} instead.")
     mask = image > 0 if mask is None else np.asarray(mask, dtype=bool)
     if mask.shape != image.shape:
         raise ValueError(f"mask must have the image's shape {image.shape}. Got {mask.shape} instead.")
+    params = (work_size, sigma, step, grid, min_contrast, min_step, min_area, max_area)
+    digest = hashlib.blake2b(image.data, digest_size=16)
+    digest.update(np.packbits(mask).tobytes())
+    digest.update(repr((image.shape, params)).encode())
+    key = digest.digest()
+    with _RECENT_LOCK:
+        if key in _RECENT:
+            _RECENT.move_to_end(key)
+            return _RECENT[key]
+    found = _find_line(image, mask, *params)
+    with _RECENT_LOCK:
+        _RECENT[key] = found
+        while len(_RECENT) > _RECENT_SIZE:
+            _RECENT.popitem(last=False)
+    return found
+
+
+def _find_line(image: np.ndarray, mask: np.ndarray, work_size: int, sigma: float, step: float, grid: int,
+               min_contrast: float, min_step: float, min_area: float, max_area: float
+               ) -> tuple[PectoralLine | None, bool]:
     if mask.sum() < 64:
         return None, True
     left = _chest_wall_left(mask)

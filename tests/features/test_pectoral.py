@@ -95,3 +95,21 @@ def test_real_mlo_films(mias_dir):
         assert sample[muscle].mean() > sample[rest].mean()
         assert 0.01 <= muscle.sum() / (sample > 0).sum() <= 0.45
     assert found >= 9
+
+
+def test_a_line_found_is_remembered_by_content_never_served_for_another_image():
+    import features.pectoral as pectoral
+
+    image, true = _mlo(seed=3)
+    first = find_pectoral_line(image)
+    calls = []
+    real = pectoral._find_line
+    pectoral._find_line = lambda *a: calls.append(1) or real(*a)
+    try:
+        assert find_pectoral_line(image.copy()) == first and not calls  # same pixels, another array: remembered
+        in_place = image.copy()
+        in_place[true] = 0.45  # the muscle painted over in place: new content, found again, and not found
+        assert find_pectoral_line(in_place)[0] is None and len(calls) == 1
+        assert find_pectoral_line(image, work_size=64)[0] is not None and len(calls) == 2  # other parameters
+    finally:
+        pectoral._find_line = real
