@@ -23,6 +23,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 __all__ = ["tile_grid", "tile_heatmap", "TileEmbedder", "TilePooling", "TileScorer", "POOLINGS"]
 
 POOLINGS = ("max", "mean", "topk")
+FLIPS = {"none": ((False, False),),  # test-time flips of each tile whose embeddings are averaged: (up-down, left-right)
+         "h": ((False, False), (False, True)),
+         "hv": ((False, False), (False, True), (True, False), (True, True))}
 _CHUNK = 32  # images whose tiles are embedded together
 
 
@@ -91,12 +94,15 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
     The breast is the non-zero pixels (samples are masked). Tiles: `tile_size` px, `overlap` in [0, 1), at most
     `max_tiles`, each with at least `min_breast` of its area inside the breast (see `tile_grid`). The CNN parameters
     are those of cnn.embedder.CNNEmbedder (the tiles are embedded at their own size, `tile_size`).
+    `flips`: each tile is also embedded mirrored left-right ("h"; "hv": and up-down, and both) and the embeddings
+    are averaged, in training and at scoring alike (test-time augmentation at the feature level: a lesion looks
+    the same mirrored; the CNN's response to it does not quite). Costs 2x ("h") or 4x ("hv") the CNN passes.
     """
 
     def __init__(self, tile_size: int = 224, overlap: float = 0.5, max_tiles: int = 16, min_breast: float = 0.25,
                  backbone: str = "efficientnet_lite0", weights: str = "imagenet", pooling: str = "avg",
                  batch_size: int = 32, n_threads: int | None = None, device: str = "cpu",
-                 image_shape: tuple[int, int] | None = None) -> None:
+                 image_shape: tuple[int, int] | None = None, flips: str = "none") -> None:
         self.tile_size = tile_size
         self.overlap = overlap
         self.max_tiles = max_tiles
@@ -108,8 +114,12 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         self.n_threads = n_threads
         self.device = device
         self.image_shape = image_shape
+        self.flips = flips
 
     def _check_params(self) -> None:
+        if self.flips not in FLIPS:
+            raise ValueError(f"The 'flips' parameter of TileEmbedder must be one of {sorted(FLIPS)}. Got "
+                             f"{self.flips!r} instead.")
         if not isinstance(self.tile_size, int) or self.tile_size < 8:
             raise ValueError(f"The 'tile_size' parameter of TileEmbedder must be an int >= 8. Got {self.tile_size!r}"
                              " instead.")
@@ -160,11 +170,25 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
                 _, stack = self.tiles_of(images[i])
                 tiles.append(stack)
                 owners += [(i, j) for j in range(len(stack))]
-            emb = self.embedder_.transform(np.concatenate(tiles).reshape(-1, t * t))
+            emb = self._embed(np.concatenate(tiles))
             for (i, j), e in zip(owners, emb):
                 out[i, j, 0] = 1.0
                 out[i, j, 1:] = e
         return out.reshape(len(images), k * (1 + d))
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("flips", "none")  # models pickled before the parameter existed embedded tiles unflipped
+        super().__setstate__(state)
+
+    def _embed(self, tiles: np.ndarray) -> np.ndarray:
+        """(m, D) embeddings of tiles (m, t, t): the mean over `flips` of each tile's flipped copies."""
+        t = int(self.tile_size)
+        views = FLIPS[self.flips]
+        if len(views) == 1:
+            return self.embedder_.transform(tiles.reshape(-1, t * t))
+        stacked = np.concatenate([tiles[:, ::-1 if ud else 1, ::-1 if lr else 1] for ud, lr in views])
+        emb = self.embedder_.transform(np.ascontiguousarray(stacked).reshape(-1, t * t))
+        return emb.reshape(len(views), len(tiles), -1).mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -67,7 +67,7 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
     steps.append(("embed", TileEmbedder(tile_size=int(sc["tile_size"]), overlap=float(sc["overlap"]),
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
                                         backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
-                                        batch_size=int(cn["batch_size"]),
+                                        batch_size=int(cn["batch_size"]), flips=str(sc.get("tile_flips", "none")),
                                         n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 

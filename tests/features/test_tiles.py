@@ -1,0 +1,57 @@
+"""TileEmbedder's test-time flips: a tile's embedding is the mean over its mirrored copies."""
+import numpy as np
+import pytest
+
+from features.tiles import TileEmbedder
+
+
+def _breast(seed: int = 0, side: int = 64) -> np.ndarray:
+    """A textured, asymmetric 'breast' filling the frame (every tile is inside it)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    image = 0.3 + 0.4 * x * (1 - y) + 0.1 * rng.random((side, side))
+    image[10:20, 40:52] += 0.3  # an off-centre bright spot
+    return np.clip(image, 0.05, 1.0).astype(np.float32)
+
+
+def _embedder(flips: str) -> TileEmbedder:
+    return TileEmbedder(tile_size=64, max_tiles=1, backbone="tiny", weights="random", n_threads=1, flips=flips)
+
+
+@pytest.mark.parametrize("flips, mirror", [("h", lambda a: a[:, ::-1]), ("hv", lambda a: a[::-1, :]),
+                                           ("hv", lambda a: a[::-1, ::-1])])
+def test_flipped_embeddings_do_not_move_when_the_tile_is_mirrored(flips, mirror):
+    image = _breast()
+    X = np.stack([image.ravel(), np.ascontiguousarray(mirror(image)).ravel()])
+    plain = _embedder("none").fit(X).transform(X)
+    flipped = _embedder(flips).fit(X).transform(X)
+    assert not np.allclose(plain[0], plain[1], atol=1e-4)  # the CNN alone sees the mirrored tile differently
+    np.testing.assert_allclose(flipped[0], flipped[1], rtol=1e-4, atol=1e-5)
+    assert flipped.shape == plain.shape and flipped.dtype == np.float32
+
+
+def test_h_flips_average_the_tile_and_its_mirror():
+    image = _breast(1)
+    X = image.reshape(1, -1)
+    mirrored = np.ascontiguousarray(image[:, ::-1]).reshape(1, -1)
+    none = _embedder("none").fit(X)
+    want = (none.transform(X)[0, 1:] + none.transform(mirrored)[0, 1:]) / 2
+    got = _embedder("h").fit(X).transform(X)[0]
+    assert got[0] == 1.0  # the slot is valid
+    np.testing.assert_allclose(got[1:], want, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_flips_are_refused_by_name():
+    with pytest.raises(ValueError, match="'flips' parameter of TileEmbedder"):
+        _embedder("diagonal").fit(_breast().reshape(1, -1))
+
+
+def test_the_experiment_switch_reaches_the_tile_embedder():
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.screening import tile_embedding_step
+
+    cfg = resolve_config("experiments/tiny_test.yaml", {"dataset": {"task": "screening"},
+                                                        "screening": {"tile_flips": "h"}})
+    assert tile_embedding_step(cfg).transformer.named_steps["embed"].flips == "h"
+    with pytest.raises(Exception, match="tile_flips"):
+        resolve_config("experiments/tiny_test.yaml", {"screening": {"tile_flips": "sideways"}})
