@@ -58,7 +58,7 @@ _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("mammoscop
 @contextlib.contextmanager
 def shared_breast_finding() -> Iterator[None]:
     """Within the block, the blank check and the breast finding of one image object run once, however many models'
-    samples are made of it (an upload scored for density and screening: ~20 ms saved per 1024 px image).
+    samples are made of it (an upload scored for density and screening: ~30 ms saved per 1024 px image).
 
     Results are keyed by the image object, which the block keeps alive: an array changed in place inside the block
     would be served stale, so callers only read their images (every sample recipe does)."""
