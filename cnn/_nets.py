@@ -136,22 +136,19 @@ class ImageClassifier(nn.Module):
         return self.head(self.net(x))
 
 
-def _fuse_children(module: nn.Module) -> int:
+def _fuse_children(module: nn.Module) -> None:
     """Fold each BatchNorm2d into the Conv2d registered just before it, among `module`'s direct children (in place:
-    the BatchNorm becomes Identity); returns how many were folded. Registration order is forward order in every
+    the BatchNorm becomes Identity). Registration order is forward order in every
     backbone of cnn.backbones (EfficientNet-Lite's conv/_bn attribute pairs, torchvision's Conv-BN-activation
     Sequentials and ResNet blocks): `fused_for_inference`'s test checks the outputs are unchanged for each."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    folded = 0
     children = list(module.named_children())
     for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
         if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
                 and bn.running_mean is not None and bn.num_features == conv.out_channels):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
             setattr(module, bn_name, nn.Identity())
-            folded += 1
-    return folded
 
 
 def fused_for_inference(net: nn.Module) -> nn.Module:
