@@ -313,7 +313,7 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
 
         def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
             if nested is not None:
-                chosen.append(nested.labels[est.best_index_])
+                chosen.append(nested.chosen(est))
             clf = final_classifier(est)
             pe = exam_average(p, exams[te])
             calls["ordinal"][te], calls["exam_ordinal"][te] = clf.decide(p), clf.decide(pe)
@@ -341,8 +341,24 @@ class Nested:
     """An arm that picks one of several candidate configurations inside each outer training fold."""
 
     labels: list[str]                   # candidate i's "KEY=VALUE,..." text
-    make: Callable[[], Any]             # a fresh unfitted search (GridSearchCV over the candidates' pipelines)
+    make: Callable[[], Any]             # a fresh unfitted search (GridSearchCV over the candidates' pipelines);
+                                        # exam-stage choices: a fresh unfitted image pipeline (the shipped one)
     tag: str                            # memo identity: the candidates' fit configs
+    stages: list[dict[str, Any]] | None = None  # exam-stage choices: each candidate's ExamModel stage parameters
+    inner_folds: int = 3
+    seed: int = 0
+
+    def chosen(self, est: Any) -> str:
+        """The label of the candidate a fitted fold model (ExamSearch, ExamModel or search) picked."""
+        if self.stages is not None:
+            return self.labels[est.best_index_]
+        search = getattr(est, "pipeline_", est)
+        return self.labels[search.best_index_]
+
+
+#: screening keys that set the exam stage (ExamModel, after the image pipeline): chosen by an ExamSearch
+EXAM_STAGE_KEYS = ("screening.context", "screening.context_C", "screening.context_asymmetry",
+                   "screening.context_asymmetry_C", "screening.context_presence")
 
 
 def parse_choices(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -394,6 +410,28 @@ def choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, 
     nested = nested_search([label for label, _ in choices], [build(c) for c in configs], binary,
                            int(configs[0]["calibration"]["inner_folds"]), int(ev["seed"]))
     return f"nested[{','.join(keys)}]", nested
+
+
+def exam_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, dict[str, Any]]],
+                    make: Callable[[], Any]) -> tuple[str, Nested]:
+    """(arm name, Nested) for --choose of exam-stage keys (EXAM_STAGE_KEYS) on a screening task: each outer training
+    fold fits the ExamModel whose stage its own patient-grouped inner CV ranks best (pipeline.model.exam_search),
+    the image pipeline being the shipped one (`make`)."""
+    import json
+
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.exam import STAGE_PARAMS
+    from pipeline.model.screening import build_exam_model
+
+    path = EXPERIMENTS / bt.experiment
+    configs = [resolve_config(path, _merge(over, o)) for _, o in choices]
+    stages = [{k: v for k, v in build_exam_model(c, None, with_map=False).get_params(deep=False).items()
+               if k in STAGE_PARAMS and k != "view_fusion"} for c in configs]
+    ev, folds = configs[0]["evaluation"], int(configs[0]["calibration"]["inner_folds"])
+    labels = [label for label, _ in choices]
+    keys = [pair.split("=", 1)[0] for pair in choices[0][0].split(",")]
+    tag = "nested-exam:" + json.dumps(labels) + json.dumps(stages, sort_keys=True, default=str) + f":{folds}:{ev['seed']}"
+    return f"nested[{','.join(keys)}]", Nested(labels, make, tag, stages, folds, int(ev["seed"]))
 
 
 def _prevalence_subsample(data: Any, shares: Mapping[str, float], seed: int) -> Any:
@@ -548,11 +586,16 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         if nested is not None:
-            chosen.append(nested.labels[est.pipeline_.best_index_])
+            chosen.append(nested.chosen(est))
         tracker.on_fold(i, tr, te, est, p)
 
     def make_exam() -> Any:  # every fold an ExamModel, fitted as train's folds and final model are
-        return build_exam_model(config, (nested.make if nested else make)(), with_map=False)
+        exam = build_exam_model(config, (nested.make if nested else make)(), with_map=False)
+        if nested is not None and nested.stages is not None:  # the exam stage chosen by inner CV of the fold
+            from pipeline.model.exam_search import ExamSearch
+
+            return ExamSearch(exam, nested.stages, nested.inner_folds, nested.seed)
+        return exam
 
     t0 = time.perf_counter()
     cv = cross_validate(make_exam, X, data.y, data.groups, folds, route_groups=True, on_fold=on_fold,
@@ -662,7 +705,14 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
         arms[name] = run_level_arm(name, cfg, lambda p=pipe: clone(p), data.X, data, folds, cache,
                                    cfg["screening"]["view_fusion"])
     if choices:
-        name, nested = choice_arm(bt, over, choices, lambda c: build_screening_pipeline(c, cache), binary=True)
+        keys = {pair.split("=", 1)[0] for pair in choices[0][0].split(",")}
+        if keys <= set(EXAM_STAGE_KEYS):
+            name, nested = exam_choice_arm(bt, over, choices, lambda: clone(shipped_pipe))
+        elif keys & set(EXAM_STAGE_KEYS):
+            raise SystemExit(f"--choose: exam-stage keys ({sorted(keys & set(EXAM_STAGE_KEYS))}) are chosen by "
+                             f"their own search; choose them apart from {sorted(keys - set(EXAM_STAGE_KEYS))}")
+        else:
+            name, nested = choice_arm(bt, over, choices, lambda c: build_screening_pipeline(c, cache), binary=True)
         arms[name] = run_level_arm(name, shipped, lambda: None, data.X, data, folds, cache, how, nested)
     for name, arm in arms.items():
         progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}"

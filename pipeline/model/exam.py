@@ -33,7 +33,10 @@ from pipeline.io.exams import level_ids
 from pipeline.model.estimators import disable_cache, final_classifier
 from pipeline.model.levels import LEVELS, level_proba
 
-__all__ = ["ExamModel", "ExamLevels"]
+__all__ = ["ExamModel", "ExamLevels", "STAGE_PARAMS"]
+
+#: ExamModel parameters of the exam stage alone (`ExamModel.with_stage` refits only that stage)
+STAGE_PARAMS = ("context_C", "context_auto", "context_presence", "asymmetry_C", "view_fusion", "target_sensitivity")
 
 
 @dataclass
@@ -110,6 +113,33 @@ class ExamModel(ClassifierMixin, BaseEstimator):
                 setattr(self, name, getattr(self.pipeline_, name))
         self.tile_scores_kept_ = bool(clf.kept_group_) if hasattr(clf, "kept_group_") else None
         self.heatmap_ = self._fit_map(X, y) if self.map_scorer is not None else None
+        self._fit_stage(X, y, exams)
+        return self
+
+    def with_stage(self, X: Any, y: Any, exams: pd.DataFrame, **params: Any) -> "ExamModel":
+        """A copy of this fitted model with another exam stage (`params`: any of STAGE_PARAMS) fitted on the same
+        training rows (X, y and the exam table `fit` was given); the image pipeline and the map are shared, not refitted,
+        so candidates of the exam stage cost one image fit between them (pipeline.model.exam_search)."""
+        check_is_fitted(self, "pipeline_")
+        unknown = sorted(set(params) - set(STAGE_PARAMS))
+        if unknown:
+            raise ValueError(f"with_stage sets the exam stage only ({', '.join(STAGE_PARAMS)}); got {unknown}")
+        y = np.asarray(y)
+        clf = final_classifier(self.pipeline_)
+        if len(y) <= int(np.max(clf.validation_index_)):
+            raise ValueError(f"with_stage needs the {int(np.max(clf.validation_index_)) + 1}+ training rows this "
+                             f"model was fitted on; got {len(y)}")
+        new = copy.copy(self)
+        new.set_params(**params)
+        if len(exams) != len(y):
+            raise ValueError(f"exams has {len(exams)} rows but y has {len(y)}; give the exam table fit was given")
+        new._fit_stage(X, y, exams)
+        return new
+
+    def _fit_stage(self, X: Any, y: np.ndarray, exams: pd.DataFrame) -> None:
+        """The exam stage (asymmetry, context, each level's operating point) on the fitted image pipeline's inner
+        out-of-fold probabilities of the training rows."""
+        clf = final_classifier(self.pipeline_)
         rows = exams.reset_index(drop=True).iloc[clf.validation_index_]
         yy, p = (y[clf.validation_index_] == self.classes_[1]).astype(int), clf.validation_proba_[:, 1]
         self.context_ = self.asymmetry_ = self.asymmetry_columns_ = None
@@ -121,7 +151,6 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         inner = level_proba(inner_p, yy, ids, self.view_fusion)
         self.thresholds_ = {lv: float(choose_threshold(inner[lv][1], inner[lv][2], float(self.target_sensitivity)))
                             for lv in LEVELS}
-        return self
 
     def _fit_context(self, X: Any, index: np.ndarray, yy: np.ndarray, p: np.ndarray, rows: pd.DataFrame
                      ) -> np.ndarray:

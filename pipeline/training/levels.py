@@ -64,7 +64,9 @@ class LevelTracker:
         self.calls: dict[str, dict[str, bool]] = {lv: {} for lv in LEVELS}
 
     def on_fold(self, i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
-        """The fold's ExamModel `est` (fitted on tr) scores the test rows te at every level at its own thresholds."""
+        """The fold's ExamModel `est` (fitted on tr) scores the test rows te at every level at its own thresholds
+        (an ExamSearch: the ExamModel it chose)."""
+        est = getattr(est, "best_estimator_", est)
         if est.tile_scores_kept_ is not None:
             self.tile_scores_kept.append(bool(est.tile_scores_kept_))
         if est.context_C is not None:
