@@ -41,7 +41,8 @@ from pipeline.samples import highres_sample, load_samples, sample_side  # noqa: 
 from pipeline.model.levels import LEVELS  # noqa: E402
 from pipeline.training.levels import cross_validate_levels  # noqa: E402
 from pipeline.model.estimators import build_pipeline, disable_cache  # noqa: E402
-from pipeline.model.screening import asymmetry_C, context_auto, context_C, whole_image_config  # noqa: E402
+from pipeline.model.screening import (asymmetry_C, context_auto, context_C, context_presence,  # noqa: E402
+                                      whole_image_config)
 from pipeline.training.train import fit_final, head_pipeline, load_task_features  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +154,7 @@ def run(name: str, args: argparse.Namespace) -> None:
     head = head_pipeline(build_pipeline(config, cold), data)
     scr = cross_validate_levels(lambda: clone(head), data.features, data.y, data.table, ev, how, folds,
                                 progress=print, context_C=context_C(config), context_auto=context_auto(config),
-                                asymmetry_C=asymmetry_C(config))
+                                asymmetry_C=asymmetry_C(config), context_presence=context_presence(config))
     kept = {k: v for k, v in scr.metrics.items() if k.startswith("folds_")}
     if kept:
         print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)

@@ -58,15 +58,15 @@ class ExamModel(ClassifierMixin, BaseEstimator):
     map_scorer : an unfitted tile scorer (features.tiles.TileScorer) fitted on the tile matrix; None: no map.
     context_C : C of the context stage's logistic regression; None: no context stage.
     context_auto : keep the context stage only where it ranks the training rows better (inner out-of-fold AUC).
-    context_presence : the context stage reads view-presence flags (False: it cannot, and scores every image;
-        pipeline.model.context).
+    context_presence : the context stage reads view-presence flags (False, the default: it cannot, and scores every
+        image, so view presence alone cannot move a score; pipeline.model.context).
     asymmetry_C : C of the bilateral asymmetry model (a column of the context stage); None: none.
     view_fusion : "mean" or "max" of a breast's images' probabilities; an exam is its most suspicious breast.
     target_sensitivity : the sensitivity each level's operating point reaches on the inner out-of-fold rows.
     """
 
     def __init__(self, pipeline: Any = None, *, front: Any = None, map_scorer: Any = None,
-                 context_C: float | None = None, context_auto: bool = False, context_presence: bool = True,
+                 context_C: float | None = None, context_auto: bool = False, context_presence: bool = False,
                  asymmetry_C: float | None = None,
                  view_fusion: str = "mean", target_sensitivity: float = 0.95) -> None:
         self.pipeline = pipeline

@@ -155,7 +155,7 @@ def context_C(config: Mapping[str, Any]) -> float | None:
 def context_presence(config: Mapping[str, Any]) -> bool:
     """``screening.context_presence``: whether the context stage reads view-presence flags (False: the
     shortcut-free stage of pipeline.model.context, applied to every image)."""
-    return bool(config["screening"].get("context_presence", True))
+    return bool(config["screening"].get("context_presence", False))
 
 
 def context_auto(config: Mapping[str, Any]) -> bool:

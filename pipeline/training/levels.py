@@ -142,7 +142,7 @@ def cross_validate_levels(make_estimator: Callable[[], Any], X: np.ndarray, y: n
                           folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
                           progress: Callable[[str], None] = log.info, context_C: float | None = None,
                           context_auto: bool = False, asymmetry_C: float | None = None, *,
-                          context_presence: bool = True) -> LevelCV:
+                          context_presence: bool = False) -> LevelCV:
     """Patient-level CV of a binary image estimator (y 0/1), each fold an ExamModel around it, with
     image/breast/exam metrics and in-fold thresholds (`context_C`: with the multi-view context stage, `context_auto`:
     kept per fold where it pays, `asymmetry_C`: with the bilateral asymmetry score in it, `context_presence` False:

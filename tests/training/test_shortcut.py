@@ -53,7 +53,8 @@ def test_the_audit_names_the_artefact_and_the_stage_without_presence_flags_does_
     assert "images_per_exam" in audit.flagged and "breasts_per_exam" in audit.flagged
     make = lambda: Pipeline([("classifier", ScoreColumn())])  # noqa: E731
     alone = cross_validate_levels(make, score[:, None], y, table, EV).metrics["image_roc_auc"]
-    flags = cross_validate_levels(make, score[:, None], y, table, EV, context_C=1.0).metrics["image_roc_auc"]
+    flags = cross_validate_levels(make, score[:, None], y, table, EV, context_C=1.0,
+                                  context_presence=True).metrics["image_roc_auc"]
     free = cross_validate_levels(make, score[:, None], y, table, EV, context_C=1.0,
                                  context_presence=False).metrics["image_roc_auc"]
     assert 0.6 < alone < 0.8  # the proxy: a weak single-image score, as on the external set
