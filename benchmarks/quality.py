@@ -434,6 +434,42 @@ def exam_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[
     return f"nested[{','.join(keys)}]", Nested(labels, make, tag, stages, folds, int(ev["seed"]))
 
 
+#: --choose exam_pooling=none|mean: density per exam from the mean of the images' probabilities (none) or from both
+#: breasts' features pooled before the classifier (mean; pipeline.model.exam_pooling). A benchmark key, not a config
+#: switch: nothing serves pooled features unless this arm earns it.
+EXAM_POOLING = "exam_pooling"
+
+
+def pooling_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, dict[str, Any]]], data: Any,
+                exams: np.ndarray, cache: Path) -> tuple[str, Nested, Any]:
+    """(arm name, Nested, the task data on rows [exam code | frozen features]) for --choose exam_pooling=...: the
+    shipped recipe's frozen front run once (its per-image feature cache), each candidate its head behind an
+    ExamMeanRows step; chosen per outer training fold by GridSearchCV on patient-grouped inner folds, which keep
+    every exam whole, as the outer folds do."""
+    import dataclasses
+
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.config.experiment import deep_merge, resolve_config
+    from pipeline.model.estimators import build_pipeline
+    from pipeline.model.exam_pooling import ExamMeanRows, with_exam_codes
+    from pipeline.training.stream import split_pipeline
+
+    shipped = deep_merge(resolve_config(EXPERIMENTS / bt.experiment, over), {"evaluation": {"decision": "ordinal"}})
+    parts = split_pipeline(build_pipeline(shipped, cache))
+    if parts is None:
+        raise SystemExit(f"--choose {EXAM_POOLING}: {bt.key}'s feature steps are not frozen (fine-tuning)")
+    front, head = parts
+    features = front.fit(data.X[:2]).transform(data.X)
+    pools = [str(o.get(EXAM_POOLING)) for _, o in choices]
+    pipes = [Pipeline([("pool", ExamMeanRows(pool=v)), *clone(head).steps]) for v in pools]
+    ev = shipped["evaluation"]
+    nested = nested_search([label for label, _ in choices], pipes, len(data.classes) == 2,
+                           int(shipped["calibration"]["inner_folds"]), int(ev["seed"]))
+    return f"nested[{EXAM_POOLING}]", nested, dataclasses.replace(data, X=with_exam_codes(features, exams))
+
+
 def _prevalence_subsample(data: Any, shares: Mapping[str, float], seed: int) -> Any:
     """The task data restricted to whole patients so the class shares approach `shares` (seeded)."""
     from pipeline.training.train import TaskData
@@ -790,9 +826,14 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 from pipeline.model.estimators import build_pipeline
 
                 over = _merge(base, common, parse_overrides(overrides or []))
-                name, nested = choice_arm(bt, over, choices, lambda c: build_pipeline(
-                    deep_merge(c, {"evaluation": {"decision": "ordinal"}}), cache), binary=len(data.classes) == 2)
-                arms[name] = run_arm(name, configs["shipped"], data, folds, cache, exams, memo, nested)
+                if {p.split("=", 1)[0] for p in choices[0][0].split(",")} == {EXAM_POOLING}:
+                    name, nested, pooled = pooling_arm(bt, over, choices, data, exams, cache)
+                    arms[name] = run_arm(name, configs["shipped"], pooled, folds, cache, exams, memo, nested)
+                else:
+                    name, nested = choice_arm(bt, over, choices, lambda c: build_pipeline(
+                        deep_merge(c, {"evaluation": {"decision": "ordinal"}}), cache),
+                        binary=len(data.classes) == 2)
+                    arms[name] = run_arm(name, configs["shipped"], data, folds, cache, exams, memo, nested)
                 progress(f"  {name:34s} {arms[name].seconds:6.0f} s  folds {arms[name].folds}  "
                          f"chosen per fold: {arms[name].chosen}")
             digests[bt.key] = {a: arm.folds for a, arm in arms.items()}

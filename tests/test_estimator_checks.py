@@ -84,6 +84,8 @@ def _model_estimators() -> list:
     from features import IntensityFeatures
     from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
     from pipeline.model.exam import ExamModel
+    from pipeline.model.exam_pooling import ExamMeanRows
+    from pipeline.model.exam_search import ExamSearch
     from pipeline.model.routing import request_groups
     from pipeline.model.sample_rows import SampleRows
 
@@ -94,6 +96,8 @@ def _model_estimators() -> list:
     store = Path(tempfile.mkdtemp(prefix="mammoscope-checks-")) / "store.npy"
     np.save(store, np.random.default_rng(0).uniform(0, 1, (64, 16)).astype(np.float32))
     return [ExamModel(image()), ExamModel(image(), context_C=1.0, context_auto=True),
+            ExamSearch(ExamModel(image()), [{"context_C": None}, {"context_C": 1.0}], inner_folds=2),
+            ExamMeanRows(), ExamMeanRows(pool="none"),
             SampleRows(IntensityFeatures(bins=4), store=str(store))]
 
 

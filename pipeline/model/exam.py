@@ -86,18 +86,7 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         without `exams` every image is an exam of its own (no other views: the context stage has nothing to read)."""
         from pipeline.model.routing import fit_with_groups
 
-        from sklearn.utils.validation import check_array
-
-        if y is None:
-            raise ValueError("ExamModel requires y to be passed, but the target y is None")
-        from sklearn.utils.multiclass import type_of_target
-        from sklearn.utils.validation import column_or_1d
-
-        check_array(X, dtype=None, ensure_all_finite=True, ensure_2d=True)  # NaN / inf: a clear error here
-        y = column_or_1d(y, warn=True)
-        if type_of_target(y, input_name="y", raise_unknown=True) != "binary":
-            raise ValueError(f"Only binary classification is supported. The type of the target is "
-                             f"{type_of_target(y)}.")
+        y = check_binary(self, X, y)
         groups = np.arange(len(y)).astype(str) if groups is None else np.asarray(groups)
         if exams is None:
             exams = _own_exams(len(y), groups)
@@ -343,6 +332,22 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         if self.tile_scores_kept_ is not None:
             out["tile_scores_kept"] = self.tile_scores_kept_
         return out
+
+
+def check_binary(estimator: Any, X: Any, y: Any) -> np.ndarray:
+    """y as a 1-d array after scikit-learn's checks of (X, y) for a binary exam estimator (NaN / inf in X, a
+    missing, 2-d or non-binary y: a clear error here)."""
+    from sklearn.utils.multiclass import type_of_target
+    from sklearn.utils.validation import check_array, column_or_1d
+
+    if y is None:
+        raise ValueError(f"{type(estimator).__name__} requires y to be passed, but the target y is None")
+    check_array(X, dtype=None, ensure_all_finite=True, ensure_2d=True)
+    y = column_or_1d(y, warn=True)
+    if type_of_target(y, input_name="y", raise_unknown=True) != "binary":
+        raise ValueError(f"Only binary classification is supported. The type of the target is "
+                         f"{type_of_target(y)}.")
+    return y
 
 
 def _own_exams(n: int, groups: np.ndarray) -> pd.DataFrame:

@@ -5,8 +5,8 @@ set earns, decided by patient-grouped inner cross-validation of the whole ExamMo
 stratified inner folds; in each it fits the image pipeline once (the first candidate's ExamModel) and every
 candidate's exam stage on it (`ExamModel.with_stage`: the stages differ, the image pipeline does not), scores the
 inner test rows with their exam's other views (`score_levels`, the image-with-context probability) and keeps the
-ROC AUC. The candidate with the best mean inner AUC (the first among equals) is then fitted on all training rows and
-serves. So an outer test fold (benchmarks/quality.py ``--choose screening.context=...``) is seen only by the
+ROC AUC. The candidate with the best mean inner AUC (the first among equals; the first where no inner fold could be
+fitted, which is warned as GridSearchCV warns) is then fitted on all training rows and serves. So an outer test fold (benchmarks/quality.py ``--choose screening.context=...``) is seen only by the
 refitted winner, as with scikit-learn's GridSearchCV, which cannot do this itself: its candidates are estimators
 fitted on X alone, while the exam stage needs each row's exam (breast, view, the other images) beside X.
 
@@ -15,11 +15,13 @@ fit between candidates that differ after it (it would cost one image fit per can
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import FitFailedWarning
 from sklearn.utils.validation import check_is_fitted
 
 __all__ = ["ExamSearch"]
@@ -51,7 +53,7 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
         from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedGroupKFold
 
-        from pipeline.model.exam import STAGE_PARAMS, _own_exams
+        from pipeline.model.exam import STAGE_PARAMS, _own_exams, check_binary
 
         cands = [dict(c) for c in self.candidates]
         if not cands:
@@ -61,7 +63,7 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
             if unknown:
                 raise ValueError(f"a candidate sets {unknown}: candidates set the exam stage only "
                                  f"({', '.join(STAGE_PARAMS)})")
-        y = np.asarray(y)
+        y = check_binary(self, X, y)
         groups = np.arange(len(y)).astype(str) if groups is None else np.asarray(groups).astype(str)
         exams = (_own_exams(len(y), groups) if exams is None else exams).reset_index(drop=True)
         if len(exams) != len(y):
@@ -71,7 +73,12 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
             split = StratifiedGroupKFold(int(self.inner_folds), shuffle=True, random_state=self.random_state)
             for f, (tr, te) in enumerate(split.split(np.zeros(len(y)), y, groups)):
                 first = clone(self.exam_model).set_params(**cands[0])
-                first.fit(_rows(X, tr), y[tr], groups=groups[tr], exams=exams.iloc[tr])
+                try:
+                    first.fit(_rows(X, tr), y[tr], groups=groups[tr], exams=exams.iloc[tr])
+                except ValueError as e:  # as GridSearchCV's error_score=nan: this fold scores nothing
+                    warnings.warn(f"ExamSearch: inner fold {f + 1} could not be fitted ({e}); it scores no "
+                                  f"candidate", FitFailedWarning, stacklevel=2)
+                    continue
                 p = first.predict_proba(_rows(X, te))[:, 1]
                 yte = (y[te] == first.classes_[1]).astype(int)
                 if len(np.unique(yte)) < 2:
@@ -88,7 +95,15 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
         final = clone(self.exam_model).set_params(**cands[0]).fit(X, y, groups=groups, exams=exams)
         self.best_estimator_ = final if self.best_index_ == 0 else final.with_stage(X, y, exams, **self.best_params_)
         self.classes_ = self.best_estimator_.classes_
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self.best_estimator_, name):
+                setattr(self, name, getattr(self.best_estimator_, name))
         return self
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # an exam stage scores malignant vs not
+        return tags
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, 2) the image alone (the chosen ExamModel's)."""
