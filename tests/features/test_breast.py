@@ -63,6 +63,29 @@ def test_mask_keeps_the_breast_of_real_contrast_enhanced_images(cdd_dir):
         assert new >= lo and new > old + 0.1, (name, old, new)
 
 
+def test_a_textured_subtraction_filling_the_frame_is_masked_not_refused(cdd_dir):
+    """CDD-CESM P80_L_CM_CC: the breast fills the frame, dark vessels everywhere split the thresholded tissue into
+    pieces (the largest 1 % of the image: refused as 'no breast'); the smoothed pass finds the breast, and scoring
+    prepares its samples."""
+    from pipeline.samples import make_sample
+
+    path = cdd_dir / "images" / "P80_L_CM_CC.png"
+    image, meta = read_image(path)
+    oriented, _ = orient_chest_wall_left(image, "L")
+    assert breast_mask(oriented, smooth_sigma=0).mean() < 0.02  # what refused it
+    assert 0.65 < breast_mask(oriented).mean() < 0.9
+    for task in ("density", "screening"):
+        sample = make_sample(image, {"path": str(path), "laterality": "L"}, task, size=64, scale=2.0)
+        assert sample.std() > 0.05
+
+
+def test_the_smoothed_pass_leaves_a_lone_label_refused():
+    """A bright label on black: smoothing keeps it label-sized, so the mask stays under a breast's share."""
+    image = np.zeros((256, 256), np.float32)
+    image[10:24, 200:240] = 0.9
+    assert breast_mask(image).mean() < 0.02
+
+
 def test_convex_fill_barely_moves_film_masks(mias_dir):
     """mini-MIAS films: the fill adds at most a sliver (film between pectoral muscle and skin line)."""
     gains = []
