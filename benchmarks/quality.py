@@ -19,6 +19,13 @@ the plain recipe on the 224 px whole breast with the shipped screening recipe (t
 whole breast) and print each figure per image, per breast (views fused as the experiment says) and per exam (its
 most suspicious breast), the operating point of each level chosen inside the training folds.
 
+Nested choices (--choose KEY=V1|V2, repeatable: every combination is a candidate): image-pipeline settings by
+scikit-learn's GridSearchCV over the candidates' pipelines; the exam stage of a screening entry (EXAM_STAGE_KEYS:
+screening.context, screening.context_asymmetry, ...) by pipeline.model.exam_search.ExamSearch (inner folds carry
+each exam's other views; the image fit is shared by the candidates); `exam_pooling=none|mean` on a density entry:
+density per exam from both breasts' features pooled before the classifier (pipeline.model.exam_pooling) or from the
+mean of the images' probabilities. Each arm prints which candidate every outer training fold chose.
+
 Reruns are fast: features come from the feature cache (CachedTransformer), and each arm's out-of-fold result is
 kept under <cache>/quality-cv/, keyed by its config, its rows (sample bytes) and its folds; delete that folder (or
 pass a fresh --cache-dir) after changing model code.
@@ -897,7 +904,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--choose", action="append", default=[], metavar="KEY=V1|V2[|...]",
                         help="a nested arm: inside each outer training fold, the candidate (the shipped default with "
                              "one value per --choose key) with the best inner patient-level CV score is fitted and "
-                             "scored on the outer fold (an honest figure for a setting picked by comparing scores)")
+                             "scored on the outer fold (an honest figure for a setting picked by comparing scores); "
+                             "screening exam-stage keys (screening.context, screening.context_asymmetry, ...) and "
+                             "exam_pooling=none|mean (density) are chosen the same way")
     parser.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="an extra arm: the shipped default with these overrides (exploratory: it is compared on "
                              "the reported folds, so adopting it needs nested CV or other data)")
