@@ -624,7 +624,9 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     from pipeline.model.screening import build_exam_model, context_C
 
     config = {**config, "screening": {**config["screening"], "view_fusion": how}}
-    tracker = LevelTracker(data.table, data.y, X, how, context_C(config) is not None)
+    staged = nested is not None and nested.stages is not None and any(
+        s.get("context_C") is not None for s in nested.stages)  # an exam-stage choice with a context candidate
+    tracker = LevelTracker(data.table, data.y, X, how, context_C(config) is not None or staged)
     chosen: list[str] = []
 
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:

@@ -240,3 +240,24 @@ def test_screening_arm_records_each_folds_keep_of_the_optional_stages(tmp_path: 
     assert len(arm.kept["context"]) == 3 and np.isfinite(arm.proba).all()
     again = mod.run_level_arm("ctx", config, lambda: None, X, data, folds, tmp_path, "mean")  # from the memo
     assert again.kept == arm.kept and np.allclose(again.proba, arm.proba)
+
+
+def test_exam_stage_nested_arm_chooses_the_context_stage_per_training_fold(tmp_path: Path):
+    """--choose screening.context=false|true: each outer training fold's ExamSearch picks by its own inner CV; with
+    a patient-level shift that the other breast explains away, every fold picks the context stage."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from tests.training.test_context import ScoreColumn, _exams
+
+    mod = _module()
+    table, y, p = _exams(120, seed=6)
+    data = type("D", (), {"table": table, "y": y, "groups": table["patient_id"].to_numpy()})()
+    folds = patient_stratified_folds(y, data.groups, 3, seed=0)
+    nested = mod.Nested(["context=false", "context=true"], lambda: Pipeline([("classifier", ScoreColumn())]),
+                        "test", [{"context_C": None}, {"context_C": 1.0}], inner_folds=3, seed=0)
+    config = {"dataset": {}, "evaluation": {"target_sensitivity": 0.95}, "screening": {"context": False}}
+    arm = mod.run_level_arm("nested", config, lambda: None, p[:, None], data, folds, tmp_path, "mean", nested)
+    assert arm.chosen == ["context=true"] * 3
+    assert roc_auc_score(y, arm.proba) > roc_auc_score(y, p) + 0.05
