@@ -554,18 +554,24 @@ def score_task(bt: BenchTask, data: Any, arms: dict[str, Arm], exams: np.ndarray
         d = {a: {"y": y[sel], "p": arm.proba[sel, -1], "call": getattr(arm, field_name)[sel], "k": k}
              for a, arm in arms.items()}
         d["shipped-plain"] = None
+        extra = [a for a in arms if a not in ("plain", "shipped", "shipped_argmax")]  # --arm / --choose arms
         for a in arms:
             if a not in ("plain", "shipped"):
                 d[f"{a}-plain"] = None
+        for a in extra:
+            d[f"{a}-shipped"] = None
         ci = paired_ci(stat, d, resamples)
         for a in arms:
             per_arm[a][key], per_arm[a][f"{key}_ci_low"], per_arm[a][f"{key}_ci_high"] = ci[a]
             if a != "plain":
                 per_arm[a][f"{key}_minus_plain"], per_arm[a][f"{key}_minus_plain_ci_low"], \
                     per_arm[a][f"{key}_minus_plain_ci_high"] = ci[f"{a}-plain"]
-        rows.append({"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt, "metric": metric,
-                     "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
-                     "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)})
+        row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt, "metric": metric,
+               "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
+               "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
+        for a in extra:  # beside shipped, paired on the same resamples, as the screening rows are
+            row[a], row[f"{a} - shipped"] = _fmt(ci[a]), _fmt(ci[f"{a}-shipped"], signed=True)
+        rows.append(row)
 
     if k == 2:
         add("ROC AUC", _auc, "roc_auc")
