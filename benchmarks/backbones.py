@@ -31,12 +31,13 @@ BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 def fronts(experiment: str, backbone: str):
     """The frozen front (preprocess + features) of `experiment` with `backbone`, uncached, fitted on two samples."""
     from pipeline.config.experiment import load_experiment
+    from pipeline.config.tasks import get_task
     from pipeline.model.estimators import build_pipeline, disable_cache
     from pipeline.model.screening import build_screening_pipeline
     from pipeline.training.stream import split_pipeline
 
     config = load_experiment(ROOT / "experiments" / experiment, [f"features.cnn.backbone={backbone}"]).config
-    build = build_screening_pipeline if config["dataset"]["task"] == "screening" else build_pipeline
+    build = build_screening_pipeline if get_task(config["dataset"]["task"]).levels else build_pipeline
     front, _ = split_pipeline(disable_cache(build(config, None)))
     return config, front
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cnn.backbones import build_backbone
+    from pipeline.config.tasks import get_task
     from pipeline.io.imageio import read_image
     from pipeline.paths import default_mias_dir
     from pipeline.samples import density_sample, find_breast, highres_sample, sample_side
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for experiment in ("mias_screening.yaml", "mias_density_fused.yaml"):
         built = {b: fronts(experiment, b) for b in usable}
         config = built[usable[0]][0]
-        screening = config["dataset"]["task"] == "screening"
+        screening = get_task(config["dataset"]["task"]).levels  # a whole-image screening recipe (tiles)
         side = sample_side(config["samples"]["size"], config["screening"]["scale"]) if screening else \
             int(config["samples"]["size"])
         samples = []
