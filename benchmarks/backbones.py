@@ -29,7 +29,7 @@ BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 def fronts(experiment: str, backbone: str):
-    """The frozen front (preprocess + features) of `experiment` with `backbone`, uncached, fitted on two samples."""
+    """(config, the unfitted frozen front (preprocess + features) of `experiment` with `backbone`, uncached)."""
     from pipeline.config.experiment import load_experiment
     from pipeline.config.tasks import get_task
     from pipeline.model.estimators import build_pipeline, disable_cache

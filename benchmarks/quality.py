@@ -388,6 +388,11 @@ def parse_choices(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def choice_keys(choices: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The --choose keys of parse_choices' candidates, in order (from the first candidate's label)."""
+    return [pair.split("=", 1)[0] for pair in choices[0][0].split(",")]
+
+
 def nested_search(labels: list[str], pipes: list[Any], binary: bool, inner_folds: int, seed: int) -> Nested:
     """A Nested arm: scikit-learn's GridSearchCV over the candidates' whole pipelines, scored by ROC AUC (binary)
     or quadratic kappa of the calls (ordered classes) on patient-grouped stratified inner folds of the training
@@ -413,7 +418,7 @@ def choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, 
     path = EXPERIMENTS / bt.experiment
     configs = [resolve_config(path, _merge(over, o)) for _, o in choices]
     ev = configs[0]["evaluation"]
-    keys = [pair.split("=", 1)[0] for pair in choices[0][0].split(",")]
+    keys = choice_keys(choices)
     nested = nested_search([label for label, _ in choices], [build(c) for c in configs], binary,
                            int(configs[0]["calibration"]["inner_folds"]), int(ev["seed"]))
     return f"nested[{','.join(keys)}]", nested
@@ -436,7 +441,7 @@ def exam_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[
                if k in STAGE_PARAMS and k != "view_fusion"} for c in configs]
     ev, folds = configs[0]["evaluation"], int(configs[0]["calibration"]["inner_folds"])
     labels = [label for label, _ in choices]
-    keys = [pair.split("=", 1)[0] for pair in choices[0][0].split(",")]
+    keys = choice_keys(choices)
     tag = "nested-exam:" + json.dumps(labels) + json.dumps(stages, sort_keys=True, default=str) + f":{folds}:{ev['seed']}"
     return f"nested[{','.join(keys)}]", Nested(labels, make, tag, stages, folds, int(ev["seed"]))
 
@@ -756,7 +761,7 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
         arms[name] = run_level_arm(name, cfg, lambda p=pipe: clone(p), data.X, data, folds, cache,
                                    cfg["screening"]["view_fusion"])
     if choices:
-        keys = {pair.split("=", 1)[0] for pair in choices[0][0].split(",")}
+        keys = set(choice_keys(choices))
         if keys <= set(EXAM_STAGE_KEYS):
             name, nested = exam_choice_arm(bt, over, choices, lambda: clone(shipped_pipe))
         elif keys & set(EXAM_STAGE_KEYS):
@@ -841,7 +846,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
                 from pipeline.model.estimators import build_pipeline
 
                 over = _merge(base, common, parse_overrides(overrides or []))
-                if {p.split("=", 1)[0] for p in choices[0][0].split(",")} == {EXAM_POOLING}:
+                if choice_keys(choices) == [EXAM_POOLING]:
                     name, nested, pooled = pooling_arm(bt, over, choices, data, exams, cache)
                     arms[name] = run_arm(name, configs["shipped"], pooled, folds, cache, exams, memo, nested)
                 else:

@@ -6,9 +6,10 @@ stratified inner folds; in each it fits the image pipeline once (the first candi
 candidate's exam stage on it (`ExamModel.with_stage`: the stages differ, the image pipeline does not), scores the
 inner test rows with their exam's other views (`score_levels`, the image-with-context probability) and keeps the
 ROC AUC. The candidate with the best mean inner AUC (the first among equals; the first where no inner fold could be
-fitted, which is warned as GridSearchCV warns) is then fitted on all training rows and serves. So an outer test fold (benchmarks/quality.py ``--choose screening.context=...``) is seen only by the
-refitted winner, as with scikit-learn's GridSearchCV, which cannot do this itself: its candidates are estimators
-fitted on X alone, while the exam stage needs each row's exam (breast, view, the other images) beside X.
+fitted, which is warned as GridSearchCV warns) is then fitted on all training rows and serves. So an outer test
+fold (benchmarks/quality.py ``--choose screening.context=...``) is seen only by the refitted winner, as with
+scikit-learn's GridSearchCV, which cannot do this itself: its candidates are estimators fitted on X alone, while the
+exam stage needs each row's exam (breast, view, the other images) beside X.
 
 Why our own: GridSearchCV has no way to route an exam table to the scorer with the test rows, nor to share the image
 fit between candidates that differ after it (it would cost one image fit per candidate and inner fold).
@@ -23,6 +24,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import FitFailedWarning
 from sklearn.utils.validation import check_is_fitted
+
+from pipeline.model.exam import STAGE_PARAMS, _own_exams, _rows, check_binary
 
 __all__ = ["ExamSearch"]
 
@@ -52,8 +55,6 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
         fitted on all of it (`best_estimator_`); `cv_scores_` (n_candidates, inner_folds), `best_index_`."""
         from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedGroupKFold
-
-        from pipeline.model.exam import STAGE_PARAMS, _own_exams, check_binary
 
         cands = [dict(c) for c in self.candidates]
         if not cands:
@@ -114,7 +115,3 @@ class ExamSearch(ClassifierMixin, BaseEstimator):
         """(n,) the more probable class of each image alone."""
         check_is_fitted(self, "best_estimator_")
         return self.best_estimator_.predict(X)
-
-
-def _rows(X: Any, index: np.ndarray) -> Any:
-    return X.iloc[index] if hasattr(X, "iloc") else np.asarray(X)[index]
