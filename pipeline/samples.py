@@ -6,8 +6,9 @@ image's intensity), zero everything outside the breast mask (background, film la
 * task ``density``: crop to the breast's bounding box, pad (not stretch) to a square with the breast against the
   left edge and centred vertically, resize to S x S;
 * recipe ``highres`` (task ``screening``): the masked breast cropped to its bounding box, padded to a square
-  (breast against the left edge) and resized to ``round(scale * S)`` px, with the `Geometry` to map a heat map of
-  it back onto the original image;
+  (breast against the left edge) and resized to ``round(scale * S)`` px, or with ``aspect`` (height / width) to a
+  frame of that shape at the square's pixel count (`sample_shape`), with the `Geometry` to map a heat map of it back
+  onto the original image;
 * task ``malignancy``: a square around the ROI centre with side ``max(context * 2 r, min_side)`` (boxes: ``context``
   times their longer side), padded with zeros where it leaves the image, resized to S x S. ROI coordinates are
   mirrored with the image.
@@ -38,7 +39,7 @@ from pipeline.io.imageio import read_image
 __all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "ROSE_CNR", "MIN_BREAST_SHARE",
            "check_image_size", "check_not_blank", "check_breast", "find_breast", "check_roi_on_breast",
            "resize_square", "density_sample", "shared_breast_finding",
-           "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "highres_sample",
+           "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "sample_shape", "highres_sample",
            "map_to_original"]
 
 logger = logging.getLogger(__name__)
@@ -314,6 +315,7 @@ def make_sample(
     recipe = sample_recipe(task)
     defaults = _default_crop()
     scale = float(crop_params.pop("scale", 1.0))  # the highres recipe's multiple of `size`
+    aspect = float(crop_params.pop("aspect", 1.0))  # and its height / width
     params = {**defaults, **crop_params}
     unknown = set(params) - set(defaults)
     if unknown:
@@ -323,7 +325,7 @@ def make_sample(
     side = row.get("laterality")
     side = side if isinstance(side, str) and side in ("L", "R") else laterality
     if recipe == "highres":
-        return highres_sample(image, side, sample_side(size, scale), row.get("path"))[0]
+        return highres_sample(image, side, sample_side(size, scale), row.get("path"), aspect=aspect)[0]
     oriented, flipped, mask = find_breast(image, side, row.get("path"))
     masked = np.where(mask, oriented, np.float32(0.0))
     if recipe == "breast":
@@ -335,7 +337,8 @@ def make_sample(
 
 @dataclass(frozen=True)
 class Geometry:
-    """Where a highres sample came from: image shape, mirroring, the padded breast square's corner and side."""
+    """Where a highres sample came from: image shape, mirroring, the padded breast frame's corner (r0, c0, in the
+    mirrored image) and its height h and width w (original px); `side` is max(h, w)."""
 
     shape: tuple[int, int]
     flipped: bool
@@ -347,13 +350,45 @@ class Geometry:
 
 
 def sample_side(size: int, scale: float) -> int:
-    """Side in px of the high-resolution sample: round(scale * size)."""
+    """Side in px of the square high-resolution sample: round(scale * size)."""
     return int(round(float(scale) * int(size)))
 
 
-def highres_sample(image: np.ndarray, laterality: str | None, side: int, path: Any = None
+def sample_shape(size: int, scale: float, aspect: float = 1.0) -> tuple[int, int]:
+    """(H, W) px of the high-resolution sample: H / W = `aspect` (1: the square sample_side) at the square's pixel
+    count, H * W ~ sample_side**2, so a tall frame gives a tall breast sqrt(aspect) more linear resolution."""
+    side, a = sample_side(size, scale), float(aspect)
+    if a == 1.0:
+        return side, side
+    return max(1, int(round(side * a ** 0.5))), max(1, int(round(side / a ** 0.5)))
+
+
+def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float32 `image` resized to `shape` (H, W), clipped to [0, 1]: antialiased bilinear as features' resize (a
+    large shrink first averages integer blocks)."""
+    from PIL import Image
+
+    image = np.asarray(image, np.float32)
+    h, w = (int(v) for v in shape)
+    if image.shape == (h, w):
+        return image.copy()
+    if h == w:
+        return resize_square(image, h) if image.shape[0] == image.shape[1] else \
+            np.clip(resize_image(image, h, aspect="stretch"), 0.0, 1.0)
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    factor = min(image.shape[0] // h, image.shape[1] // w) // 2
+    if factor >= 2:
+        pil = pil.reduce(factor)
+    return np.clip(np.asarray(pil.resize((w, h), resample=Image.Resampling.BILINEAR), np.float32), 0.0, 1.0)
+
+
+def highres_sample(image: np.ndarray, laterality: str | None, side: int, path: Any = None, aspect: float = 1.0
                    ) -> tuple[np.ndarray, Geometry]:
-    """(float32 (side, side) masked breast, Geometry) of an image already read; NoBreastError without a breast."""
+    """(float32 (H, W) masked breast, Geometry) of an image already read; NoBreastError without a breast.
+
+    The breast's bounding box is padded to a frame of height / width `aspect` (the breast against the left edge,
+    centred vertically; 1: a square, (side, side)) and resized to `sample_shape`'s (H, W) for a square of `side`
+    px: the pixel count of the square, the breast at its own shape instead of padded to a square."""
     check_image_size(image, path)
     oriented, flipped, mask = find_breast(image, laterality if laterality in ("L", "R") else None, path)
     masked = np.where(mask, oriented, np.float32(0.0))
@@ -361,22 +396,27 @@ def highres_sample(image: np.ndarray, laterality: str | None, side: int, path: A
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     crop = masked[r0:r1, c0:c1]
     h, w = crop.shape
-    sq = max(h, w)
-    if sq < side:
-        logger.debug("%s: breast box %d px is smaller than the %d px screening sample (upsampled)", path, sq, side)
-    padded = np.zeros((sq, sq), np.float32)
-    top = (sq - h) // 2
-    padded[top:top + h, :w] = crop
-    geom = Geometry(tuple(image.shape), bool(flipped), int(r0) - top, int(c0), sq, sq, sq)
-    return resize_square(padded, side), geom
+    a = float(aspect)
+    fh = max(h, int(np.ceil(a * w - 1e-9)))  # the frame: aspect = fh / fw, covering the box
+    fw = max(w, int(round(fh / a)))
+    out = sample_shape(int(side), 1.0, a)
+    if max(out) > max(fh, fw):
+        logger.debug("%s: breast box %d x %d px is smaller than the %d x %d px screening sample (upsampled)",
+                     path, h, w, *out)
+    frame = np.zeros((fh, fw), np.float32)
+    top = (fh - h) // 2
+    frame[top:top + h, :w] = crop
+    geom = Geometry(tuple(image.shape), bool(flipped), int(r0) - top, int(c0), fh, fw, max(fh, fw))
+    return _resize_to(frame, out), geom
 
 
 def map_to_original(heat: np.ndarray, geom: Geometry) -> np.ndarray:
-    """A (side, side) map of a highres sample placed on the original image (H, W), float32, 0 elsewhere."""
+    """A map (H, W) of a highres sample placed on the original image (its shape), float32, 0 elsewhere."""
     full = np.zeros(geom.shape, np.float32)
-    big = resize_square(np.asarray(heat, np.float32), geom.side) if heat.shape[0] != geom.side else heat
+    heat = np.asarray(heat, np.float32)
+    big = heat if heat.shape == (geom.h, geom.w) else _resize_to(heat, (geom.h, geom.w))
     y0, x0 = max(geom.r0, 0), max(geom.c0, 0)
-    y1, x1 = min(geom.r0 + geom.side, geom.shape[0]), min(geom.c0 + geom.side, geom.shape[1])
+    y1, x1 = min(geom.r0 + geom.h, geom.shape[0]), min(geom.c0 + geom.w, geom.shape[1])
     full[y0:y1, x0:x1] = big[y0 - geom.r0:y1 - geom.r0, x0 - geom.c0:x1 - geom.c0]
     return full[:, ::-1].copy() if geom.flipped else full
 
@@ -433,8 +473,9 @@ def load_samples(
     results = list(tqdm(done, total=len(groups), desc="preparing samples", unit="img", file=sys.stderr,
                         disable=not progress_bar, dynamic_ncols=True))
     by_pos = dict(item for chunk in results for item in chunk)
-    width = sample_side(size, crop_params.get("scale", 1.0)) if sample_recipe(task) == "highres" else size
-    X = np.zeros((0, width * width), dtype=np.float32)
+    h, w = sample_shape(size, crop_params.get("scale", 1.0), crop_params.get("aspect", 1.0)) \
+        if sample_recipe(task) == "highres" else (size, size)
+    X = np.zeros((0, h * w), dtype=np.float32)
     good = [by_pos[p] for p in range(len(records)) if isinstance(by_pos[p], np.ndarray)]
     if good:
         X = np.stack([g.reshape(-1) for g in good]).astype(np.float32, copy=False)

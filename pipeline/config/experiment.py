@@ -191,6 +191,7 @@ SCHEMA: dict[str, Any] = {
     },
     "screening": {
         "scale": Float(1.0, 8.0),
+        "aspect": Float(0.25, 4.0),
         "tile_size": Int(16, 1024),
         "overlap": Float(0.0, 0.9),
         "max_tiles": Int(1, 256),

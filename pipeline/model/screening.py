@@ -14,10 +14,11 @@ breast at `screening.scale` x the working resolution -> calibrated XGBoost; and 
         ("select", ...), ("classifier", [LastColumnsChoice of] PatientCalibratedClassifier(WeightedXGBClassifier)),
     ])
 
-Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S). Every branch of the
-front is stateless, so training streams it (pipeline.training.stream: each image's sample, whole-breast features
-and tile matrix computed once on a worker and cached on disk) and fits the head on the front's output; whatever is
-fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix from those columns.
+Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = round(scale * S); with
+``screening.aspect`` != 1, (n, H*W) samples of pipeline.samples.sample_shape (each image step is told the shape).
+Every branch of the front is stateless, so training streams it (pipeline.training.stream: each image's sample,
+whole-breast features and tile matrix computed once on a worker and cached on disk) and fits the head on the front's
+output; whatever is fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix from those columns.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ from pipeline.io.exams import level_ids
 from pipeline.model.estimators import CachedTransformer, build_pipeline
 from pipeline.model.levels import LEVELS, level_proba
 
-__all__ = ["whole_image_config", "tile_embedding_step", "tile_block_width", "build_screening_pipeline",
-           "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
+__all__ = ["whole_image_config", "sample_image_shape", "tile_embedding_step", "tile_block_width",
+           "build_screening_pipeline", "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
            "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns", "context_auto", "build_exam_model"]
 
 
@@ -55,21 +56,32 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
     from features.unsharp import UnsharpMask
 
     pre, sc, cn = config["preprocessing"], config["screening"], config["features"]["cnn"]
+    shape = sample_image_shape(config)
     steps: list[tuple[str, Any]] = []
     if pre["clahe"]["enabled"]:
         steps.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
-                                     keep_zero=True)))
+                                     keep_zero=True, image_shape=shape)))
     if pre["unsharp"]["enabled"]:
         steps.append(("unsharp", UnsharpMask(radius=pre["unsharp"]["radius"] * float(sc["scale"]),
-                                             amount=pre["unsharp"]["amount"], keep_zero=True)))
+                                             amount=pre["unsharp"]["amount"], keep_zero=True, image_shape=shape)))
     n_jobs = int(config["compute"]["n_jobs"])
     pooling = sc.get("tile_pooling") or cn["pooling"]  # null: the whole-breast CNN's pooling
     steps.append(("embed", TileEmbedder(tile_size=int(sc["tile_size"]), overlap=float(sc["overlap"]),
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
                                         backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
                                         batch_size=int(cn["batch_size"]), flips=str(sc.get("tile_flips", "none")),
-                                        n_threads=n_jobs if n_jobs > 0 else None)))
+                                        image_shape=shape, n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
+
+
+def sample_image_shape(config: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(H, W) of the screening samples where ``screening.aspect`` makes them tall (or wide); None for the square
+    sample (the steps infer it, and their parameters and feature caches stay those of the square recipe)."""
+    from pipeline.samples import sample_shape
+
+    sc = config["screening"]
+    h, w = sample_shape(int(config["samples"]["size"]), float(sc["scale"]), float(sc.get("aspect", 1.0)))
+    return None if h == w else (h, w)
 
 
 def tile_block_width(config: Mapping[str, Any]) -> int:
@@ -79,7 +91,8 @@ def tile_block_width(config: Mapping[str, Any]) -> int:
     key = (step.backbone, step.weights, step.pooling, int(step.tile_size))
     if key not in _EMBEDDING_WIDTH:
         t = int(step.tile_size)
-        probe = clone(step).set_params(max_tiles=1, n_threads=None).fit(np.zeros((1, t * t), np.float32))
+        probe = clone(step).set_params(max_tiles=1, n_threads=None, image_shape=None)
+        probe.fit(np.zeros((1, t * t), np.float32))
         _EMBEDDING_WIDTH[key] = int(probe.n_embedding_)
     return int(step.max_tiles) * (1 + _EMBEDDING_WIDTH[key])
 
@@ -101,8 +114,10 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
     plain = build_pipeline(whole_image_config(config), None)  # uncached inside: the branch is cached as a whole
     front: list[tuple[str, Any]] = []
     if sc["whole_breast"]:
+        shape = sample_image_shape(config)  # a tall frame is padded to the branch's square input
         front.append(("whole", CachedTransformer(Pipeline([
-            ("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch")),
+            ("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch" if shape is None else "pad",
+                              image_shape=shape)),
             ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]),
             str(cache_dir) if cache_dir else None)))
     front.append(("tiles", tile_embedding_step(config, cache_dir)))

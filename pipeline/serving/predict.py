@@ -119,7 +119,8 @@ class SampleSpec:
 
             check_not_blank(np.asarray(image), path)
             array, geometry = highres_sample(np.asarray(image, dtype=np.float32), laterality,
-                                             sample_side(size, float(self.params.get("scale", 1.0))), path)
+                                             sample_side(size, float(self.params.get("scale", 1.0))), path,
+                                             aspect=float(self.params.get("aspect", 1.0)))
             return Sample(self.task, array, (), None if path is None else str(path), geometry)
         region = normalize_roi(roi)
         recipe, notes = spec.sample_recipe, ()

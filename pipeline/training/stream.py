@@ -139,8 +139,9 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
 
 
 def _crop(sample_params: Mapping[str, Any]) -> dict[str, float]:
-    """The sample parameters beside `size` that shape a sample: the lesion crop's, and the highres recipe's scale."""
-    return {k: float(sample_params[k]) for k in ("context", "min_side", "scale") if k in sample_params}
+    """The sample parameters beside `size` that shape a sample: the lesion crop's, and the highres recipe's scale
+    and aspect."""
+    return {k: float(sample_params[k]) for k in ("context", "min_side", "scale", "aspect") if k in sample_params}
 
 
 def file_key(path: str, how: str = "content") -> str:
@@ -418,7 +419,7 @@ def assemble(front: Pipeline, head: Pipeline) -> Pipeline:
 def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, Any], *,
                   whole_breast_without_roi: bool, n: int = 2, tries: int = 16) -> np.ndarray:
     """Up to `n` samples (n, S*S) from the first rows that can be prepared (to fit the front on; input example)."""
-    from pipeline.samples import load_samples, sample_recipe, sample_side
+    from pipeline.samples import load_samples, sample_recipe, sample_shape
 
     size = int(sample_params["size"])
     crop = _crop(sample_params)
@@ -429,8 +430,9 @@ def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, 
         got.extend(X)
         if len(got) >= n:
             break
-    side = sample_side(size, crop.get("scale", 1.0)) if sample_recipe(recipe) == "highres" else size
-    return np.asarray(got[:n], dtype=np.float32).reshape(-1, side * side)
+    h, w = sample_shape(size, crop.get("scale", 1.0), crop.get("aspect", 1.0)) \
+        if sample_recipe(recipe) == "highres" else (size, size)
+    return np.asarray(got[:n], dtype=np.float32).reshape(-1, h * w)
 
 
 

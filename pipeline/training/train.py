@@ -114,7 +114,18 @@ def sample_params(config: Mapping[str, Any]) -> dict[str, Any]:
     params = {"size": int(s["size"]), "context": float(s["context"]), "min_side": int(s["min_side"])}
     if get_task(config["dataset"]["task"]).sample_recipe == "highres":  # the breast at scale x size (screening)
         params["scale"] = float(config["screening"]["scale"])
+        aspect = float(config["screening"].get("aspect", 1.0))
+        if aspect != 1.0:  # a square sample's parameters (and feature caches) stay as they were
+            params["aspect"] = aspect
     return params
+
+
+def _shape_text(sp: Mapping[str, Any]) -> str:
+    """'448' (a square sample's side) or '634 x 317' (H x W) for progress lines."""
+    from pipeline.samples import sample_shape
+
+    h, w = sample_shape(int(sp["size"]), sp.get("scale", 1.0), sp.get("aspect", 1.0))
+    return str(h) if h == w else f"{h} x {w}"
 
 
 def _subsample(table: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.DataFrame:
@@ -226,11 +237,11 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     table, classes, path = task_table(config)
     sp = sample_params(config)
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"preparing {round(sp.get('scale', 1.0) * sp['size'])} px samples")
+             f"preparing {_shape_text(sp)} px samples")
     X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=sample_jobs(config),
                              whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
                              min_side=sp["min_side"], progress_bar=progress_bar,
-                             **({"scale": sp["scale"]} if "scale" in sp else {}))
+                             **{k: sp[k] for k in ("scale", "aspect") if k in sp})
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
     return _task_data(config, table, classes, path, errors, len(X), X=X)
@@ -264,9 +275,8 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     distributed = session is not None and session.is_distributed
     jobs = None if distributed else compute.n_jobs
     where = "on the Dask workers" if distributed else f"in {jobs or 'one per core'} worker process(es)"
-    side = round(sp.get("scale", 1.0) * sp["size"])
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
-             f"streaming {side} px samples through the frozen feature steps {where}")
+             f"streaming {_shape_text(sp)} px samples through the frozen feature steps {where}")
     desc = "samples + tiles embedded" if spec.levels else "samples + features"
     result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar, desc=desc)
     progress(result.summary())
