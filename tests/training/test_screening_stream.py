@@ -41,7 +41,8 @@ def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tm
     monkeypatch.setattr(pipeline.samples, "load_samples", counting)
     data = load_task_features(cfg, lambda s: None, cache_dir=cache)
     n = len(data.y)
-    assert data.X is None and data.streamed and data.stream.workers == 2
+    # worker processes did the work (loky may replace a worker that a previous test's executor left idle: >= 2 pids)
+    assert data.X is None and data.streamed and data.stream.workers >= 2
     assert data.stream.images_computed == n and sum(held) <= 2  # two samples: the front's fit and input example
     assert data.features.shape == (n, data.features.shape[1]) and data.features.shape[1] > tile_block_width(cfg)
     metrics, cv, oof = evaluate_experiment(cfg, data, cache)
