@@ -22,7 +22,9 @@ most suspicious breast), the operating point of each level chosen inside the tra
 Nested choices (--choose KEY=V1|V2, repeatable: every combination is a candidate): image-pipeline settings by
 scikit-learn's GridSearchCV over the candidates' pipelines; the exam stage of a screening entry (EXAM_STAGE_KEYS:
 screening.context, screening.context_asymmetry, ...) by pipeline.model.exam_search.ExamSearch (inner folds carry
-each exam's other views; the image fit is shared by the candidates); `exam_pooling=none|mean` on a density entry:
+each exam's other views; the image fit is shared by the candidates); keys that change the sample itself (SAMPLE_KEYS:
+screening.aspect, screening.scale) by GridSearchCV over heads that each read their own candidate's frozen front
+(every candidate's samples streamed once); `exam_pooling=none|mean` on a density entry:
 density per exam from both breasts' features pooled before the classifier (pipeline.model.exam_pooling) or from the
 mean of the images' probabilities. Each arm prints which candidate every outer training fold chose.
 
@@ -446,6 +448,49 @@ def exam_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[
     return f"nested[{','.join(keys)}]", Nested(labels, make, tag, stages, folds, int(ev["seed"]))
 
 
+#: screening keys that change the sample itself (its frame and resolution): each candidate's frozen front runs once
+#: over its own samples and the candidates' heads are chosen on the columns of their own front (`sample_choice_arm`)
+SAMPLE_KEYS = ("screening.aspect", "screening.scale")
+
+
+def sample_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, dict[str, Any]]], data: Any,
+                      cache: Path, progress: Callable[[str], None]) -> tuple[str, Nested, np.ndarray]:
+    """(arm name, Nested, rows [front of candidate 1 | front of candidate 2 | ...]) for --choose of SAMPLE_KEYS on a
+    screening task: every candidate's samples streamed through its frozen front once (the feature cache; the rows
+    of `data`, in its order), and each candidate a Pipeline that reads its own front's columns, then its head; the
+    candidates are chosen per outer training fold by GridSearchCV on patient-grouped inner folds as `choice_arm`."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.screening import build_screening_pipeline
+    from pipeline.training.train import load_task_features
+
+    path = EXPERIMENTS / bt.experiment
+    configs = [resolve_config(path, _merge(over, o)) for _, o in choices]
+    want = data.table["sample_id"].astype(str).to_numpy()
+    blocks, pipes, start = [], [], 0
+    for (label, _), cfg in zip(choices, configs):
+        t0 = time.perf_counter()
+        got = load_task_features(cfg, lambda s: None, cache_dir=cache)
+        ids = pd.Index(got.table["sample_id"].astype(str))
+        missing = set(want) - set(ids)
+        if missing:
+            raise SystemExit(f"--choose {label}: {len(missing)} images give the shipped sample but not this one "
+                             f"(first: {sorted(missing)[0]})")
+        F = np.asarray(got.features, np.float32)[ids.get_indexer(want)]
+        progress(f"  {label}: front of {F.shape[1]} columns for {len(F)} images ({time.perf_counter() - t0:.0f} s)")
+        head = build_screening_pipeline(cfg, cache).steps[2:]
+        pick = ColumnTransformer([("front", "passthrough", slice(start, start + F.shape[1]))], sparse_threshold=0.0)
+        pipes.append(Pipeline([("preprocess", pick), *head]))
+        blocks.append(F)
+        start += F.shape[1]
+    ev = configs[0]["evaluation"]
+    nested = nested_search([label for label, _ in choices], pipes, True, int(configs[0]["calibration"]["inner_folds"]),
+                           int(ev["seed"]))
+    return f"nested[{','.join(choice_keys(choices))}]", nested, np.hstack(blocks)
+
+
 #: --choose exam_pooling=none|mean: density per exam from the mean of the images' probabilities (none) or from both
 #: breasts' features pooled before the classifier (mean; pipeline.model.exam_pooling). A benchmark key, not a config
 #: switch: nothing serves pooled features unless this arm earns it.
@@ -762,14 +807,18 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
                                    cfg["screening"]["view_fusion"])
     if choices:
         keys = set(choice_keys(choices))
+        rows = data.X
+        for own in (EXAM_STAGE_KEYS, SAMPLE_KEYS):
+            if keys & set(own) and not keys <= set(own):
+                raise SystemExit(f"--choose: {sorted(keys & set(own))} are chosen by their own search; choose them "
+                                 f"apart from {sorted(keys - set(own))}")
         if keys <= set(EXAM_STAGE_KEYS):
             name, nested = exam_choice_arm(bt, over, choices, lambda: clone(shipped_pipe))
-        elif keys & set(EXAM_STAGE_KEYS):
-            raise SystemExit(f"--choose: exam-stage keys ({sorted(keys & set(EXAM_STAGE_KEYS))}) are chosen by "
-                             f"their own search; choose them apart from {sorted(keys - set(EXAM_STAGE_KEYS))}")
+        elif keys <= set(SAMPLE_KEYS):
+            name, nested, rows = sample_choice_arm(bt, over, choices, data, cache, progress)
         else:
             name, nested = choice_arm(bt, over, choices, lambda c: build_screening_pipeline(c, cache), binary=True)
-        arms[name] = run_level_arm(name, shipped, lambda: None, data.X, data, folds, cache, how, nested)
+        arms[name] = run_level_arm(name, shipped, lambda: None, rows, data, folds, cache, how, nested)
     for name, arm in arms.items():
         progress(f"  {name:34s} {arm.seconds:6.0f} s  folds {arm.folds}"
                  + (f"  chosen per fold: {arm.chosen}" if arm.chosen else "")
