@@ -26,6 +26,7 @@ POOLINGS = ("max", "mean", "topk")
 FLIPS = {"none": ((False, False),),  # test-time flips of each tile whose embeddings are averaged: (up-down, left-right)
          "h": ((False, False), (False, True)),
          "hv": ((False, False), (False, True), (True, False), (True, True))}
+SHIFTS = ((0, 0), (1, 1), (-1, -1))  # test-time shifts of each tile (shift > 0): its corner moved by these x shift px
 _CHUNK = 32  # images whose tiles are embedded together
 
 
@@ -97,12 +98,15 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
     `flips`: each tile is also embedded mirrored left-right ("h"; "hv": and up-down, and both) and the embeddings
     are averaged, in training and at scoring alike (test-time augmentation at the feature level: a lesion looks
     the same mirrored; the CNN's response to it does not quite). Costs 2x ("h") or 4x ("hv") the CNN passes.
+    `shift` (px, 0 = off): each tile is also embedded at its corner moved diagonally by +shift and -shift px (kept
+    inside the image) and the embeddings are averaged with the flips' (3x the CNN passes): a lesion on a tile's edge
+    is seen whole by a neighbour view. The tile positions (`tiles_of`, the map) are the unshifted corners.
     """
 
     def __init__(self, tile_size: int = 224, overlap: float = 0.5, max_tiles: int = 16, min_breast: float = 0.25,
                  backbone: str = "efficientnet_lite0", weights: str = "imagenet", pooling: str = "avg",
                  batch_size: int = 32, n_threads: int | None = None, device: str = "cpu",
-                 image_shape: tuple[int, int] | None = None, flips: str = "none") -> None:
+                 image_shape: tuple[int, int] | None = None, flips: str = "none", shift: int = 0) -> None:
         self.tile_size = tile_size
         self.overlap = overlap
         self.max_tiles = max_tiles
@@ -115,11 +119,15 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         self.device = device
         self.image_shape = image_shape
         self.flips = flips
+        self.shift = shift
 
     def _check_params(self) -> None:
         if self.flips not in FLIPS:
             raise ValueError(f"The 'flips' parameter of TileEmbedder must be one of {sorted(FLIPS)}. Got "
                              f"{self.flips!r} instead.")
+        if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
+            raise ValueError(f"The 'shift' parameter of TileEmbedder must be an int >= 0 (px). Got {self.shift!r} "
+                             "instead.")
         if not isinstance(self.tile_size, int) or self.tile_size < 8:
             raise ValueError(f"The 'tile_size' parameter of TileEmbedder must be an int >= 8. Got {self.tile_size!r}"
                              " instead.")
@@ -149,13 +157,25 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
 
     def tiles_of(self, image: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
         """(corners, tiles (k, tile, tile)) of one (H, W) image, padded with zeros to at least one tile."""
+        corners, views = self._views(image)
+        return corners, views[0]
+
+    def _views(self, image: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """(corners, tiles (s, k, tile, tile)): view 0 the tiles at `corners`, then (shift > 0) the shifted ones."""
         t = int(self.tile_size)
         image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
         h, w = image.shape
         if h < t or w < t:
             image = np.pad(image, ((0, max(t - h, 0)), (0, max(t - w, 0))))
+            h, w = image.shape
         corners = tile_grid(image > 0, t, float(self.overlap), int(self.max_tiles), float(self.min_breast))
-        return corners, np.stack([image[y:y + t, x:x + t] for y, x in corners])
+        offsets = SHIFTS if int(self.shift) > 0 else SHIFTS[:1]
+        views = []
+        for dy, dx in offsets:
+            at = [(min(max(y + dy * int(self.shift), 0), h - t), min(max(x + dx * int(self.shift), 0), w - t))
+                  for y, x in corners]
+            views.append(np.stack([image[y:y + t, x:x + t] for y, x in at]))
+        return corners, np.stack(views)
 
     def transform(self, X: Any) -> np.ndarray:
         """The tile matrix (n, max_tiles * (1 + n_embedding_)) float32."""
@@ -167,28 +187,32 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         for start in range(0, len(images), _CHUNK):  # bounded memory: the tiles of _CHUNK images at a time
             tiles, owners = [], []
             for i in range(start, min(start + _CHUNK, len(images))):
-                _, stack = self.tiles_of(images[i])
-                tiles.append(stack)
-                owners += [(i, j) for j in range(len(stack))]
-            emb = self._embed(np.concatenate(tiles))
+                _, views = self._views(images[i])
+                tiles.append(views)
+                owners += [(i, j) for j in range(views.shape[1])]
+            emb = self._embed(np.concatenate(tiles, axis=1))
             for (i, j), e in zip(owners, emb):
                 out[i, j, 0] = 1.0
                 out[i, j, 1:] = e
         return out.reshape(len(images), k * (1 + d))
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("flips", "none")  # models pickled before the parameter existed embedded tiles unflipped
+        state.setdefault("flips", "none")  # models pickled before the parameters existed embedded tiles unflipped
+        state.setdefault("shift", 0)  # and unshifted
         super().__setstate__(state)
 
     def _embed(self, tiles: np.ndarray) -> np.ndarray:
-        """(m, D) embeddings of tiles (m, t, t): the mean over `flips` of each tile's flipped copies."""
+        """(m, D) embeddings of tiles (s, m, t, t), s shifted views of m tiles: the mean over the views and the
+        `flips` of each."""
         t = int(self.tile_size)
-        views = FLIPS[self.flips]
-        if len(views) == 1:
-            return self.embedder_.transform(tiles.reshape(-1, t * t))
-        stacked = np.concatenate([tiles[:, ::-1 if ud else 1, ::-1 if lr else 1] for ud, lr in views])
+        flips = FLIPS[self.flips]
+        if len(flips) == 1 and len(tiles) == 1:
+            return self.embedder_.transform(tiles[0].reshape(-1, t * t))
+        stacked = np.concatenate([view[:, ::-1 if ud else 1, ::-1 if lr else 1] for view in tiles
+                                  for ud, lr in flips])
         emb = self.embedder_.transform(np.ascontiguousarray(stacked).reshape(-1, t * t))
-        return emb.reshape(len(views), len(tiles), -1).mean(axis=0, dtype=np.float64).astype(np.float32)
+        n_views = len(tiles) * len(flips)
+        return emb.reshape(n_views, tiles.shape[1], -1).mean(axis=0, dtype=np.float64).astype(np.float32)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

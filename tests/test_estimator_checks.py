@@ -48,7 +48,7 @@ def _tile_estimators() -> list:
     return [
         TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1),
         TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1, pooling="multilevel"),
-        TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1, flips="hv"),
+        TileEmbedder(tile_size=8, max_tiles=2, backbone="tiny", weights="random", n_threads=1, flips="hv", shift=2),
         TilePooling(max_tiles=1, top_k=2),
         TileScorer(max_tiles=1, C=1.0),
         TileScoreFeatures(max_tiles=1, k=1, C=1.0, folds=2),

@@ -207,6 +207,7 @@ SCHEMA: dict[str, Any] = {
         "tile_scores_auto": Bool(),
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "tile_flips": Choice(("none", "h", "hv")),
+        "tile_shift": Int(0, 256),
         "context_C": Float(0.0, None, lo_open=True),
         "context_presence": Bool(),
         "context_asymmetry": Bool(),

@@ -70,7 +70,7 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
                                         backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
                                         batch_size=int(cn["batch_size"]), flips=str(sc.get("tile_flips", "none")),
-                                        image_shape=shape, n_threads=n_jobs if n_jobs > 0 else None)))
+                                        shift=int(sc.get("tile_shift", 0)), image_shape=shape, n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 
 

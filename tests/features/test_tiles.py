@@ -55,3 +55,42 @@ def test_the_experiment_switch_reaches_the_tile_embedder():
     assert tile_embedding_step(cfg).transformer.named_steps["embed"].flips == "h"
     with pytest.raises(Exception, match="tile_flips"):
         resolve_config("experiments/tiny_test.yaml", {"screening": {"tile_flips": "sideways"}})
+
+
+def test_shift_averages_the_tile_and_its_diagonal_neighbours():
+    """shift=s: the embedding of a tile is the mean of the plain tile's and of the tiles at its corner moved by
+    (+s, +s) and (-s, -s), clipped to the image; the slot and the tile positions are those of the plain grid."""
+    image = _breast(2, side=96)
+    X = image.reshape(1, -1)
+    emb = TileEmbedder(tile_size=64, max_tiles=1, backbone="tiny", weights="random", n_threads=1,
+                       min_breast=0.0, overlap=0.5).fit(X)
+    corners, _ = emb.tiles_of(image)
+    (y, x), = corners
+    at = [(min(max(y + d, 0), 32), min(max(x + d, 0), 32)) for d in (0, 8, -8)]  # 96 - 64: the last corner
+    crops = [image[r:r + 64, c:c + 64] for r, c in at]
+    want = np.mean([emb.embedder_.transform(c.reshape(1, -1))[0] for c in crops], axis=0)
+    shifted = TileEmbedder(**{**emb.get_params(), "shift": 8}).fit(X)
+    got = shifted.transform(X)[0]
+    assert got[0] == 1.0 and shifted.tiles_of(image)[0] == corners
+    np.testing.assert_allclose(got[1:], want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(got[1:], emb.transform(X)[0, 1:], atol=1e-4)  # the shifted views moved it
+
+
+def test_shift_and_flips_combine_and_a_bad_shift_is_refused():
+    image = _breast(3)
+    X = image.reshape(1, -1)
+    params = dict(tile_size=32, max_tiles=2, backbone="tiny", weights="random", n_threads=1)
+    plain = TileEmbedder(**params).fit(X).transform(X)
+    both = TileEmbedder(**params, flips="h", shift=4).fit(X).transform(X)
+    assert both.shape == plain.shape and np.isfinite(both).all() and not np.allclose(both, plain, atol=1e-4)
+    with pytest.raises(ValueError, match="'shift' parameter of TileEmbedder"):
+        TileEmbedder(tile_size=32, shift=-1, backbone="tiny", weights="random").fit(X)
+
+
+def test_the_shift_switch_reaches_the_tile_embedder():
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.screening import tile_embedding_step
+
+    cfg = resolve_config("experiments/tiny_test.yaml", {"dataset": {"task": "screening"},
+                                                        "screening": {"tile_shift": 16}})
+    assert tile_embedding_step(cfg).transformer.named_steps["embed"].shift == 16
