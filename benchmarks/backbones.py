@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         for p in paths:
             image, meta = read_image(p)
             if screening:
-                s, _ = highres_sample(image, meta.laterality, side, p)
+                s, _ = highres_sample(image, meta.laterality, side, p,
+                                      aspect=float(config["screening"].get("aspect", 1.0)))
             else:
                 oriented, _, mask = find_breast(image, meta.laterality, p)
                 s = density_sample(oriented, mask, side)

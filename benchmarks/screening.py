@@ -86,7 +86,7 @@ def density_lines(name: str, cv, data, ev: dict) -> list[str]:
     return out
 
 
-def score_time(pipe, table, side: int, n: int) -> float:
+def score_time(pipe, table, side: int, n: int, aspect: float = 1.0) -> float:
     """Seconds to score one image from its file: read, screening sample, features, classifier (no cache)."""
     fitted = disable_cache(pipe)
     rows = table.head(n + 1)
@@ -96,7 +96,7 @@ def score_time(pipe, table, side: int, n: int) -> float:
             t0 = time.perf_counter()
         image, meta = read_image(r.path)
         lat = r.laterality if isinstance(r.laterality, str) else meta.laterality
-        sample, _ = highres_sample(image, lat, side, r.path)
+        sample, _ = highres_sample(image, lat, side, r.path, aspect=aspect)
         fitted.predict_proba(sample.reshape(1, -1))
     return (time.perf_counter() - t0) / max(len(rows) - 1, 1)
 
@@ -160,7 +160,8 @@ def run(name: str, args: argparse.Namespace) -> None:
         print(f"screening: folds whose fit kept an optional stage: {kept}", flush=True)
     print(line("screening", scr.metrics), flush=True)  # printed at once: the plain recipe takes a while
     torch.set_num_threads(2)
-    per_image = score_time(final, data.table, side, args.time_images)
+    per_image = score_time(final, data.table, side, args.time_images,
+                           float(config["screening"].get("aspect", 1.0)))
     print(f"screening: {per_image:.2f} s per image (2 threads, from the file, no cache)", flush=True)
 
     if not args.skip_plain:
