@@ -453,33 +453,42 @@ def exam_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[
 SAMPLE_KEYS = ("screening.aspect", "screening.scale")
 
 
+def own_front(cfg: Mapping[str, Any], data: Any, cache: Path, label: str,
+              progress: Callable[[str], None]) -> np.ndarray:
+    """(n, d) float32 the frozen front's output of `cfg`'s own samples (streamed once, the feature cache), in the
+    row order of `data`: for settings that change the sample itself (SAMPLE_KEYS)."""
+    from pipeline.training.train import load_task_features
+
+    t0 = time.perf_counter()
+    got = load_task_features(cfg, lambda s: None, cache_dir=cache)
+    ids = pd.Index(got.table["sample_id"].astype(str))
+    want = data.table["sample_id"].astype(str).to_numpy()
+    missing = set(want) - set(ids)
+    if missing:
+        raise SystemExit(f"{label}: {len(missing)} images give the shipped sample but not this one "
+                         f"(first: {sorted(missing)[0]})")
+    F = np.asarray(got.features, np.float32)[ids.get_indexer(want)]
+    progress(f"  {label}: front of {F.shape[1]} columns for {len(F)} images ({time.perf_counter() - t0:.0f} s)")
+    return F
+
+
 def sample_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tuple[str, dict[str, Any]]], data: Any,
                       cache: Path, progress: Callable[[str], None]) -> tuple[str, Nested, np.ndarray]:
     """(arm name, Nested, rows [front of candidate 1 | front of candidate 2 | ...]) for --choose of SAMPLE_KEYS on a
-    screening task: every candidate's samples streamed through its frozen front once (the feature cache; the rows
-    of `data`, in its order), and each candidate a Pipeline that reads its own front's columns, then its head; the
-    candidates are chosen per outer training fold by GridSearchCV on patient-grouped inner folds as `choice_arm`."""
+    screening task: every candidate's samples streamed through its frozen front once (`own_front`), and each
+    candidate a Pipeline that reads its own front's columns, then its head; the candidates are chosen per outer
+    training fold by GridSearchCV on patient-grouped inner folds as `choice_arm`."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
     from pipeline.config.experiment import resolve_config
     from pipeline.model.screening import build_screening_pipeline
-    from pipeline.training.train import load_task_features
 
     path = EXPERIMENTS / bt.experiment
     configs = [resolve_config(path, _merge(over, o)) for _, o in choices]
-    want = data.table["sample_id"].astype(str).to_numpy()
     blocks, pipes, start = [], [], 0
     for (label, _), cfg in zip(choices, configs):
-        t0 = time.perf_counter()
-        got = load_task_features(cfg, lambda s: None, cache_dir=cache)
-        ids = pd.Index(got.table["sample_id"].astype(str))
-        missing = set(want) - set(ids)
-        if missing:
-            raise SystemExit(f"--choose {label}: {len(missing)} images give the shipped sample but not this one "
-                             f"(first: {sorted(missing)[0]})")
-        F = np.asarray(got.features, np.float32)[ids.get_indexer(want)]
-        progress(f"  {label}: front of {F.shape[1]} columns for {len(F)} images ({time.perf_counter() - t0:.0f} s)")
+        F = own_front(cfg, data, cache, f"--choose {label}", progress)
         head = build_screening_pipeline(cfg, cache).steps[2:]
         pick = ColumnTransformer([("front", "passthrough", slice(start, start + F.shape[1]))], sparse_threshold=0.0)
         pipes.append(Pipeline([("preprocess", pick), *head]))
@@ -489,6 +498,15 @@ def sample_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tupl
     nested = nested_search([label for label, _ in choices], pipes, True, int(configs[0]["calibration"]["inner_folds"]),
                            int(ev["seed"]))
     return f"nested[{','.join(choice_keys(choices))}]", nested, np.hstack(blocks)
+
+
+def _sample_changed(cfg: Mapping[str, Any], shipped: Mapping[str, Any]) -> bool:
+    """Whether `cfg` cuts other samples than `shipped` (a SAMPLE_KEYS value differs)."""
+    def get(c: Mapping[str, Any], key: str) -> Any:
+        section, name = key.split(".", 1)
+        return c.get(section, {}).get(name)
+
+    return any(get(cfg, k) != get(shipped, k) for k in SAMPLE_KEYS)
 
 
 #: --choose exam_pooling=none|mean: density per exam from the mean of the images' probabilities (none) or from both
@@ -802,8 +820,13 @@ def run_levels(bt: BenchTask, base: Mapping[str, Any], common: Mapping[str, Any]
                                      how)}
     for name, items in (extra or {}).items():  # --arm: the shipped screening recipe with these overrides
         cfg = resolve_config(path, _merge(over, parse_overrides(items)))
-        pipe = build_screening_pipeline(cfg, cache)
-        arms[name] = run_level_arm(name, cfg, lambda p=pipe: clone(p), data.X, data, folds, cache,
+        pipe, rows = build_screening_pipeline(cfg, cache), data.X
+        if _sample_changed(cfg, shipped):  # its own samples: the head on its own frozen front's output
+            from sklearn.pipeline import Pipeline
+
+            rows = own_front(cfg, data, cache, f"--arm {name}", progress)
+            pipe = Pipeline([("preprocess", "passthrough"), *pipe.steps[2:]])
+        arms[name] = run_level_arm(name, cfg, lambda p=pipe: clone(p), rows, data, folds, cache,
                                    cfg["screening"]["view_fusion"])
     if choices:
         keys = set(choice_keys(choices))

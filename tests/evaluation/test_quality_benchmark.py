@@ -266,7 +266,8 @@ def test_exam_stage_nested_arm_chooses_the_context_stage_per_training_fold(tmp_p
 def test_sample_key_nested_arm_reads_each_candidates_own_front(tmp_path: Path):
     """--choose screening.aspect=1.0|2.0: the candidates' samples differ, so each candidate's frozen front runs over
     its own samples once and its head reads only those columns; every outer training fold picks one of them and the
-    arm is scored on the same folds as plain and shipped (tiny settings on real CDD-CESM images)."""
+    arm is scored on the same folds as plain and shipped; an --arm with other samples gets its own front too (tiny
+    settings on real CDD-CESM images)."""
     from pipeline.config.experiment import deep_merge
     from tests.serving.test_screening_acceptance import CDD, TINY
 
@@ -279,14 +280,16 @@ def test_sample_key_nested_arm_reads_each_candidates_own_front(tmp_path: Path):
     common = {"evaluation": {"folds": 3, "seed": 0}}
     choices = mod.parse_choices(["screening.aspect=1.0|2.0"])
     lines: list[str] = []
-    rows, per_arm, digests, arms = mod.run_levels(bt, base, common, [], tmp_path, 20, lines.append, choices=choices)
+    rows, per_arm, digests, arms = mod.run_levels(bt, base, common, [], tmp_path, 20, lines.append,
+                                                  extra={"tall": ["screening.aspect=2.0"]}, choices=choices)
     name = "nested[screening.aspect]"
-    assert set(arms) == {"plain", "shipped", name}
+    assert set(arms) == {"plain", "shipped", "tall", name}
+    assert np.isfinite(arms["tall"].proba).all()  # an --arm with its own samples: the head on its own front
     assert len(set(digests.values())) == 1  # one list of folds for every arm
     arm = arms[name]
     assert len(arm.chosen) == 3 and set(arm.chosen) <= {"screening.aspect=1.0", "screening.aspect=2.0"}
     assert np.isfinite(arm.proba).all() and len(arm.proba) == len(arms["shipped"].proba)
     fronts = [line for line in lines if "front of" in line]
-    assert len(fronts) == 2  # each candidate's front, once
+    assert len(fronts) == 3  # the --arm's front, and each candidate's, once
     if arm.chosen.count("screening.aspect=1.0") == 3:  # the square candidate is the shipped recipe, refitted alone
         np.testing.assert_allclose(arm.proba, arms["shipped"].proba, atol=1e-6)
