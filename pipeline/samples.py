@@ -39,8 +39,8 @@ from pipeline.io.imageio import read_image
 __all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_RANGE", "ROSE_CNR", "MIN_BREAST_SHARE",
            "check_image_size", "check_not_blank", "check_breast", "find_breast", "check_roi_on_breast",
            "resize_square", "density_sample", "shared_breast_finding",
-           "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "sample_shape", "highres_sample",
-           "map_to_original"]
+           "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "sample_shape",
+           "highres_sample", "map_to_original"]
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ Input X: (n, R*R) screening samples (pipeline.samples recipe ``highres``), R = r
 ``screening.aspect`` != 1, (n, H*W) samples of pipeline.samples.sample_shape (each image step is told the shape).
 Every branch of the front is stateless, so training streams it (pipeline.training.stream: each image's sample,
 whole-breast features and tile matrix computed once on a worker and cached on disk) and fits the head on the front's
-output; whatever is fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix from those columns.
+output; whatever is fitted on tiles (the tile scores, the map's scorer, the asymmetry model) reads the tile matrix
+from those columns.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ from pipeline.model.estimators import CachedTransformer, build_pipeline
 from pipeline.model.levels import LEVELS, level_proba
 
 __all__ = ["whole_image_config", "sample_image_shape", "tile_embedding_step", "tile_block_width",
-           "build_screening_pipeline", "build_map_pipeline", "context_C", "asymmetry_C", "front_features", "tile_matrix", "tile_max_block",
-           "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns", "context_auto", "build_exam_model"]
+           "build_screening_pipeline", "build_map_pipeline", "context_C", "asymmetry_C", "front_features",
+           "tile_matrix", "tile_max_block", "asymmetry_setup", "level_thresholds", "blocks_tile_max_columns",
+           "context_auto", "build_exam_model"]
 
 
 def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,7 +72,8 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
                                         backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
                                         batch_size=int(cn["batch_size"]), flips=str(sc.get("tile_flips", "none")),
-                                        shift=int(sc.get("tile_shift", 0)), image_shape=shape, n_threads=n_jobs if n_jobs > 0 else None)))
+                                        shift=int(sc.get("tile_shift", 0)), image_shape=shape,
+                                        n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 
 
