@@ -502,11 +502,7 @@ def sample_choice_arm(bt: BenchTask, over: Mapping[str, Any], choices: list[tupl
 
 def _sample_changed(cfg: Mapping[str, Any], shipped: Mapping[str, Any]) -> bool:
     """Whether `cfg` cuts other samples than `shipped` (a SAMPLE_KEYS value differs)."""
-    def get(c: Mapping[str, Any], key: str) -> Any:
-        section, name = key.split(".", 1)
-        return c.get(section, {}).get(name)
-
-    return any(get(cfg, k) != get(shipped, k) for k in SAMPLE_KEYS)
+    return any(_get(cfg, k) != _get(shipped, k) for k in SAMPLE_KEYS)
 
 
 #: --choose exam_pooling=none|mean: density per exam from the mean of the images' probabilities (none) or from both

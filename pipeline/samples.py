@@ -23,7 +23,7 @@ import contextvars
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,7 @@ __all__ = ["RECIPES", "DEFAULT_CROP", "sample_recipe", "MIN_IMAGE_SIDE", "BLANK_
            "check_image_size", "check_not_blank", "check_breast", "find_breast", "check_roi_on_breast",
            "resize_square", "density_sample", "shared_breast_finding",
            "lesion_sample", "make_sample", "load_samples", "Geometry", "sample_side", "sample_shape",
-           "highres_sample", "map_to_original"]
+           "recipe_shape", "highres_sample", "map_to_original"]
 
 logger = logging.getLogger(__name__)
 
@@ -363,6 +363,14 @@ def sample_shape(size: int, scale: float, aspect: float = 1.0) -> tuple[int, int
     return max(1, int(round(side * a ** 0.5))), max(1, int(round(side / a ** 0.5)))
 
 
+def recipe_shape(task_or_recipe: str, size: int, crop: Mapping[str, float]) -> tuple[int, int]:
+    """(H, W) px of the samples a recipe (or a task's) makes at working size `size`: (size, size), or for the highres
+    recipe `sample_shape` of the crop parameters' scale and aspect."""
+    if sample_recipe(task_or_recipe) != "highres":
+        return size, size
+    return sample_shape(size, crop.get("scale", 1.0), crop.get("aspect", 1.0))
+
+
 def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """float32 `image` resized to `shape` (H, W), clipped to [0, 1]: antialiased bilinear as features' resize (a
     large shrink first averages integer blocks)."""
@@ -373,8 +381,7 @@ def _resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if image.shape == (h, w):
         return image.copy()
     if h == w:
-        return resize_square(image, h) if image.shape[0] == image.shape[1] else \
-            np.clip(resize_image(image, h, aspect="stretch"), 0.0, 1.0)
+        return resize_square(image, h)
     pil = Image.fromarray(np.ascontiguousarray(image))
     factor = min(image.shape[0] // h, image.shape[1] // w) // 2
     if factor >= 2:
@@ -473,8 +480,7 @@ def load_samples(
     results = list(tqdm(done, total=len(groups), desc="preparing samples", unit="img", file=sys.stderr,
                         disable=not progress_bar, dynamic_ncols=True))
     by_pos = dict(item for chunk in results for item in chunk)
-    h, w = sample_shape(size, crop_params.get("scale", 1.0), crop_params.get("aspect", 1.0)) \
-        if sample_recipe(task) == "highres" else (size, size)
+    h, w = recipe_shape(task, size, crop_params)
     X = np.zeros((0, h * w), dtype=np.float32)
     good = [by_pos[p] for p in range(len(records)) if isinstance(by_pos[p], np.ndarray)]
     if good:

@@ -419,7 +419,7 @@ def assemble(front: Pipeline, head: Pipeline) -> Pipeline:
 def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, Any], *,
                   whole_breast_without_roi: bool, n: int = 2, tries: int = 16) -> np.ndarray:
     """Up to `n` samples (n, S*S) from the first rows that can be prepared (to fit the front on; input example)."""
-    from pipeline.samples import load_samples, sample_recipe, sample_shape
+    from pipeline.samples import load_samples, recipe_shape
 
     size = int(sample_params["size"])
     crop = _crop(sample_params)
@@ -430,8 +430,7 @@ def first_samples(table: pd.DataFrame, recipe: str, sample_params: Mapping[str, 
         got.extend(X)
         if len(got) >= n:
             break
-    h, w = sample_shape(size, crop.get("scale", 1.0), crop.get("aspect", 1.0)) \
-        if sample_recipe(recipe) == "highres" else (size, size)
+    h, w = recipe_shape(recipe, size, crop)
     return np.asarray(got[:n], dtype=np.float32).reshape(-1, h * w)
 
 
