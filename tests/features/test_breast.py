@@ -79,6 +79,20 @@ def test_a_textured_subtraction_filling_the_frame_is_masked_not_refused(cdd_dir)
         assert sample.std() > 0.05
 
 
+def test_a_rim_holding_little_of_the_tissue_above_the_threshold_is_not_taken_for_the_breast(cdd_dir):
+    """CDD-CESM P118_L_CM_CC fills the frame: the opening cut its textured tissue into pieces and the largest, the
+    bright skin line along the lower edge (7 % of the image), was the mask; it held under half of the pixels above
+    the threshold, so the smoothed pass runs and its larger mask, across the breast's body, is kept."""
+    image, _ = read_image(cdd_dir / "images" / "P118_L_CM_CC.png")
+    oriented, _ = orient_chest_wall_left(image, "L")
+    rim = breast_mask(oriented, textured_share=0.0)  # the smoothed pass only where nothing breast-sized is found
+    mask = breast_mask(oriented)
+    assert rim.mean() < 0.1
+    assert mask.mean() > 0.3 and mask[rim].mean() > 0.9  # four times larger, and holding the rim
+    upper = slice(0, mask.shape[0] // 2)
+    assert mask[upper].mean() > 0.1 and not rim[upper].any()  # the body above the middle, which the rim never reached
+
+
 def test_the_smoothed_pass_leaves_a_lone_label_refused():
     """A bright label on black: smoothing keeps it label-sized, so the mask stays under a breast's share."""
     image = np.zeros((256, 256), np.float32)
@@ -104,6 +118,8 @@ def test_mask_errors():
         breast_mask(np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="otsu_fraction"):
         breast_mask(np.zeros((8, 8)), otsu_fraction=2.0)
+    with pytest.raises(ValueError, match="textured_share"):
+        breast_mask(np.zeros((8, 8)), textured_share=1.5)
 
 
 def test_orientation_flips_right_breasts_and_infers_side():
