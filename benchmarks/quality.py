@@ -30,7 +30,9 @@ mean of the images' probabilities. Each arm prints which candidate every outer t
 
 Reruns are fast: features come from the feature cache (CachedTransformer), and each arm's out-of-fold result is
 kept under <cache>/quality-cv/, keyed by its config, its rows (sample bytes) and its folds; delete that folder (or
-pass a fresh --cache-dir) after changing model code.
+pass a fresh --cache-dir) after changing model code. `--pair BEFORE AFTER --tasks screening_cdd` prints two such
+memoised screening arms against each other, paired (the same arm before and after a code change that alters the
+samples, which leaves the old file in place).
 """
 from __future__ import annotations
 
@@ -686,11 +688,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
     _, disk = _memo_file(cache, config, digest, X, tag=name + (nested.tag if nested else ""), prefix="levels-")
     if disk is not None and disk.is_file():
-        z = np.load(disk)
-        calls = json.loads(str(z["calls"]))
-        chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
-        kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
-        return LevelArm(name, config, z["proba"], calls, digest, float(z["seconds"]), chosen, kept)
+        return load_level_arm(disk, name, config, digest)
     from pipeline.model.screening import build_exam_model, context_C
 
     config = {**config, "screening": {**config["screening"], "view_fusion": how}}
@@ -723,6 +721,31 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str),
               **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
     return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept)
+
+
+def load_level_arm(path: Path, name: str, config: dict[str, Any] | None = None, folds: str = "") -> LevelArm:
+    """A screening arm as run_level_arm memoised it (<cache>/quality-cv/levels-*.npz)."""
+    import json
+
+    z = np.load(path)
+    calls = json.loads(str(z["calls"]))
+    chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
+    kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
+    return LevelArm(name, config or {}, z["proba"], calls, folds, float(z["seconds"]), chosen, kept)
+
+
+def pair_level_arms(bt: BenchTask, data: Any, before: LevelArm, after: LevelArm, how: str, n_resamples: int,
+                    seed: int = 0) -> pd.DataFrame:
+    """AFTER against BEFORE per level (AUC, spec at the in-fold 95%-sensitivity threshold, sensitivity reached),
+    paired on the same whole-patient resamples: one arm before and after a change of code, which no config of one
+    run can express (e.g. the breast mask). Both must come from the same folds (the same --set evaluation.*)."""
+    n = len(data.y)
+    for arm in (before, after):
+        if len(arm.proba) != n:
+            raise SystemExit(f"--pair: {arm.name} holds {len(arm.proba)} images, {bt.key} has {n}: not the same rows")
+    rows, _ = score_levels(bt, data, {"plain": before, "shipped": after}, how, n_resamples, seed)
+    names = {"plain": "before", "shipped": "after", "shipped - plain (paired)": "after - before (paired)"}
+    return pd.DataFrame(rows).rename(columns=names)
 
 
 def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str, n_resamples: int, seed: int
@@ -991,7 +1014,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
                         help="an extra arm: the shipped default with these overrides (exploratory: it is compared on "
                              "the reported folds, so adopting it needs nested CV or other data)")
+    parser.add_argument("--pair", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                        help="print two memoised arms of one screening task (<cache>/quality-cv/levels-*.npz, "
+                             "the same folds) against each other, paired: the same arm before and after a code "
+                             "change")
     args = parser.parse_args(argv)
+    if args.pair:
+        return pair_main(args.tasks, args.pair, args.overrides, args.resamples)
     extra = {a.split(":", 1)[0]: a.split(":", 1)[1].split(",") for a in args.arm}
     logging.basicConfig(level=logging.WARNING)
     out = run(args.tasks, quick=args.quick, ablate=args.ablate, variants=not args.no_variants,
@@ -1004,6 +1033,29 @@ def main(argv: list[str] | None = None) -> int:
         print("\nEvery arm (same folds: digest per arm):")
         print(out["arms"].to_string(index=False))
     print(f"\nwall time {out['seconds']:.0f} s")
+    return 0
+
+
+def pair_main(tasks: list[str], pair: list[Path], overrides: list[str], n_resamples: int | None) -> int:
+    """--pair: load the task's data and folds' labels, print AFTER against BEFORE per level."""
+    from pipeline.config.experiment import parse_overrides, resolve_config
+    from pipeline.training.train import load_task_data
+
+    chosen = [t for t in TASKS if t.key in tasks and t.levels]
+    if len(chosen) != 1 or len(tasks) != 1:
+        raise SystemExit("--pair needs exactly one screening task in --tasks (e.g. --tasks screening_cdd)")
+    bt = chosen[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
+        cfg = resolve_config(EXPERIMENTS / bt.experiment,
+                             _merge(base, {"evaluation": {"folds": 5, "seed": 0}}, parse_overrides(overrides)))
+        data = load_task_data(cfg, progress=lambda s: None)
+    before, after = (load_level_arm(p, n) for p, n in zip(pair, ("before", "after")))
+    table = pair_level_arms(bt, data, before, after, cfg["screening"]["view_fusion"],
+                            n_resamples if n_resamples is not None else 1000)
+    with pd.option_context("display.width", 250, "display.max_columns", 20):
+        print(f"{bt.key}: {pair[1].name} (after) against {pair[0].name} (before), 95% patient-bootstrap CIs, paired")
+        print(table.drop(columns=["task"]).to_string(index=False))
     return 0
 
 

@@ -293,3 +293,39 @@ def test_sample_key_nested_arm_reads_each_candidates_own_front(tmp_path: Path):
     assert len(fronts) == 3  # the --arm's front, and each candidate's, once
     if arm.chosen.count("screening.aspect=1.0") == 3:  # the square candidate is the shipped recipe, refitted alone
         np.testing.assert_allclose(arm.proba, arms["shipped"].proba, atol=1e-6)
+
+
+def test_pair_reads_two_memoised_arms_and_pairs_them_per_level(tmp_path: Path):
+    """--pair: two levels-*.npz as run_level_arm writes them, AFTER against BEFORE on the same resamples; an arm
+    against itself differs by exactly 0, a better one by a positive AUC; a file of other rows is refused."""
+    import json
+
+    mod = _module()
+    rng = np.random.default_rng(2)
+    table, y, data = _four_views(20)
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
+
+    def save(name: str, p: np.ndarray, rows: int | None = None) -> Path:
+        fused = level_proba(p, y, level_ids(table), "mean")
+        p = p[:rows]
+        calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
+        path = tmp_path / f"levels-{name}.npz"
+        mod._save_npz(path, proba=p, calls=json.dumps(calls), seconds=1.0, chosen=np.asarray([], dtype=str),
+                      kept_context=np.ones(5, bool))
+        return path
+
+    p = np.clip(0.3 * y + 0.7 * rng.random(len(y)), 0, 1)
+    before, better = save("before", p), save("better", np.clip(p + 0.5 * y, 0, 1))
+    bt = next(t for t in mod.TASKS if t.levels)
+    arm = mod.load_level_arm(before, "before")
+    assert arm.kept == {"context": [True] * 5} and np.array_equal(arm.proba, p)
+    same = mod.pair_level_arms(bt, data, arm, mod.load_level_arm(before, "after"), "mean", 40)
+    assert set(same["after - before (paired)"]) == {"+0.00 [+0.00, +0.00]"}
+    up = mod.pair_level_arms(bt, data, arm, mod.load_level_arm(better, "after"), "mean", 40)
+    assert up.loc[up["metric"] == "ROC AUC per image", "after - before (paired)"].iloc[0].startswith("+0.")
+    short = save("short", p, rows=-4)
+    with pytest.raises(SystemExit, match="not the same rows"):
+        mod.pair_level_arms(bt, data, arm, mod.load_level_arm(short, "after"), "mean", 40)
+    with pytest.raises(SystemExit, match="exactly one screening task"):
+        mod.pair_main(["tissue"], [before, better], [], 40)
