@@ -101,12 +101,15 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
     `shift` (px, 0 = off): each tile is also embedded at its corner moved diagonally by +shift and -shift px (kept
     inside the image) and the embeddings are averaged with the flips' (3x the CNN passes): a lesion on a tile's edge
     is seen whole by a neighbour view. The tile positions (`tiles_of`, the map) are the unshifted corners.
+    `input_size` (px, None = `tile_size`): the side each tile is resized to before the CNN, e.g. a backbone's native
+    ImageNet input (EfficientNet-Lite2: 260), so that the tile's structures reach the net at the scale it learned.
     """
 
     def __init__(self, tile_size: int = 224, overlap: float = 0.5, max_tiles: int = 16, min_breast: float = 0.25,
                  backbone: str = "efficientnet_lite0", weights: str = "imagenet", pooling: str = "avg",
                  batch_size: int = 32, n_threads: int | None = None, device: str = "cpu",
-                 image_shape: tuple[int, int] | None = None, flips: str = "none", shift: int = 0) -> None:
+                 image_shape: tuple[int, int] | None = None, flips: str = "none", shift: int = 0,
+                 input_size: int | None = None) -> None:
         self.tile_size = tile_size
         self.overlap = overlap
         self.max_tiles = max_tiles
@@ -120,6 +123,7 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         self.image_shape = image_shape
         self.flips = flips
         self.shift = shift
+        self.input_size = input_size
 
     def _check_params(self) -> None:
         if self.flips not in FLIPS:
@@ -128,6 +132,10 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         if not isinstance(self.shift, int) or isinstance(self.shift, bool) or self.shift < 0:
             raise ValueError(f"The 'shift' parameter of TileEmbedder must be an int >= 0 (px). Got {self.shift!r} "
                              "instead.")
+        if self.input_size is not None and (not isinstance(self.input_size, int) or isinstance(self.input_size, bool)
+                                            or self.input_size < 8):
+            raise ValueError(f"The 'input_size' parameter of TileEmbedder must be an int >= 8 (px) or None. Got "
+                             f"{self.input_size!r} instead.")
         if not isinstance(self.tile_size, int) or self.tile_size < 8:
             raise ValueError(f"The 'tile_size' parameter of TileEmbedder must be an int >= 8. Got {self.tile_size!r}"
                              " instead.")
@@ -150,7 +158,8 @@ class TileEmbedder(TransformerMixin, BaseEstimator):
         _images(X, self.image_shape)
         t = int(self.tile_size)
         self.embedder_ = CNNEmbedder(backbone=self.backbone, weights=self.weights, pooling=self.pooling,
-                                     input_size=t, batch_size=self.batch_size, n_threads=self.n_threads,
+                                     input_size=int(self.input_size or t), batch_size=self.batch_size,
+                                     n_threads=self.n_threads,
                                      device=self.device).fit(np.zeros((1, t * t), np.float32))
         self.n_embedding_ = int(self.embedder_.n_embedding_)
         return self

@@ -174,6 +174,7 @@ SCHEMA: dict[str, Any] = {
             "weights": Str(),
             "pooling": Choice(CNN_POOLINGS),
             "input": Choice(("raw", "enhanced")),
+            "input_size": Choice(("sample", "native")),
             "batch_size": Int(1, 1024),
             "finetune": {
                 "enabled": Bool(),

@@ -37,6 +37,7 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import choose_threshold
 from pipeline.evaluation.splits import patient_stratified_folds
 
@@ -102,6 +103,20 @@ def _project_imports(name: str) -> list[str]:
         if isinstance(mod, str) and mod != name and mod.split(".")[0] in ("features", "cnn"):
             out.append(mod)
     return sorted(set(out))
+
+
+def cnn_input_size(cnn_config: Mapping[str, Any], size: int) -> int:
+    """Side (px) the CNN resizes a `size`-px sample or tile to: `size` itself, or the backbone's native ImageNet
+    input (Lite1 240, Lite2 260) where ``features.cnn.input_size`` is ``native``."""
+    if cnn_config.get("input_size", "sample") != "native":
+        return int(size)
+    from cnn.backbones import BACKBONES
+
+    name = cnn_config["backbone"]
+    if name not in BACKBONES:
+        raise ConfigError(f"features.cnn.input_size: native needs a built-in backbone ({', '.join(BACKBONES)}); "
+                          f"{name!r} has no native input size. Use input_size: sample.")
+    return int(BACKBONES[name][1])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -572,7 +587,7 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             fat_percentile=dn["fat_percentile"], core_fraction=dn["core_fraction"],
             exclude_pectoral=dn["exclude_pectoral"]), cache)))
     if cn["enabled"]:
-        size = int(config["samples"]["size"])
+        size = cnn_input_size(cn, int(config["samples"]["size"]))
         if cn["finetune"]["enabled"]:
             from cnn.finetune import FineTunedEmbedder
 

@@ -35,7 +35,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import choose_threshold
 from pipeline.io.exams import level_ids
-from pipeline.model.estimators import CachedTransformer, build_pipeline
+from pipeline.model.estimators import CachedTransformer, build_pipeline, cnn_input_size
 from pipeline.model.levels import LEVELS, level_proba
 
 __all__ = ["whole_image_config", "sample_image_shape", "tile_embedding_step", "tile_block_width",
@@ -68,11 +68,14 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
                                              amount=pre["unsharp"]["amount"], keep_zero=True, image_shape=shape)))
     n_jobs = int(config["compute"]["n_jobs"])
     pooling = sc.get("tile_pooling") or cn["pooling"]  # null: the whole-breast CNN's pooling
-    steps.append(("embed", TileEmbedder(tile_size=int(sc["tile_size"]), overlap=float(sc["overlap"]),
+    tile = int(sc["tile_size"])
+    size = cnn_input_size(cn, tile)
+    steps.append(("embed", TileEmbedder(tile_size=tile, overlap=float(sc["overlap"]),
                                         max_tiles=int(sc["max_tiles"]), min_breast=float(sc["min_breast"]),
                                         backbone=cn["backbone"], weights=cn["weights"], pooling=pooling,
                                         batch_size=int(cn["batch_size"]), flips=str(sc.get("tile_flips", "none")),
                                         shift=int(sc.get("tile_shift", 0)), image_shape=shape,
+                                        input_size=None if size == tile else size,
                                         n_threads=n_jobs if n_jobs > 0 else None)))
     return CachedTransformer(Pipeline(steps), str(cache_dir) if cache_dir else None)
 

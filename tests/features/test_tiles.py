@@ -1,4 +1,4 @@
-"""TileEmbedder's test-time flips: a tile's embedding is the mean over its mirrored copies."""
+"""TileEmbedder's test-time flips and shifts (a tile's embedding is the mean over its views) and its CNN input size."""
 import numpy as np
 import pytest
 
@@ -94,3 +94,52 @@ def test_the_shift_switch_reaches_the_tile_embedder():
     cfg = resolve_config("experiments/tiny_test.yaml", {"dataset": {"task": "screening"},
                                                         "screening": {"tile_shift": 16}})
     assert tile_embedding_step(cfg).transformer.named_steps["embed"].shift == 16
+
+
+def test_input_size_resizes_each_tile_before_the_cnn():
+    """input_size=s: a tile's embedding is the CNN's embedding of the tile resized to s px (None: its own size)."""
+    import torch
+    import torch.nn.functional as F
+
+    image = _breast(4)
+    X = image.reshape(1, -1)
+    own = TileEmbedder(tile_size=64, max_tiles=1, backbone="tiny", weights="random", n_threads=1).fit(X)
+    big = TileEmbedder(**{**own.get_params(), "input_size": 96}).fit(X)
+    assert big.embedder_.input_size == 96 and own.embedder_.input_size == 64
+    from cnn.embedder import CNNEmbedder
+
+    up = F.interpolate(torch.from_numpy(image)[None, None], size=(96, 96), mode="bilinear", align_corners=False)
+    up = up[0, 0].numpy().reshape(1, -1)
+    want = CNNEmbedder(backbone="tiny", weights="random", input_size=96, n_threads=1).fit(up).transform(up)[0]
+    got = big.transform(X)[0]
+    np.testing.assert_allclose(got[1:], want, rtol=1e-4, atol=1e-5)
+    assert got.shape == own.transform(X)[0].shape and not np.allclose(got[1:], own.transform(X)[0, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="'input_size' parameter of TileEmbedder"):
+        TileEmbedder(tile_size=32, input_size=4, backbone="tiny", weights="random").fit(X)
+
+
+@pytest.mark.parametrize("backbone, whole, tile", [("efficientnet_lite2", 260, 260), ("efficientnet_lite1", 240, 240),
+                                                   ("efficientnet_lite0", 224, None)])
+def test_native_input_size_reaches_the_whole_breast_cnn_and_the_tiles(backbone, whole, tile):
+    """features.cnn.input_size: native resizes samples and tiles to the backbone's ImageNet input; where that is
+    the tile's own size the step keeps input_size=None (its parameters, and its feature cache, stay the same)."""
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.estimators import cnn_input_size
+    from pipeline.model.screening import tile_embedding_step
+
+    cfg = resolve_config("experiments/mias_screening.yaml", {"features": {"cnn": {"backbone": backbone,
+                                                                                   "input_size": "native"}}})
+    assert cnn_input_size(cfg["features"]["cnn"], cfg["samples"]["size"]) == whole
+    assert tile_embedding_step(cfg).transformer.named_steps["embed"].input_size == tile
+    sample = resolve_config("experiments/mias_screening.yaml", {"features": {"cnn": {"backbone": backbone}}})
+    assert cnn_input_size(sample["features"]["cnn"], 224) == 224
+    assert tile_embedding_step(sample).transformer.named_steps["embed"].input_size is None
+
+
+def test_native_input_size_is_refused_for_a_backbone_without_one():
+    from pipeline.errors import ConfigError
+    from pipeline.model.estimators import cnn_input_size
+
+    with pytest.raises(ConfigError, match="input_size: native needs a built-in backbone"):
+        cnn_input_size({"backbone": "my_net", "input_size": "native"}, 224)
+    assert cnn_input_size({"backbone": "my_net", "input_size": "sample"}, 224) == 224
