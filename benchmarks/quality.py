@@ -106,6 +106,7 @@ TASKS: tuple[BenchTask, ...] = (
 )
 
 #: The plain recipe, as overrides of a shipped experiment (its dataset and samples are kept).
+FOLDS: dict[str, Any] = {"evaluation": {"folds": 5, "seed": 0}}  # every arm's patient folds (--quick: 3)
 PLAIN: dict[str, Any] = {
     "preprocessing": {"breast_mask": False, "clahe": {"enabled": True, "clip_limit": 0.01, "kernel_size": None},
                       "unsharp": {"enabled": True, "radius": 2.0, "amount": 1.0}},
@@ -882,7 +883,7 @@ def run(tasks: list[str], quick: bool = False, ablate: bool = False, variants: b
 
     started = time.perf_counter()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    common: dict[str, Any] = {"evaluation": {"folds": 5, "seed": 0}}
+    common: dict[str, Any] = FOLDS
     if quick:
         common = _merge(common, {"dataset": {"max_samples": 30}, "evaluation": {"folds": 3}})
     n_resamples = n_resamples if n_resamples is not None else (100 if quick else 1000)
@@ -1048,7 +1049,7 @@ def pair_main(tasks: list[str], pair: list[Path], overrides: list[str], n_resamp
     with tempfile.TemporaryDirectory() as tmp:
         base = _merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
         cfg = resolve_config(EXPERIMENTS / bt.experiment,
-                             _merge(base, {"evaluation": {"folds": 5, "seed": 0}}, parse_overrides(overrides)))
+                             _merge(base, FOLDS, parse_overrides(overrides)))
         data = load_task_data(cfg, progress=lambda s: None)
     before, after = (load_level_arm(p, n) for p, n in zip(pair, ("before", "after")))
     table = pair_level_arms(bt, data, before, after, cfg["screening"]["view_fusion"],
