@@ -46,6 +46,7 @@ __all__ = [
     "WeightedXGBClassifier",
     "PatientCalibratedClassifier",
     "build_pipeline",
+    "cnn_input_size",
     "final_classifier",
     "CenterCrop",
     "MutualInfoSelector",
