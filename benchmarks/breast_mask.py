@@ -1,6 +1,8 @@
 """Full-frame screening exports built from real images: how many are refused, how much of the breast the mask keeps.
 
-Run: ``python benchmarks/breast_mask.py [--step 8]``. Every `step`-th mini-MIAS and CDD-CESM image and every CBIS-DDSM
+Run: ``python benchmarks/breast_mask.py [--step 8] [--time-only]``. First the mask's speed: `breast_mask` +
+`orient_chest_wall_left` per call on a real mini-MIAS film resized to 224 and 1024 px (budgets 10 and 50 ms; timed
+here, not in a unit test, since a shared CI machine makes such a test flaky). Then Every `step`-th mini-MIAS and CDD-CESM image and every CBIS-DDSM
 DICOM becomes 48 640 px JPEG exports (tests/_full_frame.breast_cases: breast filling 80 or 95 % of the frame,
 mirrored or not, a saturated corner marker or not, a detector seam or not, plain / dim / bright), each read and
 masked as scoring does (read_image, check_not_blank, pipeline.samples.find_breast). Prints, per data set and per
@@ -56,11 +58,35 @@ def _kept(results: list[dict]) -> str:
     return f"median {np.median(kept):.3f}, worst {kept.min():.3f}, below 0.9: {int((kept < 0.9).sum())}"
 
 
+BUDGET_MS = {224: 10.0, 1024: 50.0}  # per call of breast_mask + orient_chest_wall_left on a 2-core laptop CPU
+
+
+def time_mask(image: np.ndarray, repeats: int = 20) -> dict[int, float]:
+    """Median ms per call of breast_mask + orient_chest_wall_left on `image` resized to each BUDGET_MS size."""
+    from skimage.transform import resize
+
+    from features.breast import breast_mask, orient_chest_wall_left
+
+    out = {}
+    for size in BUDGET_MS:
+        small = resize(image, (size, size), anti_aliasing=True, preserve_range=True).astype(np.float32)
+        breast_mask(small)  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            breast_mask(small)
+            orient_chest_wall_left(small)
+            times.append(time.perf_counter() - start)
+        out[size] = 1000 * float(np.median(times))
+    return out
+
+
 def main() -> None:
     """Print refusals and mask coverage of the generated full-frame exports, then the refusal cases."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--step", type=int, default=8, help="use every n-th mini-MIAS and CDD-CESM image")
     parser.add_argument("--csv", type=Path, help="also write one row per export (name, refused, inverted, kept, extra)")
+    parser.add_argument("--time-only", action="store_true", help="only the mask's speed")
     args = parser.parse_args()
     logging.getLogger("pipeline").setLevel(logging.ERROR)  # the inversion warnings are counted, not printed
     warnings.simplefilter("ignore", UserWarning)
@@ -70,6 +96,13 @@ def main() -> None:
         "CDD-CESM": sorted((root / "cdd_cesm" / "images").glob("*.png"))[:: args.step * 3],
         "CBIS-DDSM": sorted((root / "cbis_ddsm" / "dicom").glob("*.dcm")),
     }
+    film, _ = read_image(sets["mini-MIAS"][0])
+    for size, ms in time_mask(film).items():
+        verdict = "met" if ms <= BUDGET_MS[size] else "NOT met"
+        print(f"mask + orientation at {size} px ({sets['mini-MIAS'][0].name}): {ms:.1f} ms per call, median of 20 "
+              f"(budget {BUDGET_MS[size]:.0f} ms: {verdict})")
+    if args.time_only:
+        return
     start = time.perf_counter()
     by_variant: dict[str, list[dict]] = defaultdict(list)
     first_image, rows = None, []

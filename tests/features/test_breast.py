@@ -1,7 +1,6 @@
 """breast_mask and orient_chest_wall_left on synthetic images and real mini-MIAS / CBIS-DDSM laterality."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
@@ -132,19 +131,6 @@ def test_orientation_flips_right_breasts_and_infers_side():
     assert orient_chest_wall_left(mirrored)[1] and not orient_chest_wall_left(image)[1]
     with pytest.raises(ValueError, match="laterality"):
         orient_chest_wall_left(image, "X")
-
-
-def test_speed_224_and_1024():
-    rng = np.random.default_rng(0)
-    for size, budget in ((224, 0.010), (1024, 0.050)):
-        image = _synthetic(size, size) + rng.random((size, size), dtype=np.float32) * 0.01
-        breast_mask(image)
-        start = time.perf_counter()
-        for _ in range(5):
-            breast_mask(image)
-            orient_chest_wall_left(image)
-        per_call = (time.perf_counter() - start) / 5
-        assert per_call < budget * 3, f"{size}: {per_call * 1000:.1f} ms"  # x3 slack for a shared CI machine
 
 
 def test_intensity_rule_agrees_with_laterality_on_real_images(mias_dir, cbis_dir):
