@@ -37,7 +37,8 @@ def fronts(experiment: str, backbone: str, overrides: list[str] | None = None):
     from pipeline.model.screening import build_screening_pipeline
     from pipeline.training.stream import split_pipeline
 
-    config = load_experiment(ROOT / "experiments" / experiment, [*(overrides or []), f"features.cnn.backbone={backbone}"]).config
+    overrides = [*(overrides or []), f"features.cnn.backbone={backbone}"]
+    config = load_experiment(ROOT / "experiments" / experiment, overrides).config
     build = build_screening_pipeline if get_task(config["dataset"]["task"]).levels else build_pipeline
     front, _ = split_pipeline(disable_cache(build(config, None)))
     return config, front

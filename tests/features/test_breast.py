@@ -1,7 +1,6 @@
 """breast_mask and orient_chest_wall_left on synthetic images and real mini-MIAS / CBIS-DDSM laterality."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest

@@ -101,13 +101,13 @@ def test_input_size_resizes_each_tile_before_the_cnn():
     import torch
     import torch.nn.functional as F
 
+    from cnn.embedder import CNNEmbedder
+
     image = _breast(4)
     X = image.reshape(1, -1)
     own = TileEmbedder(tile_size=64, max_tiles=1, backbone="tiny", weights="random", n_threads=1).fit(X)
     big = TileEmbedder(**{**own.get_params(), "input_size": 96}).fit(X)
     assert big.embedder_.input_size == 96 and own.embedder_.input_size == 64
-    from cnn.embedder import CNNEmbedder
-
     up = F.interpolate(torch.from_numpy(image)[None, None], size=(96, 96), mode="bilinear", align_corners=False)
     up = up[0, 0].numpy().reshape(1, -1)
     want = CNNEmbedder(backbone="tiny", weights="random", input_size=96, n_threads=1).fit(up).transform(up)[0]
