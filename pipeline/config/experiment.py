@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from cnn.backbones import POOLINGS as CNN_POOLINGS
+from cnn.backbones import BACKBONES as CNN_BACKBONES, POOLINGS as CNN_POOLINGS
 from pipeline.errors import ConfigError
 
 __all__ = [
@@ -170,7 +170,7 @@ SCHEMA: dict[str, Any] = {
         },
         "cnn": {
             "enabled": Bool(),
-            "backbone": Str(),
+            "backbone": Choice(CNN_BACKBONES),
             "weights": Str(),
             "pooling": Choice(CNN_POOLINGS),
             "input": Choice(("raw", "enhanced")),
