@@ -12,9 +12,10 @@ Where each part comes from, first found wins (``key_from_meta``):
 
 - patient: the table / manifest ``patient_id``. A DICOM's PatientID is never read (patient-identifying); a DICOM without
   a manifest stands for a patient of its own study: patient_id = the exam id.
-- exam: the table / manifest ``exam_id``, else the DICOM Study Instance UID (``ImageMeta.study_uid``), else the patient.
-  Real files can hold one study per view (the CBIS-DDSM DICOMs do): give ``patient_id`` / ``exam_id`` in a manifest
-  to put such views into one exam.
+- exam: the table / manifest ``exam_id``; else, where a patient is named, the patient (every image of a patient is one
+  exam, as in a training table without ``exam_id``); else the DICOM Study Instance UID (``ImageMeta.study_uid``).
+  Real files can hold one study per view (the CBIS-DDSM DICOMs do): a manifest's ``patient_id`` puts such views into
+  one exam; add ``exam_id`` to keep a patient's visits apart.
 - laterality: table / manifest, else DICOM ImageLaterality, Laterality, FrameLaterality (``pipeline.io.dicom``), else
   the file name (``LEFT``/``RIGHT``/``L``/``R`` as a ``_``/``-``-separated token: ``Mass-Test_P_00173_LEFT_CC``,
   ``P100_L_CM_CC``), else unknown (a breast of its own).
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["ExamKey", "exam_id_of", "breast_id_of", "breast_ids", "exam_ids", "level_ids", "exam_keys",
-           "key_from_meta", "side_and_view_from_name", "group_by_exam", "VIEWS"]
+           "key_from_meta", "laterality_of", "side_and_view_from_name", "group_by_exam", "VIEWS"]
 
 T = TypeVar("T")
 VIEWS = ("CC", "MLO", "ML", "LM", "LMO", "XCC", "XCCL", "XCCM", "FB", "SIO", "CV", "AT")
@@ -121,15 +122,26 @@ def side_and_view_from_name(path: str | PurePath) -> tuple[str | None, str | Non
     return side, view
 
 
+def laterality_of(laterality: Any = None, meta: Any = None, path: str | PurePath | None = None) -> str | None:
+    """'L' / 'R' / None of one image, first found wins: the given value (``L``/``R``/``LEFT``/``RIGHT``, any case),
+    the file's tags (``ImageMeta.laterality``), the file name's tokens. Keys and samples both read it, so the breast an
+    image is paired with and the side its sample is mirrored from never disagree."""
+    given = _SIDES.get((_given(laterality) or "").upper())
+    if given:
+        return given
+    tagged = _SIDES.get(str(getattr(meta, "laterality", None) or "").upper())
+    return tagged or (side_and_view_from_name(path)[0] if path is not None else None)
+
+
 def key_from_meta(*, path: str | PurePath | None = None, meta: Any = None, patient_id: Any = None,
                   exam_id: Any = None, laterality: Any = None, view: Any = None) -> ExamKey:
     """The ExamKey of one image from what is known, first found wins: explicit values (manifest / table), then the
     ImageMeta read from the file (``study_uid``, ``laterality``, ``view``), then the file name; raises ValueError
     when neither a patient, an exam nor a study UID is known (see the module docstring)."""
-    name_side, name_view = side_and_view_from_name(path) if path is not None else (None, None)
-    study = _given(exam_id) or _given(getattr(meta, "study_uid", None))
+    name_view = side_and_view_from_name(path)[1] if path is not None else None
+    study = _given(exam_id) or (None if _given(patient_id) else _given(getattr(meta, "study_uid", None)))
     exam = exam_id_of(patient_id, study)
-    side = _SIDES.get((_given(laterality) or "").upper()) or getattr(meta, "laterality", None) or name_side
+    side = laterality_of(laterality, meta, path)
     seen = (_given(view) or "").upper() or getattr(meta, "view", None) or name_view
     return ExamKey(patient_id=_given(patient_id) or exam, exam_id=exam, laterality=side, view=seen or None)
 

@@ -92,6 +92,7 @@ def _as_spec(spec: Any) -> Any:
 def prepare_item(item: InputItem, specs: Sequence[Any], display: bool = False) -> Prepared:
     """Read `item` and prepare one working-resolution sample per SampleSpec (or (task, sample_params)); errors
     become `error`. `display`: keep a uint8 copy of the image for a --maps overlay."""
+    from pipeline.io.exams import laterality_of
     from pipeline.io.imageio import read_image
     from pipeline.samples import shared_breast_finding
 
@@ -100,9 +101,10 @@ def prepare_item(item: InputItem, specs: Sequence[Any], display: bool = False) -
         warnings.simplefilter("always")
         try:
             image, meta = read_image(item.path)
-            out.laterality = item.laterality or meta.laterality
+            # the side its exam key names (manifest, else tags, else file name): the sample is mirrored from it
+            out.laterality = laterality_of(item.laterality, meta, item.path)
             out.view = item.view or meta.view
-            if out.laterality and meta.laterality is None:
+            if out.laterality and meta.laterality != out.laterality:
                 meta = _with_laterality(meta, out.laterality)
             out.meta = meta
             with shared_breast_finding():  # one blank check and breast finding for every task's sample
@@ -549,14 +551,24 @@ class ExamFiles:
         exam = exam_of(prepared[0].item) if prepared else None
         if exam is None:
             return
+        stale = False  # a row of this exam already written: a resumed run rescoring an exam that gained images
         writer = self.writers.get(DENSITY_FILE)
-        if writer is not None and exam not in writer.done:
-            writer.write([self._density_row(exam, rows, result)])
+        if writer is not None:
+            stale = exam in writer.done
+            if not stale:
+                writer.write([self._density_row(exam, rows, result)])
         if result is not None and result.exam is not None:
             for lv, table in result.rows().items():
                 writer = self.writers.get(lv)
                 if writer is not None:
-                    writer.write([r for r in table.to_dict("records") if str(r[writer.key]) not in writer.done])
+                    records = table.to_dict("records")
+                    fresh = [r for r in records if str(r[writer.key]) not in writer.done]
+                    stale = stale or len(fresh) < len(records)
+                    writer.write(fresh)
+        if stale:
+            logger.warning("the exam of %s has images the first run did not score: its per-exam rows written then are "
+                           "kept (no row is written twice), so they do not count the new images; run with --overwrite "
+                           "to rescore every exam whole", prepared[0].item.path)
 
     def _density_row(self, exam: str, rows: Sequence[dict[str, Any]], result: Any | None) -> dict[str, Any]:
         m = self.density
@@ -564,6 +576,11 @@ class ExamFiles:
         row: dict[str, Any] = {"exam": exam, "n_images": len(rows) - failed, "n_failed": failed,
                                f"{m.task}_model": m.name, f"{m.task}_version": m.version}
         density = None if result is None else result.density
+        scored = [r for r in rows if not r.get("error") and f"{m.task}_p_{m.classes[0]}" in r]
+        if density is None and scored:  # scored image by image (score_exam_unit's fallback): the same mean and rule
+            from pipeline.serving.exam import density_of_exam
+
+            density = density_of_exam(m, np.array([[r[f"{m.task}_p_{c}"] for c in m.classes] for r in scored]))
         if density is not None:  # an exam whose images all failed keeps empty probabilities and call
             row.update({f"{m.task}_p_{c}": density["probabilities"][c] for c in m.classes})
             row[f"{m.task}_call"] = density["call"]

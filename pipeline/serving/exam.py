@@ -27,7 +27,8 @@ from pipeline.errors import MammoscopeError
 from pipeline.io.exams import ExamKey, key_from_meta, level_ids
 
 __all__ = ["ExamKey", "ExamImage", "ImageResult", "LevelResult", "ExamResult", "read_exam_images", "score_exam",
-           "predictor_score_exam", "exam_levels", "exam_image", "one_exam", "image_rows_columns", "SINGLE_EXAM"]
+           "predictor_score_exam", "exam_levels", "exam_image", "one_exam", "image_rows_columns", "density_of_exam",
+           "SINGLE_EXAM"]
 
 SINGLE_EXAM = "exam"  # exam id of files given together with no patient or study id (an upload is one exam)
 
@@ -162,13 +163,13 @@ def exam_image(image: np.ndarray, meta: Any, path: str | None, patient_id: str |
                exam_id: str | None = None, laterality: str | None = None, view: str | None = None) -> ExamImage:
     """An ExamImage with its key (pipeline.io.exams.key_from_meta: what is given, else the file's tags, else its
     name, e.g. ``P100_L_CM_CC``); an image with no patient, exam or study id belongs to the one exam of the files
-    given together (SINGLE_EXAM). The meta gets the key's laterality where it had none (the sample is mirrored by
-    it, as in training)."""
+    given together (SINGLE_EXAM). The meta takes the key's laterality (a given value wins over the file's tags, as a
+    table's column does in training): the sample is mirrored by the side its breast is paired by."""
     if not (patient_id or exam_id or getattr(meta, "study_uid", None)):
         exam_id = SINGLE_EXAM
     key = key_from_meta(path=path, meta=meta, patient_id=patient_id, exam_id=exam_id, laterality=laterality,
                         view=view)
-    if key.laterality and meta is not None and getattr(meta, "laterality", None) is None:
+    if key.laterality and meta is not None and getattr(meta, "laterality", None) != key.laterality:
         meta = replace(meta, laterality=key.laterality)
     return ExamImage(np.asarray(image, np.float32), meta, None if path is None else str(path), key)
 
@@ -258,16 +259,17 @@ def _model_info(predictor: Any) -> dict[str, Any]:
             "classes": list(predictor.classes), "card": _card_summary(predictor)}
 
 
-def _density_of_exam(model: Any, scores: Any) -> dict[str, Any]:
-    """The exam's density: the mean of its image probabilities, called by the density model's decision rule."""
+def density_of_exam(model: Any, probabilities: np.ndarray) -> dict[str, Any]:
+    """The exam's density from its images' (n, k) probabilities: their mean, called by the density model's rule."""
     from pipeline.config.tasks import decide
     from pipeline.evaluation.metrics import exam_average
 
-    mean = exam_average(scores.probabilities, [0] * len(scores))[:1]
+    probabilities = np.asarray(probabilities, dtype=float)
+    mean = exam_average(probabilities, [0] * len(probabilities))[:1]
     entry: dict[str, Any] = {"classes": list(model.classes),
                              "probabilities": {c: float(p) for c, p in zip(model.classes, mean[0])},
                              "call": decide(mean, model.classes, model.card.decision)[0], "prediction_set": None,
-                             "n_images": len(scores), "model": {"name": model.name, "version": model.version}}
+                             "n_images": len(probabilities), "model": {"name": model.name, "version": model.version}}
     if entry["call"] is None:
         entry["call"] = model.classes[int(np.argmax(mean[0]))]
     if model.conformal is not None:
@@ -365,7 +367,7 @@ def score_exam(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamI
                         density=None, model={}, errors=list(errors))
     density = next((m for m in predictors if m.task_spec.exam_pooled), None)
     if density is not None:
-        result.density = _density_of_exam(density, scores[density.task])
+        result.density = density_of_exam(density, scores[density.task].probabilities)
     screening = next((m for m in predictors if m.task_spec.levels), None)
     if screening is not None:
         result.breasts, result.exam, result.exam_id, result.patient_id = _screening_levels(

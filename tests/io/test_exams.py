@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from pipeline.io.exams import (ExamKey, breast_ids, exam_id_of, exam_ids, exam_keys, group_by_exam, key_from_meta,
-                               level_ids, side_and_view_from_name)
+                               laterality_of, level_ids, side_and_view_from_name)
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 CBIS = SHARED / "cbis_ddsm"
@@ -77,6 +77,32 @@ def test_real_cbis_ddsm_dicoms_fall_back_to_laterality_and_patient_orientation()
     grouped = [key_from_meta(path=r["file"], meta=m, patient_id=p, exam_id="screen-1")
                for (_, r), p, m in zip(manifest.iterrows(), patients, [read_image(CBIS / f)[1] for f in manifest["file"]])]
     assert len({k.exam_id for k in grouped}) == len(set(patients))
+    # a manifest naming the patient alone groups them too (as a training table without exam_id does), as batch
+    # predict groups its work: one study per view must not split an exam
+    by_patient = [key_from_meta(path=r["file"], meta=read_image(CBIS / r["file"])[1], patient_id=p)
+                  for (_, r), p in zip(manifest.iterrows(), patients)]
+    assert [k.exam_id for k in by_patient] == list(patients)
+
+
+def test_a_named_patient_without_exam_id_is_one_exam_whatever_the_study_uids():
+    from pipeline.io.imageio import ImageMeta
+
+    cc = ImageMeta(format="dicom", original_shape=(4, 4), study_uid="1.2.3")
+    mlo = ImageMeta(format="dicom", original_shape=(4, 4), study_uid="1.2.4")
+    assert {key_from_meta(meta=m, patient_id="P1").exam_id for m in (cc, mlo)} == {"P1"}
+    assert {key_from_meta(meta=m).exam_id for m in (cc, mlo)} == {"1.2.3", "1.2.4"}  # no manifest: study = exam
+    assert key_from_meta(meta=cc, patient_id="P1", exam_id="2024").exam_id == "P1|exam:2024"
+
+
+def test_laterality_given_then_tags_then_name():
+    from pipeline.io.imageio import ImageMeta
+
+    tagged = ImageMeta(format="dicom", original_shape=(4, 4), laterality="L")
+    assert laterality_of("right", tagged, "P1_L_CC.dcm") == "R"  # a manifest's value wins, any spelling
+    assert laterality_of(" LEFT ", None, None) == "L"
+    assert laterality_of(None, tagged, "P1_R_CC.dcm") == "L"
+    assert laterality_of("", None, "/d/P263_R_CM_CC.png") == "R"
+    assert laterality_of("both", None, "scan.png") is None
 
 
 @pytest.mark.skipif(not CESM.is_dir(), reason="needs ../shared/data/cdd_cesm")

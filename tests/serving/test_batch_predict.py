@@ -253,6 +253,50 @@ def test_folder_without_exam_ids_writes_no_exam_table(tmp_path: Path):
     assert out == str(tmp_path / "r.exams.csv") and pd.read_csv(out)["density_call"].tolist() == ["D"]
 
 
+def test_an_exam_scored_image_by_image_still_gets_its_density_row(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """score_exam_unit's fallback (an exam that cannot be scored together) gives no ExamResult: the per-exam file
+    still gets the mean of its scored images called by the model's rule, not an empty row marked done."""
+    from types import SimpleNamespace
+
+    from pipeline.serving.batch import ExamFiles, Prepared
+
+    density = SimpleNamespace(task="density", classes=["F", "G", "D"], name="m", version=1,
+                              card=SimpleNamespace(decision={"rule": "argmax"}), conformal=None)
+    item = InputItem(path="/a.png", extra={"patient_id": "P1"})
+    rows = [{"path": "/a.png", "density_p_F": 0.6, "density_p_G": 0.3, "density_p_D": 0.1, "error": None},
+            {"path": "/b.png", "density_p_F": 0.0, "density_p_G": 0.3, "density_p_D": 0.7, "error": None},
+            {"path": "/c.png", "error": "/c.png: unreadable"}]
+    files = ExamFiles(tmp_path / "r.csv", [density], [item], mode="overwrite")
+    files.add([Prepared(item=item)] * 3, rows, None)
+    exams = pd.read_csv(files.density_path)
+    np.testing.assert_allclose(exams[["density_p_F", "density_p_G", "density_p_D"]].to_numpy(), [[0.3, 0.3, 0.4]])
+    assert exams["density_call"].tolist() == ["D"] and exams["n_images"].tolist() == [2]
+    resumed = ExamFiles(tmp_path / "r.csv", [density], [item], mode="resume")  # the exam gained a view since
+    with caplog.at_level("WARNING", logger="pipeline.serving.batch"):
+        resumed.add([Prepared(item=item)] * 3, rows[:2] + [{**rows[0], "path": "/c.png"}], None)
+    assert len(pd.read_csv(files.density_path)) == 1  # no row twice ...
+    assert "the exam of /a.png has images the first run did not score" in caplog.text  # ... and the user is told
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[3] / "shared" / "data" / "cdd_cesm").is_dir(),
+                    reason="needs ../shared/data/cdd_cesm")
+def test_batch_mirrors_a_sample_by_the_side_its_exam_key_names():
+    """A right breast named only by its file (P263_R_CM_CC.png), or by a manifest's RIGHT, is mirrored as R, as the
+    app and training do; the guess from intensities alone mirrors this one differently (the test can fail)."""
+    from pipeline.serving.batch import exam_image_of, prepare_item
+
+    path = str(Path(__file__).resolve().parents[3] / "shared" / "data" / "cdd_cesm" / "images" / "P263_R_CM_CC.png")
+    spec = [("density", {"size": 64})]
+    given = prepare_item(InputItem(path=path, laterality="R"), spec)
+    for item in (InputItem(path=path), InputItem(path=path, laterality="RIGHT", extra={"patient_id": "P263"})):
+        prepared = prepare_item(item, spec)
+        assert prepared.error is None and prepared.laterality == "R" and prepared.meta.laterality == "R"
+        np.testing.assert_array_equal(prepared.samples["density"].array, given.samples["density"].array)
+    assert exam_image_of(prepared).key.laterality == "R"
+    left = prepare_item(InputItem(path=path, laterality="L"), spec)
+    assert np.abs(left.samples["density"].array - given.samples["density"].array).max() > 0.1
+
+
 def test_a_resumed_run_rescores_a_partly_done_exam_whole_and_writes_no_row_twice(champion, tmp_path: Path):
     """Exams are the unit: cut the results after the first exam's first image (as a kill would) and resume: the
     exam is scored again with both its views, its missing image row is added, and the per-exam file keeps one row
