@@ -68,10 +68,14 @@ class ShortcutAudit:
         out: dict[str, float] = {"audit_flagged": float(len(self.flagged))}
         for r in self.results:
             if r.roc_auc is not None and np.isfinite(r.roc_auc):
-                out[f"audit_{r.name}_roc_auc"] = float(r.roc_auc)
-                out[f"audit_{r.name}_roc_auc_ci_low"] = float(r.low)
-                out[f"audit_{r.name}_roc_auc_ci_high"] = float(r.high)
+                name = _METRIC_UNSAFE.sub("_", r.name)  # a manifest column such as 'Scanner (model)'
+                out[f"audit_{name}_roc_auc"] = float(r.roc_auc)
+                out[f"audit_{name}_roc_auc_ci_low"] = float(r.low)
+                out[f"audit_{name}_roc_auc_ci_high"] = float(r.high)
         return out
+
+
+_METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")  # characters an MLflow metric name may not hold
 
 
 def _tokens(name: str) -> str:
@@ -111,13 +115,14 @@ def _site_columns(table: pd.DataFrame) -> list[str]:
 
 def audit_candidates_of(table: pd.DataFrame, headers: pd.DataFrame | None = None) -> list[Candidate]:
     """The candidates of a task table (one row per sample; columns of pipeline.io.datasets.table) with its files'
-    header facts (`headers`: pipeline.io.headers.image_headers, indexed by path; None = read them here; columns
-    height / width / bit_depth already in `table`, e.g. from a dataset scan, are used as they are)."""
+    header facts (`headers`: pipeline.io.headers.image_headers, indexed by path; None = read them here, always: the
+    format and the scanner tags come only from the files; columns height / width / bit_depth already in `table`, e.g.
+    from a dataset scan, override the headers' values)."""
     from pipeline.io.headers import image_headers
 
     t = table.reset_index(drop=True)
     paths = t["path"].astype(str)
-    if headers is None and not {"height", "width"} <= set(t.columns):
+    if headers is None:
         headers = image_headers(paths)
     h = headers.reindex(paths.to_numpy()).reset_index(drop=True) if headers is not None else pd.DataFrame(index=t.index)
     for col in ("height", "width", "bit_depth"):

@@ -53,9 +53,10 @@ def test_candidates_come_from_the_table_and_the_file_headers(cdd):
     assert "column_source_image_name" not in names  # an image's own name is no site
     assert np.all(np.asarray(names["image_size"].values) == 512)  # from the PNG headers
     assert names["file_name"].values[0] == "p 100 l cm cc"  # letters and digits apart
-    # sizes a dataset scan already measured are used as they are (no header read)
-    scanned = table.head(4).assign(height=[10, 20, 30, 40], width=5, bits_stored=8)
-    assert np.asarray(audit_candidates_of(scanned)[3].values)[:, 0].tolist() == [10, 20, 30, 40]
+    # sizes a dataset scan already measured win over the headers; the format and scanner still come from the files
+    scanned = {c.name: c for c in audit_candidates_of(table.head(4).assign(height=[10, 20, 30, 40], width=5))}
+    assert np.asarray(scanned["image_size"].values)[:, 0].tolist() == [10, 20, 30, 40]
+    assert {"bit_depth", "file_format"} <= set(scanned) and set(scanned["file_format"].values) == {"png"}
 
 
 def test_folder_and_site_columns_are_candidates(tmp_path):
@@ -73,6 +74,22 @@ def test_folder_and_site_columns_are_candidates(tmp_path):
     assert list(names["folder"].values) == ["screening", "diagnostic"] * 4
     assert list(names["column_Scanner Model"].values) == ["m0", "m1"] * 4
     assert np.asarray(names["aspect"].values)[1] == pytest.approx(9 / 8)
+
+
+def test_audit_metric_names_are_ones_mlflow_accepts():
+    """A manifest column such as 'Scanner (model)' is a site candidate; its metric name must not stop the run."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    from pipeline.evaluation.audit import CandidateResult
+    from pipeline.training.audit import ShortcutAudit
+
+    result = CandidateResult("column_Scanner (model)", "category", "table column", roc_auc=0.55, low=0.5, high=0.6)
+    audit = ShortcutAudit(results=[result], max_auc=0.6)
+    names = [n for n in audit.metrics() if n != "audit_flagged"]
+    assert names == ["audit_column_Scanner _model__roc_auc", "audit_column_Scanner _model__roc_auc_ci_low",
+                     "audit_column_Scanner _model__roc_auc_ci_high"]
+    for n in names:
+        _validate_metric_name(n)
 
 
 @pytest.mark.slow
