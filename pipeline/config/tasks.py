@@ -34,6 +34,7 @@ __all__ = [
     "task_names",
     "DECISION_RULES",
     "ORDINAL_SCHEMES",
+    "dense_matches",
     "ordinal_scheme",
     "get_task",
     "register_task",
@@ -49,6 +50,20 @@ ORDINAL_SCHEMES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("1", "2", "3", "4"), ("3", "4")),
 )
 PATHOLOGIES = ("benign", "malignant")
+
+
+def dense_matches(dense_classes: Sequence[Any], density_classes: Sequence[Any],
+                  fitted_on: Sequence[Any] | None = None) -> bool:
+    """Whether a density model with `density_classes` can name the groups of a card fitted with `dense_classes` on
+    the density scheme `fitted_on` (cards since 2026-12-07 store it): every dense class is one of its classes, and
+    its classes are that scheme. Older cards: the known scheme (ORDINAL_SCHEMES) whose dense part the card's dense
+    classes are, where there is one (a mini-MIAS card's [D] is F/G/D's, so an A-D density model does not match)."""
+    dense, known = {str(d) for d in dense_classes}, {str(c) for c in density_classes}
+    if not dense <= known:
+        return False
+    if fitted_on is None:
+        fitted_on = next((scheme for scheme, part in ORDINAL_SCHEMES if set(part) == dense), None)
+    return fitted_on is None or {str(c) for c in fitted_on} == known
 
 
 def ordinal_scheme(labels: Sequence[str]) -> list[str]:
@@ -174,6 +189,11 @@ class GroupThresholdRule:
         if len(density) != n:
             raise ValueError(f"context['density'] must have one entry per row ({n}). Got {len(density)} instead.")
         dense = list(decision.get("dense_classes") or [])
+        classes = (context or {}).get("density_classes")
+        if classes is not None and not dense_matches(dense, classes, decision.get("density_classes")):
+            why = (f"single operating point: the density model's classes ({', '.join(map(str, classes))}) are not the "
+                   f"scheme this model's dense groups were fitted on (dense = {', '.join(map(str, dense))})")
+            return [pooled] * n, [None] * n, [why] * n
         groups = [group_from_density(None if d is None else str(d), dense) for d in density]
         thresholds, why = apply_group_thresholds(state, groups)
         why = [f"density predicted {d} ({g}): {w}" if g is not None else w for d, g, w in zip(density, groups, why)]

@@ -465,7 +465,7 @@ def score_tasks(models: Iterable[Predictor], samples: Mapping[str, Any]) -> dict
     for model in density_first(models):
         out[model.task] = model.score(samples[model.task], context or None)
         if model.task_spec.density_labels:
-            context = {"density": density_calls(out[model.task])}
+            context = {"density": density_calls(out[model.task]), "density_classes": list(model.classes)}
     return out
 
 

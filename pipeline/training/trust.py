@@ -157,7 +157,11 @@ def card_entries(trust: Mapping[str, Any], data: Any, proba: np.ndarray, n_bins:
     predict time to form the sets)."""
     decision: dict[str, Any] = {}
     if trust.get("group_thresholds"):
+        from pipeline.config.tasks import ordinal_scheme
+
+        known = [d for d in data.density if isinstance(d, str) and d.strip()]
         decision = {"rule": GROUP_RULE, "group_thresholds": trust["group_thresholds"],
-                    "dense_classes": [str(c) for c in data.dense_classes]}
+                    "dense_classes": [str(c) for c in data.dense_classes],
+                    "density_classes": ordinal_scheme(known)}  # the scheme the groups were fitted on
     extra = {"reliability": reliability_bins(data.y, proba, n_bins), "conformal": trust.get("conformal")}
     return decision, extra

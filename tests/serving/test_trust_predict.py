@@ -87,3 +87,22 @@ def test_a_two_class_set_reads_as_a_second_read():
     scores = models["malignancy"].score(np.zeros((1, 32 * 32), np.float32))
     assert scores.sets == [["benign", "malignant"]] and scores.set_labels == [UNCERTAIN]
     assert scores.set_coverage == 0.9
+
+
+@pytest.mark.parametrize("fitted_on", [["F", "G", "D"], None])  # a card that stores its scheme, and an older one
+def test_a_density_model_of_another_scheme_gets_the_pooled_threshold_and_says_why(fitted_on):
+    """A mini-MIAS malignancy card (dense = D of F/G/D) beside an A-D density model: its C is dense in BI-RADS but
+    would count as non-dense here, so the groups are not used; an F/G/D density model still picks them."""
+    models = _predictors(0.5, [0.1, 0.2, 0.7])
+    mal = models["malignancy"]
+    if fitted_on is not None:
+        mal.card.decision["density_classes"] = fitted_on
+    pooled = mal.card.decision["threshold"]
+    birads = Predictor(_Fixed([0.1, 0.2, 0.6, 0.1]), card("density", ["A", "B", "C", "D"]), name="m-den", version=3)
+    image = breast_like(96, 64)
+    out = predict_image(image, None, {"density": birads, "malignancy": mal}, roi=(10, 10, 40, 40))
+    assert out["density"]["call"] == "C" and out["malignancy"]["threshold"] == pooled
+    assert out["malignancy"]["density_group"] is None
+    assert "not the scheme this model's dense groups were fitted on" in out["malignancy"]["threshold_reason"]
+    same = predict_image(image, None, models, roi=(10, 10, 40, 40))
+    assert same["malignancy"]["density_group"] == "dense"
