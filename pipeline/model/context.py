@@ -3,12 +3,14 @@ with the other view of the same breast and with the same view of the other breas
 
 A second stage on image scores: per image, the logit of its first-stage probability beside the differences to the
 mean logit of the other view(s) of its breast (ipsilateral) and of the contralateral breast (same view where there is
-one, else all its views), with indicators of which of them exist -> a logistic regression. It is fitted on inner
+one, else all its views) (and, with ``context_presence: true``, indicators of which of them exist) -> a logistic
+regression. It is fitted on inner
 out-of-fold probabilities of the training images only (`PatientCalibratedClassifier.validation_proba_`) and applied
-to the test (or served) images with the other images of their exam. An image without any other view of its exam
-keeps its first-stage probability unchanged (the single-image score), in CV and in serving alike.
+to the test (or served) images with the other images of their exam. With ``screening.context_presence: true`` (the
+stage before 2026-12-06) an image without any other view of its exam keeps its first-stage probability unchanged
+(the single-image score), in CV and in serving alike.
 
-With ``screening.context_presence: false`` the stage cannot learn what is missing instead of what is seen: no
+With ``screening.context_presence: false`` (the default) the stage cannot learn what is missing instead of what is seen: no
 has_ipsi / has_contra column, a missing view's difference imputed as 0 ("the other view looks like this one"), and
 the stage fitted on and applied to every image, those without other views included; so an image whose other views
 score as it does gets exactly the probability it gets alone, and the output does not move with the number of views
