@@ -363,6 +363,10 @@ def validate_config(config: Mapping[str, Any], source: str = "") -> None:
     classes = config.get("dataset", {}).get("classes")
     if classes is not None and len(set(map(str, classes))) != len(classes):
         raise ConfigError(f"{where}dataset.classes: {_fmt(classes)} has repeated labels; list each class once")
+    cnn = feats.get("cnn", {})
+    if cnn.get("backbone") == "tiny" and cnn.get("weights") == "imagenet":
+        raise ConfigError(f"{where}features.cnn.weights: imagenet, but the 'tiny' test backbone has no ImageNet "
+                          "weights; set weights: random (or a .pth path), or pick an ImageNet backbone")
     sc = config.get("screening", {})
     if sc.get("context_asymmetry") and "max" not in list(sc.get("poolings") or []):
         raise ConfigError(f"{where}screening.context_asymmetry: true reads the tiles' max pooling; add max to "

@@ -79,6 +79,7 @@ def test_extends_and_overrides_layer_in_order():
      "head) or null (every stage trains)"),
     ("features.cnn.finetune.trainable_stages=half", "features.cnn.finetune.trainable_stages: 'half' is not an int"),
     ("features.cnn.finetune.device=gpu", "features.cnn.finetune.device: 'gpu' is not one of auto, cpu, cuda"),
+    ("features.cnn.backbone=tiny", "features.cnn.weights: imagenet, but the 'tiny' test backbone has no ImageNet"),
     ("features.cnn.backbone=efficientnet_lite9", "features.cnn.backbone: 'efficientnet_lite9' is not one of "
                                                  "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2"),
     ("features.cnn.finetune.batch_size=1", "features.cnn.finetune.batch_size: 1 is not an int in [2, 1024]"),
