@@ -195,7 +195,7 @@ class _Handlers:
         """One exam (one to four views of one woman's screening) scored by `pipeline.serving.exam.score_exam` with
         the screening and density models: the JSON of its ExamResult (per image, per breast, per exam; density per
         exam; each map as its summary). Files the reader refuses are listed in ``errors``; the rest is scored."""
-        from pipeline.serving.exam import exam_image, one_exam, score_exam
+        from pipeline.serving.exam import exam_image, one_exam, score_exam, scorable
 
         paths = [f if isinstance(f, str) else getattr(f, "path", None) or (f or {}).get("path")
                  for f in (files if isinstance(files, (list, tuple)) else [files] if files else [])]
@@ -216,6 +216,9 @@ class _Handlers:
                 errors.append(f"{name}: {user_message(exc)}")
                 continue
             images.append(exam_image(loaded.image, loaded.meta, name))
+        ok, failed = scorable(exam_models, images)  # a view without a breast is named; the rest is scored
+        errors += [f"{images[i].path}: {user_message(exc)}" for i, exc in failed]
+        images = [images[i] for i in ok]
         if not images:
             raise gr.Error(" ".join(errors))
         try:
@@ -236,6 +239,13 @@ class _Handlers:
             if key in self._exams:
                 return self._exams[key]
         exam = _read_exam(paths, self.cache)
+        if exam.images and self.whole_models():  # a view that reads but holds no breast is named, not scored
+            from pipeline.serving.exam import scorable
+
+            ok, failed = scorable(self.whole_models(), exam.images)
+            if failed:
+                exam = _Exam([exam.loaded[i] for i in ok], [exam.images[i] for i in ok], [exam.labels[i] for i in ok],
+                             exam.errors + [f"{exam.images[i].path}: {user_message(exc)}" for i, exc in failed])
         with self._lock:
             while len(self._exams) >= EXAM_CACHE_SIZE:
                 self._exams.pop(next(iter(self._exams)))
@@ -275,7 +285,9 @@ class _Handlers:
             result = self.scored(exam)
             density = (result.density or {}).get("call") if result is not None else None
             sample = model.prepare(exam.loaded[i].image, exam.loaded[i].meta, roi=box)
-            exam.regions[key] = model.result(sample, context={"density": [density]} if density else None)
+            classes = (result.density or {}).get("classes") if result is not None else None
+            context = {"density": [density], "density_classes": classes} if density else None  # as score_tasks
+            exam.regions[key] = model.result(sample, context=context)
         return exam.regions[key]
 
     def on_upload(self, files: Any):

@@ -215,7 +215,7 @@ def _read(datasets: Sequence[Any], folder: Path) -> tuple[list[Any], list[Any], 
 def score_study(pacs: Pacs, models: Mapping[str, Any], algorithm: Algorithm, study: str, *, maps: bool = True,
                 progress: Callable[[str], None] | None = None) -> Outcome:
     """Score one study unless it already holds this algorithm's SR: fetch, score, store maps + SR in one STOW-RS."""
-    from pipeline.serving.exam import score_exam
+    from pipeline.serving.exam import score_exam, scorable
 
     start = time.perf_counter()
     mg = _mg_instances(pacs, study)
@@ -239,12 +239,19 @@ def score_study(pacs: Pacs, models: Mapping[str, Any], algorithm: Algorithm, stu
     if keys != {study}:  # the exam is the study (pipeline.io.exams); anything else is a PACS inconsistency
         return Outcome(study, "failed", n_images=len(images), errors=errors,
                        message=f"its instances name {len(keys)} other Study Instance UID(s) in their tags")
+    ok, failed = scorable(models, images)  # a view without a breast is reported, the rest of the exam scored
+    refused = [f"instance {images[i].path}: {str(exc).replace(f'{images[i].path}: ', '', 1)}" for i, exc in failed]
+    if not ok:
+        return Outcome(study, "failed", n_images=0, errors=errors + refused,
+                       message="no MG image could be scored: " + "; ".join(errors + refused)[:500])
+    images, kept, errors = [images[i] for i in ok], [kept[i] for i in ok], errors + refused
     result = score_exam(models, images, maps=maps, errors=errors)
     objects = []
     if maps:
+        scored = [str(ds.SOPInstanceUID) for ds in kept]
         for n, (im, ex, ds) in enumerate(zip(result.images, images, kept), start=1):
             if im.heatmap is not None:
-                objects.append(build_map(im, ex.image, ds, study, algorithm, n))
+                objects.append(build_map(im, ex.image, ds, study, algorithm, n, scored))
     objects.append(build_report(result, kept, study, algorithm))  # last: the commit marker
     reply = pacs.call("store results", lambda: pacs.client.store_instances(objects, study_instance_uid=study), study)
     failed = list(getattr(reply, "FailedSOPSequence", []) or [])

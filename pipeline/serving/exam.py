@@ -23,12 +23,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import MammoscopeError
+from pipeline.errors import ImageReadError, MammoscopeError
 from pipeline.io.exams import ExamKey, key_from_meta, level_ids
 
 __all__ = ["ExamKey", "ExamImage", "ImageResult", "LevelResult", "ExamResult", "read_exam_images", "score_exam",
            "predictor_score_exam", "exam_levels", "exam_image", "one_exam", "image_rows_columns", "density_of_exam",
-           "SINGLE_EXAM"]
+           "scorable", "not_a_view", "SINGLE_EXAM"]
 
 SINGLE_EXAM = "exam"  # exam id of files given together with no patient or study id (an upload is one exam)
 
@@ -336,6 +336,44 @@ def _maps(predictor: Any, images: Sequence[ExamImage], results: list[ImageResult
     for image, r in zip(images, results):
         heat = explain_screening(predictor, image.sample(predictor)).get("heatmap_original")
         r.heatmap = None if heat is None else np.asarray(heat, np.float32)
+
+
+def not_a_view(meta: Any) -> str | None:
+    """Why an image read from a DICOM is not a view of the exam to score (None where it is): another modality (a
+    secondary capture, e.g. Mammoscope's own maps in an exported study) or raw FOR PROCESSING detector data (sites
+    archive it beside the presentation image, which would count each view twice). A lone image is still scored with
+    the reader's warning; an exam takes only its views."""
+    modality = getattr(meta, "modality", None)
+    if modality not in (None, "MG"):
+        return f"modality is {modality}, not MG (mammography): not a view of the exam"
+    if getattr(meta, "presentation_intent", None) == "FOR PROCESSING":
+        return "presentation intent is FOR PROCESSING (raw detector data): the exam's FOR PRESENTATION view is scored"
+    return None
+
+
+def scorable(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamImage]
+             ) -> tuple[list[int], list[tuple[int, MammoscopeError]]]:
+    """(positions of the images every model can score, (position, the error) of each image it cannot): each image's
+    samples are made now and kept on it for score_exam, so a view that reads but holds no
+    breast (a blank exposure, a specimen image) costs that view, not its exam. `mammoscope predict` does the same in
+    its workers."""
+    from pipeline.samples import shared_breast_finding
+    from pipeline.serving.predict import Predictor
+
+    predictors = [Predictor.from_loaded(m) for m in (models.values() if isinstance(models, Mapping) else models)]
+    ok, errors = [], []
+    for i, im in enumerate(images):
+        try:
+            problem = not_a_view(im.meta)
+            if problem:
+                raise ImageReadError(im.path, problem, "give the exam's FOR PRESENTATION mammograms (modality MG) only")
+            with shared_breast_finding():
+                for m in predictors:
+                    im.sample(m)
+            ok.append(i)
+        except MammoscopeError as exc:
+            errors.append((i, exc))
+    return ok, errors
 
 
 def score_exam(models: Mapping[str, Any] | Sequence[Any], images: Sequence[ExamImage], *, maps: bool = True,

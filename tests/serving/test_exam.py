@@ -97,3 +97,32 @@ def test_score_exam_fuses_breasts_and_exam_pools_density_and_writes_the_batch_co
     assert all(r.heatmap is None for r in result.images)  # maps=False
     json = result.to_dict()
     assert json["exam"]["p"] == result.exam.p and json["images"][0]["map"] is None
+
+
+def test_a_view_without_a_breast_is_named_and_the_rest_of_the_exam_scored():
+    """A view that reads but holds no breast (a blank exposure) must cost that view, not the exam: scorable() names
+    it with the reader's reason and keeps the others, whose samples are made once and reused by score_exam."""
+    from pipeline.errors import NoBreastError
+    from pipeline.serving.exam import score_exam, scorable
+    from pipeline.serving.predict import Predictor
+    from tests._cards import card
+    from tests._images import breast_like
+
+    density = Predictor(_ByMean(3, 1.0), card("density", ["F", "G", "D"]), name="m-den", version=1)
+    meta = ImageMeta(format="png", original_shape=(160, 128))
+    views = [exam_image(breast_like(160, 128, seed=1), meta, "/up/P7_L_CM_CC.png", patient_id="P7"),
+             exam_image(np.zeros((160, 128), np.float32), meta, "/up/P7_L_CM_MLO.png", patient_id="P7"),
+             exam_image(breast_like(160, 128, seed=2), meta, "/up/P7_R_CM_CC.png", patient_id="P7")]
+    ok, failed = scorable([density], views)
+    assert ok == [0, 2] and [i for i, _ in failed] == [1] and isinstance(failed[0][1], NoBreastError)
+    assert all("density" in views[i].samples for i in ok)  # made once, kept for score_exam
+    result = score_exam([density], [views[i] for i in ok], maps=False, errors=[str(failed[0][1])])
+    assert result.density["n_images"] == 2 and len(result.errors) == 1
+    # a secondary capture (e.g. Mammoscope's own map in an exported study) and raw FOR PROCESSING data are no views
+    shot = ImageMeta(format="dicom", original_shape=(160, 128), modality="OT")
+    raw = ImageMeta(format="dicom", original_shape=(160, 128), modality="MG", presentation_intent="FOR PROCESSING")
+    extra = [exam_image(breast_like(160, 128, seed=3), m, f"/up/{n}.dcm", patient_id="P7")
+             for n, m in (("map", shot), ("raw", raw))]
+    ok, failed = scorable([density], [views[0], *extra])
+    assert ok == [0] and ["modality is OT" in str(e) for _, e in failed] == [True, False]
+    assert "FOR PROCESSING" in str(failed[1][1]) and str(failed[1][1]).startswith("/up/raw.dcm: ")
