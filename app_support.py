@@ -267,11 +267,12 @@ def _entry(metrics: Mapping[str, Any], key: str) -> dict[str, float] | None:
 
 def operating_figures(card: Any, level: str = "image") -> tuple[dict | None, dict | None]:
     """(sensitivity, specificity) {"value", "low", "high"} of the card's operating point at `level` ("image",
-    "breast", "exam", or "region" for a lesion model) in cross-validation; None where the card has none. A card with
-    per-density-group thresholds gives those figures (the rule the call used)."""
+    "breast", "exam", or "region" for a lesion model) in cross-validation; None where the card has none. A region
+    call under per-density-group thresholds gives those figures (the rule it used); a screening call on the page is
+    made at its level's own threshold (the exam model's), so it reads that level's figures, as the PACS report does."""
     d = card.to_dict() if hasattr(card, "to_dict") else dict(card or {})
     metrics = d.get("metrics") or {}
-    if (d.get("decision") or {}).get("group_thresholds") and _entry(metrics, "cv_groupthr_sens"):
+    if level == "region" and (d.get("decision") or {}).get("group_thresholds") and _entry(metrics, "cv_groupthr_sens"):
         return _entry(metrics, "cv_groupthr_sens"), _entry(metrics, "cv_groupthr_spec")
     prefixes = {"image": ["cv_image_", "cv_"], "region": ["cv_"]}.get(level, [f"cv_{level}_"])
     for prefix in prefixes:

@@ -346,8 +346,11 @@ def map_pixels(image: np.ndarray, heat: np.ndarray, lines: Sequence[str], max_si
 
 
 def build_map(image_result: Any, image: np.ndarray, source: Any, study_uid: str, algorithm: Algorithm,
-              number: int) -> Any:
-    """The Secondary Capture of one image's map: "not for diagnosis" burned in, referencing its source image."""
+              number: int, exam_sources: Sequence[str] = ()) -> Any:
+    """The Secondary Capture of one image's map: "not for diagnosis" burned in, referencing its source image.
+    `exam_sources`: the SOP Instance UIDs of every image scored with it; they enter its UID (as the SR's), since
+    the p burned in reads the exam's other views: a study that gains a view gets new maps, not new pixels under
+    old UIDs (which a PACS keeps or refuses)."""
     import highdicom as hd
     from pydicom.dataset import Dataset
 
@@ -364,7 +367,8 @@ def build_map(image_result: Any, image: np.ndarray, source: Any, study_uid: str,
             ref_dataset=source, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=result_uid(study_uid, algorithm.version, "map-series"),
             series_number=MAP_SERIES_NUMBER,
-            sop_instance_uid=result_uid(study_uid, algorithm.version, "map", str(source.SOPInstanceUID)),
+            sop_instance_uid=result_uid(study_uid, algorithm.version, "map", str(source.SOPInstanceUID),
+                                        *sorted(map(str, exam_sources))),
             instance_number=number, manufacturer=ALGORITHM_NAME, laterality=laterality,
             patient_orientation=_orientation(source))
     # attributes of the SC Image and General Image modules highdicom leaves to the caller

@@ -31,6 +31,13 @@ def test_cost_sentence_reads_the_level_figures_and_turns_specificity_into_false_
     assert "no cross-validated" in S.cost_sentence(CARD, "breast")  # said, never invented
     region = S.cost_sentence({"metrics": CARD["metrics"], "decision": {}}, "region")
     assert "95 of 100 malignant findings" in region and "62 of 100 benign findings" in region
+    # per-density-group thresholds on the card: a region call (the rule it used) reads their figures; the screening
+    # levels keep their own (the page calls them at the exam model's level thresholds, as the PACS report says)
+    grouped = {**CARD, "decision": {"rule": "group_threshold", "group_thresholds": {"pooled": 0.3}},
+               "metrics": {**CARD["metrics"], "cv_groupthr_sens": {"value": 0.94}, "cv_groupthr_spec": {"value": 0.03}}}
+    assert "found 94 of 100 malignant findings" in S.cost_sentence(grouped, "region")
+    assert "found 97 of 100 cancers" in S.cost_sentence(grouped, "exam")
+    assert "found 90 of 100 cancers" in S.cost_sentence(grouped, "image")
 
 
 def test_bars_keep_the_card_order_and_draw_the_threshold_on_the_positive_bar():

@@ -106,3 +106,21 @@ def test_a_density_model_of_another_scheme_gets_the_pooled_threshold_and_says_wh
     assert "not the scheme this model's dense groups were fitted on" in out["malignancy"]["threshold_reason"]
     same = predict_image(image, None, models, roi=(10, 10, 40, 40))
     assert same["malignancy"]["density_group"] == "dense"
+
+
+def test_the_app_s_drawn_region_gets_the_same_scheme_check_as_predict():
+    """The page scores a drawn region with the exam's density call as context; it must carry the density model's
+    classes too, so an A-D exam density beside a mini-MIAS malignancy card takes the pooled threshold there as well."""
+    from types import SimpleNamespace
+
+    from gradio_app import _Exam, _Handlers
+
+    models = _predictors(0.5, [0.1, 0.2, 0.7])
+    image = breast_like(96, 64)
+    loaded = SimpleNamespace(image=image, meta=None)
+    for classes, call, group in ((["A", "B", "C", "D"], "C", None), (["F", "G", "D"], "D", "dense")):
+        exam = _Exam([loaded], [None], ["image 1"], [])
+        exam.result = SimpleNamespace(density={"call": call, "classes": classes})
+        app = SimpleNamespace(models={"malignancy": models["malignancy"]}, scored=lambda e: e.result)
+        out = _Handlers.region(app, exam, 0, (10, 10, 40, 40))
+        assert out["density_group"] == group
