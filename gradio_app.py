@@ -476,10 +476,13 @@ class _Handlers:
             parts = parts[:n_levels] + ["<details class='views'><summary>Each image</summary>"
                                         + "".join(parts[n_levels:]) + "</details>"]
         if box is not None and not problem:
-            if region is None:
-                parts.append("<p>Malignancy of a region is not available in this installation.</p>")
-            parts.append("<p class='cost'>Answered by the malignancy model for the drawn region; "
-                         "<i>Whole image</i> returns to the screening model.</p>")
+            if region is None:  # no lesion model: what is on show is the whole image's (screening), said so
+                parts.append("<p>Malignancy of a region is not available in this installation"
+                             + ("; the calls above are the screening model's for the whole "
+                                f"{'exam' if len(exam.images) > 1 else 'image'}" if calls else "") + ".</p>")
+            else:
+                parts.append("<p class='cost'>Answered by the malignancy model for the drawn region; "
+                             "<i>Whole image</i> returns to the screening model.</p>")
         elif box is None and self._model("screening") is None:
             parts.append("<p>Screening is not available in this installation: the whole image is not scored for "
                          "cancer. Draw a box around a finding to have the malignancy model score it.</p>")

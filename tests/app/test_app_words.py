@@ -121,3 +121,14 @@ def test_a_zipped_study_is_unpacked_flat_without_dicomdir_hidden_or_mac_files(tm
     unpacked = files[1:-1]
     assert sorted(open(f, "rb").read() for f in unpacked) == [b"one", b"three", b"two"]
     assert all(Path(f).parent == Path(unpacked[0]).parent and ".." not in f for f in unpacked)
+
+
+def test_a_drawn_region_without_a_lesion_model_is_not_said_to_be_answered_by_one():
+    from types import SimpleNamespace
+
+    from gradio_app import _Exam, _Handlers
+
+    exam = _Exam([None], [None], ["image 1"], [])
+    page = SimpleNamespace(_calls=lambda *a: [], _model=lambda task: None)
+    text = _Handlers._verdict(page, exam, None, (10, 10, 40, 40), None, None)
+    assert "not available in this installation" in text and "Answered by the malignancy model" not in text
