@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ QUEUE_MAX_SIZE = 64
 TOP_FEATURES = 8
 SAMPLE_CACHE_SIZE = 8  # (image, region) pairs whose samples are kept between the events of a click (API)
 EXAM_CACHE_SIZE = 4  # uploads (read images, scores, maps) kept between the events of the page
+REPORTS_KEPT = 16  # report folders kept on the server for their downloads; older ones are deleted
 MAX_EXAM_VIEWS = 4  # files one exam upload may hold (CC and MLO of both breasts)
 
 NOTE = ("**Decision support, not a diagnosis.** Calibrated model outputs for research use; a qualified reader makes "
@@ -119,6 +121,7 @@ class _Handlers:
         self._exams: dict[tuple, _Exam] = {}  # upload paths -> the exam read, scored and mapped (page events)
         self._lock = threading.Lock()
         self._code_version = ""
+        self._reports: list[Path] = []  # report folders written, oldest first (REPORTS_KEPT of them on disk)
         # each model's card as one HTML page: a download in the About panel and a file of every report
         self.card_html = {f"cards/{m.name}-v{m.version}.html": render_html(m.card.to_dict())
                           for m in self.models.values()}
@@ -581,6 +584,8 @@ class _Handlers:
                 shown = draw_box(shown, box=box_to_display(box, exam.loaded[j].factor))
             figures[label + (" with the screening map" if j in exam.maps else "")] = figure_bytes(shown)
         folder = Path(tempfile.mkdtemp(prefix="mammoscope-report-"))
+        with self._lock:  # every page event writes a report: keep the newest few, not one per click forever
+            self._reports = _keep_newest(self._reports, folder)
         return write_report(folder, payload, figures, self.card_html)
 
 
@@ -619,8 +624,17 @@ MAX_ZIP_MEMBERS = 64
 MAX_ZIP_BYTES = 600 * 1024 * 1024  # a four-view 16-bit DICOM study is ~100-250 MB
 
 
-def _unpack(paths: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Paths with each zip replaced by its files (a DICOM study as a zip); (files, errors naming the zip)."""
+def _keep_newest(kept: Sequence[Path], new: Path, n: int = REPORTS_KEPT) -> list[Path]:
+    """`kept` + `new` (oldest first), the folders beyond the newest `n` deleted from disk."""
+    folders = [*kept, new]
+    for old in folders[:-n]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folders[-n:]
+
+
+def _unpack(paths: Sequence[str], folders: list[Path] | None = None) -> tuple[list[str], list[str]]:
+    """Paths with each zip replaced by its files (a DICOM study as a zip); (files, errors naming the zip). The
+    folders unpacked into are appended to `folders` (the caller deletes them once the files are read)."""
     import zipfile
 
     out, errors = [], []
@@ -638,6 +652,8 @@ def _unpack(paths: Sequence[str]) -> tuple[list[str], list[str]]:
                                   "unpacked; upload one exam (up to four views) at a time")
                     continue
                 folder = Path(tempfile.mkdtemp(prefix="mammoscope-zip-"))
+                if folders is not None:
+                    folders.append(folder)
                 for k, m in enumerate(sorted(members, key=lambda m: m.filename)):
                     target = folder / f"{k:03d}_{Path(m.filename).name}"  # flat: no path from the zip is trusted
                     target.write_bytes(z.read(m))
@@ -657,16 +673,21 @@ def _read_exam(paths: Sequence[str], cache: ImageCache) -> _Exam:
     """Read every file once (display copy + ExamImage with its key); refused files become errors naming them."""
     from pipeline.serving.exam import exam_image, one_exam
 
-    files, errors = _unpack(paths)
+    unpacked: list[Path] = []
+    files, errors = _unpack(paths, unpacked)
     loaded, images = [], []
-    for path in files:
-        try:
-            item = cache.get(path)
-        except (MammoscopeError, ValueError) as exc:
-            errors.append(f"{Path(path).name}: {user_message(exc)}")
-            continue
-        loaded.append(item)
-        images.append(exam_image(item.image, item.meta, Path(path).name))  # what the user gave, not the server copy
+    try:
+        for path in files:
+            try:
+                item = cache.get(path)
+            except (MammoscopeError, ValueError) as exc:
+                errors.append(f"{Path(path).name}: {user_message(exc)}")
+                continue
+            loaded.append(item)
+            images.append(exam_image(item.image, item.meta, Path(path).name))  # what the user gave, not our copy
+    finally:  # read into memory: a zip's unpacked files (up to MAX_ZIP_BYTES) are not kept on the server
+        for folder in unpacked:
+            shutil.rmtree(folder, ignore_errors=True)
     if len(images) > MAX_EXAM_VIEWS:
         errors.append(f"{len(images)} images given: an exam has up to {MAX_EXAM_VIEWS} views; the first {MAX_EXAM_VIEWS} "
                       "are scored")

@@ -132,3 +132,25 @@ def test_a_drawn_region_without_a_lesion_model_is_not_said_to_be_answered_by_one
     page = SimpleNamespace(_calls=lambda *a: [], _model=lambda task: None)
     text = _Handlers._verdict(page, exam, None, (10, 10, 40, 40), None, None)
     assert "not available in this installation" in text and "Answered by the malignancy model" not in text
+
+
+def test_an_unpacked_study_and_old_reports_do_not_stay_on_the_server(tmp_path, monkeypatch):
+    """A zip is read into memory and its unpacked copy deleted; report folders beyond REPORTS_KEPT are deleted."""
+    import tempfile
+
+    import gradio_app
+    from app_support import ImageCache
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "server-tmp"))
+    (tmp_path / "server-tmp").mkdir()
+    study = tmp_path / "study.zip"
+    with zipfile.ZipFile(study, "w") as z:
+        z.writestr("IM1.png", b"not an image")  # refused by the reader: the folder still goes
+    exam = gradio_app._read_exam([str(study)], ImageCache())
+    assert len(exam.errors) == 1 and not list((tmp_path / "server-tmp").glob("mammoscope-zip-*"))
+    folders = [Path(tempfile.mkdtemp(prefix="mammoscope-report-")) for _ in range(gradio_app.REPORTS_KEPT + 3)]
+    kept: list[Path] = []
+    for f in folders:  # what each page event's report does
+        kept = gradio_app._keep_newest(kept, f)
+    assert kept == folders[3:]
+    assert sorted(p.name for p in (tmp_path / "server-tmp").iterdir()) == sorted(f.name for f in folders[3:])
