@@ -175,6 +175,7 @@ SCHEMA: dict[str, Any] = {
             "pooling": Choice(CNN_POOLINGS),
             "input": Choice(("raw", "enhanced")),
             "input_size": Choice(("sample", "native")),
+            "exclude_pectoral": Bool(),
             "batch_size": Int(1, 1024),
             "finetune": {
                 "enabled": Bool(),
@@ -367,6 +368,9 @@ def validate_config(config: Mapping[str, Any], source: str = "") -> None:
     if cnn.get("backbone") == "tiny" and cnn.get("weights") == "imagenet":
         raise ConfigError(f"{where}features.cnn.weights: imagenet, but the 'tiny' test backbone has no ImageNet "
                           "weights; set weights: random (or a .pth path), or pick an ImageNet backbone")
+    if cnn.get("exclude_pectoral") and cnn.get("finetune", {}).get("enabled"):
+        raise ConfigError(f"{where}features.cnn.exclude_pectoral: true applies to the frozen CNN only, and "
+                          "finetune.enabled is true; set one of them false")
     sc = config.get("screening", {})
     if sc.get("context_asymmetry") and "max" not in list(sc.get("poolings") or []):
         raise ConfigError(f"{where}screening.context_asymmetry: true reads the tiles' max pooling; add max to "

@@ -601,10 +601,13 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
         else:
             from cnn.embedder import CNNEmbedder
 
-            union_steps.append(("cnn", CachedTransformer(CNNEmbedder(
-                backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"], input_size=size,
-                batch_size=cn["batch_size"]),
-                cache)))
+            embed: Any = CNNEmbedder(backbone=cn["backbone"], weights=cn["weights"], pooling=cn["pooling"],
+                                     input_size=size, batch_size=cn["batch_size"])
+            if cn.get("exclude_pectoral", False):  # the CNN sees the breast without its MLO pectoral muscle
+                from features.pectoral import PectoralMask
+
+                embed = Pipeline([("pectoral", PectoralMask()), ("embed", embed)])
+            union_steps.append(("cnn", CachedTransformer(embed, cache)))
     k_best = feats["selection"]["k_best"]
     select: Any = MutualInfoSelector(k=k_best, random_state=ev["seed"]) if k_best else "passthrough"
     clf = PatientCalibratedClassifier(

@@ -53,3 +53,31 @@ def test_density_columns_reach_the_classifier_input():
 def test_schema_rejects_bad_values(item):
     with pytest.raises(ConfigError, match=item.split("=")[0]):
         resolve_config(EXPERIMENT, [item])
+
+
+TINY_CNN = ["features.cnn.backbone=tiny", "features.cnn.weights=random", "features.handcrafted.enabled=false",
+            "features.density.enabled=false"]
+
+
+def test_cnn_pectoral_switch_embeds_the_breast_without_its_muscle():
+    from cnn.embedder import CNNEmbedder
+    from features.pectoral import mask_pectoral
+
+    images = [_mlo(seed=s)[0] for s in (0, 1)]
+    X = np.stack([im.ravel() for im in images])
+    off = dict(build_pipeline(resolve_config(EXPERIMENT, TINY_CNN)).named_steps["features"].transformer_list)["cnn"]
+    assert isinstance(off.transformer, CNNEmbedder)  # off by default: today's step, today's cache key
+    on = dict(build_pipeline(resolve_config(EXPERIMENT, TINY_CNN + ["features.cnn.exclude_pectoral=true"]))
+              .named_steps["features"].transformer_list)["cnn"]
+    assert isinstance(on.transformer.named_steps["pectoral"], PectoralMask)
+    with_switch = on.fit(X).transform(X)
+    bare = CNNEmbedder(backbone="tiny", weights="random").fit(X)
+    without_muscle = np.stack([mask_pectoral(im).ravel() for im in images])
+    assert not np.allclose(without_muscle, X)  # the synthetic muscle is found and zeroed
+    np.testing.assert_allclose(with_switch, bare.transform(without_muscle), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(with_switch, bare.transform(X), atol=1e-4)
+
+
+def test_cnn_pectoral_switch_refused_with_finetuning():
+    with pytest.raises(ConfigError, match="features.cnn.exclude_pectoral"):
+        resolve_config(EXPERIMENT, ["features.cnn.exclude_pectoral=true", "features.cnn.finetune.enabled=true"])
