@@ -326,6 +326,7 @@ def run_arm(name: str, config: dict[str, Any], data: Any, folds: list, cache: Pa
         def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
             if nested is not None:
                 chosen.append(nested.chosen(est))
+            fold_done(name, i, len(folds), t0, chosen)
             clf = final_classifier(est)
             pe = exam_average(p, exams[te])
             calls["ordinal"][te], calls["exam_ordinal"][te] = clf.decide(p), clf.decide(pe)
@@ -676,6 +677,12 @@ class LevelArm:
     kept: dict[str, list[bool]] = field(default_factory=dict)  # LevelTracker.kept: per stage, per fold, kept?
 
 
+def fold_done(arm: str, i: int, n: int, t0: float, chosen: list[str]) -> None:
+    """One line per outer fold on stderr, so a cold run (features computed inside the first folds) is never silent."""
+    print(f"  {arm}: outer fold {i + 1}/{n} done, {time.perf_counter() - t0:.0f} s"
+          + (f", chose {chosen[-1]}" if chosen else ""), file=sys.stderr, flush=True)
+
+
 def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X: np.ndarray, data: Any,
                   folds: list, cache: Path | None, how: str, nested: Nested | None = None) -> LevelArm:
     """Patient-level CV of one screening arm on the given folds, thresholds per level chosen in the training folds
@@ -701,6 +708,7 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     def on_fold(i: int, tr: np.ndarray, te: np.ndarray, est: Any, p: np.ndarray) -> None:
         if nested is not None:
             chosen.append(nested.chosen(est))
+        fold_done(name, i, len(folds), t0, chosen)
         tracker.on_fold(i, tr, te, est, p)
 
     def make_exam() -> Any:  # every fold an ExamModel, fitted as train's folds and final model are
