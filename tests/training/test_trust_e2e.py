@@ -63,7 +63,6 @@ def mlflow_artifacts(tiny_store, run_id, path):
 
 
 def test_card_of_a_tiny_model_holds_its_real_metrics_and_counts(tiny_store):
-    import time
 
     import registry
     from pipeline.config.card_render import render_html, render_markdown
@@ -80,9 +79,7 @@ def test_card_of_a_tiny_model_holds_its_real_metrics_and_counts(tiny_store):
     assert card["dataset"]["class_counts"] == oof["label"].value_counts().to_dict()
     assert card["metrics"]["cv_roc_auc"]["value"] == pytest.approx(result.metrics["cv_roc_auc"])
     assert card["metrics"]["cv_roc_auc"]["low"] == pytest.approx(result.metrics["cv_roc_auc_ci_low"])
-    started = time.perf_counter()
     md, page = render_markdown(card), render_html(card)
-    assert time.perf_counter() - started < 2.0
     assert f"{result.metrics['cv_roc_auc']:.3f} [{result.metrics['cv_roc_auc_ci_low']:.3f}" in md
     for section in ("Intended use", "Data", "Split protocol", "Subgroups", "Operating points", "Known limitations",
                     "CLAIM / TRIPOD+AI", "per 1,000"):
