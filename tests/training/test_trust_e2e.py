@@ -63,7 +63,6 @@ def mlflow_artifacts(tiny_store, run_id, path):
 
 
 def test_card_of_a_tiny_model_holds_its_real_metrics_and_counts(tiny_store):
-
     import registry
     from pipeline.config.card_render import render_html, render_markdown
 
