@@ -2,24 +2,11 @@
 the classes, and its calls are the refitted winner's (ordinal density classes, patient folds)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    """benchmarks/density_tiles.py as a module (it imports benchmarks/quality.py by path, as when run)."""
-    if "bench_density_tiles" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_density_tiles", ROOT / "benchmarks" / "density_tiles.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_density_tiles"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["bench_density_tiles"]
+from tests._benchmarks import ROOT, benchmark_module
 
 
 def test_nested_choice_picks_the_informative_feature_set_in_every_training_fold():
@@ -28,7 +15,7 @@ def test_nested_choice_picks_the_informative_feature_set_in_every_training_fold(
     from pipeline.config.experiment import resolve_config
     from pipeline.evaluation.splits import patient_stratified_folds
 
-    bench = _module()
+    bench = benchmark_module("density_tiles")
     rng = np.random.default_rng(0)
     n_pat = 90
     groups = np.repeat([f"p{i}" for i in range(n_pat)], 2)          # two breasts per woman, one exam

@@ -1,24 +1,17 @@
 """benchmarks/quality.py --quick on a few real images: the table's columns, and plain and shipped on identical folds."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._benchmarks import benchmark_module
 
 
 def _module():
-    """benchmarks/quality.py as a module (benchmarks/ is not a package); registered so its dataclasses work."""
-    if "bench_quality" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_quality"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["bench_quality"]
+    """benchmarks/quality.py as a module."""
+    return benchmark_module("quality")
 
 
 def _four_views(n_pat: int, every: int = 3):
