@@ -55,23 +55,34 @@ def tile_features(max_tiles: int, shift: int, cache: Path) -> pd.DataFrame:
     return pd.DataFrame(pooled, index=data.table["sample_id"].astype(str).to_numpy())
 
 
-def cross_validated_calls(F: np.ndarray, data: Any, exams: np.ndarray, folds: list, cfg: dict[str, Any]
+def classifier(cfg: dict[str, Any]) -> Any:
+    """The shipped classifier of a density config, unfitted (calibrated XGBoost, ordinal cut-points)."""
+    from pipeline.config.experiment import deep_merge
+    from pipeline.model.estimators import build_pipeline
+
+    return build_pipeline(deep_merge(cfg, {"evaluation": {"decision": "ordinal"}}), None).named_steps["classifier"]
+
+
+def cross_validated_calls(F: np.ndarray, data: Any, exams: np.ndarray, folds: list, proto: Any
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """Image and exam calls (ordinal cut-points) of the shipped classifier cross-validated on features F."""
+    """Image and exam calls (ordinal cut-points) of classifier `proto` cross-validated on features F."""
+    from sklearn.base import clone
+
     from pipeline.evaluation.metrics import exam_average
 
     image, exam = np.zeros(len(data.y), int), np.zeros(len(data.y), int)
     for tr, te in folds:
-        clf = _fit(F[tr], data.y[tr], np.asarray(data.groups)[tr], cfg)
+        clf = clone(proto).fit(F[tr], data.y[tr], groups=np.asarray(data.groups)[tr])
         p = clf.predict_proba(F[te])
         image[te], exam[te] = clf.decide(p), clf.decide(exam_average(p, exams[te]))
     return image, exam
 
 
-def nested_calls(arms: dict[str, np.ndarray], data: Any, exams: np.ndarray, folds: list, cfg: dict[str, Any],
+def nested_calls(arms: dict[str, np.ndarray], data: Any, exams: np.ndarray, folds: list, proto: Any,
                  inner_folds: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Image and exam calls of the feature set each outer training fold picks by its own inner patient-level CV
     (quadratic kappa of the ordinal calls, as quality.py's --choose), refitted on the whole training fold."""
+    from sklearn.base import clone
     from sklearn.metrics import cohen_kappa_score
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -85,25 +96,14 @@ def nested_calls(arms: dict[str, np.ndarray], data: Any, exams: np.ndarray, fold
         for name, F in arms.items():
             calls = np.zeros(len(tr), int)
             for itr, ite in inner:
-                clf = _fit(F[tr][itr], data.y[tr][itr], groups[tr][itr], cfg)
+                clf = clone(proto).fit(F[tr][itr], data.y[tr][itr], groups=groups[tr][itr])
                 calls[ite] = clf.predict(F[tr][ite])
             score[name] = cohen_kappa_score(data.y[tr], calls, weights="quadratic")
         best = max(score, key=lambda a: score[a])  # ties: the first (shipped) candidate
         chosen.append(best)
-        i, e = cross_validated_calls(arms[best], data, exams, [(tr, te)], cfg)
+        i, e = cross_validated_calls(arms[best], data, exams, [(tr, te)], proto)
         image[te], exam[te] = i[te], e[te]
     return image, exam, chosen
-
-
-def _fit(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: dict[str, Any]) -> Any:
-    """The shipped classifier (calibrated XGBoost, ordinal cut-points) fitted on X."""
-    from sklearn.base import clone
-
-    from pipeline.config.experiment import deep_merge
-    from pipeline.model.estimators import build_pipeline
-
-    proto = build_pipeline(deep_merge(cfg, {"evaluation": {"decision": "ordinal"}}), None).named_steps["classifier"]
-    return clone(proto).fit(X, y, groups=groups)
 
 
 def run_task(bt: q.BenchTask, tiles: dict[str, pd.DataFrame], seeds: list[int], n_resamples: int,
@@ -124,13 +124,13 @@ def run_task(bt: q.BenchTask, tiles: dict[str, pd.DataFrame], seeds: list[int], 
     arms = {"shipped": shipped, **{f"+tiles {k}": np.hstack([shipped, t.loc[ids].to_numpy()])
                                    for k, t in tiles.items()}}
     first = ~pd.DataFrame({"exam": exams, "y": data.y}).duplicated().to_numpy()
-    k = len(data.classes)
+    k, proto = len(data.classes), classifier(cfg)
     print(f"{bt.key}: {len(data.y)} images, {int(first.sum())} exam rows, classes {data.classes}")
     for seed in seeds:
         folds = patient_stratified_folds(data.y, data.groups, 5, seed)
-        calls = {a: cross_validated_calls(F, data, exams, folds, cfg) for a, F in arms.items()}
+        calls = {a: cross_validated_calls(F, data, exams, folds, proto) for a, F in arms.items()}
         if nested:
-            *calls["nested"], chosen = nested_calls(arms, data, exams, folds, cfg, seed=seed)
+            *calls["nested"], chosen = nested_calls(arms, data, exams, folds, proto, seed=seed)
             print(f"  seed {seed} nested: chosen per outer fold {chosen}", flush=True)
         for level, rows in (("image", np.arange(len(data.y))), ("exam", np.flatnonzero(first))):
             res = q.patient_resamples(np.asarray(data.groups)[rows], n_resamples, seed=0)

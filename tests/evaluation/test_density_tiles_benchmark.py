@@ -25,11 +25,12 @@ def test_nested_choice_picks_the_informative_feature_set_in_every_training_fold(
     arms = {"shipped": noise, "+tiles": np.hstack([noise, signal])}
     cfg = resolve_config(ROOT / "experiments" / "mias_density_fused.yaml",
                          {"model": {"n_estimators": 12}, "calibration": {"inner_folds": 2}})
+    proto = bench.classifier(cfg)
     data = SimpleNamespace(y=y, groups=groups)
     folds = patient_stratified_folds(y, groups, 3, seed=0)
-    image, exam, chosen = bench.nested_calls(arms, data, groups, folds, cfg, inner_folds=2)
+    image, exam, chosen = bench.nested_calls(arms, data, groups, folds, proto, inner_folds=2)
     assert chosen == ["+tiles"] * 3
     assert cohen_kappa_score(y, image, weights="quadratic") > 0.7
     assert cohen_kappa_score(y, exam, weights="quadratic") > 0.7
-    shipped_image, _ = bench.cross_validated_calls(noise, data, groups, folds, cfg)
+    shipped_image, _ = bench.cross_validated_calls(noise, data, groups, folds, proto)
     assert cohen_kappa_score(y, shipped_image, weights="quadratic") < 0.4
