@@ -1,4 +1,5 @@
 """Handcrafted image features as scikit-learn estimators: preprocessing, breast mask, texture statistics."""
+from features.blobs import BlobFeatures
 from features.clahe import CLAHE
 from features.density import DensityFeatures
 from features.glcm import GLCMFeatures
@@ -10,6 +11,7 @@ from features.resize import Resize
 from features.unsharp import UnsharpMask
 
 __all__ = [
+    "BlobFeatures",
     "BreastMask",
     "CLAHE",
     "DensityFeatures",

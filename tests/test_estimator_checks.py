@@ -8,8 +8,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 def _feature_estimators() -> list:
     """The estimators of features/, configured small so the checks stay fast."""
-    from features import (CLAHE, BreastMask, DensityFeatures, GLCMFeatures, IntensityFeatures, PectoralMask, Resize,
-                          UnsharpMask)
+    from features import (CLAHE, BlobFeatures, BreastMask, DensityFeatures, GLCMFeatures, IntensityFeatures,
+                          PectoralMask, Resize, UnsharpMask)
 
     return [
         Resize(size=8),
@@ -22,6 +22,8 @@ def _feature_estimators() -> list:
         DensityFeatures(),
         DensityFeatures(relative_thresholds=(0.5,), offsets=(0.1,), exclude_pectoral=False),
         PectoralMask(),
+        BlobFeatures(),
+        BlobFeatures(sigmas=(1.5,)),
     ]
 
 

@@ -210,6 +210,8 @@ SCHEMA: dict[str, Any] = {
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "tile_flips": Choice(("none", "h", "hv")),
         "tile_shift": Int(0, 256),
+        "blobs": Bool(),
+        "blob_sigmas": ListOf(Float(0.0, None, lo_open=True), min_len=1),
         "context_C": Float(0.0, None, lo_open=True),
         "context_presence": Bool(),
         "context_asymmetry": Bool(),

@@ -6,9 +6,10 @@ breast at `screening.scale` x the working resolution -> calibrated XGBoost; and 
         ("features", FeatureUnion([                                   # the frozen front: cached per image
             ("whole", CachedTransformer(Resize(S) -> <preprocess + FeatureUnion(handcrafted, CNN) of the density
                                         recipe>)),
+            ("blobs", CachedTransformer(BlobFeatures)),  # only with screening.blobs: the breast's bright spots
             ("tiles", CachedTransformer(CLAHE -> unsharp -> TileEmbedder)),  # the tile matrix, max_tiles x (1 + D)
         ])),
-        ("blocks", ColumnTransformer([("whole", "passthrough", <whole columns>),   # the head: fitted in-fold
+        ("blocks", ColumnTransformer([("whole", "passthrough", <whole [+ blobs] columns>),  # the head: in-fold
                                       ("tiles", TilePooling, <tile matrix>),
                                       ("tile_scores", TileScoreFeatures (patient groups), <tile matrix>)])),
         ("select", ...), ("classifier", [LastColumnsChoice of] PatientCalibratedClassifier(WeightedXGBClassifier)),
@@ -126,11 +127,17 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
                               image_shape=shape)),
             ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]),
             str(cache_dir) if cache_dir else None)))
-    front.append(("tiles", tile_embedding_step(config, cache_dir)))
+    if sc.get("blobs", False):  # bright-spot features of the high-resolution breast (natural contrast)
+        from features.blobs import BlobFeatures
+
+        front.append(("blobs", CachedTransformer(BlobFeatures(
+            sigmas=tuple(float(v) for v in sc["blob_sigmas"]), image_shape=sample_image_shape(config)),
+            str(cache_dir) if cache_dir else None)))
+    front.append(("tiles", tile_embedding_step(config, cache_dir)))  # last: the head reads it as the last columns
     width = tile_block_width(config)
     tiles = slice(-width, None)  # the tile matrix: the front's last columns
     blocks: list[tuple[str, Any, Any]] = []
-    if sc["whole_breast"]:
+    if sc["whole_breast"] or sc.get("blobs", False):  # every front column before the tile matrix
         blocks.append(("whole", "passthrough", slice(0, -width)))
     blocks.append(("tiles", TilePooling(max_tiles=int(sc["max_tiles"]), poolings=tuple(sc["poolings"]),
                                         top_k=int(sc["top_k"])), tiles))

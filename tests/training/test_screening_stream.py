@@ -2,7 +2,8 @@
 worker processes and cached; cross-validation, the final fit and the exam stage read the feature rows, never the
 samples; the registered model is still one image -> probability Pipeline that serves what the in-memory fit serves.
 
-Tiny settings on real CDD-CESM images (a random tiny CNN, 32 px working resolution, 64 px screening samples).
+Tiny settings on real CDD-CESM images (a random tiny CNN, 32 px working resolution, 64 px screening samples), with
+every optional front branch and head stage on.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ N = 30
 def _config(cache) -> dict:
     over = deep_merge(TINY, {"dataset": {"max_samples": N}, "compute": {"n_jobs": 2, "cache_dir": str(cache)},
                              "screening": {"context": True, "context_asymmetry": True, "tile_scores": 2,
-                                           "tile_scores_auto": True}})
+                                           "tile_scores_auto": True, "blobs": True}})
     return load_experiment(EXPERIMENTS_DIR / "cdd_cesm_screening.yaml", over).config
 
 
@@ -50,6 +51,8 @@ def test_screening_training_streams_features_and_serves_the_in_memory_numbers(tm
     extra = final.decision_entries()  # the ExamModel's exam stage: fitted inside fit_final
     assert sum(held) <= 2  # CV, the final fit and the exam stage read the feature rows only
     assert [name for name, _ in final.steps] == ["preprocess", "features", "blocks", "select", "classifier"]
+    # the bright-spot branch streams and serves like the other front branches (it sits before the tile matrix)
+    assert [name for name, _ in final.named_steps["features"].transformer_list] == ["whole", "blobs", "tiles"]
     again = load_task_features(cfg, lambda s: None, cache_dir=cache)  # a second run reads the cache
     assert again.stream.images_cached == n and again.stream.images_computed == 0
     np.testing.assert_array_equal(again.features, data.features)
