@@ -119,20 +119,19 @@ def build_screening_pipeline(config: Mapping[str, Any], cache_dir: str | Path | 
 
     sc = config["screening"]
     plain = build_pipeline(whole_image_config(config), None)  # uncached inside: the branch is cached as a whole
+    shape = sample_image_shape(config)
+    cache = str(cache_dir) if cache_dir else None
     front: list[tuple[str, Any]] = []
-    if sc["whole_breast"]:
-        shape = sample_image_shape(config)  # a tall frame is padded to the branch's square input
+    if sc["whole_breast"]:  # a tall frame is padded to the branch's square input
         front.append(("whole", CachedTransformer(Pipeline([
             ("resize", Resize(size=int(config["samples"]["size"]), aspect="stretch" if shape is None else "pad",
                               image_shape=shape)),
-            ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]),
-            str(cache_dir) if cache_dir else None)))
+            ("preprocess", plain.named_steps["preprocess"]), ("features", plain.named_steps["features"])]), cache)))
     if sc.get("blobs", False):  # bright-spot features of the high-resolution breast (natural contrast)
         from features.blobs import BlobFeatures
 
         front.append(("blobs", CachedTransformer(BlobFeatures(
-            sigmas=tuple(float(v) for v in sc["blob_sigmas"]), image_shape=sample_image_shape(config)),
-            str(cache_dir) if cache_dir else None)))
+            sigmas=tuple(float(v) for v in sc["blob_sigmas"]), image_shape=shape), cache)))
     front.append(("tiles", tile_embedding_step(config, cache_dir)))  # last: the head reads it as the last columns
     width = tile_block_width(config)
     tiles = slice(-width, None)  # the tile matrix: the front's last columns
@@ -202,7 +201,8 @@ def asymmetry_C(config: Mapping[str, Any]) -> float | None:
 
 
 def front_features(pipeline: Pipeline, X: np.ndarray) -> np.ndarray:
-    """(n, d) the frozen front's output (whole-breast features, then the tile matrix) of a fitted screening Pipeline
+    """(n, d) the frozen front's output (whole-breast [and bright-spot] features, then the tile matrix) of a fitted
+    screening Pipeline
     for samples X (n, R*R): what streamed training holds instead of the samples."""
     return np.asarray(pipeline[:2].transform(X))
 
