@@ -675,6 +675,7 @@ class LevelArm:
     seconds: float
     chosen: list[str] = field(default_factory=list)  # nested arm: the candidate picked per outer fold
     kept: dict[str, list[bool]] = field(default_factory=dict)  # LevelTracker.kept: per stage, per fold, kept?
+    single: np.ndarray | None = None  # (n_images,) the first stage's probability, each image alone (None: not kept)
 
 
 def fold_done(arm: str, i: int, n: int, t0: float, chosen: list[str]) -> None:
@@ -696,7 +697,9 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     digest = folds_digest(folds, data.table["sample_id"].astype(str).to_numpy())
     _, disk = _memo_file(cache, config, digest, X, tag=name + (nested.tag if nested else ""), prefix="levels-")
     if disk is not None and disk.is_file():
-        return load_level_arm(disk, name, config, digest)
+        arm = load_level_arm(disk, name, config, digest)
+        if arm.single is not None:  # a file saved before the first stage's probabilities were kept: run it again
+            return arm
     from pipeline.model.screening import build_exam_model, context_C
 
     config = {**config, "screening": {**config["screening"], "view_fusion": how}}
@@ -723,13 +726,13 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     cv = cross_validate(make_exam, X, data.y, data.groups, folds, route_groups=True, on_fold=on_fold,
                         exams=data.table)
     seconds = time.perf_counter() - t0
-    proba = cv.proba[:, 1]
+    single = cv.proba[:, 1]
     calls = {lv: {u: bool(c) for u, c in tracker.calls[lv].items()} for lv in LEVELS}
-    proba = tracker.image_proba(proba)
+    proba = tracker.image_proba(single)
     kept = tracker.kept()
-    _save_npz(disk, proba=proba, calls=json.dumps(calls), seconds=seconds, chosen=np.asarray(chosen, dtype=str),
-              **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
-    return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept)
+    _save_npz(disk, proba=proba, single=single, calls=json.dumps(calls), seconds=seconds,
+              chosen=np.asarray(chosen, dtype=str), **{f"kept_{k}": np.asarray(v, bool) for k, v in kept.items()})
+    return LevelArm(name, config, proba, calls, digest, seconds, chosen, kept, single)
 
 
 def load_level_arm(path: Path, name: str, config: dict[str, Any] | None = None, folds: str = "") -> LevelArm:
@@ -740,7 +743,8 @@ def load_level_arm(path: Path, name: str, config: dict[str, Any] | None = None, 
     calls = json.loads(str(z["calls"]))
     chosen = [str(c) for c in z["chosen"]] if "chosen" in z else []
     kept = {k[len("kept_"):]: [bool(v) for v in z[k]] for k in z.files if k.startswith("kept_")}
-    return LevelArm(name, config or {}, z["proba"], calls, folds, float(z["seconds"]), chosen, kept)
+    single = z["single"] if "single" in z.files else None  # absent in files saved before it was kept
+    return LevelArm(name, config or {}, z["proba"], calls, folds, float(z["seconds"]), chosen, kept, single)
 
 
 def pair_level_arms(bt: BenchTask, data: Any, before: LevelArm, after: LevelArm, how: str, n_resamples: int,
@@ -797,7 +801,31 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
                 row[f"{a} - plain"] = _fmt(ci[f"{a}-plain"], signed=True)
                 row[f"{a} - shipped"] = _fmt(ci[f"{a}-shipped"], signed=True)
             rows.append(row)
+    if all(arm.single is not None for arm in arms.values()):  # what the maintainers' "per single image" reads
+        rows.append(_single_image_row(bt, data, arms, n_resamples, seed, per_arm))
     return rows, per_arm
+
+
+def _single_image_row(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int,
+                      per_arm: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """ROC AUC per image of each image alone (the first stage, before the exam stage reads the other views),
+    paired against plain on the same whole-patient resamples; adds image_alone_roc_auc* to `per_arm`."""
+    d: dict[str, Any] = {a: {"y": data.y, "p": arm.single} for a, arm in arms.items()}
+    d["shipped-plain"] = None
+    extra = [a for a in arms if a not in ("plain", "shipped")]
+    for a in extra:
+        d[f"{a}-plain"] = d[f"{a}-shipped"] = None
+    ci = paired_ci(_auc, d, patient_resamples(data.groups, n_resamples, seed))
+    for a in arms:
+        per_arm[a]["image_alone_roc_auc"], per_arm[a]["image_alone_roc_auc_ci_low"], \
+            per_arm[a]["image_alone_roc_auc_ci_high"] = ci[a]
+    row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": f"{len(data.y)} images / "
+           f"{len(set(data.groups))}", "metric": "ROC AUC per image alone (first stage)", "plain": _fmt(ci["plain"]),
+           "shipped": _fmt(ci["shipped"]), "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
+    for a in extra:
+        row[a], row[f"{a} - plain"] = _fmt(ci[a]), _fmt(ci[f"{a}-plain"], signed=True)
+        row[f"{a} - shipped"] = _fmt(ci[f"{a}-shipped"], signed=True)
+    return row
 
 
 def plain_screening_config(path: Path, over: Mapping[str, Any]) -> dict[str, Any]:

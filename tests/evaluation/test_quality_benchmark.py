@@ -127,6 +127,31 @@ def test_screening_rows_pair_arms_per_level_on_whole_patients():
     assert per_arm["shipped"]["image_roc_auc"] > 0.9  # the separable scores above
 
 
+def test_screening_rows_add_the_image_alone_from_the_first_stage_probabilities():
+    """With every arm's first-stage probabilities kept, one more row scores each image alone: it reads `single`,
+    not the exam-stage probability the level rows read."""
+    mod = _module()
+    rng = np.random.default_rng(1)
+    table, y, data = _four_views(24)
+    context = np.clip(0.6 * y + 0.4 * rng.random(len(y)), 0, 1)  # separable: what the other views added
+    alone = rng.random(len(y))                                      # the image alone: chance
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
+
+    fused = level_proba(context, y, level_ids(table), "mean")
+    calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
+    arms = {"plain": mod.LevelArm("plain", {}, alone, calls, "f", 1.0, single=alone),
+            "shipped": mod.LevelArm("shipped", {}, context, calls, "f", 1.0, single=alone)}
+    bt = next(t for t in mod.TASKS if t.levels)
+    rows, per_arm = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
+    assert rows[-1]["metric"] == "ROC AUC per image alone (first stage)" and len(rows) == 3 * len(LEVELS) + 1
+    assert rows[-1]["shipped - plain (paired)"] == "+0.00 [+0.00, +0.00]"
+    assert per_arm["shipped"]["image_roc_auc"] > 0.9 and abs(per_arm["shipped"]["image_alone_roc_auc"] - 0.5) < 0.2
+    arms["plain"] = mod.LevelArm("plain", {}, alone, calls, "f", 1.0)  # a file saved before `single` was kept
+    rows, _ = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
+    assert len(rows) == 3 * len(LEVELS)
+
+
 def test_choose_parses_every_combination_of_the_candidate_values():
     choices = _module().parse_choices(["calibration.ensemble=true|false", "model.max_depth=2|3"])
     assert [label for label, _ in choices] == [

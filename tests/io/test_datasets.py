@@ -38,6 +38,18 @@ def test_mias_with_pgm_beside_info(mias_dir, tmp_path):
     assert list(table["image_id"]) == ["mdb001"] and table["path"].iloc[0].endswith("mdb001.pgm")
 
 
+def test_mias_reads_a_jpeg_copy_of_the_films(mias_dir, tmp_path):
+    shutil.copy(mias_dir / "Info.txt", tmp_path / "Info.txt")
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    for ref in ("mdb001", "mdb002"):
+        Image.open(mias_dir / "images" / f"{ref}.png").convert("L").save(tmp_path / "images" / f"{ref}.jpg")
+    table = load_dataset(None, tmp_path)
+    assert list(table["image_id"]) == ["mdb001", "mdb002"]
+    assert all(p.endswith(".jpg") for p in table["path"]) and table["patient_id"].nunique() == 1
+
+
 def test_cbis_shared_folder_matches_manifest(cbis_dir):
     table = load_dataset(None, cbis_dir)
     manifest = pd.read_csv(cbis_dir / "manifest.csv")

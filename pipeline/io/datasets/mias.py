@@ -26,7 +26,8 @@ MIAS_SIZE = 1024  # every mini-MIAS image is 1024 x 1024 pixels
 _LINE = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE)
 INFO_LINE = _LINE  # one Info.txt record: reference, tissue, class, severity, x, y, radius
 _SEVERITY = {"B": "benign", "M": "malignant"}
-_SUFFIXES = (".png", ".pgm", ".PNG", ".PGM")
+# the distributed formats first; a JPEG / TIFF copy of the films is read too (ROI coordinates stay in the 1024 px frame)
+_SUFFIXES = (".png", ".pgm", ".PNG", ".PGM", ".jpg", ".jpeg", ".JPG", ".JPEG", ".tif", ".tiff", ".TIF", ".TIFF")
 
 
 def find_info_file(root: str | Path) -> Path | None:

@@ -1,0 +1,334 @@
+"""Benchmark: does a shipped model keep its figures when the images come as 640 px JPEG re-exports?
+
+The external screening set the maintainers score holds 640 px JPEG re-exports (tens of pixels per centimetre, 8 bit,
+lossy), while every development image is a full-resolution PNG or DICOM. This measures that shift on data we have:
+each task's images are re-exported as such files (tests/_full_frame.jpeg_640: long side 640 px, 8 bit, JPEG quality
+90; written to disk and read back by `read_image`, as scoring reads them), and in each outer fold of quality.py's
+patient-level folds the shipped recipe is fitted on the original training images only and scores the SAME test
+images twice: as originals and as re-exports. The difference (re-export - original) is paired, with a patient-level
+bootstrap CI (1,000 resamples). A large loss here predicts a loss on any archive exported that way; a method meant
+to close it is judged on the same folds.
+
+    .venv/bin/python benchmarks/reexport.py --tasks tissue screening_mias [screening_cdd] [--quality 90]
+      [--train-on original|reexport|both] [--pair-with original|reexport|both] [--set KEY=VALUE ...]
+
+`--train-on reexport` fits on the re-exported training images instead (the model and the test images match), and
+`both` on the originals and their re-exports together (one patient group each, so no patient crosses a fold):
+training-time export augmentation; `--pair-with` pairs this training with another one run before (its out-of-fold
+results are kept under <cache>/reexport-q<quality>/), on each test set. Screening entries print the image AUC and the specificity at the fold's in-fold
+95%-sensitivity threshold (the first stage and the context stage as shipped); density entries the quadratic-weighted
+kappa per image and per exam and the recall of the extreme classes. The re-exports are written under
+<cache>/reexport-<quality>/ once and reused; features are cached like any sample's.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality as Q  # noqa: E402
+
+log = logging.getLogger("reexport")
+
+
+def reexport_file(src: Path, dst: Path, quality: int) -> None:
+    """Write `src` (any format read_image reads) as a 640 px, 8-bit JPEG at `dst` (kept if already there)."""
+    from pipeline.io.imageio import read_image
+    from tests._full_frame import jpeg_640
+
+    if dst.is_file() and dst.stat().st_size > 0:
+        return
+    image, _ = read_image(src)
+    data, _ = jpeg_640(np.asarray(image, np.float32), quality=quality)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(dst)
+
+
+def reexport_dataset(config: dict[str, Any], table: pd.DataFrame, out: Path, quality: int,
+                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """Re-export every image of the task's table under `out`; returns the dataset overrides that read them."""
+    ds = config["dataset"]
+    t0 = time.perf_counter()
+    if ds["adapter"] == "mias":
+        from pipeline.io.datasets.mias import find_info_file
+        from pipeline.paths import default_mias_dir
+
+        info = find_info_file(Path(ds["path"]) if ds["path"] else default_mias_dir())
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        (out / "Info.txt").write_bytes(info.read_bytes())
+        for path in table["path"].unique():
+            reexport_file(Path(path), out / "images" / (Path(path).stem + ".jpg"), quality)
+        over = {"dataset": {"path": str(out)}}
+    elif ds["adapter"] == "manifest":
+        src = Path(ds["path"])
+        if not src.is_absolute() and not src.exists():
+            src = ROOT / src
+        manifest = pd.read_csv(src, dtype=str, keep_default_na=False)
+        used = {Path(x).resolve() for x in table["path"].unique()}
+        paths = [Path(f) if Path(f).is_absolute() else (src.parent / f) for f in manifest["file"]]
+        keep = [p.resolve() in used for p in paths]
+        manifest = manifest[keep].copy()
+        files = []
+        for p in (q for q, k in zip(paths, keep) if k):
+            dst = out / "images" / (p.stem + ".jpg")
+            reexport_file(p, dst, quality)
+            files.append(str(dst.resolve()))
+        manifest["file"] = files
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.to_csv(out / "manifest.csv", index=False)
+        over = {"dataset": {"path": str(out / "manifest.csv")}}
+    else:
+        raise SystemExit(f"reexport: adapter {ds['adapter']!r} not supported (mias, manifest)")
+    progress(f"  re-exported {table['path'].nunique()} images to {out} ({time.perf_counter() - t0:.0f} s)")
+    return over
+
+
+def _aligned(data: Any, other: Any, what: str) -> np.ndarray:
+    """Row positions in `other` of each row of `data` (by sample_id); every row must be there."""
+    pos = pd.Series(np.arange(len(other.table)), index=other.table["sample_id"].astype(str).to_numpy())
+    ids = data.table["sample_id"].astype(str)
+    missing = ids[~ids.isin(pos.index)]
+    if len(missing):
+        raise SystemExit(f"{what}: {len(missing)} images gave no re-exported sample (e.g. {missing.iloc[0]}); "
+                         "a re-export that is refused is a finding of its own: see benchmarks/breast_mask.py")
+    return pos.reindex(ids.to_numpy()).to_numpy()
+
+
+def _training_rows(X: np.ndarray, Xr: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray,
+                   train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, groups, table positions) of a fold's training rows: originals, re-exports or both (same patients)."""
+    if train_on == "original":
+        return X[tr], y[tr], groups[tr], tr
+    if train_on == "reexport":
+        return Xr[tr], y[tr], groups[tr], tr
+    return (np.concatenate([X[tr], Xr[tr]]), np.concatenate([y[tr], y[tr]]), np.concatenate([groups[tr], groups[tr]]),
+            np.concatenate([tr, tr]))
+
+
+def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
+                  progress: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:
+    """Per test arm ("original", "reexport"): out-of-fold calls per image and per exam of the shipped density model."""
+    from sklearn.base import clone
+
+    from pipeline.evaluation.metrics import exam_average
+    from pipeline.io.exams import exam_ids
+    from pipeline.model.estimators import build_pipeline, final_classifier
+    from pipeline.model.routing import fit_with_groups
+
+    pipe = build_pipeline(cfg, cache)
+    exams = exam_ids(data.table)
+    n = len(data.y)
+    out = {a: {"call": np.zeros(n, int), "exam_call": np.zeros(n, int)} for a in ("original", "reexport")}
+    t0 = time.perf_counter()
+    for i, (tr, te) in enumerate(folds):
+        Xt, yt, gt, _ = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
+        est = fit_with_groups(clone(pipe), Xt, yt, gt)
+        clf = final_classifier(est)
+        for arm, X in (("original", data.X), ("reexport", Xr)):
+            p = est.predict_proba(X[te])
+            out[arm]["call"][te] = clf.decide(p)
+            out[arm]["exam_call"][te] = clf.decide(exam_average(p, exams[te]))
+        progress(f"  fold {i + 1}/{len(folds)} done ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def screening_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
+                    progress: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:
+    """Per test arm: out-of-fold image probabilities (first stage, and with the exam stage) and calls at the fold's
+    image threshold of the shipped screening exam model."""
+    from sklearn.base import clone
+
+    from pipeline.io.exams import exam_ids
+    from pipeline.model.screening import build_exam_model, build_screening_pipeline
+
+    pipe = build_screening_pipeline(cfg, cache)
+    table = data.table.reset_index(drop=True).copy()
+    table["exam_id"] = exam_ids(table)
+    n = len(data.y)
+    out = {a: {"p": np.full(n, np.nan), "p_single": np.full(n, np.nan), "call": np.zeros(n, int)}
+           for a in ("original", "reexport")}
+    t0 = time.perf_counter()
+    for i, (tr, te) in enumerate(folds):
+        Xt, yt, gt, rows = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
+        exams = table.iloc[rows].reset_index(drop=True).copy()
+        if train_on == "both":  # the re-exported copies form exams of their own (never a view of the original's)
+            half = len(tr)
+            exams.loc[half:, "exam_id"] = exams.loc[half:, "exam_id"].astype(str) + "~reexport"
+            exams.loc[half:, "sample_id"] = exams.loc[half:, "sample_id"].astype(str) + "~reexport"
+        est = build_exam_model(cfg, clone(pipe), with_map=False)
+        est.fit(Xt, yt, groups=gt, exams=exams)
+        for arm, X in (("original", data.X), ("reexport", Xr)):
+            lv = est.predict_levels(X[te], exams=table.iloc[te].reset_index(drop=True))
+            out[arm]["p"][te] = lv.images["p"].to_numpy()
+            out[arm]["p_single"][te] = lv.images["p_single"].to_numpy()
+            out[arm]["call"][te] = (lv.images["p"].to_numpy() >= est.thresholds_["image"]).astype(int)
+        progress(f"  fold {i + 1}/{len(folds)} done ({time.perf_counter() - t0:.0f} s)")
+    return out
+
+
+def _spec(d: Any, rows: np.ndarray) -> float:
+    sel = d["y"][rows] == 0
+    return float(np.mean(d["call"][rows][sel] == 0)) if sel.any() else np.nan
+
+
+def _sens(d: Any, rows: np.ndarray) -> float:
+    sel = d["y"][rows] == 1
+    return float(np.mean(d["call"][rows][sel] == 1)) if sel.any() else np.nan
+
+
+def report(bt: Any, data: Any, arms: dict[str, dict[str, np.ndarray]], pairs: list[tuple[str, str]],
+           n_resamples: int) -> list[dict[str, Any]]:
+    """Rows: each metric per arm (a training and a test set: out-of-fold results on the same images) and each pair's
+    paired difference "a - b" on the same whole-patient resamples. Arm names must not hold "-"."""
+    from pipeline.io.exams import exam_ids
+
+    y, k = data.y, len(data.classes)
+    res = Q.patient_resamples(data.groups, n_resamples, seed=0)
+    rows: list[dict[str, Any]] = []
+
+    def add(metric: str, stat: Callable, field: str, resamples: list = res, sel: np.ndarray | None = None,
+            score: str = "p") -> None:
+        sel = np.arange(len(y)) if sel is None else sel
+        d: dict[str, Any] = {a: {"y": y[sel], "p": o.get(score, o[field])[sel], "call": o[field][sel], "k": k}
+                             for a, o in arms.items()}
+        d.update({f"{a}-{b}": None for a, b in pairs})
+        ci = Q.paired_ci(stat, d, resamples)
+        row = {"task": bt.key, "metric": metric, **{a: Q._fmt(ci[a]) for a in arms}}
+        row.update({f"{a} - {b} (paired)": Q._fmt(ci[f"{a}-{b}"], signed=True) for a, b in pairs})
+        rows.append(row)
+
+    if bt.levels:
+        add("image ROC AUC (exam model)", Q._auc, "call")
+        add("image ROC AUC (first stage alone)", Q._auc, "call", score="p_single")
+        add("spec at the in-fold 95%-sens threshold", _spec, "call")
+        add("sens at that threshold", _sens, "call")
+    else:
+        add("kappa_w per image", Q._kappa, "call")
+        for j in (0, k - 1):
+            add(f"recall {data.classes[j]} per image", Q._rate(j), "call")
+        exams = exam_ids(data.table)
+        first = ~pd.DataFrame({"exam": exams, "y": y}).duplicated().to_numpy()
+        eres = Q.patient_resamples(data.groups[first], n_resamples, seed=0)
+        add(f"kappa_w per exam (n={int(first.sum())})", Q._kappa, "exam_call", eres, first)
+    return rows
+
+
+def _result_file(cache: Path, quality: int, key: str, train_on: str, sets: list[str]) -> Path:
+    tag = "" if not sets else "-" + hashlib.sha1("\n".join(sets).encode()).hexdigest()[:10]
+    return cache / f"reexport-q{quality}" / f"{key}-trained-on-{train_on}{tag}.npz"
+
+
+def _save(path: Path, out: dict[str, dict[str, np.ndarray]]) -> None:
+    np.savez(path, **{f"{arm}__{f}": v for arm, o in out.items() for f, v in o.items()})
+
+
+def _load(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    z = np.load(path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name in z.files:
+        arm, f = name.split("__", 1)
+        out.setdefault(arm, {})[f] = z[name]
+    return out
+
+
+def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path, n_resamples: int,
+             progress: Callable[[str], None], pair_with: str | None = None) -> list[dict[str, Any]]:
+    """Fit on one set of the task's training images per outer fold; score its test images original and re-exported.
+    Each run's out-of-fold results are kept under <cache>/reexport-q<quality>/; `pair_with` (another `train_on`
+    run already made with the same settings) adds rows pairing the two trainings on each test set."""
+    from pipeline.config.experiment import parse_overrides, resolve_config
+    from pipeline.evaluation.splits import patient_stratified_folds
+    from pipeline.training.train import load_task_data
+
+    bt = next(t for t in Q.TASKS if t.key == key)
+    if not (Q.DATA / bt.needs).is_dir():
+        progress(f"{key}: {Q.DATA / bt.needs} is absent; skipped")
+        return []
+    with tempfile.TemporaryDirectory(prefix="mammoscope-reexport-") as tmp:
+        base = Q._merge(bt.overrides, bt.prepare(Path(tmp)) if bt.prepare else {})
+        if bt.levels:
+            cfg = resolve_config(Q.EXPERIMENTS / bt.experiment, Q._merge(base, Q.FOLDS, parse_overrides(sets)))
+        else:
+            cfg = Q.arm_configs(bt, base, Q.FOLDS, sets, False, False, None)["shipped"]
+        t0 = time.perf_counter()
+        data = load_task_data(cfg, progress=lambda s: None)
+        if bt.prevalence:
+            data = Q._prevalence_subsample(data, bt.prevalence, seed=0)
+        folder = cache / f"reexport-q{quality}" / bt.needs
+        over = reexport_dataset(cfg, data.table, folder, quality, progress)
+        cfg_r = Q._merge(cfg, over)
+        data_r = load_task_data(cfg_r, progress=lambda s: None)
+        Xr = data_r.X[_aligned(data, data_r, key)]
+        ev = cfg["evaluation"]
+        folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
+        progress(f"{key}: {len(data.y)} images of {len(set(data.groups))} patients, samples {data.X.shape[1:]} "
+                 f"({time.perf_counter() - t0:.0f} s to load both); training on {train_on}")
+        run = screening_folds if bt.levels else density_folds
+        out = run(cfg, data, Xr, folds, cache, train_on, progress)
+    _save(_result_file(cache, quality, key, train_on, sets), out)
+    rows = report(bt, data, {"original": out["original"], "re_export": out["reexport"]},
+                  [("re_export", "original")], n_resamples)
+    if pair_with and pair_with != train_on:
+        other = _result_file(cache, quality, key, pair_with, sets)
+        if not other.is_file():
+            raise SystemExit(f"--pair-with {pair_with}: {other} is not there; run --train-on {pair_with} first")
+        before = _load(other)
+        for test in ("original", "reexport"):
+            arms = {f"trained_{train_on}": out[test], f"trained_{pair_with}": before[test]}
+            for row in report(bt, data, arms, [(f"trained_{train_on}", f"trained_{pair_with}")], n_resamples):
+                rows.append({**row, "metric": f"{row['metric']}, tested on {test}"})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.paths import default_cache_dir
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", nargs="+", default=["tissue", "screening_mias"],
+                    choices=[t.key for t in Q.TASKS])
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-exports (default 90)")
+    ap.add_argument("--train-on", choices=("original", "reexport", "both"), default="original")
+    ap.add_argument("--pair-with", choices=("original", "reexport", "both"), default=None,
+                    help="also pair this training with another --train-on run kept from before (same --quality, "
+                         "--set), on each test set")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the shipped recipe")
+    ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    cache = args.cache_dir or default_cache_dir()
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for key in args.tasks:
+        rows += run_task(key, args.quality, args.train_on, args.set, cache, args.resamples, print, args.pair_with)
+    table = pd.DataFrame(rows)
+    with pd.option_context("display.width", 250, "display.max_columns", 12, "display.max_colwidth", 60):
+        print(f"\nre-exports: long side 640 px, 8 bit, JPEG quality {args.quality}; trained on {args.train_on}; "
+              f"{time.perf_counter() - t0:.0f} s")
+        paired = table["metric"].str.contains(", tested on ", regex=False) if len(table) else []
+        for part in (table[~paired], table[paired]) if len(table) else ():  # each table with its own columns
+            if len(part):
+                print(part.dropna(axis=1, how="all").to_string(index=False) + "\n")
+        if not len(table):
+            print("(no task ran)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
