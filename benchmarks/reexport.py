@@ -13,12 +13,15 @@ to close it is judged on the same folds.
       [--train-on original|reexport|both] [--pair-with original|reexport|both] [--set KEY=VALUE ...]
 
 `--train-on reexport` fits on the re-exported training images instead (the model and the test images match), and
-`both` on the originals and their re-exports together (one patient group each, so no patient crosses a fold):
-training-time export augmentation; `--pair-with` pairs this training with another one run before (its out-of-fold
-results are kept under <cache>/reexport-q<quality>/), on each test set. Screening entries print the image AUC and the specificity at the fold's in-fold
-95%-sensitivity threshold (the first stage and the context stage as shipped); density entries the quadratic-weighted
-kappa per image and per exam and the recall of the extreme classes. The re-exports are written under
-<cache>/reexport-<quality>/ once and reused; features are cached like any sample's.
+`both` on the originals and their re-exports together (a copy keeps its patient's id, so no patient crosses a fold,
+and forms an exam of its own, so the exam stage never reads it as another view): training-time export augmentation.
+`nested` (screening entries) lets each outer training fold pick original or both on its own inner patient-level
+folds. Each run's out-of-fold results are kept under <cache>/reexport-q<quality>/; `--pair-with` pairs this training
+with another one run before, on each test set. Screening entries print the image AUC with the exam's views and of
+each image alone (first stage), and the specificity at the fold's in-fold 95%-sensitivity threshold; density
+entries the quadratic-weighted kappa per image and per exam and the recall of the extreme classes. The re-exports are
+written once under <cache>/reexport-q<quality>/<data folder>/ and reused; their features are cached like any
+sample's. (This project's CDD-CESM copies are already 512 px, so there a re-export adds only JPEG loss.)
 """
 from __future__ import annotations
 
@@ -36,13 +39,26 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))  # the repo's packages; benchmarks/ itself stays off sys.path (its features.py would
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]  # shadow the features package)
 
-import quality as Q  # noqa: E402
 
-log = logging.getLogger("reexport")
+def _quality_module() -> Any:
+    """benchmarks/quality.py as a module (the one already loaded, e.g. by the tests, else loaded from its file)."""
+    import importlib.util
 
+    for name in ("bench_quality", "quality"):
+        mod = sys.modules.get(name)
+        if mod is not None and Path(getattr(mod, "__file__", "")).resolve() == ROOT / "benchmarks" / "quality.py":
+            return mod
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_quality"] = mod  # before exec: its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+Q = _quality_module()
 
 def reexport_file(src: Path, dst: Path, quality: int) -> None:
     """Write `src` (any format read_image reads) as a 640 px, 8-bit JPEG at `dst` (kept if already there)."""
@@ -116,6 +132,8 @@ def _training_rows(X: np.ndarray, Xr: np.ndarray, y: np.ndarray, groups: np.ndar
         return X[tr], y[tr], groups[tr], tr
     if train_on == "reexport":
         return Xr[tr], y[tr], groups[tr], tr
+    if train_on != "both":
+        raise ValueError(f"train_on must be original, reexport or both. Got {train_on!r} instead.")
     return (np.concatenate([X[tr], Xr[tr]]), np.concatenate([y[tr], y[tr]]), np.concatenate([groups[tr], groups[tr]]),
             np.concatenate([tr, tr]))
 
@@ -147,14 +165,50 @@ def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, c
     return out
 
 
+def _fit_exam(cfg: dict[str, Any], pipe: Any, data: Any, Xr: np.ndarray, table: pd.DataFrame, tr: np.ndarray,
+              train_on: str) -> Any:
+    """The shipped screening ExamModel fitted on the rows `tr` as originals, re-exports or both."""
+    from sklearn.base import clone
+
+    from pipeline.model.screening import build_exam_model
+
+    Xt, yt, gt, rows = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
+    exams = table.iloc[rows].reset_index(drop=True).copy()
+    if train_on == "both":  # the re-exported copies form exams of their own (never a view of the original's)
+        half = len(tr)
+        exams.loc[half:, "exam_id"] = exams.loc[half:, "exam_id"].astype(str) + "~reexport"
+        exams.loc[half:, "sample_id"] = exams.loc[half:, "sample_id"].astype(str) + "~reexport"
+    est = build_exam_model(cfg, clone(pipe), with_map=False)
+    return est.fit(Xt, yt, groups=gt, exams=exams)
+
+
+def choose_training(cfg: dict[str, Any], pipe: Any, data: Any, Xr: np.ndarray, table: pd.DataFrame, tr: np.ndarray,
+                    inner_folds: int = 3) -> tuple[str, dict[str, float]]:
+    """The training ("original" or "both") whose exam model ranks the training fold's own held-out originals
+    better: image ROC AUC of patient-grouped inner out-of-fold scores (ties keep "original"), and both AUCs."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.evaluation.splits import patient_stratified_folds
+
+    inner = patient_stratified_folds(data.y[tr], data.groups[tr], inner_folds, int(cfg["evaluation"]["seed"]))
+    auc: dict[str, float] = {}
+    for cand in ("original", "both"):
+        p = np.full(len(tr), np.nan)
+        for itr, ite in inner:
+            est = _fit_exam(cfg, pipe, data, Xr, table, tr[itr], cand)
+            p[ite] = est.predict_levels(data.X[tr[ite]], exams=table.iloc[tr[ite]].reset_index(drop=True)
+                                        ).images["p"].to_numpy()
+        auc[cand] = float(roc_auc_score(data.y[tr], p))
+    return ("both" if auc["both"] > auc["original"] else "original"), auc
+
+
 def screening_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
                     progress: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:
     """Per test arm: out-of-fold image probabilities (first stage, and with the exam stage) and calls at the fold's
-    image threshold of the shipped screening exam model."""
-    from sklearn.base import clone
-
+    image threshold of the shipped screening exam model. train_on="nested": each outer training fold picks
+    "original" or "both" by choose_training on its own inner folds."""
     from pipeline.io.exams import exam_ids
-    from pipeline.model.screening import build_exam_model, build_screening_pipeline
+    from pipeline.model.screening import build_screening_pipeline
 
     pipe = build_screening_pipeline(cfg, cache)
     table = data.table.reset_index(drop=True).copy()
@@ -164,14 +218,11 @@ def screening_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list,
            for a in ("original", "reexport")}
     t0 = time.perf_counter()
     for i, (tr, te) in enumerate(folds):
-        Xt, yt, gt, rows = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
-        exams = table.iloc[rows].reset_index(drop=True).copy()
-        if train_on == "both":  # the re-exported copies form exams of their own (never a view of the original's)
-            half = len(tr)
-            exams.loc[half:, "exam_id"] = exams.loc[half:, "exam_id"].astype(str) + "~reexport"
-            exams.loc[half:, "sample_id"] = exams.loc[half:, "sample_id"].astype(str) + "~reexport"
-        est = build_exam_model(cfg, clone(pipe), with_map=False)
-        est.fit(Xt, yt, groups=gt, exams=exams)
+        how = train_on
+        if train_on == "nested":
+            how, auc = choose_training(cfg, pipe, data, Xr, table, tr)
+            progress(f"  fold {i + 1}: inner AUC original {auc['original']:.3f}, both {auc['both']:.3f}: {how}")
+        est = _fit_exam(cfg, pipe, data, Xr, table, tr, how)
         for arm, X in (("original", data.X), ("reexport", Xr)):
             lv = est.predict_levels(X[te], exams=table.iloc[te].reset_index(drop=True))
             out[arm]["p"][te] = lv.images["p"].to_numpy()
@@ -278,6 +329,8 @@ def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path
         folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
         progress(f"{key}: {len(data.y)} images of {len(set(data.groups))} patients, samples {data.X.shape[1:]} "
                  f"({time.perf_counter() - t0:.0f} s to load both); training on {train_on}")
+        if train_on == "nested" and not bt.levels:
+            raise SystemExit(f"{key}: --train-on nested is for screening entries")
         run = screening_folds if bt.levels else density_folds
         out = run(cfg, data, Xr, folds, cache, train_on, progress)
     _save(_result_file(cache, quality, key, train_on, sets), out)
@@ -302,8 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=["tissue", "screening_mias"],
                     choices=[t.key for t in Q.TASKS])
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-exports (default 90)")
-    ap.add_argument("--train-on", choices=("original", "reexport", "both"), default="original")
-    ap.add_argument("--pair-with", choices=("original", "reexport", "both"), default=None,
+    ap.add_argument("--train-on", choices=("original", "reexport", "both", "nested"), default="original",
+                    help="nested (screening entries): each outer training fold picks original or both by its own "
+                         "inner patient-level CV (image AUC of the exam model on its held-out originals)")
+    ap.add_argument("--pair-with", choices=("original", "reexport", "both", "nested"), default=None,
                     help="also pair this training with another --train-on run kept from before (same --quality, "
                          "--set), on each test set")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the shipped recipe")
