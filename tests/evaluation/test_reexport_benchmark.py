@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests._benchmarks import benchmark_module
@@ -53,3 +54,49 @@ def test_tissue_rows_score_the_same_test_images_original_and_reexported_and_pair
     assert all("trained_both - trained_original (paired)" in r for r in extra)
     with pytest.raises(SystemExit, match="run --train-on reexport first"):
         mod.run_task("tissue", 90, "both", sets, tmp_path / "cache", 50, lambda s: None, pair_with="reexport")
+
+
+def test_training_with_reexports_keeps_each_copy_in_its_patient_and_an_exam_of_its_own(tmp_path: Path, monkeypatch):
+    """--train-on both / nested: a copy is its patient's row (inner folds keep the pair together) in an exam of its
+    own (the exam stage never reads a woman's own re-export as her other view); nested picks by inner AUC."""
+    from pipeline.io.exams import exam_ids
+    from pipeline.model.exam import ExamModel
+    from pipeline.model.screening import build_screening_pipeline
+    from pipeline.training.train import load_task_data
+    from tests.serving.test_screening_acceptance import CDD
+    from tests.training.test_screening_stream import _config
+
+    if not CDD.is_file():
+        pytest.skip("CDD-CESM is not in shared/data")
+    mod = _module()
+    cache = tmp_path / "cache"
+    cfg = _config(cache)
+    cfg["compute"]["n_jobs"] = 1
+    data = load_task_data(cfg, progress=lambda s: None)
+    Xr = np.clip(data.X * 0.9 + 0.05, 0, 1).astype(np.float32)  # a stand-in re-export: same breasts, other grey levels
+    table = data.table.reset_index(drop=True).copy()
+    table["exam_id"] = exam_ids(table)
+    seen: list[tuple[np.ndarray, pd.DataFrame]] = []
+    fit = ExamModel.fit
+
+    def recording_fit(self, X, y, *, groups=None, exams=None):
+        seen.append((np.asarray(groups), exams))
+        return fit(self, X, y, groups=groups, exams=exams)
+
+    monkeypatch.setattr(ExamModel, "fit", recording_fit)
+    pipe = build_screening_pipeline(cfg, cache)
+    tr = np.arange(len(data.y))
+    mod._fit_exam(cfg, pipe, data, Xr, table, tr, "both")
+    groups, exams = seen[-1]
+    n = len(tr)
+    assert len(exams) == 2 * n and (groups[:n] == groups[n:]).all()
+    assert not set(exams["exam_id"][:n]) & set(exams["exam_id"][n:])  # no copy shares an exam with an original
+    assert exams["sample_id"].is_unique
+
+    seen.clear()
+    choice, auc = mod.choose_training(cfg, pipe, data, Xr, table, tr)
+    assert choice in ("original", "both") and set(auc) == {"original", "both"}
+    assert all(0.0 <= v <= 1.0 for v in auc.values())
+    assert choice == ("both" if auc["both"] > auc["original"] else "original")
+    assert len(seen) == 6  # 3 inner folds x 2 candidates, each fitted without its held-out patients
+    assert [len(e) for _, e in seen[3:]] == [2 * len(e) for _, e in seen[:3]]
