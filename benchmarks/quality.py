@@ -17,7 +17,9 @@ predictions of each training fold; the shipped settings were fixed before this b
 A new task/dataset is one entry in TASKS. Screening entries (whole images, malignant vs not: `levels=True`) compare
 the plain recipe on the 224 px whole breast with the shipped screening recipe (tiles at higher resolution + the
 whole breast) and print each figure per image, per breast (views fused as the experiment says) and per exam (its
-most suspicious breast), the operating point of each level chosen inside the training folds.
+most suspicious breast), the operating point of each level chosen inside the training folds, and the ROC AUC of
+each image alone (the first stage, before the exam stage reads the other views: what "per single image" means in
+the external figures of docs/benchmarks.md section 0).
 
 Nested choices (--choose KEY=V1|V2, repeatable: every combination is a candidate): image-pipeline settings by
 scikit-learn's GridSearchCV over the candidates' pipelines; the exam stage of a screening entry (EXAM_STAGE_KEYS:
