@@ -700,7 +700,9 @@ def run_level_arm(name: str, config: dict[str, Any], make: Callable[[], Any], X:
     _, disk = _memo_file(cache, config, digest, X, tag=name + (nested.tag if nested else ""), prefix="levels-")
     if disk is not None and disk.is_file():
         arm = load_level_arm(disk, name, config, digest)
-        if arm.single is not None:  # a file saved before the first stage's probabilities were kept: run it again
+        # a file saved before the first stage's probabilities were kept: a fixed arm is run again (minutes); a nested
+        # arm (an hour on CDD-CESM) is read as it is, and the table then leaves out the image-alone row
+        if arm.single is not None or nested is not None:
             return arm
     from pipeline.model.screening import build_exam_model, context_C
 
