@@ -10,12 +10,15 @@ bootstrap CI (1,000 resamples). A large loss here predicts a loss on any archive
 to close it is judged on the same folds.
 
     .venv/bin/python benchmarks/reexport.py --tasks tissue screening_mias [screening_cdd] [--quality 90]
-      [--train-on original|reexport|both] [--pair-with original|reexport|both] [--set KEY=VALUE ...]
+      [--train-on original|reexport|both|augment|nested|nested-augment] [--pair-with ...] [--set KEY=VALUE ...]
 
 `--train-on reexport` fits on the re-exported training images instead (the model and the test images match), and
 `both` on the originals and their re-exports together (a copy keeps its patient's id, so no patient crosses a fold,
 and forms an exam of its own, so the exam stage never reads it as another view): training-time export augmentation.
-`nested` (screening entries) lets each outer training fold pick original or both on its own inner patient-level
+`augment` is `both` with the copies as rows that only train: they fit the models but are never held out, so the
+calibration, the exam stage and every operating point come from original images alone (a copy's scores differ from
+an original's, and a threshold set on a mix of the two does not hold on originals). `nested` (`nested-augment`;
+screening entries) lets each outer training fold pick original or both (augment) on its own inner patient-level
 folds. Each run's out-of-fold results are kept under <cache>/reexport-q<quality>/; `--pair-with` pairs this training
 with another one run before, on each test set. Screening entries print the image AUC with the exam's views and of
 each image alone (first stage), and the specificity at the fold's in-fold 95%-sensitivity threshold; density
@@ -126,16 +129,18 @@ def _aligned(data: Any, other: Any, what: str) -> np.ndarray:
 
 
 def _training_rows(X: np.ndarray, Xr: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray,
-                   train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y, groups, table positions) of a fold's training rows: originals, re-exports or both (same patients)."""
+                   train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(X, y, groups, table positions, augmented) of a fold's training rows: originals, re-exports, or both (same
+    patients); "augment" is "both" with the copies marked as rows that only train (augmented; else None)."""
     if train_on == "original":
-        return X[tr], y[tr], groups[tr], tr
+        return X[tr], y[tr], groups[tr], tr, None
     if train_on == "reexport":
-        return Xr[tr], y[tr], groups[tr], tr
-    if train_on != "both":
-        raise ValueError(f"train_on must be original, reexport or both. Got {train_on!r} instead.")
+        return Xr[tr], y[tr], groups[tr], tr, None
+    if train_on not in ("both", "augment"):
+        raise ValueError(f"train_on must be original, reexport, both or augment. Got {train_on!r} instead.")
+    augmented = np.r_[np.zeros(len(tr), bool), np.ones(len(tr), bool)] if train_on == "augment" else None
     return (np.concatenate([X[tr], Xr[tr]]), np.concatenate([y[tr], y[tr]]), np.concatenate([groups[tr], groups[tr]]),
-            np.concatenate([tr, tr]))
+            np.concatenate([tr, tr]), augmented)
 
 
 def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
@@ -154,8 +159,8 @@ def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, c
     out = {a: {"call": np.zeros(n, int), "exam_call": np.zeros(n, int)} for a in ("original", "reexport")}
     t0 = time.perf_counter()
     for i, (tr, te) in enumerate(folds):
-        Xt, yt, gt, _ = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
-        est = fit_with_groups(clone(pipe), Xt, yt, gt)
+        Xt, yt, gt, _, aug = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
+        est = fit_with_groups(clone(pipe), Xt, yt, gt, aug)
         clf = final_classifier(est)
         for arm, X in (("original", data.X), ("reexport", Xr)):
             p = est.predict_proba(X[te])
@@ -167,46 +172,48 @@ def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, c
 
 def _fit_exam(cfg: dict[str, Any], pipe: Any, data: Any, Xr: np.ndarray, table: pd.DataFrame, tr: np.ndarray,
               train_on: str) -> Any:
-    """The shipped screening ExamModel fitted on the rows `tr` as originals, re-exports or both."""
+    """The shipped screening ExamModel fitted on the rows `tr` as originals, re-exports, both, or both with the
+    copies as rows that only train ("augment")."""
     from sklearn.base import clone
 
     from pipeline.model.screening import build_exam_model
 
-    Xt, yt, gt, rows = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
+    Xt, yt, gt, rows, aug = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
     exams = table.iloc[rows].reset_index(drop=True).copy()
-    if train_on == "both":  # the re-exported copies form exams of their own (never a view of the original's)
+    if train_on in ("both", "augment"):  # the re-exported copies form exams of their own (never a view of the original's)
         half = len(tr)
         exams.loc[half:, "exam_id"] = exams.loc[half:, "exam_id"].astype(str) + "~reexport"
         exams.loc[half:, "sample_id"] = exams.loc[half:, "sample_id"].astype(str) + "~reexport"
     est = build_exam_model(cfg, clone(pipe), with_map=False)
-    return est.fit(Xt, yt, groups=gt, exams=exams)
+    return est.fit(Xt, yt, groups=gt, exams=exams, augmented=aug)
 
 
 def choose_training(cfg: dict[str, Any], pipe: Any, data: Any, Xr: np.ndarray, table: pd.DataFrame, tr: np.ndarray,
-                    inner_folds: int = 3) -> tuple[str, dict[str, float]]:
-    """The training ("original" or "both") whose exam model ranks the training fold's own held-out originals
-    better: image ROC AUC of patient-grouped inner out-of-fold scores (ties keep "original"), and both AUCs."""
+                    inner_folds: int = 3, candidate: str = "both") -> tuple[str, dict[str, float]]:
+    """The training ("original" or `candidate`: "both" or "augment") whose exam model ranks the training fold's own
+    held-out originals better: image ROC AUC of patient-grouped inner out-of-fold scores (ties keep "original"),
+    and both AUCs."""
     from sklearn.metrics import roc_auc_score
 
     from pipeline.evaluation.splits import patient_stratified_folds
 
     inner = patient_stratified_folds(data.y[tr], data.groups[tr], inner_folds, int(cfg["evaluation"]["seed"]))
     auc: dict[str, float] = {}
-    for cand in ("original", "both"):
+    for cand in ("original", candidate):
         p = np.full(len(tr), np.nan)
         for itr, ite in inner:
             est = _fit_exam(cfg, pipe, data, Xr, table, tr[itr], cand)
             p[ite] = est.predict_levels(data.X[tr[ite]], exams=table.iloc[tr[ite]].reset_index(drop=True)
                                         ).images["p"].to_numpy()
         auc[cand] = float(roc_auc_score(data.y[tr], p))
-    return ("both" if auc["both"] > auc["original"] else "original"), auc
+    return (candidate if auc[candidate] > auc["original"] else "original"), auc
 
 
 def screening_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
                     progress: Callable[[str], None]) -> dict[str, dict[str, np.ndarray]]:
     """Per test arm: out-of-fold image probabilities (first stage, and with the exam stage) and calls at the fold's
-    image threshold of the shipped screening exam model. train_on="nested": each outer training fold picks
-    "original" or "both" by choose_training on its own inner folds."""
+    image threshold of the shipped screening exam model. train_on="nested" ("nested-augment"): each outer training
+    fold picks "original" or "both" ("augment") by choose_training on its own inner folds."""
     from pipeline.io.exams import exam_ids
     from pipeline.model.screening import build_screening_pipeline
 
@@ -219,9 +226,10 @@ def screening_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list,
     t0 = time.perf_counter()
     for i, (tr, te) in enumerate(folds):
         how = train_on
-        if train_on == "nested":
-            how, auc = choose_training(cfg, pipe, data, Xr, table, tr)
-            progress(f"  fold {i + 1}: inner AUC original {auc['original']:.3f}, both {auc['both']:.3f}: {how}")
+        if train_on.startswith("nested"):
+            cand = "augment" if train_on == "nested-augment" else "both"
+            how, auc = choose_training(cfg, pipe, data, Xr, table, tr, candidate=cand)
+            progress(f"  fold {i + 1}: inner AUC original {auc['original']:.3f}, {cand} {auc[cand]:.3f}: {how}")
         est = _fit_exam(cfg, pipe, data, Xr, table, tr, how)
         for arm, X in (("original", data.X), ("reexport", Xr)):
             lv = est.predict_levels(X[te], exams=table.iloc[te].reset_index(drop=True))
@@ -329,7 +337,7 @@ def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path
         folds = patient_stratified_folds(data.y, data.groups, ev["folds"], ev["seed"])
         progress(f"{key}: {len(data.y)} images of {len(set(data.groups))} patients, samples {data.X.shape[1:]} "
                  f"({time.perf_counter() - t0:.0f} s to load both); training on {train_on}")
-        if train_on == "nested" and not bt.levels:
+        if train_on.startswith("nested") and not bt.levels:
             raise SystemExit(f"{key}: --train-on nested is for screening entries")
         run = screening_folds if bt.levels else density_folds
         out = run(cfg, data, Xr, folds, cache, train_on, progress)
@@ -355,10 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", nargs="+", default=["tissue", "screening_mias"],
                     choices=[t.key for t in Q.TASKS])
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the re-exports (default 90)")
-    ap.add_argument("--train-on", choices=("original", "reexport", "both", "nested"), default="original",
-                    help="nested (screening entries): each outer training fold picks original or both by its own "
-                         "inner patient-level CV (image AUC of the exam model on its held-out originals)")
-    ap.add_argument("--pair-with", choices=("original", "reexport", "both", "nested"), default=None,
+    modes = ("original", "reexport", "both", "augment", "nested", "nested-augment")
+    ap.add_argument("--train-on", choices=modes, default="original",
+                    help="augment: both, the copies only training (never calibrating or setting a threshold); "
+                         "nested / nested-augment (screening entries): each outer training fold picks original or "
+                         "both / augment by its own inner patient-level CV (image AUC of the exam model on its "
+                         "held-out originals)")
+    ap.add_argument("--pair-with", choices=modes, default=None,
                     help="also pair this training with another --train-on run kept from before (same --quality, "
                          "--set), on each test set")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the shipped recipe")

@@ -34,8 +34,9 @@ class LastColumnsChoice(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.estimator = estimator
         self.n_drop = n_drop
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> "LastColumnsChoice":
-        """Fit both candidates (groups: patient ids for their inner folds) and keep the better; returns self."""
+    def fit(self, X: Any, y: Any, groups: Any = None, augmented: Any = None) -> "LastColumnsChoice":
+        """Fit both candidates (groups: patient ids for their inner folds; augmented: rows that only train,
+        PatientCalibratedClassifier) and keep the better; returns self."""
         from pipeline.model.estimators import PatientCalibratedClassifier
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
@@ -44,11 +45,12 @@ class LastColumnsChoice(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"LastColumnsChoice: n_drop must be in [0, {X.shape[1] - 1}] for {X.shape[1]} "
                              f"columns; got {self.n_drop!r}.")
         base = self.estimator if self.estimator is not None else PatientCalibratedClassifier()
-        full = clone(base).fit(X, y, groups=groups)
+        extra = {} if augmented is None else {"augmented": augmented}
+        full = clone(base).fit(X, y, groups=groups, **extra)
         self.choice_auc_ = {"with": float("nan"), "without": float("nan")}
         keep, chosen = X.shape[1], full
         if n_drop > 0:
-            reduced = clone(base).fit(X[:, : X.shape[1] - n_drop], y, groups=groups)
+            reduced = clone(base).fit(X[:, : X.shape[1] - n_drop], y, groups=groups, **extra)
             self.choice_auc_ = {"with": _inner_auc(full, y), "without": _inner_auc(reduced, y)}
             if not self.choice_auc_["with"] > self.choice_auc_["without"]:  # NaN or a tie: the simpler model
                 keep, chosen = X.shape[1] - n_drop, reduced

@@ -39,7 +39,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from pipeline.errors import ConfigError
 from pipeline.evaluation.metrics import choose_threshold
-from pipeline.evaluation.splits import patient_stratified_folds
+from pipeline.evaluation.splits import patient_stratified_folds, train_only_folds, train_only_mask
 
 __all__ = [
     "CachedTransformer",
@@ -364,7 +364,10 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     docs/screening.md). holdout="split": the estimator is fitted on
     (1 - fraction) of the patients and calibrated, with `FrozenEstimator`, on the rest; the threshold is chosen on
     that calibration split.
-    `fit(X, y, groups=None)`: groups are patient ids (None = one patient per row). For binary problems `threshold_`
+    `fit(X, y, groups=None, augmented=None)`: groups are patient ids (None = one patient per row); `augmented` (bool
+    per row) marks rows that only train (a training-time copy of an image, in its patient's group): they fit the
+    models but are never held out, so calibration, `validation_index_` and every operating point come from original
+    images alone. For binary problems `threshold_`
     is the highest threshold on the positive-class probability reaching `target_sensitivity` on that validation
     data; `validation_index_` lists the rows it was chosen on and `validation_proba_` their held-out probabilities.
     For multiclass problems with decision="ordinal" (classes ordered as given), `cutpoints_` are the cut-points on
@@ -385,8 +388,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self.decision = decision
         self.ensemble = ensemble
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> "PatientCalibratedClassifier":
-        """Fit, calibrate and choose the operating point on held-out patients of (X, y); returns self."""
+    def fit(self, X: Any, y: Any, groups: Any = None, augmented: Any = None) -> "PatientCalibratedClassifier":
+        """Fit, calibrate and choose the operating point on held-out patients of (X, y) (never on `augmented`
+        rows); returns self."""
         if self.method not in ("sigmoid", "isotonic"):
             raise ValueError(f"The 'method' parameter of PatientCalibratedClassifier must be 'sigmoid' or "
                              f"'isotonic'. Got {self.method!r} instead.")
@@ -412,8 +416,15 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             raise ValueError(f"groups has {len(groups)} entries but X has {len(y)} rows.")
         k = len(self.classes_)
         self.scorer_ = None
+        copies = train_only_mask(augmented, len(y))
+
+        def folds(n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+            if copies.any():
+                return train_only_folds(y_enc, groups, copies, n_splits, self.random_state)
+            return patient_stratified_folds(y_enc, groups, n_splits, self.random_state)
+
         if self.holdout == "cv" and not self.ensemble:
-            splits = patient_stratified_folds(y_enc, groups, self.inner_folds, self.random_state)
+            splits = folds(self.inner_folds)
             val = np.concatenate([va for _, va in splits])
             raw = np.zeros((len(y), k))
             for tr, va in splits:
@@ -429,7 +440,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             oof = np.zeros((len(y), k))
             oof[val] = cal.predict_proba(raw[val])
         elif self.holdout == "cv":
-            splits = patient_stratified_folds(y_enc, groups, self.inner_folds, self.random_state)
+            splits = folds(self.inner_folds)
             cal = CalibratedClassifierCV(clone(base), method=self.method, cv=splits, ensemble=True)
             cal.fit(X, y_enc)
             val = np.concatenate([va for _, va in splits])
@@ -438,7 +449,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
                 oof[va] = member.predict_proba(X[va])
         else:
             n_splits = max(2, int(round(1.0 / self.fraction)))
-            tr, val = patient_stratified_folds(y_enc, groups, n_splits, self.random_state)[0]
+            tr, val = folds(n_splits)[0]
             fitted = clone(base).fit(X[tr], y_enc[tr])
             cal = CalibratedClassifierCV(FrozenEstimator(fitted), method=self.method)
             cal.fit(X[val], y_enc[val])

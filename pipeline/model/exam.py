@@ -80,10 +80,14 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         self.target_sensitivity = target_sensitivity
 
     # ---------------------------------------------------------------------------------------------------- fit
-    def fit(self, X: Any, y: Any, *, groups: Any = None, exams: pd.DataFrame | None = None) -> "ExamModel":
+    def fit(self, X: Any, y: Any, *, groups: Any = None, exams: pd.DataFrame | None = None,
+            augmented: Any = None) -> "ExamModel":
         """Fit the image pipeline on (X, y) with patient `groups`, then the exam stage; `exams`: one row per X row
         (sample_id, patient_id, [exam_id], laterality, view). Without `groups` every row is a patient of its own;
-        without `exams` every image is an exam of its own (no other views: the context stage has nothing to read)."""
+        without `exams` every image is an exam of its own (no other views: the context stage has nothing to read).
+        `augmented` (bool per row): training-time copies (in their patient's group, an exam of their own) that fit
+        the image pipeline and the map but are never held out, so the exam stage and the operating points are
+        fitted on original images alone."""
         from pipeline.model.routing import fit_with_groups
 
         y = check_binary(self, X, y)
@@ -94,7 +98,7 @@ class ExamModel(ClassifierMixin, BaseEstimator):
             raise ValueError(f"exams has {len(exams)} rows but X has {len(y)}; give one exam row per image")
         if self.view_fusion not in ("mean", "max"):
             raise ValueError(f"view_fusion must be 'mean' or 'max'; got {self.view_fusion!r}")
-        self.pipeline_ = fit_with_groups(clone(self.pipeline), X, y, groups)
+        self.pipeline_ = fit_with_groups(clone(self.pipeline), X, y, groups, augmented)
         clf = final_classifier(self.pipeline_)
         self.classes_ = np.asarray(clf.classes_)
         for name in ("n_features_in_", "feature_names_in_"):

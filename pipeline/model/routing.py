@@ -20,15 +20,24 @@ def routing():
 
 
 def request_groups(estimator: Any) -> Any:
-    """`estimator.set_fit_request(groups=True)` (routing enabled for the call); returns the estimator."""
+    """`estimator.set_fit_request(groups=True)` (routing enabled for the call), and `augmented=True` where its fit
+    takes the rows that only train (pipeline.model.estimators.PatientCalibratedClassifier); returns the estimator."""
+    import inspect
+
+    wanted = {"groups": True}
+    if "augmented" in inspect.signature(estimator.fit).parameters:
+        wanted["augmented"] = True
     with routing():
-        return estimator.set_fit_request(groups=True)
+        return estimator.set_fit_request(**wanted)
 
 
-def fit_with_groups(estimator: Any, X: Any, y: Any, groups: Any) -> Any:
-    """`estimator.fit(X, y, groups=groups)` with routing on: groups reach every step that requested them."""
+def fit_with_groups(estimator: Any, X: Any, y: Any, groups: Any, augmented: Any = None) -> Any:
+    """`estimator.fit(X, y, groups=groups)` with routing on: groups reach every step that requested them; with
+    `augmented` (bool per row: training-time copies) it reaches the classifier, which never holds those rows out."""
     with routing():
-        return estimator.fit(X, y, groups=groups)
+        if augmented is None:
+            return estimator.fit(X, y, groups=groups)
+        return estimator.fit(X, y, groups=groups, augmented=augmented)
 
 
 def strip_requests(estimator: Any) -> Any:

@@ -77,11 +77,13 @@ def test_training_with_reexports_keeps_each_copy_in_its_patient_and_an_exam_of_i
     table = data.table.reset_index(drop=True).copy()
     table["exam_id"] = exam_ids(table)
     seen: list[tuple[np.ndarray, pd.DataFrame]] = []
+    marks: list = []
     fit = ExamModel.fit
 
-    def recording_fit(self, X, y, *, groups=None, exams=None):
+    def recording_fit(self, X, y, *, groups=None, exams=None, augmented=None):
         seen.append((np.asarray(groups), exams))
-        return fit(self, X, y, groups=groups, exams=exams)
+        marks.append(augmented)
+        return fit(self, X, y, groups=groups, exams=exams, augmented=augmented)
 
     monkeypatch.setattr(ExamModel, "fit", recording_fit)
     pipe = build_screening_pipeline(cfg, cache)
@@ -91,7 +93,12 @@ def test_training_with_reexports_keeps_each_copy_in_its_patient_and_an_exam_of_i
     n = len(tr)
     assert len(exams) == 2 * n and (groups[:n] == groups[n:]).all()
     assert not set(exams["exam_id"][:n]) & set(exams["exam_id"][n:])  # no copy shares an exam with an original
-    assert exams["sample_id"].is_unique
+    assert exams["sample_id"].is_unique and marks[-1] is None  # "both": the copies are held out like originals
+
+    est = mod._fit_exam(cfg, pipe, data, Xr, table, tr, "augment")  # the copies only train
+    assert marks[-1] is not None and not marks[-1][:n].any() and marks[-1][n:].all()
+    from pipeline.model.estimators import final_classifier
+    assert final_classifier(est.pipeline_).validation_index_.max() < n  # calibrated and thresholded on originals
 
     seen.clear()
     choice, auc = mod.choose_training(cfg, pipe, data, Xr, table, tr)
