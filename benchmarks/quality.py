@@ -1063,6 +1063,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.pair:
         return pair_main(args.tasks, args.pair, args.overrides, args.resamples)
     extra = {a.split(":", 1)[0]: a.split(":", 1)[1].split(",") for a in args.arm}
+    if any("samples.export_copies" in item for item in [*args.overrides, *args.arm, *args.choose]):
+        # the arms here fit on the rows loaded once per task: copies made for them would be silently unused
+        raise SystemExit("samples.export_copies changes the training rows, which quality.py's arms share: judge it "
+                         "with benchmarks/reexport.py --train-on augment (fixed) or nested-augment (nested)")
     logging.basicConfig(level=logging.WARNING)
     out = run(args.tasks, quick=args.quick, ablate=args.ablate, variants=not args.no_variants,
               cache_dir=args.cache_dir, tracking_uri=False if args.no_mlflow else args.tracking_uri,

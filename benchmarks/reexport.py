@@ -2,7 +2,7 @@
 
 The external screening set the maintainers score holds 640 px JPEG re-exports (tens of pixels per centimetre, 8 bit,
 lossy), while every development image is a full-resolution PNG or DICOM. This measures that shift on data we have:
-each task's images are re-exported as such files (tests/_full_frame.jpeg_640: long side 640 px, 8 bit, JPEG quality
+each task's images are re-exported as such files (pipeline.io.reexport: long side 640 px, 8 bit, JPEG quality
 90; written to disk and read back by `read_image`, as scoring reads them), and in each outer fold of quality.py's
 patient-level folds the shipped recipe is fitted on the original training images only and scores the SAME test
 images twice: as originals and as re-exports. The difference (re-export - original) is paired, with a patient-level
@@ -15,9 +15,11 @@ to close it is judged on the same folds.
 `--train-on reexport` fits on the re-exported training images instead (the model and the test images match), and
 `both` on the originals and their re-exports together (a copy keeps its patient's id, so no patient crosses a fold,
 and forms an exam of its own, so the exam stage never reads it as another view): training-time export augmentation.
-`augment` is `both` with the copies as rows that only train: they fit the models but are never held out, so the
-calibration, the exam stage and every operating point come from original images alone (a copy's scores differ from
-an original's, and a threshold set on a mix of the two does not hold on originals). `nested` (`nested-augment`;
+Both use the training path's own copies code (pipeline.training.copies, which `samples.export_copies` switches on
+in a training, making the same pixels in memory). `augment` is `both` with the copies as rows that only train: they
+fit the models but are never held out, so the calibration, the exam stage and every operating point come from
+original images alone (a copy's scores differ from an original's, and a threshold set on a mix of the two does not
+hold on originals). `nested` (`nested-augment`;
 screening entries) lets each outer training fold pick original or both (augment) on its own inner patient-level
 folds. Each run's out-of-fold results are kept under <cache>/reexport-q<quality>/; `--pair-with` pairs this training
 with another one run before, on each test set. Screening entries print the image AUC with the exam's views and of
@@ -66,12 +68,12 @@ Q = _quality_module()
 def reexport_file(src: Path, dst: Path, quality: int) -> None:
     """Write `src` (any format read_image reads) as a 640 px, 8-bit JPEG at `dst` (kept if already there)."""
     from pipeline.io.imageio import read_image
-    from tests._full_frame import jpeg_640
+    from pipeline.io.reexport import jpeg_export
 
     if dst.is_file() and dst.stat().st_size > 0:
         return
     image, _ = read_image(src)
-    data, _ = jpeg_640(np.asarray(image, np.float32), quality=quality)
+    data, _ = jpeg_export(np.asarray(image, np.float32), 640, quality)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".part")
     tmp.write_bytes(data)
@@ -129,18 +131,23 @@ def _aligned(data: Any, other: Any, what: str) -> np.ndarray:
 
 
 def _training_rows(X: np.ndarray, Xr: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray,
-                   train_on: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """(X, y, groups, table positions, augmented) of a fold's training rows: originals, re-exports, or both (same
-    patients); "augment" is "both" with the copies marked as rows that only train (augmented; else None)."""
+                   train_on: str, table: pd.DataFrame | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame | None, np.ndarray | None]:
+    """(X, y, groups, exam table rows, augmented) of a fold's training rows: originals, re-exports, or both (the
+    training path's export copies, pipeline.training.copies: a copy keeps its patient's id, an exam of its own);
+    "augment" marks the copies as rows that only train, "both" holds them out like originals (augmented None)."""
+    from pipeline.training.copies import ExportCopies, training_rows
+
+    ex = None if table is None else table.iloc[tr].reset_index(drop=True)
     if train_on == "original":
-        return X[tr], y[tr], groups[tr], tr, None
+        return X[tr], y[tr], groups[tr], ex, None
     if train_on == "reexport":
-        return Xr[tr], y[tr], groups[tr], tr, None
+        return Xr[tr], y[tr], groups[tr], ex, None
     if train_on not in ("both", "augment"):
         raise ValueError(f"train_on must be original, reexport, both or augment. Got {train_on!r} instead.")
-    augmented = np.r_[np.zeros(len(tr), bool), np.ones(len(tr), bool)] if train_on == "augment" else None
-    return (np.concatenate([X[tr], Xr[tr]]), np.concatenate([y[tr], y[tr]]), np.concatenate([groups[tr], groups[tr]]),
-            np.concatenate([tr, tr]), augmented)
+    copies = ExportCopies(X=Xr, origin=np.arange(len(y)))  # every row's re-export (files made beforehand)
+    Xt, yt, gt, ex, augmented = training_rows(X, y, groups, table, tr, copies)
+    return Xt, yt, gt, ex, augmented if train_on == "augment" else None
 
 
 def density_folds(cfg: dict[str, Any], data: Any, Xr: np.ndarray, folds: list, cache: Path, train_on: str,
@@ -178,12 +185,7 @@ def _fit_exam(cfg: dict[str, Any], pipe: Any, data: Any, Xr: np.ndarray, table: 
 
     from pipeline.model.screening import build_exam_model
 
-    Xt, yt, gt, rows, aug = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on)
-    exams = table.iloc[rows].reset_index(drop=True).copy()
-    if train_on in ("both", "augment"):  # the re-exported copies form exams of their own (never a view of the original's)
-        half = len(tr)
-        exams.loc[half:, "exam_id"] = exams.loc[half:, "exam_id"].astype(str) + "~reexport"
-        exams.loc[half:, "sample_id"] = exams.loc[half:, "sample_id"].astype(str) + "~reexport"
+    Xt, yt, gt, exams, aug = _training_rows(data.X, Xr, data.y, data.groups, tr, train_on, table)
     est = build_exam_model(cfg, clone(pipe), with_map=False)
     return est.fit(Xt, yt, groups=gt, exams=exams, augmented=aug)
 
@@ -306,10 +308,12 @@ def _load(path: Path) -> dict[str, dict[str, np.ndarray]]:
 
 
 def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path, n_resamples: int,
-             progress: Callable[[str], None], pair_with: str | None = None) -> list[dict[str, Any]]:
+             progress: Callable[[str], None], pair_with: str | None = None, reuse: bool = False
+             ) -> list[dict[str, Any]]:
     """Fit on one set of the task's training images per outer fold; score its test images original and re-exported.
     Each run's out-of-fold results are kept under <cache>/reexport-q<quality>/; `pair_with` (another `train_on`
-    run already made with the same settings) adds rows pairing the two trainings on each test set."""
+    run already made with the same settings) adds rows pairing the two trainings on each test set; `reuse` reads
+    this training's kept results instead of fitting again, where they are there."""
     from pipeline.config.experiment import parse_overrides, resolve_config
     from pipeline.evaluation.splits import patient_stratified_folds
     from pipeline.training.train import load_task_data
@@ -339,9 +343,14 @@ def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path
                  f"({time.perf_counter() - t0:.0f} s to load both); training on {train_on}")
         if train_on.startswith("nested") and not bt.levels:
             raise SystemExit(f"{key}: --train-on nested is for screening entries")
-        run = screening_folds if bt.levels else density_folds
-        out = run(cfg, data, Xr, folds, cache, train_on, progress)
-    _save(_result_file(cache, quality, key, train_on, sets), out)
+        kept = _result_file(cache, quality, key, train_on, sets)
+        if reuse and kept.is_file():
+            progress(f"  reusing {kept}")
+            out = _load(kept)
+        else:
+            run = screening_folds if bt.levels else density_folds
+            out = run(cfg, data, Xr, folds, cache, train_on, progress)
+    _save(kept, out)
     rows = report(bt, data, {"original": out["original"], "re_export": out["reexport"]},
                   [("re_export", "original")], n_resamples)
     if pair_with and pair_with != train_on:
@@ -350,8 +359,8 @@ def run_task(key: str, quality: int, train_on: str, sets: list[str], cache: Path
             raise SystemExit(f"--pair-with {pair_with}: {other} is not there; run --train-on {pair_with} first")
         before = _load(other)
         for test in ("original", "reexport"):
-            arms = {f"trained_{train_on}": out[test], f"trained_{pair_with}": before[test]}
-            for row in report(bt, data, arms, [(f"trained_{train_on}", f"trained_{pair_with}")], n_resamples):
+            a, b = (f"trained_{t.replace('-', '_')}" for t in (train_on, pair_with))  # report: no "-" in names
+            for row in report(bt, data, {a: out[test], b: before[test]}, [(a, b)], n_resamples):
                 rows.append({**row, "metric": f"{row['metric']}, tested on {test}"})
     return rows
 
@@ -374,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--set), on each test set")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the shipped recipe")
     ap.add_argument("--resamples", type=int, default=1000)
+    ap.add_argument("--reuse", action="store_true", help="read this training's kept out-of-fold results (same "
+                    "--quality, --set) instead of fitting again, where they are there")
     ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -382,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for key in args.tasks:
-        rows += run_task(key, args.quality, args.train_on, args.set, cache, args.resamples, print, args.pair_with)
+        rows += run_task(key, args.quality, args.train_on, args.set, cache, args.resamples, print, args.pair_with,
+                         args.reuse)
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 250, "display.max_columns", 12, "display.max_colwidth", 60):
         print(f"\nre-exports: long side 640 px, 8 bit, JPEG quality {args.quality}; trained on {args.train_on}; "

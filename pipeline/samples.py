@@ -429,12 +429,18 @@ def map_to_original(heat: np.ndarray, geom: Geometry) -> np.ndarray:
 
 
 def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: dict,
-                      whole_breast_without_roi: bool = False) -> list[tuple[int, Any]]:
-    """[(position, sample or error message)] for the rows that share one image file."""
+                      whole_breast_without_roi: bool = False, export: tuple[int, int] | None = None
+                      ) -> list[tuple[int, Any]]:
+    """[(position, sample or error message)] for the rows that share one image file (`export`: (long side,
+    JPEG quality) of a re-export made of the image first, pipeline.io.reexport)."""
     try:
         image, meta = read_image(path)
     except MammoscopeError as exc:
         return [(r["_pos"], str(exc)) for r in rows]
+    if export is not None:
+        from pipeline.io.reexport import export_copy
+
+        image = export_copy(image, *export)
     out = []
     for r in rows:
         # a finding without an ROI, where the caller allows it, is scored on its whole breast (as predict does)
@@ -451,9 +457,12 @@ def _samples_of_image(path: str, rows: list[dict], task: str, size: int, crop: d
 
 def load_samples(
     df: pd.DataFrame, task: str, size: int = 224, n_jobs: int = 1, *, whole_breast_without_roi: bool = False,
-    progress_bar: bool = False, **crop_params: float
+    progress_bar: bool = False, export: tuple[int, int] | None = None, **crop_params: float
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Samples of every row: (X float32 (n_ok, size*size) in row order, errors DataFrame).
+
+    `export`: (long side px, JPEG quality): each image is first re-exported that way (pipeline.io.reexport), as the
+    training-time export copies are made (pipeline.training.copies).
 
     `progress_bar`: a tqdm bar on stderr (images done, rate, ETA) while the images are read and prepared.
     `whole_breast_without_roi`: a malignancy row without an ROI gets the whole-breast sample (as predict makes for
@@ -473,7 +482,7 @@ def load_samples(
 
     from tqdm.auto import tqdm
 
-    jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params, whole_breast_without_roi)
+    jobs = (delayed(_samples_of_image)(path, rows, task, size, crop_params, whole_breast_without_roi, export)
             for path, rows in groups.items())
     done = Parallel(n_jobs=n_jobs, return_as="generator")(jobs) if n_jobs != 1 else (
         job[0](*job[1], **job[2]) for job in jobs)

@@ -10,7 +10,6 @@ the images that must still be refused: blank, a lone label, an empty detector, a
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -54,14 +53,9 @@ def _resize(array: np.ndarray, shape: tuple[int, int], nearest: bool = False) ->
 
 def jpeg_640(image: np.ndarray, quality: int = 90) -> tuple[bytes, tuple[int, int]]:
     """(JPEG bytes, (H, W)) of a float image in [0, 1] resized so its long side is 640 px, 8-bit."""
-    h, w = image.shape
-    scale = 640.0 / max(h, w)
-    shape = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = _resize(np.asarray(image, np.float32), shape)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)).save(buf, format="JPEG",
-                                                                                    quality=quality)
-    return buf.getvalue(), shape
+    from pipeline.io.reexport import jpeg_export
+
+    return jpeg_export(image, 640, quality)
 
 
 def fill_crop(mask: np.ndarray, fill: float) -> tuple[slice, slice]:

@@ -133,6 +133,11 @@ def _sections(card: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     for what, key in (("Per class", "class_counts"), ("Per density group", "density_counts"), ("Views", "views")):
         counts = ds.get(key)
         lines.append(f"- {what}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) if counts else "not known"))
+    copies = ds.get("export_copies")
+    if copies:  # pipeline.training.copies
+        lines.append(f"- Export copies: {copies.get('n')} training images also as {copies.get('long_side')} px, 8-bit "
+                     f"JPEG (quality {copies.get('jpeg_quality')}) re-exports, training the models only: calibration, "
+                     "operating points and every metric are the original images'")
     out.append(("Data", lines))
     out.append(("Split protocol", [
         f"- {split.get('protocol', 'n/a')}, {split.get('folds', 'n/a')} folds, seed {split.get('seed', 'n/a')}; "

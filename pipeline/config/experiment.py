@@ -141,6 +141,8 @@ SCHEMA: dict[str, Any] = {
         "context": Float(1.0, 10.0),
         "min_side": Int(8, 4096),
         "n_jobs": Int(-1, 64, nullable=True),
+        "export_copies": Int(1, 100, nullable=True),
+        "export_long_side": Int(64, 4096),
     },
     "preprocessing": {
         "breast_mask": Bool(),

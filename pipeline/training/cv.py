@@ -35,7 +35,7 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
                    folds: list[tuple[np.ndarray, np.ndarray]], *, fit_groups_param: str | None = None,
                    route_groups: bool = False,
                    on_fold: Callable[[int, np.ndarray, np.ndarray, Any, np.ndarray], None] | None = None,
-                   n_jobs: int | None = None, exams: pd.DataFrame | None = None) -> CVResult:
+                   n_jobs: int | None = None, exams: pd.DataFrame | None = None, copies: Any = None) -> CVResult:
     """Fit a fresh estimator on each training fold only; predict its test fold. y holds class indices 0..k-1.
 
     The estimator sees test rows only in `predict_proba`; its operating point (`threshold_`, binary) comes from its
@@ -52,12 +52,17 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     `on_fold(i, train_idx, test_idx, fitted, test_proba)` is called here, on the client, in fold order as folds
     finish (`test_proba`: the fold's out-of-fold probabilities, (len(test_idx), k), already computed).
     `exams` (one row per X row): an ExamModel's exam table, its training rows passed to fit as ``exams=`` with
-    ``groups=`` (the ExamModel routes the groups itself).
+    ``groups=`` (the ExamModel routes the groups itself). `copies` (pipeline.training.copies.ExportCopies): each
+    fold's training rows are joined by the copies made of them, as rows that only train (``augmented=``, routed);
+    no copy is ever a test row.
     """
     from pipeline.compute import map_chunks
 
     if n_jobs is not None and (not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool) or n_jobs == 0):
         raise ValueError(f"n_jobs must be a non-zero int or None. Got {n_jobs!r} instead.")
+    if copies is not None and exams is None and not route_groups:
+        raise ValueError("export copies train as rows marked augmented, which reach the classifier by metadata "
+                         "routing: pass route_groups=True (or exams=) with copies")
     n = len(y)
     k = int(np.max(y)) + 1
     proba = np.full((n, k), np.nan)
@@ -66,7 +71,7 @@ def cross_validate(make_estimator: Callable[[], Any], X: np.ndarray, y: np.ndarr
     fold_thresholds: list[float] = []
     fit = functools.partial(_fit_folds, X=X, y=y, groups=groups,
                             fit_groups_param=EXAMS if exams is not None else ROUTED if route_groups else fit_groups_param,
-                            exams=exams)
+                            exams=exams, copies=copies)
     specs = ((make_estimator(), tr, te) for tr, te in folds)  # lazy: each estimator made as its fold is sent
     results = (fitted for _, chunk in map_chunks(fit, specs, 1, n_jobs=1 if n_jobs is None else int(n_jobs),
                                                  max_in_flight=max(1, len(folds)), ordered=True)
@@ -89,15 +94,21 @@ EXAMS = "<exam model>"  # _fit_fold: fit(X, y, groups=, exams=) of an ExamModel
 
 
 def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.ndarray,
-              test: np.ndarray, fit_groups_param: str | None, exams: pd.DataFrame | None = None
-              ) -> tuple[Any, np.ndarray]:
-    """(estimator fitted on the `train` rows, its probabilities (len(test), k) on the `test` rows): one CV fold."""
+              test: np.ndarray, fit_groups_param: str | None, exams: pd.DataFrame | None = None,
+              copies: Any = None) -> tuple[Any, np.ndarray]:
+    """(estimator fitted on the `train` rows (and their export copies), its probabilities (len(test), k) on the
+    `test` rows): one CV fold."""
+    if fit_groups_param in (EXAMS, ROUTED):
+        from pipeline.training.copies import training_rows
+
+        Xt, yt, gt, et, augmented = training_rows(X, y, groups, exams, train, copies)
     if fit_groups_param == EXAMS:
-        estimator.fit(X[train], y[train], groups=groups[train], exams=exams.iloc[train])
+        extra = {} if augmented is None else {"augmented": augmented}
+        estimator.fit(Xt, yt, groups=gt, exams=et, **extra)
     elif fit_groups_param == ROUTED:
         from pipeline.model.routing import fit_with_groups
 
-        fit_with_groups(estimator, X[train], y[train], groups[train])
+        fit_with_groups(estimator, Xt, yt, gt, augmented)
     else:
         fit_kw = {fit_groups_param: groups[train]} if fit_groups_param else {}
         estimator.fit(X[train], y[train], **fit_kw)
@@ -105,10 +116,11 @@ def _fit_fold(estimator: Any, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
 
 
 def _fit_folds(specs: list[tuple[Any, np.ndarray, np.ndarray]], *, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-               fit_groups_param: str | None, exams: pd.DataFrame | None = None) -> list[tuple[Any, np.ndarray]]:
-    """`_fit_fold` of each (estimator, train_idx, test_idx): one map_chunks task (X, y, groups travel once, with
-    the function, to each worker)."""
-    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param, exams) for est, tr, te in specs]
+               fit_groups_param: str | None, exams: pd.DataFrame | None = None,
+               copies: Any = None) -> list[tuple[Any, np.ndarray]]:
+    """`_fit_fold` of each (estimator, train_idx, test_idx): one map_chunks task (X, y, groups and the copies
+    travel once, with the function, to each worker)."""
+    return [_fit_fold(est, X, y, groups, tr, te, fit_groups_param, exams, copies) for est, tr, te in specs]
 
 
 def _final(est: Any) -> Any:

@@ -102,6 +102,7 @@ class FeatureSpec:
     image_key: str = "content"
     preprocess_key: str = ""            # the preprocess step's cache key (class, parameters, code version)
     error_key: str = ""                 # cache folder of the rows that failed (unreadable file, no breast)
+    export: tuple | None = None         # (long side, JPEG quality): each image re-exported first (export copies)
 
 
 def _sample_code_version() -> str:
@@ -120,8 +121,11 @@ def _sample_code_version() -> str:
 
 
 def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *, whole_breast_without_roi: bool,
-              cache_dir: str | Path | None, image_key: str = "content") -> FeatureSpec:
-    """The worker spec of a fitted front (see `split_pipeline`) for a sample recipe and its parameters."""
+              cache_dir: str | Path | None, image_key: str = "content",
+              export: tuple[int, int] | None = None) -> FeatureSpec:
+    """The worker spec of a fitted front (see `split_pipeline`) for a sample recipe and its parameters; `export`
+    (long side px, JPEG quality): every image re-exported that way before its sample is made (training-time export
+    copies, pipeline.training.copies), cached under keys of their own."""
     if image_key not in IMAGE_KEYS:
         raise ValueError(f"image_key must be one of {IMAGE_KEYS}. Got {image_key!r} instead.")
     pre = front.steps[0][1]
@@ -130,12 +134,18 @@ def make_spec(front: Pipeline, recipe: str, sample_params: Mapping[str, Any], *,
     size = int(sample_params["size"])
     crop = _crop(sample_params)
     base = (recipe, size, sorted(crop.items()), bool(whole_breast_without_roi), _sample_code_version(), pre_key)
+    if export is not None:  # a copy's rows (and failures) are cached apart from its original's; None: keys as before
+        import pipeline.io.reexport  # noqa: F401  (its source digest keys the copies)
+        from pipeline.model.estimators import _module_digest
+
+        export = (int(export[0]), int(export[1]))
+        base = (*base[:-1], ("export", export, _module_digest("pipeline.io.reexport")), base[-1])
     branches = tuple((name, t.transformer_, f"{name}-{t._step_key()}-{joblib.hash(base)[:12]}")
                      for name, t in (union.transformer_list if union is not None else []))
     return FeatureSpec(recipe=recipe, size=size, crop=crop, whole_breast_without_roi=bool(whole_breast_without_roi),
                        preprocess=pre.transformer_ if pre not in (None, "passthrough") else None,
                        branches=branches, cache_dir=str(cache_dir) if cache_dir else None, image_key=image_key,
-                       preprocess_key=pre_key, error_key=f"errors-{joblib.hash(base[:-1])[:12]}")
+                       preprocess_key=pre_key, error_key=f"errors-{joblib.hash(base[:-1])[:12]}", export=export)
 
 
 def _crop(sample_params: Mapping[str, Any]) -> dict[str, float]:
@@ -262,6 +272,10 @@ def _image_features(spec: FeatureSpec, path: str, rows: list[dict]) -> dict:
         for key in keys:
             _save_error(spec, key, str(exc))
         return {"rows": [(r["_pos"], str(exc)) for r in rows], "cached": False, "seconds": seconds}
+    if spec.export is not None:
+        from pipeline.io.reexport import export_copy
+
+        image = export_copy(image, *spec.export)
     seconds["read"] += time.perf_counter() - t
     out: list[tuple[int, Any]] = []
     for r, rec, key, row_parts, fail in zip(rows, recipes, keys, parts, failed):

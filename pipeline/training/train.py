@@ -69,6 +69,8 @@ class TaskData:
     stream: Any = None                   # streamed: pipeline.training.stream.StreamResult (counts, timings)
     samples: Any = None                  # fine-tuning: pipeline.model.sample_rows.SampleLayout (store on disk;
                                          # `features` are then [frozen features | store row])
+    copies: Any = None                   # training-time export copies (pipeline.training.copies.ExportCopies) in
+                                         # the form of X / features: they only train, nothing is tested on them
 
     @property
     def streamed(self) -> bool:
@@ -244,7 +246,11 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
                              **{k: sp[k] for k in ("scale", "aspect") if k in sp})
     X = np.asarray(X, dtype=np.float32)
     errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
-    return _task_data(config, table, classes, path, errors, len(X), X=X)
+    data = _task_data(config, table, classes, path, errors, len(X), X=X)
+    from pipeline.training.copies import load_copies
+
+    data.copies = load_copies(config, data, sample_jobs(config), progress)
+    return data
 
 
 def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
@@ -280,8 +286,12 @@ def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None
     desc = "samples + tiles embedded" if spec.levels else "samples + features"
     result = stream.stream_features(table, fspec, n_jobs=jobs, progress_bar=progress_bar, desc=desc)
     progress(result.summary())
-    return _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
+    data = _task_data(config, table, classes, path, result.errors, len(result.features), features=result.features,
                       front=front, example=example, stream=result)
+    from pipeline.training.copies import stream_copies
+
+    data.copies = stream_copies(config, data, front, cache, jobs, progress, progress_bar)
+    return data
 
 
 def _stream_front(config: Mapping[str, Any], front: Any, cache: Path | None) -> tuple[Any, ...]:
@@ -317,6 +327,9 @@ def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[st
     parts = sample_rows.split_samples(pipe)
     if parts is None or cache is None:
         return None
+    from pipeline.training.copies import refuse_store
+
+    refuse_store(config)
     front, _, _ = parts
     ds = config["dataset"]
     spec = get_task(ds["task"])
@@ -422,7 +435,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
 
     with bar:
         cv = cross_validate(make, X, data.y, data.groups, folds, route_groups=True, on_fold=fold_done,
-                            n_jobs=fold_jobs, exams=data.table if levels is not None else None)
+                            n_jobs=fold_jobs, exams=data.table if levels is not None else None, copies=data.copies)
     call = cv.call if task.uses_threshold else calls  # multiclass: the fold models' decide() (e.g. cut-points)
     metrics = _metrics(task, data.y, cv.proba, call, data.classes, ev, prefix="cv_")
     kw = dict(n_resamples=ev["bootstrap_resamples"], confidence_level=ev["confidence_level"], seed=ev["seed"],
@@ -556,9 +569,11 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     (screening) gets its ExamModel, fitted by the same ExamModel.fit as every CV fold. `one_thread`: the head's
     XGBoost on one thread (beside the CV folds, `start_final`)."""
     from pipeline.model.routing import fit_with_groups
+    from pipeline.training.copies import training_rows
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
+    every = np.arange(len(data.y))
     if get_task(config["dataset"]["task"]).levels:
         from pipeline.model.screening import build_exam_model
 
@@ -566,11 +581,15 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
         if data.streamed:
             pipe, front, X = head_pipeline(pipe, data), data.front, data.features
             pipe = _one_xgb_thread(pipe) if one_thread else pipe
-        return build_exam_model(config, pipe, front=front).fit(X, data.y, groups=data.groups, exams=data.table)
+        X, y, groups, exams, augmented = training_rows(X, data.y, data.groups, data.table, every, data.copies)
+        extra = {} if augmented is None else {"augmented": augmented}  # rows that only train: the export copies
+        return build_exam_model(config, pipe, front=front).fit(X, y, groups=groups, exams=exams, **extra)
     if not data.streamed:
-        return fit_with_groups(pipe, data.X, data.y, data.groups)
+        X, y, groups, _, augmented = training_rows(data.X, data.y, data.groups, None, every, data.copies)
+        return fit_with_groups(pipe, X, y, groups, augmented)
     head = head_pipeline(pipe, data)
-    head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, data.features, data.y, data.groups)
+    X, y, groups, _, augmented = training_rows(data.features, data.y, data.groups, None, every, data.copies)
+    head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, X, y, groups, augmented)
     if data.samples is not None:
         from pipeline.model.sample_rows import image_pipeline
 
@@ -721,7 +740,10 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
                  "n_exams": int(len(set(exam_ids(data.table)))),
                  "class_counts": {c: int((data.y == i).sum()) for i, c in enumerate(data.classes)},
                  "density_counts": density.value_counts().sort_index().to_dict() or None,
-                 "views": views.value_counts().sort_index().to_dict() or None},
+                 "views": views.value_counts().sort_index().to_dict() or None,
+                 **({"export_copies": {"n": int(len(data.copies.origin)), "long_side": data.copies.setting[0],
+                                       "jpeg_quality": data.copies.setting[1], "failed": int(len(data.copies.errors)),
+                                       "role": "training only"}} if data.copies is not None else {})},
         split={"protocol": "patient-level StratifiedGroupKFold", "folds": len(cv.folds),
                "seed": int(cfg["evaluation"]["seed"])},
         metrics={k: e for k in ordered if (e := metric_entry(metrics, k)) is not None},

@@ -347,3 +347,12 @@ def test_pair_reads_two_memoised_arms_and_pairs_them_per_level(tmp_path: Path):
         mod.pair_level_arms(bt, data, arm, mod.load_level_arm(short, "after"), "mean", 40)
     with pytest.raises(SystemExit, match="exactly one screening task"):
         mod.pair_main(["tissue"], [before, better], [], 40)
+
+
+def test_export_copies_are_sent_to_the_benchmark_that_judges_them():
+    """quality.py's arms share the rows loaded once per task, so a copy setting would be silently unused there."""
+    mod = _module()
+    for flags in (["--set", "samples.export_copies=75"], ["--arm", "x:samples.export_copies=75"],
+                  ["--choose", "samples.export_copies=null|75"]):
+        with pytest.raises(SystemExit, match="reexport.py --train-on augment"):
+            mod.main(["--tasks", "screening_mias", "--no-mlflow", *flags])
