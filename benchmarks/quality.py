@@ -782,10 +782,7 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
         res = patient_resamples(patient_of[lv].reindex(units).to_numpy(), n_resamples, seed)
         d: dict[str, Any] = {a: {"y": y, "p": f[2], "call": np.array([arms[a].calls[lv][u] for u in units], int)}
                              for a, f in fused.items()}
-        d["shipped-plain"] = None
-        extra = [a for a in arms if a not in ("plain", "shipped")]  # --arm / --choose: against plain and shipped
-        for a in extra:
-            d[f"{a}-plain"] = d[f"{a}-shipped"] = None
+        extra = _request_pairs(d, arms)
         n_txt = f"{len(units)} {lv}s / {len(set(data.groups))}"
         for metric, stat, key in (("ROC AUC", _auc, "roc_auc"), ("spec at in-fold 95%-sens thr", _rate(0),
                                                                   "spec_at_target"),
@@ -793,18 +790,11 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
             ci = paired_ci(stat, d, res)
             for a in arms:
                 per_arm[a][f"{lv}_{key}"], per_arm[a][f"{lv}_{key}_ci_low"], per_arm[a][f"{lv}_{key}_ci_high"] = ci[a]
-            row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt,
-                   "metric": f"{metric} per {lv}", "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
-                   "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
             for a in arms:
                 if a != "plain":
                     per_arm[a][f"{lv}_{key}_minus_plain"], per_arm[a][f"{lv}_{key}_minus_plain_ci_low"], \
                         per_arm[a][f"{lv}_{key}_minus_plain_ci_high"] = ci[f"{a}-plain"]
-            for a in extra:
-                row[a] = _fmt(ci[a])
-                row[f"{a} - plain"] = _fmt(ci[f"{a}-plain"], signed=True)
-                row[f"{a} - shipped"] = _fmt(ci[f"{a}-shipped"], signed=True)
-            rows.append(row)
+            rows.append(_paired_row(bt, n_txt, f"{metric} per {lv}", ci, extra))
     if all(arm.single is not None for arm in arms.values()):  # what the maintainers' "per single image" reads
         rows.append(_single_image_row(bt, data, arms, n_resamples, seed, per_arm))
     return rows, per_arm
@@ -815,17 +805,31 @@ def _single_image_row(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_r
     """ROC AUC per image of each image alone (the first stage, before the exam stage reads the other views),
     paired against plain on the same whole-patient resamples; adds image_alone_roc_auc* to `per_arm`."""
     d: dict[str, Any] = {a: {"y": data.y, "p": arm.single} for a, arm in arms.items()}
-    d["shipped-plain"] = None
-    extra = [a for a in arms if a not in ("plain", "shipped")]
-    for a in extra:
-        d[f"{a}-plain"] = d[f"{a}-shipped"] = None
+    extra = _request_pairs(d, arms)
     ci = paired_ci(_auc, d, patient_resamples(data.groups, n_resamples, seed))
     for a in arms:
         per_arm[a]["image_alone_roc_auc"], per_arm[a]["image_alone_roc_auc_ci_low"], \
             per_arm[a]["image_alone_roc_auc_ci_high"] = ci[a]
-    row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": f"{len(data.y)} images / "
-           f"{len(set(data.groups))}", "metric": "ROC AUC per image alone (first stage)", "plain": _fmt(ci["plain"]),
-           "shipped": _fmt(ci["shipped"]), "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
+    return _paired_row(bt, f"{len(data.y)} images / {len(set(data.groups))}", "ROC AUC per image alone (first stage)",
+                       ci, extra)
+
+
+def _request_pairs(d: dict[str, Any], arms: Mapping[str, Any]) -> list[str]:
+    """Ask paired_ci for shipped - plain and each extra arm (--arm / --choose) against plain and shipped (keys
+    added to `d`); returns the extra arms."""
+    d["shipped-plain"] = None
+    extra = [a for a in arms if a not in ("plain", "shipped")]
+    for a in extra:
+        d[f"{a}-plain"] = d[f"{a}-shipped"] = None
+    return extra
+
+
+def _paired_row(bt: BenchTask, n_txt: str, metric: str, ci: Mapping[str, tuple[float, float, float]],
+                extra: list[str]) -> dict[str, Any]:
+    """One screening table row: plain, shipped, shipped - plain, then each extra arm and its two differences."""
+    row = {"task": bt.task, "dataset": bt.dataset, "n images / patients": n_txt, "metric": metric,
+           "plain": _fmt(ci["plain"]), "shipped": _fmt(ci["shipped"]),
+           "shipped - plain (paired)": _fmt(ci["shipped-plain"], signed=True)}
     for a in extra:
         row[a], row[f"{a} - plain"] = _fmt(ci[a]), _fmt(ci[f"{a}-plain"], signed=True)
         row[f"{a} - shipped"] = _fmt(ci[f"{a}-shipped"], signed=True)
