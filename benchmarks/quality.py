@@ -254,6 +254,7 @@ _LATER_SWITCHES: tuple[tuple[str, str, Any, str], ...] = (
     ("screening", "tile_scores_auto", False, "tile_scores_auto"), ("screening", "tile_pooling", None, "tile_pooling"),
     ("calibration", "ensemble", True, "ensemble"), ("features", "density.enabled", False, "density"),
     ("features.handcrafted", "exclude_pectoral", False, "exclude_pectoral"),
+    ("samples", "export_copies", None, "export_"),
 )
 
 

@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--quality, --set) instead of fitting again, where they are there")
     ap.add_argument("--cache-dir", type=Path, default=None)
     args = ap.parse_args(argv)
+    if any("samples.export_copies" in item for item in args.set):
+        raise SystemExit("--set samples.export_copies: this benchmark makes the copies itself (--train-on augment); "
+                         "a copy setting would also copy the re-exports")
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=UserWarning)
     cache = args.cache_dir or default_cache_dir()

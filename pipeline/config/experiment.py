@@ -383,6 +383,15 @@ def validate_config(config: Mapping[str, Any], source: str = "") -> None:
     from pipeline.config.tasks import get_task
 
     task = config.get("dataset", {}).get("task")
+    if config.get("samples", {}).get("export_copies") is not None:  # pipeline.training.copies
+        if task is not None and not get_task(task).whole_breast:
+            raise ConfigError(f"{where}samples.export_copies is for whole-breast tasks (density, screening): a "
+                              f"{task} sample is cropped around an ROI given in the original's pixels, which a "
+                              "re-exported copy does not have; set samples.export_copies: null")
+        if cnn.get("enabled") and cnn.get("finetune", {}).get("enabled"):
+            raise ConfigError(f"{where}samples.export_copies needs frozen feature steps, and features.cnn.finetune."
+                              "enabled is true (its early-stopping split would hold copies out); set one of them "
+                              "off")
     if task is not None and get_task(task).density_labels and classes is not None and dense is not None:
         unknown = [d for d in dense if str(d) not in set(map(str, classes))]
         if unknown:

@@ -411,12 +411,16 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self.label_encoder_ = LabelEncoder().fit(y)
         self.classes_ = self.label_encoder_.classes_
         y_enc = self.label_encoder_.transform(y)
+        groups_given = groups
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
         if len(groups) != len(y):
             raise ValueError(f"groups has {len(groups)} entries but X has {len(y)} rows.")
         k = len(self.classes_)
         self.scorer_ = None
         copies = train_only_mask(augmented, len(y))
+        if copies.any() and groups_given is None:
+            raise ValueError("augmented rows need groups: a copy must share its original's patient id, or it would "
+                             "train the model that scores its original; pass groups=<patient ids>")
 
         def folds(n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
             if copies.any():

@@ -91,6 +91,9 @@ class ExamModel(ClassifierMixin, BaseEstimator):
         from pipeline.model.routing import fit_with_groups
 
         y = check_binary(self, X, y)
+        if augmented is not None and np.asarray(augmented).any() and groups is None:
+            raise ValueError("augmented rows need groups: a copy must share its original's patient id, or it would "
+                             "train the model that scores its original; pass groups=<patient ids>")
         groups = np.arange(len(y)).astype(str) if groups is None else np.asarray(groups)
         if exams is None:
             exams = _own_exams(len(y), groups)

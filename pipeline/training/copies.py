@@ -19,10 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import ConfigError
-
-__all__ = ["ExportCopies", "export_setting", "copy_table", "training_rows", "load_copies", "stream_copies",
-           "refuse_store"]
+__all__ = ["ExportCopies", "export_setting", "copy_table", "training_rows", "load_copies", "stream_copies"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +72,8 @@ def training_rows(X: Any, y: np.ndarray, groups: np.ndarray, exams: pd.DataFrame
     if copies is None:
         return X[train], y[train], groups[train], ex, None
     pick = np.flatnonzero(np.isin(copies.origin, train))
+    if not len(pick):  # no copy of these rows could be made: the originals train alone
+        return X[train], y[train], groups[train], ex, None
     src = copies.origin[pick]
     Xt = np.concatenate([np.asarray(X[train]), np.asarray(copies.X[pick], dtype=np.asarray(X[:0]).dtype)])
     if ex is not None:
@@ -135,14 +134,8 @@ def stream_copies(config: Mapping[str, Any], data: Any, front: Any, cache: Any, 
     result = stream.stream_features(data.table, fspec, n_jobs=jobs, progress_bar=progress_bar,
                                     desc="export copies embedded")
     progress(result.summary())
-    copies = ExportCopies(X=result.features, origin=np.asarray(result.positions, int), setting=setting,
+    X = result.features if len(result.positions) else np.zeros((0, data.features.shape[1]), np.float32)
+    copies = ExportCopies(X=X, origin=np.asarray(result.positions, int), setting=setting,
                           errors=_errors_frame(result.errors))
     progress(copies.summary())
     return copies
-
-
-def refuse_store(config: Mapping[str, Any]) -> None:
-    """A clear error: export copies with fine-tuned feature steps (a sample store on disk) are not made."""
-    if export_setting(config) is not None:
-        raise ConfigError("samples.export_copies is for frozen feature steps (the shipped recipes); this experiment "
-                          "fine-tunes its CNN, whose sample store holds no copies: set samples.export_copies: null")

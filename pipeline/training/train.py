@@ -327,9 +327,6 @@ def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[st
     parts = sample_rows.split_samples(pipe)
     if parts is None or cache is None:
         return None
-    from pipeline.training.copies import refuse_store
-
-    refuse_store(config)
     front, _, _ = parts
     ds = config["dataset"]
     spec = get_task(ds["task"])
@@ -573,7 +570,13 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
     from pipeline.training.stream import assemble
 
     pipe = build_pipeline(config, cache_dir)
-    every = np.arange(len(data.y))
+
+    def rows(X: Any, exams: pd.DataFrame | None = None) -> tuple:
+        """(X, y, groups, exams, augmented): every row, then the export copies (rows that only train) if any."""
+        if data.copies is None:
+            return X, data.y, data.groups, exams, None
+        return training_rows(X, data.y, data.groups, exams, np.arange(len(data.y)), data.copies)
+
     if get_task(config["dataset"]["task"]).levels:
         from pipeline.model.screening import build_exam_model
 
@@ -581,14 +584,14 @@ def fit_final(config: Mapping[str, Any], data: TaskData, cache_dir: str | Path |
         if data.streamed:
             pipe, front, X = head_pipeline(pipe, data), data.front, data.features
             pipe = _one_xgb_thread(pipe) if one_thread else pipe
-        X, y, groups, exams, augmented = training_rows(X, data.y, data.groups, data.table, every, data.copies)
-        extra = {} if augmented is None else {"augmented": augmented}  # rows that only train: the export copies
+        X, y, groups, exams, augmented = rows(X, data.table)
+        extra = {} if augmented is None else {"augmented": augmented}
         return build_exam_model(config, pipe, front=front).fit(X, y, groups=groups, exams=exams, **extra)
     if not data.streamed:
-        X, y, groups, _, augmented = training_rows(data.X, data.y, data.groups, None, every, data.copies)
+        X, y, groups, _, augmented = rows(data.X)
         return fit_with_groups(pipe, X, y, groups, augmented)
     head = head_pipeline(pipe, data)
-    X, y, groups, _, augmented = training_rows(data.features, data.y, data.groups, None, every, data.copies)
+    X, y, groups, _, augmented = rows(data.features)
     head = fit_with_groups(_one_xgb_thread(head) if one_thread else head, X, y, groups, augmented)
     if data.samples is not None:
         from pipeline.model.sample_rows import image_pipeline

@@ -70,6 +70,7 @@ def test_a_training_copy_is_the_re_exported_file_as_read_back(tmp_path):
 
 @pytest.mark.skipif(not CDD.is_file(), reason="CDD-CESM is not in shared/data")
 def test_streamed_screening_training_with_copies_tests_and_thresholds_on_originals_only(tmp_path, monkeypatch):
+    from pipeline.io.exams import level_ids
     from pipeline.model.estimators import final_classifier
     from pipeline.model.exam import ExamModel
     from pipeline.training.train import evaluate_experiment, fit_final, load_task_features
@@ -94,8 +95,8 @@ def test_streamed_screening_training_with_copies_tests_and_thresholds_on_origina
         out = fit(self, X, y, groups=groups, exams=exams, augmented=augmented)
         clf = final_classifier(out.pipeline_)
         assert clf.validation_index_.max() < len(y) - fits[-1][1]  # originals first: never a copy held out
-        assert not set(exams["exam_id"].astype(str)[: len(y) - fits[-1][1]]) & set(
-            exams["exam_id"].astype(str)[len(y) - fits[-1][1]:])
+        exam = level_ids(exams)["exam"]  # the exam the stage would read: never an original's with a copy in it
+        assert not set(exam[: len(y) - fits[-1][1]]) & set(exam[len(y) - fits[-1][1]:])
         return out
 
     monkeypatch.setattr(ExamModel, "fit", recording)
@@ -124,7 +125,9 @@ def test_in_memory_density_samples_get_their_copies(tmp_path):
     assert not np.allclose(data.copies.X, data.X)
     metrics, cv, oof = evaluate_experiment(exp.config, data, tmp_path)
     assert len(oof) == len(data.y) == len(cv.proba)  # the copies trained; only originals were scored
-    assert np.isfinite(metrics["cv_quadratic_kappa"] if "cv_quadratic_kappa" in metrics else metrics["cv_accuracy"])
+    plain = evaluate_experiment(exp.config, load_task_data({**exp.config, "samples": {
+        **exp.config["samples"], "export_copies": None}}, lambda s: None), tmp_path)[0]
+    assert metrics["cv_kappa_quadratic"] != plain["cv_kappa_quadratic"]  # the copies changed the fits
     from pipeline.config.card_render import render_markdown
     from pipeline.model.estimators import final_classifier
     from pipeline.training.train import build_card, fit_final
@@ -148,10 +151,37 @@ def test_a_bad_setting_is_refused_by_the_config_check():
         load_experiment(TINY_EXPERIMENT, {"samples": {"export_copies": 75, "export_long_side": 10}})
 
 
-def test_a_fine_tuned_experiment_refuses_copies_with_what_to_do():
+def test_copies_are_refused_where_they_would_be_wrong_before_any_work():
+    from pipeline.config.experiment import load_experiment
     from pipeline.errors import ConfigError
-    from pipeline.training.copies import refuse_store
+    from tests._tiny_store import TINY_EXPERIMENT
 
-    refuse_store({"samples": {"export_copies": None}})  # none asked: nothing to refuse
-    with pytest.raises(ConfigError, match="set samples.export_copies: null"):
-        refuse_store({"samples": {"export_copies": 75, "export_long_side": 640}})
+    lesion = {"dataset": {"task": "malignancy", "classes": ["benign", "malignant"]}, "samples": {"export_copies": 75}}
+    with pytest.raises(ConfigError, match="whole-breast tasks"):  # an ROI in the original's pixels
+        load_experiment(TINY_EXPERIMENT, lesion)
+    tuned = {"features": {"cnn": {"enabled": True, "finetune": {"enabled": True}}}, "samples": {"export_copies": 75}}
+    with pytest.raises(ConfigError, match="finetune.enabled is true"):  # its early-stopping split would hold copies
+        load_experiment(TINY_EXPERIMENT, tuned)
+
+
+def test_no_copy_made_leaves_the_originals_to_train_alone():
+    from pipeline.training.copies import training_rows
+
+    X, y, groups = np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), np.array(list("abcd"))
+    none_made = _copies(np.zeros(0, int), np.zeros((0, 3), np.float32))
+    Xt, yt, gt, _, aug = training_rows(X, y, groups, None, np.arange(4), none_made)
+    assert Xt.shape == (4, 3) and aug is None
+    other = _copies([3], np.zeros((1, 3), np.float32))  # only a test row's copy exists
+    assert training_rows(X, y, groups, None, np.arange(3), other)[4] is None
+
+
+def test_copies_without_patient_groups_are_refused():
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.model.estimators import PatientCalibratedClassifier
+
+    X = np.random.default_rng(0).normal(size=(40, 2))
+    y = np.tile([0, 1], 20)
+    with pytest.raises(ValueError, match="augmented rows need groups"):
+        PatientCalibratedClassifier(LogisticRegression()).fit(X, y, augmented=np.r_[np.zeros(20, bool),
+                                                                                      np.ones(20, bool)])
