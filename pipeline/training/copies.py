@@ -133,7 +133,7 @@ def stream_copies(config: Mapping[str, Any], data: Any, front: Any, cache: Any, 
                              image_key=config["compute"].get("image_key", "content"), export=setting)
     result = stream.stream_features(data.table, fspec, n_jobs=jobs, progress_bar=progress_bar,
                                     desc="export copies embedded")
-    progress(result.summary())
+    progress(f"export copies' {result.summary()}")
     X = result.features if len(result.positions) else np.zeros((0, data.features.shape[1]), np.float32)
     copies = ExportCopies(X=X, origin=np.asarray(result.positions, int), setting=setting,
                           errors=_errors_frame(result.errors))
