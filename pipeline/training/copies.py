@@ -12,16 +12,13 @@ every operating point come from original images, and nothing is ever tested on a
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
 __all__ = ["ExportCopies", "export_setting", "copy_table", "training_rows", "load_copies", "stream_copies"]
-
-log = logging.getLogger(__name__)
 
 COPY_SUFFIX = "~export"
 
@@ -33,13 +30,12 @@ class ExportCopies:
     X: np.ndarray                # (m, d) one row per copy made
     origin: np.ndarray           # (m,) the TaskData row each copy was made from
     setting: tuple[int, int] = (640, 75)  # (long side px, JPEG quality)
-    errors: pd.DataFrame | None = None    # copies that could not be made (position, sample_id, path, error)
+    errors: pd.DataFrame = field(default_factory=pd.DataFrame)  # copies not made (position, sample_id, path, error)
 
     def summary(self) -> str:
         """One line for the training's progress: how many copies, how they were made, how many failed."""
         side, quality = self.setting
-        n_failed = 0 if self.errors is None else len(self.errors)
-        failed = f"; {n_failed} could not be made (their originals train alone)" if n_failed else ""
+        failed = f"; {len(self.errors)} could not be made (their originals train alone)" if len(self.errors) else ""
         return f"export copies: {len(self.origin)} ({side} px, 8 bit, JPEG quality {quality}), training only{failed}"
 
 
@@ -82,36 +78,16 @@ def training_rows(X: Any, y: np.ndarray, groups: np.ndarray, exams: pd.DataFrame
     return Xt, np.r_[y[train], y[src]], np.r_[groups[train], groups[src]], ex, augmented
 
 
-def _errors_frame(errors: Any) -> pd.DataFrame:
-    frame = errors if isinstance(errors, pd.DataFrame) else pd.DataFrame(errors)
-    return frame.reset_index(drop=True) if len(frame) else pd.DataFrame(
-        columns=["position", "sample_id", "path", "error"])
-
-
-def _made(n: int, errors: pd.DataFrame) -> np.ndarray:
-    bad = set(int(p) for p in errors["position"]) if len(errors) else set()
-    return np.array([i for i in range(n) if i not in bad], dtype=int)
-
-
-def load_copies(config: Mapping[str, Any], data: Any, jobs: int, progress: Callable[[str], None]
-                ) -> ExportCopies | None:
+def load_copies(config: Mapping[str, Any], data: Any, progress: Callable[[str], None]) -> ExportCopies | None:
     """In-memory samples of every row's export copy (the samples of `load_task_data`), None without copies."""
-    from pipeline.config.tasks import get_task
-    from pipeline.samples import load_samples
-    from pipeline.training.train import sample_params
+    from pipeline.training.train import task_samples
 
     setting = export_setting(config)
     if setting is None:
         return None
-    spec = get_task(config["dataset"]["task"])
-    sp = sample_params(config)
-    X, errors = load_samples(data.table, spec.sample_recipe, size=sp["size"], n_jobs=jobs,
-                             whole_breast_without_roi=not config["dataset"]["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"], export=setting,
-                             **{k: sp[k] for k in ("scale", "aspect") if k in sp})
-    errors = _errors_frame(errors)
-    copies = ExportCopies(X=np.asarray(X, np.float32), origin=_made(len(data.table), errors), setting=setting,
-                          errors=errors)
+    X, errors = task_samples(config, data.table, export=setting)
+    made = np.setdiff1d(np.arange(len(data.table)), errors["position"].astype(int).to_numpy())
+    copies = ExportCopies(X=X, origin=made, setting=setting, errors=errors)
     progress(copies.summary())
     return copies
 
@@ -120,22 +96,16 @@ def stream_copies(config: Mapping[str, Any], data: Any, front: Any, cache: Any, 
                   progress: Callable[[str], None], progress_bar: bool = False) -> ExportCopies | None:
     """Frozen-feature rows of every row's export copy, streamed like the originals' (cached under keys of their own);
     None without copies."""
-    from pipeline.config.tasks import get_task
     from pipeline.training import stream
-    from pipeline.training.train import sample_params
+    from pipeline.training.train import stream_spec
 
     setting = export_setting(config)
     if setting is None:
         return None
-    spec = get_task(config["dataset"]["task"])
-    fspec = stream.make_spec(front, spec.sample_recipe, sample_params(config),
-                             whole_breast_without_roi=not config["dataset"]["require_roi"], cache_dir=cache,
-                             image_key=config["compute"].get("image_key", "content"), export=setting)
-    result = stream.stream_features(data.table, fspec, n_jobs=jobs, progress_bar=progress_bar,
-                                    desc="export copies embedded")
+    result = stream.stream_features(data.table, stream_spec(config, front, cache, export=setting), n_jobs=jobs,
+                                    progress_bar=progress_bar, desc="export copies embedded")
     progress(f"export copies' {result.summary()}")
     X = result.features if len(result.positions) else np.zeros((0, data.features.shape[1]), np.float32)
-    copies = ExportCopies(X=X, origin=np.asarray(result.positions, int), setting=setting,
-                          errors=_errors_frame(result.errors))
+    copies = ExportCopies(X=X, origin=np.asarray(result.positions, int), setting=setting, errors=result.errors)
     progress(copies.summary())
     return copies

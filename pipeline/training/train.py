@@ -232,25 +232,31 @@ def load_task_data(config: Mapping[str, Any], progress: Callable[[str], None] = 
     """Dataset table of the task, labelled rows in the class set, and their samples at working resolution, all in
     memory (X (n, S*S)): the path of fine-tuning and of tests; training streams features instead
     (`load_task_features`). `progress_bar`: a tqdm bar on stderr while the samples are prepared."""
-    from pipeline.samples import load_samples
-
-    ds = config["dataset"]
-    spec = get_task(ds["task"])
+    spec = get_task(config["dataset"]["task"])
     table, classes, path = task_table(config)
     sp = sample_params(config)
     progress(f"{len(table)} {spec.name} samples from {path} ({table['patient_id'].nunique()} patients); "
              f"preparing {_shape_text(sp)} px samples")
-    X, errors = load_samples(table, spec.sample_recipe, size=sp["size"], n_jobs=sample_jobs(config),
-                             whole_breast_without_roi=not ds["require_roi"], context=sp["context"],
-                             min_side=sp["min_side"], progress_bar=progress_bar,
-                             **{k: sp[k] for k in ("scale", "aspect") if k in sp})
-    X = np.asarray(X, dtype=np.float32)
-    errors = pd.DataFrame(errors) if not isinstance(errors, pd.DataFrame) else errors
+    X, errors = task_samples(config, table, progress_bar=progress_bar)
     data = _task_data(config, table, classes, path, errors, len(X), X=X)
     from pipeline.training.copies import load_copies
 
-    data.copies = load_copies(config, data, sample_jobs(config), progress)
+    data.copies = load_copies(config, data, progress)
     return data
+
+
+def task_samples(config: Mapping[str, Any], table: pd.DataFrame, *, progress_bar: bool = False,
+                 export: tuple[int, int] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """(X float32 (n_ok, S*S), errors DataFrame): the task's samples of `table`'s rows in memory (`export`: of each
+    image's re-export, pipeline.training.copies)."""
+    from pipeline.samples import load_samples
+
+    sp = sample_params(config)
+    X, errors = load_samples(table, get_task(config["dataset"]["task"]).sample_recipe, size=sp["size"],
+                             n_jobs=sample_jobs(config), whole_breast_without_roi=not config["dataset"]["require_roi"],
+                             context=sp["context"], min_side=sp["min_side"], progress_bar=progress_bar,
+                             export=export, **{k: sp[k] for k in ("scale", "aspect") if k in sp})
+    return np.asarray(X, dtype=np.float32), pd.DataFrame(errors)
 
 
 def load_task_features(config: Mapping[str, Any], progress: Callable[[str], None] = log.info, *,
@@ -309,9 +315,18 @@ def _stream_front(config: Mapping[str, Any], front: Any, cache: Path | None) -> 
         raise DatasetError(f"{path}: none of the first rows of the {spec.name} task could be prepared; check the "
                            "images (mammoscope data scan)")
     stream.fit_front(front, example)
-    fspec = stream.make_spec(front, spec.sample_recipe, sp, whole_breast_without_roi=wbwr, cache_dir=cache,
-                             image_key=config["compute"].get("image_key", "content"))
-    return table, classes, path, sp, example, fspec
+    return table, classes, path, sp, example, stream_spec(config, front, cache)
+
+
+def stream_spec(config: Mapping[str, Any], front: Any, cache: Path | None,
+                export: tuple[int, int] | None = None) -> Any:
+    """The worker spec (pipeline.training.stream.FeatureSpec) streaming the task's rows through the fitted `front`
+    (`export`: each image's re-export instead, cached apart, pipeline.training.copies)."""
+    from pipeline.training import stream
+
+    return stream.make_spec(front, get_task(config["dataset"]["task"]).sample_recipe, sample_params(config),
+                            whole_breast_without_roi=not config["dataset"]["require_roi"], cache_dir=cache,
+                            image_key=config["compute"].get("image_key", "content"), export=export)
 
 
 def load_task_store(config: Mapping[str, Any], pipe: Any, progress: Callable[[str], None], cache: Path | None, *,
