@@ -255,6 +255,7 @@ _LATER_SWITCHES: tuple[tuple[str, str, Any, str], ...] = (
     ("calibration", "ensemble", True, "ensemble"), ("features", "density.enabled", False, "density"),
     ("features.handcrafted", "exclude_pectoral", False, "exclude_pectoral"),
     ("samples", "export_copies", None, "export_"),
+    ("evaluation", "ordinal_min_recall", None, "ordinal_min_recall"),
 )
 
 

@@ -207,6 +207,13 @@ def _operating_lines(card: Mapping[str, Any], decision: Mapping[str, Any], metri
             lines.append(f"- Per 1,000 screens at {prevalence:g} cancers per 1,000 ({label}, CV sensitivity "
                          f"{sens:.2f}, specificity {spec:.2f}): {k['found']:.1f} found, {k['missed']:.1f} missed, "
                          f"{k['false_alarms']:.0f} false alarms (recalls of healthy women)")
+    elif decision.get("cutpoints"):
+        classes = [str(c) for c in card.get("classes") or []]
+        floor = decision.get("min_recall")
+        lines.append(f"- Ordinal call: cut-points {', '.join(f'{c:.2f}' for c in decision['cutpoints'])} on the "
+                     f"expected class index, fitted for quadratic kappa on inner out-of-fold probabilities"
+                     + (f"; {classes[0]} and {classes[-1]} each kept at recall >= {floor:.2f} there"
+                        if floor is not None and len(classes) > 1 else ""))
     elif rule:
         lines.append(f"- Decision rule: {rule}")
     groups = (decision.get("group_thresholds") or {}).get("groups") or {}

@@ -244,6 +244,7 @@ SCHEMA: dict[str, Any] = {
         "seed": Int(0, 2**32 - 1),
         "target_sensitivity": Float(0.0, 1.0, lo_open=True),
         "decision": Choice(("ordinal", "argmax")),
+        "ordinal_min_recall": Float(0.0, 1.0, lo_open=True, nullable=True),
         "bootstrap_resamples": Int(0, 100000),
         "confidence_level": Float(0.5, 0.999),
         "ece_bins": Int(2, 100),

@@ -7,16 +7,25 @@ quadratic-weighted kappa on held-out probabilities of the *training* data (the i
 pipeline.model.estimators.PatientCalibratedClassifier), stored in the model card (the ordinal_cutpoints rule) and
 applied unchanged at predict time.
 
+Kappa alone can still leave a rare extreme class mostly unnamed when the classes overlap (on mini-MIAS subsampled to
+20/60/20, recall of D 0.38-0.50). `min_recall` is a floor on the recall of the lowest and the highest class (BI-RADS
+A and D; mini-MIAS F and D) on the data the cut-points are fitted on: kappa is maximised only among cut-points that
+keep it, as `target_sensitivity` fixes a binary operating point. It is a specification of the call, not a setting
+chosen by score (docs/benchmarks.md, section 2). No library fits constrained ordinal cut-points on given
+probabilities (mord and statsmodels' OrderedModel fit their own linear model), hence this module.
+
     cuts = fit_cutpoints(y_val, proba_val)          # (K-1,) increasing, in expected-index units
+    cuts = fit_cutpoints(y_val, proba_val, min_recall=0.5)   # the extremes keep >= 50% recall on (y_val, proba_val)
     calls = apply_cutpoints(proba_test, cuts)       # (n,) class indices 0..K-1
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 
-__all__ = ["expected_index", "fit_cutpoints", "apply_cutpoints", "quadratic_kappa"]
+__all__ = ["expected_index", "extreme_recall_bounds", "fit_cutpoints", "apply_cutpoints", "quadratic_kappa"]
 
 _MAX_CANDIDATES = 256
 _MAX_SWEEPS = 20
@@ -59,18 +68,38 @@ def quadratic_kappa(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
         return np.where(den > 0, 1.0 - num / den, np.nan)
 
 
-def fit_cutpoints(y: Sequence[int], proba: np.ndarray) -> np.ndarray:
+def extreme_recall_bounds(y: Sequence[int], e: np.ndarray, k: int, min_recall: float) -> tuple[float, float]:
+    """(lo, hi): the first cut-point must be >= lo and the last < hi for classes 0 and k-1 to keep `min_recall`.
+
+    Class 0 is called where e <= the first cut, class k-1 where e > the last; a class absent from `y` sets no bound.
+    """
+    y = np.asarray(y, dtype=int)
+    lo, hi = -np.inf, np.inf
+    first, last = np.sort(e[y == 0]), np.sort(e[y == k - 1])
+    if len(first):
+        lo = float(first[max(int(np.ceil(min_recall * len(first) - 1e-9)), 1) - 1])
+    if len(last):
+        hi = float(last[len(last) - max(int(np.ceil(min_recall * len(last) - 1e-9)), 1)])
+    return lo, hi
+
+
+def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | None = None) -> np.ndarray:
     """K-1 increasing cut-points on the expected class index maximising quadratic kappa of (y, calls) on these data.
 
     Coordinate ascent from the arg-max-like start (0.5, 1.5, ...): each cut in turn moves to the best candidate
     (midpoints between distinct expected indices, at most 256 quantiles) between its neighbours; it stops when a
     sweep changes nothing. A move must strictly raise kappa, so ties keep the start. `y` holds class indices.
+    `min_recall` (in (0, 1], or None): the lowest and the highest class each keep at least this recall on these data
+    (the start is moved inside that region first); where no increasing cut-points can keep it for both, a
+    RuntimeWarning says so and kappa alone decides.
     """
     y = np.asarray(y, dtype=int)
     e = expected_index(proba)
     k = np.asarray(proba).shape[1]
     if len(y) != len(e):
         raise ValueError(f"y has {len(y)} entries but proba has {len(e)} rows.")
+    if min_recall is not None and not 0.0 < float(min_recall) <= 1.0:
+        raise ValueError(f"min_recall must be a float in (0, 1] or None. Got {min_recall!r} instead.")
     cuts = np.arange(k - 1, dtype=float) + 0.5
     if len(y) < 2 or len(np.unique(y)) < 2:
         return cuts
@@ -78,14 +107,37 @@ def fit_cutpoints(y: Sequence[int], proba: np.ndarray) -> np.ndarray:
     mids = (values[:-1] + values[1:]) / 2 if len(values) > 1 else values
     if len(mids) > _MAX_CANDIDATES:
         mids = np.unique(np.quantile(mids, np.linspace(0, 1, _MAX_CANDIDATES)))
+    lo, hi = -np.inf, np.inf
+    if min_recall is not None:
+        lo, hi = extreme_recall_bounds(y, e, k, float(min_recall))
+        # k - 1 strictly increasing cuts in [lo, hi) need room between the bounds (k = 2: one cut, lo < hi)
+        if not lo < hi:
+            warnings.warn(f"No cut-points keep recall >= {float(min_recall):g} for both the lowest and the highest "
+                          f"class on these {len(y)} rows (their expected indices overlap too much): the cut-points "
+                          f"maximise kappa alone.", RuntimeWarning, stacklevel=2)
+            lo, hi = -np.inf, np.inf
+        else:
+            mids = mids[(mids >= lo) & (mids < hi)]
+            if np.isfinite(lo):
+                mids = np.union1d(mids, [lo])  # the first cut may sit on a class-0 value (e <= cut is class 0)
+            cuts[0] = max(cuts[0], lo)
+            cuts[-1] = min(cuts[-1], np.nextafter(hi, -np.inf))
+            if k > 2 and not np.all(np.diff(cuts) > 0):  # the start crossed over: spread it across [lo, hi)
+                start = lo if np.isfinite(lo) else min(hi, float(e.min())) - 1.0
+                stop = hi if np.isfinite(hi) else max(lo, float(e.max())) + 1.0
+                cuts = start + (stop - start) * np.arange(k - 1) / (k - 1)
     best = float(quadratic_kappa(y, np.searchsorted(cuts, e, side="left"), k)[0])
     best = -np.inf if np.isnan(best) else best
     for _ in range(_MAX_SWEEPS):
         moved = False
         for j in range(k - 1):
-            lo = cuts[j - 1] if j > 0 else -np.inf
-            hi = cuts[j + 1] if j < k - 2 else np.inf
-            cand = mids[(mids > lo) & (mids < hi)]
+            below = cuts[j - 1] if j > 0 else -np.inf
+            above = cuts[j + 1] if j < k - 2 else np.inf
+            cand = mids[(mids > below) & (mids < above)]
+            if j == 0:
+                cand = cand[cand >= lo]
+            if j == k - 2:
+                cand = cand[cand < hi]
             if not len(cand):
                 continue
             trial = np.repeat(cuts[None, :], len(cand), axis=0)

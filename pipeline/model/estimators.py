@@ -372,12 +372,13 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     data; `validation_index_` lists the rows it was chosen on and `validation_proba_` their held-out probabilities.
     For multiclass problems with decision="ordinal" (classes ordered as given), `cutpoints_` are the cut-points on
     the expected class index that maximise quadratic kappa on that same validation data
-    (pipeline.evaluation.ordinal); decision="argmax" (or binary) leaves them None.
+    (pipeline.evaluation.ordinal), among those under which the lowest and the highest class keep
+    `ordinal_min_recall` of their rows there (None: kappa alone); decision="argmax" (or binary) leaves them None.
     """
 
     def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
                  fraction: float = 0.25, target_sensitivity: float = 0.95, random_state: int = 0,
-                 decision: str = "argmax", ensemble: bool = True) -> None:
+                 decision: str = "argmax", ensemble: bool = True, ordinal_min_recall: float | None = None) -> None:
         self.estimator = estimator
         self.method = method
         self.holdout = holdout
@@ -387,6 +388,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         self.random_state = random_state
         self.decision = decision
         self.ensemble = ensemble
+        self.ordinal_min_recall = ordinal_min_recall
 
     def fit(self, X: Any, y: Any, groups: Any = None, augmented: Any = None) -> "PatientCalibratedClassifier":
         """Fit, calibrate and choose the operating point on held-out patients of (X, y) (never on `augmented`
@@ -400,6 +402,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if self.decision not in ("argmax", "ordinal"):
             raise ValueError(f"The 'decision' parameter of PatientCalibratedClassifier must be 'argmax' or "
                              f"'ordinal'. Got {self.decision!r} instead.")
+        if self.ordinal_min_recall is not None and not 0.0 < float(self.ordinal_min_recall) <= 1.0:
+            raise ValueError(f"The 'ordinal_min_recall' parameter of PatientCalibratedClassifier must be a float in "
+                             f"(0, 1] or None. Got {self.ordinal_min_recall!r} instead.")
         from sklearn.utils.multiclass import check_classification_targets
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
@@ -471,7 +476,7 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if k > 2 and self.decision == "ordinal":
             from pipeline.evaluation.ordinal import fit_cutpoints
 
-            self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val])
+            self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val], min_recall=self.ordinal_min_recall)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -634,7 +639,8 @@ def build_pipeline(config: Mapping[str, Any], cache_dir: str | Path | None = Non
             random_state=ev["seed"], max_bin=mdl["max_bin"]),
         method=cal["method"], holdout=cal["holdout"], inner_folds=cal["inner_folds"], fraction=cal["fraction"],
         ensemble=cal["ensemble"], target_sensitivity=ev["target_sensitivity"], random_state=ev["seed"],
-        decision=get_task(config["dataset"]["task"]).classifier_decision(config))
+        decision=get_task(config["dataset"]["task"]).classifier_decision(config),
+        ordinal_min_recall=ev.get("ordinal_min_recall"))
     return Pipeline([("preprocess", preprocess), ("features", FeatureUnion(union_steps)), ("select", select),
                      ("classifier", request_groups(clf))])
 

@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score, recall_score
 from sklearn.model_selection import cross_val_predict
 
-from pipeline.evaluation.ordinal import apply_cutpoints, expected_index, fit_cutpoints, quadratic_kappa
+from pipeline.evaluation.ordinal import (apply_cutpoints, expected_index, extreme_recall_bounds, fit_cutpoints,
+                                         quadratic_kappa)
 from tests._ordinal import ordinal_problem
 
 
@@ -55,3 +56,70 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="rows"):
         fit_cutpoints([0, 1, 2], np.full((2, 3), 1 / 3))
 
+
+
+def _recall(y: np.ndarray, calls: np.ndarray, cls: int) -> float:
+    return float(np.mean(calls[y == cls] == cls))
+
+
+def _overlapping(n: int, seed: int, shares=(0.1, 0.8, 0.1)) -> tuple[np.ndarray, np.ndarray]:
+    """(y, proba) of three ordered classes whose expected indices overlap: kappa alone under-calls the extremes."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(3, size=n, p=list(shares))
+    logits = np.outer(y - 1.0, [-1.0, 0.0, 1.0]) * 0.5 + rng.normal(scale=1.0, size=(n, 3))
+    logits[:, 1] += 2.0  # the middle class is favoured: its probability dominates
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return y, proba
+
+
+def test_the_recall_floor_keeps_both_extreme_classes_on_the_fitting_data_at_a_small_kappa_cost():
+    y, proba = _overlapping(1000, seed=4)
+    free = apply_cutpoints(proba, fit_cutpoints(y, proba))
+    assert min(_recall(y, free, 0), _recall(y, free, 2)) < 0.5  # the situation the floor is for
+    cuts = fit_cutpoints(y, proba, min_recall=0.5)
+    floored = apply_cutpoints(proba, cuts)
+    assert _recall(y, floored, 0) >= 0.5 and _recall(y, floored, 2) >= 0.5
+    assert np.all(np.diff(cuts) > 0)
+    k_free, k_floor = quadratic_kappa(y, free, 3)[0], quadratic_kappa(y, floored, 3)[0]
+    assert k_floor <= k_free + 1e-12 and k_floor > k_free - 0.1
+
+
+def test_the_floor_fitted_on_training_data_carries_to_new_data_from_the_same_source():
+    y, proba = _overlapping(4000, seed=5)
+    train, test = np.arange(2000), np.arange(2000, 4000)
+    free = apply_cutpoints(proba[test], fit_cutpoints(y[train], proba[train]))
+    floored = apply_cutpoints(proba[test], fit_cutpoints(y[train], proba[train], min_recall=0.6))
+    for cls in (0, 2):
+        assert _recall(y[test], floored, cls) > 0.55 and _recall(y[test], floored, cls) > _recall(y[test], free, cls)
+
+
+def test_a_floor_that_already_holds_changes_nothing_and_none_is_the_kappa_fit():
+    X, y = ordinal_problem(2000, seed=6)
+    proba = LogisticRegression(max_iter=1000).fit(X, y).predict_proba(X)
+    free = fit_cutpoints(y, proba)
+    assert np.array_equal(fit_cutpoints(y, proba, min_recall=None), free)
+    calls = apply_cutpoints(proba, free)
+    floor = min(_recall(y, calls, 0), _recall(y, calls, 3)) - 0.05
+    assert floor > 0.2
+    assert np.array_equal(apply_cutpoints(proba, fit_cutpoints(y, proba, min_recall=floor)), calls)
+
+
+def test_recall_bounds_are_exact_against_brute_force():
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 97)
+    e = rng.uniform(0, 3, 97)
+    for r in (0.1, 0.33, 0.5, 0.9, 1.0):
+        lo, hi = extreme_recall_bounds(y, e, 4, r)
+        assert np.mean(e[y == 0] <= lo) >= r and np.mean(e[y == 0] <= np.nextafter(lo, -np.inf)) < r
+        assert np.mean(e[y == 3] > np.nextafter(hi, -np.inf)) >= r and np.mean(e[y == 3] > hi) < r
+
+
+def test_an_impossible_floor_warns_and_falls_back_to_kappa_alone():
+    rng = np.random.default_rng(8)
+    y = np.repeat([0, 1, 2], 50)
+    proba = rng.dirichlet(np.ones(3), size=150)  # no signal: the extremes' expected indices coincide
+    with pytest.warns(RuntimeWarning, match="recall >= 0.9"):
+        cuts = fit_cutpoints(y, proba, min_recall=0.9)
+    assert np.array_equal(cuts, fit_cutpoints(y, proba))
+    with pytest.raises(ValueError, match="min_recall"):
+        fit_cutpoints(y, proba, min_recall=0.0)

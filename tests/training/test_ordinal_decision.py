@@ -23,3 +23,40 @@ def test_classifier_fits_cutpoints_on_inner_folds_and_predict_applies_them():
     assert np.array_equal(plain.predict(X), plain.classes_[plain.predict_proba(X).argmax(axis=1)])
     with pytest.raises(ValueError, match="decision"):
         PatientCalibratedClassifier(base, decision="median").fit(X, y)
+
+
+def test_the_recall_floor_holds_on_the_inner_out_of_fold_rows_the_cutpoints_are_fitted_on():
+    from pipeline.model.estimators import PatientCalibratedClassifier, WeightedXGBClassifier
+
+    X, y = ordinal_problem(400, seed=5)
+    groups = np.repeat(np.arange(200), 2)
+    base = WeightedXGBClassifier(n_estimators=30, max_depth=2)
+    floored = PatientCalibratedClassifier(base, decision="ordinal", ordinal_min_recall=0.7).fit(X, y, groups=groups)
+    free = PatientCalibratedClassifier(base, decision="ordinal").fit(X, y, groups=groups)
+    y_val = floored.label_encoder_.transform(y[floored.validation_index_])
+    calls = apply_cutpoints(floored.validation_proba_, floored.cutpoints_)
+    for cls in (0, 3):
+        assert np.mean(calls[y_val == cls] == cls) >= 0.7
+    free_calls = apply_cutpoints(free.validation_proba_, free.cutpoints_)
+    assert np.mean(free_calls[y_val == 0] == 0) < 0.7 or np.mean(free_calls[y_val == 3] == 3) < 0.7
+    with pytest.raises(ValueError, match="ordinal_min_recall"):
+        PatientCalibratedClassifier(base, decision="ordinal", ordinal_min_recall=1.5).fit(X, y)
+
+
+def test_the_experiment_key_reaches_the_classifier_and_the_card_says_it():
+    from pipeline.config.card_render import render_markdown
+    from pipeline.config.experiment import EXPERIMENTS_DIR, load_experiment
+    from pipeline.config.tasks import get_rule
+    from pipeline.model.estimators import build_pipeline
+
+    cfg = load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["evaluation.ordinal_min_recall=0.5"]).config
+    clf = build_pipeline(cfg, None).named_steps["classifier"]
+    assert clf.ordinal_min_recall == 0.5 and clf.decision == "ordinal"
+    clf.cutpoints_ = np.array([0.8, 1.4])
+    decision = {"rule": "ordinal_cutpoints", **get_rule("ordinal_cutpoints").fit_params(clf, cfg)}
+    assert decision["min_recall"] == 0.5
+    md = render_markdown({"name": "m", "task": "density", "classes": ["F", "G", "D"], "decision": decision,
+                          "metrics": {}, "dataset": {}, "split": {}})
+    assert "cut-points 0.80, 1.40" in md and "F and D each kept at recall >= 0.50" in md
+    with pytest.raises(Exception, match="ordinal_min_recall"):
+        load_experiment(EXPERIMENTS_DIR / "tiny_test.yaml", ["evaluation.ordinal_min_recall=0"])
