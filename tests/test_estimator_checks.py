@@ -67,6 +67,8 @@ def _pipeline_estimators() -> list:
     return [
         CenterCrop(fraction=0.5),
         PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2), inner_folds=2),
+        PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2), inner_folds=2,
+                                    decision="ordinal", ordinal_min_recall=0.5),  # the density call's path
         LastColumnsChoice(PatientCalibratedClassifier(WeightedXGBClassifier(n_estimators=5, max_depth=2),
                                                       inner_folds=2)),
         WeightedXGBClassifier(n_estimators=5, max_depth=2),
@@ -127,9 +129,17 @@ _EXPECTED_FAILURES: dict[str, dict[str, str]] = {
 }
 
 
+_ORDINAL_CALL = ("decision='ordinal' calls the number of ordinal cut-points below the expected class index "
+                 "(pipeline/evaluation/ordinal.py), by design not the most probable class, so predict differs from "
+                 "argmax(predict_proba); tests/training/test_ordinal_decision.py checks the call")
+
+
 def _expected_failed_checks(estimator) -> dict[str, str]:
     """Checks allowed to fail for ``estimator``, each with its justification."""
-    return _EXPECTED_FAILURES.get(type(estimator).__name__, {})
+    expected = dict(_EXPECTED_FAILURES.get(type(estimator).__name__, {}))
+    if getattr(estimator, "decision", None) == "ordinal":
+        expected["check_classifiers_train"] = _ORDINAL_CALL
+    return expected
 
 
 @parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)

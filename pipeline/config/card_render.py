@@ -211,8 +211,8 @@ def _operating_lines(card: Mapping[str, Any], decision: Mapping[str, Any], metri
         classes = [str(c) for c in card.get("classes") or []]
         floor = decision.get("min_recall")
         lines.append(f"- Ordinal call: cut-points {', '.join(f'{c:.2f}' for c in decision['cutpoints'])} on the "
-                     f"expected class index, fitted for quadratic kappa on inner out-of-fold probabilities"
-                     + (f"; {classes[0]} and {classes[-1]} each kept at recall >= {floor:.2f} there"
+                     f"expected class index, fitted for quadratic kappa on held-out probabilities of the training "
+                     f"data" + (f"; {classes[0]} and {classes[-1]} each kept at recall >= {floor:.2f} there"
                         if floor is not None and len(classes) > 1 else ""))
     elif rule:
         lines.append(f"- Decision rule: {rule}")

@@ -127,15 +127,15 @@ ORDINAL_RULE = "ordinal_cutpoints"
 class OrdinalCutpointsRule:
     """Ordered classes: the number of ``decision["cutpoints"]`` (K-1, increasing) below the expected class
     index (pipeline.evaluation.ordinal); fitted to maximise quadratic kappa on inner out-of-fold probabilities of the
-    training data (PatientCalibratedClassifier.cutpoints_), where ``decision["min_recall"]`` is set among cut-points
-    keeping that recall for the lowest and highest class there. A card without cut-points calls the most probable
-    class."""
+    training data (PatientCalibratedClassifier.cutpoints_); ``decision["min_recall"]`` is the recall they keep there
+    for the lowest and the highest class (`cutpoints_min_recall_`), None where no floor was asked or kept. A card
+    without cut-points calls the most probable class."""
 
     name: str = ORDINAL_RULE
 
     def fit_params(self, classifier: Any, config: Mapping[str, Any]) -> dict[str, Any]:
         cuts = getattr(classifier, "cutpoints_", None)
-        floor = getattr(classifier, "ordinal_min_recall", None)
+        floor = getattr(classifier, "cutpoints_min_recall_", None)  # the floor kept, not the one asked for
         return {"threshold": None, "target_sensitivity": None,
                 "cutpoints": None if cuts is None else [float(c) for c in cuts],
                 "min_recall": None if cuts is None or floor is None else float(floor)}

@@ -10,11 +10,11 @@ applied unchanged at predict time.
 Kappa alone can still leave a rare extreme class mostly unnamed when the classes overlap (on mini-MIAS subsampled to
 20/60/20, recall of D 0.38-0.50). `min_recall` is a floor on the recall of the lowest and the highest class (BI-RADS
 A and D; mini-MIAS F and D) on the data the cut-points are fitted on: kappa is maximised only among cut-points that
-keep it, as `target_sensitivity` fixes a binary operating point. It is a specification of the call, not a setting
-chosen by score (docs/benchmarks.md, section 2). No library fits constrained ordinal cut-points on given
+keep it, as `target_sensitivity` fixes a binary operating point (off by default: on mini-MIAS it held in-fold but
+moved out-of-fold recall only on one of two fold seeds, docs/benchmarks.md, section 2). No library fits constrained ordinal cut-points on given
 probabilities (mord and statsmodels' OrderedModel fit their own linear model), hence this module.
 
-    cuts = fit_cutpoints(y_val, proba_val)          # (K-1,) increasing, in expected-index units
+    cuts = fit_cutpoints(y_val, proba_val)          # (K-1,) non-decreasing, in expected-index units
     cuts = fit_cutpoints(y_val, proba_val, min_recall=0.5)   # the extremes keep >= 50% recall on (y_val, proba_val)
     calls = apply_cutpoints(proba_test, cuts)       # (n,) class indices 0..K-1
 """
@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["expected_index", "extreme_recall_bounds", "fit_cutpoints", "apply_cutpoints", "quadratic_kappa"]
+__all__ = ["expected_index", "extreme_recall_bounds", "extreme_recalls", "fit_cutpoints", "apply_cutpoints",
+           "quadratic_kappa"]
 
 _MAX_CANDIDATES = 256
 _MAX_SWEEPS = 20
@@ -83,49 +84,22 @@ def extreme_recall_bounds(y: Sequence[int], e: np.ndarray, k: int, min_recall: f
     return lo, hi
 
 
-def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | None = None) -> np.ndarray:
-    """K-1 increasing cut-points on the expected class index maximising quadratic kappa of (y, calls) on these data.
-
-    Coordinate ascent from the arg-max-like start (0.5, 1.5, ...): each cut in turn moves to the best candidate
-    (midpoints between distinct expected indices, at most 256 quantiles) between its neighbours; it stops when a
-    sweep changes nothing. A move must strictly raise kappa, so ties keep the start. `y` holds class indices.
-    `min_recall` (in (0, 1], or None): the lowest and the highest class each keep at least this recall on these data
-    (the start is moved inside that region first); where no increasing cut-points can keep it for both, a
-    RuntimeWarning says so and kappa alone decides.
-    """
-    y = np.asarray(y, dtype=int)
-    e = expected_index(proba)
-    k = np.asarray(proba).shape[1]
-    if len(y) != len(e):
-        raise ValueError(f"y has {len(y)} entries but proba has {len(e)} rows.")
-    if min_recall is not None and not 0.0 < float(min_recall) <= 1.0:
-        raise ValueError(f"min_recall must be a float in (0, 1] or None. Got {min_recall!r} instead.")
-    cuts = np.arange(k - 1, dtype=float) + 0.5
-    if len(y) < 2 or len(np.unique(y)) < 2:
-        return cuts
+def _candidates(e: np.ndarray, lo: float = -np.inf, hi: float = np.inf) -> np.ndarray:
+    """Midpoints between distinct expected indices in [lo, hi) (and lo itself where finite), at most 256 quantiles."""
     values = np.unique(e)
     mids = (values[:-1] + values[1:]) / 2 if len(values) > 1 else values
+    mids = mids[(mids >= lo) & (mids < hi)]
+    if np.isfinite(lo):
+        mids = np.union1d(mids, [lo])  # the first cut may sit on a class-0 value (e <= cut is class 0)
     if len(mids) > _MAX_CANDIDATES:
         mids = np.unique(np.quantile(mids, np.linspace(0, 1, _MAX_CANDIDATES)))
-    lo, hi = -np.inf, np.inf
-    if min_recall is not None:
-        lo, hi = extreme_recall_bounds(y, e, k, float(min_recall))
-        # k - 1 strictly increasing cuts in [lo, hi) need room between the bounds (k = 2: one cut, lo < hi)
-        if not lo < hi:
-            warnings.warn(f"No cut-points keep recall >= {float(min_recall):g} for both the lowest and the highest "
-                          f"class on these {len(y)} rows (their expected indices overlap too much): the cut-points "
-                          f"maximise kappa alone.", RuntimeWarning, stacklevel=2)
-            lo, hi = -np.inf, np.inf
-        else:
-            mids = mids[(mids >= lo) & (mids < hi)]
-            if np.isfinite(lo):
-                mids = np.union1d(mids, [lo])  # the first cut may sit on a class-0 value (e <= cut is class 0)
-            cuts[0] = max(cuts[0], lo)
-            cuts[-1] = min(cuts[-1], np.nextafter(hi, -np.inf))
-            if k > 2 and not np.all(np.diff(cuts) > 0):  # the start crossed over: spread it across [lo, hi)
-                start = lo if np.isfinite(lo) else min(hi, float(e.min())) - 1.0
-                stop = hi if np.isfinite(hi) else max(lo, float(e.max())) + 1.0
-                cuts = start + (stop - start) * np.arange(k - 1) / (k - 1)
+    return mids
+
+
+def _ascent(y: np.ndarray, e: np.ndarray, k: int, cuts: np.ndarray, mids: np.ndarray, lo: float = -np.inf,
+            hi: float = np.inf) -> np.ndarray:
+    """Coordinate ascent of quadratic kappa from non-decreasing `cuts`, the first kept >= lo and the last < hi."""
+    cuts = cuts.astype(float).copy()
     best = float(quadratic_kappa(y, np.searchsorted(cuts, e, side="left"), k)[0])
     best = -np.inf if np.isnan(best) else best
     for _ in range(_MAX_SWEEPS):
@@ -150,3 +124,54 @@ def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | No
         if not moved:
             break
     return cuts
+
+
+def extreme_recalls(y: Sequence[int], proba: np.ndarray, cuts: Sequence[float]) -> tuple[float, float]:
+    """Recall of the lowest and of the highest class under `cuts` on (y, proba); NaN for a class absent from y."""
+    y = np.asarray(y, dtype=int)
+    calls = apply_cutpoints(proba, cuts)
+    k = np.asarray(proba).shape[1]
+    out = []
+    for cls in (0, k - 1):
+        rows = y == cls
+        out.append(float(np.mean(calls[rows] == cls)) if rows.any() else float("nan"))
+    return out[0], out[1]
+
+
+def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | None = None) -> np.ndarray:
+    """K-1 non-decreasing cut-points on the expected class index maximising quadratic kappa of (y, calls) on these
+    data.
+
+    Coordinate ascent from the arg-max-like start (0.5, 1.5, ...): each cut in turn moves to the best candidate
+    (midpoints between distinct expected indices, at most 256 quantiles) between its neighbours; it stops when a
+    sweep changes nothing. A move must strictly raise kappa, so ties keep the start. `y` holds class indices.
+    `min_recall` (in (0, 1], or None): the lowest and the highest class each keep at least this recall on these
+    data. Cut-points fitted for kappa alone that already keep it are returned unchanged; otherwise the ascent restarts
+    from them moved inside the region that keeps it (two cuts may then coincide: a middle class left unnamed). Where
+    no cut-points can keep it for both classes, a RuntimeWarning says so and kappa alone decides.
+    """
+    y = np.asarray(y, dtype=int)
+    e = expected_index(proba)
+    k = np.asarray(proba).shape[1]
+    if len(y) != len(e):
+        raise ValueError(f"y has {len(y)} entries but proba has {len(e)} rows.")
+    if min_recall is not None and (isinstance(min_recall, (bool, np.bool_)) or not 0.0 < float(min_recall) <= 1.0):
+        raise ValueError(f"min_recall must be a float in (0, 1] or None. Got {min_recall!r} instead.")
+    cuts = np.arange(k - 1, dtype=float) + 0.5
+    if len(y) < 2 or len(np.unique(y)) < 2:
+        return cuts
+    free = _ascent(y, e, k, cuts, _candidates(e))
+    if min_recall is None:
+        return free
+    floor = float(min_recall)
+    if all(not r < floor for r in extreme_recalls(y, proba, free) if not np.isnan(r)):
+        return free
+    lo, hi = extreme_recall_bounds(y, e, k, floor)
+    if not lo < hi:
+        warnings.warn(f"No cut-points keep recall >= {floor:g} for both the lowest and the highest class on these "
+                      f"{len(y)} rows (their expected indices overlap too much): the cut-points maximise kappa alone.",
+                      RuntimeWarning, stacklevel=2)
+        return free
+    # clipping is monotone, so the kappa cut-points stay in order inside [lo, hi)
+    start = np.clip(free, lo, np.nextafter(hi, -np.inf))
+    return _ascent(y, e, k, start, _candidates(e, lo, hi), lo, hi)

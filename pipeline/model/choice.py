@@ -26,9 +26,9 @@ class LastColumnsChoice(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
     """A calibrated classifier on all columns or on all but the last `n_drop`, whichever ranks its own
     training rows' inner out-of-fold probabilities better (ties keep the fewer columns). Fitted attributes:
     `estimator_` (the kept fit), `keep_columns_` (how many leading columns it reads), `kept_group_` (bool),
-    `choice_auc_` ({"with": auc, "without": auc}); `classes_`, `threshold_`, `cutpoints_`, `validation_index_`,
-    `validation_proba_` and `decide` are the kept fit's. `estimator`: a PatientCalibratedClassifier (default)
-    or another classifier with those fitted attributes."""
+    `choice_auc_` ({"with": auc, "without": auc}); `classes_`, `threshold_`, `cutpoints_`, `cutpoints_min_recall_`,
+    `validation_index_`, `validation_proba_` and `decide` are the kept fit's. `estimator`: a
+    PatientCalibratedClassifier (default) or another classifier with those fitted attributes."""
 
     def __init__(self, estimator: Any = None, n_drop: int = 0) -> None:
         self.estimator = estimator
@@ -59,6 +59,7 @@ class LastColumnsChoice(MetaEstimatorMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = chosen.classes_
         for name in ("threshold_", "cutpoints_", "validation_index_", "validation_proba_"):
             setattr(self, name, getattr(chosen, name))
+        self.cutpoints_min_recall_ = getattr(chosen, "cutpoints_min_recall_", None)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -373,7 +373,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
     For multiclass problems with decision="ordinal" (classes ordered as given), `cutpoints_` are the cut-points on
     the expected class index that maximise quadratic kappa on that same validation data
     (pipeline.evaluation.ordinal), among those under which the lowest and the highest class keep
-    `ordinal_min_recall` of their rows there (None: kappa alone); decision="argmax" (or binary) leaves them None.
+    `ordinal_min_recall` of their rows there (None: kappa alone); `cutpoints_min_recall_` is that floor where the
+    cut-points keep it, else None (no floor asked, or none possible: fit_cutpoints warns). decision="argmax" (or
+    binary) leaves them None.
     """
 
     def __init__(self, estimator: Any = None, method: str = "sigmoid", holdout: str = "cv", inner_folds: int = 3,
@@ -472,11 +474,15 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             self.threshold_ = choose_threshold(y_enc[val], oof[val, 1], self.target_sensitivity)
         else:
             self.threshold_ = float("nan")
-        self.cutpoints_ = None
+        self.cutpoints_ = self.cutpoints_min_recall_ = None
         if k > 2 and self.decision == "ordinal":
-            from pipeline.evaluation.ordinal import fit_cutpoints
+            from pipeline.evaluation.ordinal import extreme_recalls, fit_cutpoints
 
             self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val], min_recall=self.ordinal_min_recall)
+            floor = self.ordinal_min_recall
+            if floor is not None and all(not r < float(floor) for r in
+                                         extreme_recalls(y_enc[val], oof[val], self.cutpoints_) if not np.isnan(r)):
+                self.cutpoints_min_recall_ = float(floor)  # the floor the cut-points keep (None: not kept)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

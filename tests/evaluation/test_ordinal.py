@@ -8,8 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score, recall_score
 from sklearn.model_selection import cross_val_predict
 
-from pipeline.evaluation.ordinal import (apply_cutpoints, expected_index, extreme_recall_bounds, fit_cutpoints,
-                                         quadratic_kappa)
+from pipeline.evaluation.ordinal import (apply_cutpoints, expected_index, extreme_recall_bounds, extreme_recalls,
+                                         fit_cutpoints, quadratic_kappa)
 from tests._ordinal import ordinal_problem
 
 
@@ -87,28 +87,53 @@ def test_the_recall_floor_keeps_both_extreme_classes_on_the_fitting_data_at_a_sm
 def test_the_floor_fitted_on_training_data_carries_to_new_data_from_the_same_source():
     y, proba = _overlapping(4000, seed=5)
     train, test = np.arange(2000), np.arange(2000, 4000)
-    free = apply_cutpoints(proba[test], fit_cutpoints(y[train], proba[train]))
+    free_cuts = fit_cutpoints(y[train], proba[train])
+    assert min(extreme_recalls(y[train], proba[train], free_cuts)) < 0.6  # the floor binds on the training data
+    free = apply_cutpoints(proba[test], free_cuts)
     floored = apply_cutpoints(proba[test], fit_cutpoints(y[train], proba[train], min_recall=0.6))
     for cls in (0, 2):
-        assert _recall(y[test], floored, cls) > 0.55 and _recall(y[test], floored, cls) > _recall(y[test], free, cls)
+        assert _recall(y[test], floored, cls) > 0.55 and _recall(y[test], floored, cls) >= _recall(y[test], free, cls)
+    assert min(_recall(y[test], floored, c) for c in (0, 2)) > min(_recall(y[test], free, c) for c in (0, 2)) + 0.1
 
 
-def test_a_floor_that_already_holds_changes_nothing_and_none_is_the_kappa_fit():
+def test_a_floor_the_kappa_cutpoints_already_keep_returns_them_unchanged():
     X, y = ordinal_problem(2000, seed=6)
     proba = LogisticRegression(max_iter=1000).fit(X, y).predict_proba(X)
     free = fit_cutpoints(y, proba)
-    assert np.array_equal(fit_cutpoints(y, proba, min_recall=None), free)
-    calls = apply_cutpoints(proba, free)
-    floor = min(_recall(y, calls, 0), _recall(y, calls, 3)) - 0.05
+    floor = min(extreme_recalls(y, proba, free)) - 0.05
     assert floor > 0.2
-    assert np.array_equal(apply_cutpoints(proba, fit_cutpoints(y, proba, min_recall=floor)), calls)
+    assert np.array_equal(fit_cutpoints(y, proba, min_recall=floor), free)
+    assert not np.array_equal(fit_cutpoints(y, proba, min_recall=floor + 0.15), free)  # a binding floor moves them
 
 
-def test_recall_bounds_are_exact_against_brute_force():
+@pytest.mark.parametrize("k", [2, 4])
+def test_the_floor_holds_for_two_and_four_classes(k):
+    rng = np.random.default_rng(10 + k)
+    y = rng.choice(k, size=800, p=[0.1] + [0.8 / (k - 2)] * (k - 2) + [0.1] if k > 2 else [0.2, 0.8])
+    logits = np.outer(y, np.linspace(-1, 1, k)) * 0.6 + rng.normal(size=(800, k))
+    logits[:, 1:-1] += 1.5
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert min(extreme_recalls(y, proba, fit_cutpoints(y, proba))) < 0.6
+    cuts = fit_cutpoints(y, proba, min_recall=0.6)
+    assert cuts.shape == (k - 1,) and np.all(np.diff(cuts) >= 0)
+    assert min(extreme_recalls(y, proba, cuts)) >= 0.6
+
+
+def test_near_equal_bounds_still_keep_the_floor():
+    proba = np.array([[0.0, 0.3, 0.7], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])  # expected 1.7, 1.7 + 1 ulp, 1.0
+    y = np.array([0, 2, 1])
+    cuts = fit_cutpoints(y, proba, min_recall=1.0)
+    assert extreme_recalls(y, proba, cuts) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_recall_bounds_are_exact_against_brute_force(ties):
     rng = np.random.default_rng(7)
     y = rng.integers(0, 4, 97)
     e = rng.uniform(0, 3, 97)
-    for r in (0.1, 0.33, 0.5, 0.9, 1.0):
+    if ties:
+        e = np.round(e, 1)
+    for r in (0.1, 0.33, 0.5, 0.7, 0.9, 1.0):
         lo, hi = extreme_recall_bounds(y, e, 4, r)
         assert np.mean(e[y == 0] <= lo) >= r and np.mean(e[y == 0] <= np.nextafter(lo, -np.inf)) < r
         assert np.mean(e[y == 3] > np.nextafter(hi, -np.inf)) >= r and np.mean(e[y == 3] > hi) < r
