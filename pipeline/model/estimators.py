@@ -404,7 +404,8 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if self.decision not in ("argmax", "ordinal"):
             raise ValueError(f"The 'decision' parameter of PatientCalibratedClassifier must be 'argmax' or "
                              f"'ordinal'. Got {self.decision!r} instead.")
-        if self.ordinal_min_recall is not None and not 0.0 < float(self.ordinal_min_recall) <= 1.0:
+        floor = self.ordinal_min_recall
+        if floor is not None and (isinstance(floor, (bool, np.bool_)) or not 0.0 < float(floor) <= 1.0):
             raise ValueError(f"The 'ordinal_min_recall' parameter of PatientCalibratedClassifier must be a float in "
                              f"(0, 1] or None. Got {self.ordinal_min_recall!r} instead.")
         from sklearn.utils.multiclass import check_classification_targets
@@ -479,7 +480,6 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             from pipeline.evaluation.ordinal import extreme_recalls, fit_cutpoints
 
             self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val], min_recall=self.ordinal_min_recall)
-            floor = self.ordinal_min_recall
             if floor is not None and all(not r < float(floor) for r in
                                          extreme_recalls(y_enc[val], oof[val], self.cutpoints_) if not np.isnan(r)):
                 self.cutpoints_min_recall_ = float(floor)  # the floor the cut-points keep (None: not kept)

@@ -39,8 +39,9 @@ def test_the_recall_floor_holds_on_the_inner_out_of_fold_rows_the_cutpoints_are_
     assert floored.cutpoints_min_recall_ == 0.8
     free = PatientCalibratedClassifier(base, decision="ordinal").fit(X, y, groups=groups)
     assert free.cutpoints_min_recall_ is None
-    with pytest.raises(ValueError, match="ordinal_min_recall"):
-        PatientCalibratedClassifier(base, decision="ordinal", ordinal_min_recall=1.5).fit(X, y)
+    for bad in (1.5, 0.0, True):
+        with pytest.raises(ValueError, match="ordinal_min_recall"):
+            PatientCalibratedClassifier(base, decision="ordinal", ordinal_min_recall=bad).fit(X, y)
 
 
 def test_a_floor_that_cannot_hold_warns_and_the_fit_does_not_claim_it():
