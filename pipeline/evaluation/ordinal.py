@@ -11,8 +11,9 @@ Kappa alone can still leave a rare extreme class mostly unnamed when the classes
 20/60/20, recall of D 0.38-0.50). `min_recall` is a floor on the recall of the lowest and the highest class (BI-RADS
 A and D; mini-MIAS F and D) on the data the cut-points are fitted on: kappa is maximised only among cut-points that
 keep it, as `target_sensitivity` fixes a binary operating point (off by default: on mini-MIAS it held in-fold but
-moved out-of-fold recall only on one of two fold seeds, docs/benchmarks.md, section 2). No library fits constrained ordinal cut-points on given
-probabilities (mord and statsmodels' OrderedModel fit their own linear model), hence this module.
+moved out-of-fold recall only on one of two fold seeds, docs/benchmarks.md, section 2). No library fits constrained
+ordinal cut-points on given probabilities (mord and statsmodels' OrderedModel fit their own linear model), hence this
+module.
 
     cuts = fit_cutpoints(y_val, proba_val)          # (K-1,) non-decreasing, in expected-index units
     cuts = fit_cutpoints(y_val, proba_val, min_recall=0.5)   # the extremes keep >= 50% recall on (y_val, proba_val)
@@ -21,12 +22,12 @@ probabilities (mord and statsmodels' OrderedModel fit their own linear model), h
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["expected_index", "extreme_recall_bounds", "extreme_recalls", "fit_cutpoints", "apply_cutpoints",
-           "quadratic_kappa"]
+__all__ = ["expected_index", "check_min_recall", "extreme_recall_bounds", "extreme_recalls", "keeps_min_recall",
+           "fit_cutpoints", "apply_cutpoints", "quadratic_kappa"]
 
 _MAX_CANDIDATES = 256
 _MAX_SWEEPS = 20
@@ -138,6 +139,17 @@ def extreme_recalls(y: Sequence[int], proba: np.ndarray, cuts: Sequence[float]) 
     return out[0], out[1]
 
 
+def keeps_min_recall(y: Sequence[int], proba: np.ndarray, cuts: Sequence[float], min_recall: float) -> bool:
+    """Whether the lowest and the highest class present in y each keep recall >= min_recall under `cuts`."""
+    return all(not r < float(min_recall) for r in extreme_recalls(y, proba, cuts) if not np.isnan(r))
+
+
+def check_min_recall(value: Any, name: str = "min_recall") -> None:
+    """Refuse a recall floor that is not None or a number in (0, 1] (a bool is refused), naming `name`."""
+    if value is not None and (isinstance(value, (bool, np.bool_)) or not 0.0 < float(value) <= 1.0):
+        raise ValueError(f"{name} must be a float in (0, 1] or None. Got {value!r} instead.")
+
+
 def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | None = None) -> np.ndarray:
     """K-1 non-decreasing cut-points on the expected class index maximising quadratic kappa of (y, calls) on these
     data.
@@ -155,8 +167,7 @@ def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | No
     k = np.asarray(proba).shape[1]
     if len(y) != len(e):
         raise ValueError(f"y has {len(y)} entries but proba has {len(e)} rows.")
-    if min_recall is not None and (isinstance(min_recall, (bool, np.bool_)) or not 0.0 < float(min_recall) <= 1.0):
-        raise ValueError(f"min_recall must be a float in (0, 1] or None. Got {min_recall!r} instead.")
+    check_min_recall(min_recall)
     cuts = np.arange(k - 1, dtype=float) + 0.5
     if len(y) < 2 or len(np.unique(y)) < 2:
         return cuts
@@ -164,7 +175,7 @@ def fit_cutpoints(y: Sequence[int], proba: np.ndarray, *, min_recall: float | No
     if min_recall is None:
         return free
     floor = float(min_recall)
-    if all(not r < floor for r in extreme_recalls(y, proba, free) if not np.isnan(r)):
+    if keeps_min_recall(y, proba, free, floor):
         return free
     lo, hi = extreme_recall_bounds(y, e, k, floor)
     if not lo < hi:

@@ -404,10 +404,9 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
         if self.decision not in ("argmax", "ordinal"):
             raise ValueError(f"The 'decision' parameter of PatientCalibratedClassifier must be 'argmax' or "
                              f"'ordinal'. Got {self.decision!r} instead.")
-        floor = self.ordinal_min_recall
-        if floor is not None and (isinstance(floor, (bool, np.bool_)) or not 0.0 < float(floor) <= 1.0):
-            raise ValueError(f"The 'ordinal_min_recall' parameter of PatientCalibratedClassifier must be a float in "
-                             f"(0, 1] or None. Got {self.ordinal_min_recall!r} instead.")
+        from pipeline.evaluation.ordinal import check_min_recall
+
+        check_min_recall(self.ordinal_min_recall, "The 'ordinal_min_recall' parameter of PatientCalibratedClassifier")
         from sklearn.utils.multiclass import check_classification_targets
 
         X, y = validate_data(self, X, y, reset=True, ensure_all_finite="allow-nan")
@@ -477,11 +476,11 @@ class PatientCalibratedClassifier(MetaEstimatorMixin, ClassifierMixin, BaseEstim
             self.threshold_ = float("nan")
         self.cutpoints_ = self.cutpoints_min_recall_ = None
         if k > 2 and self.decision == "ordinal":
-            from pipeline.evaluation.ordinal import extreme_recalls, fit_cutpoints
+            from pipeline.evaluation.ordinal import fit_cutpoints, keeps_min_recall
 
-            self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val], min_recall=self.ordinal_min_recall)
-            if floor is not None and all(not r < float(floor) for r in
-                                         extreme_recalls(y_enc[val], oof[val], self.cutpoints_) if not np.isnan(r)):
+            floor = self.ordinal_min_recall
+            self.cutpoints_ = fit_cutpoints(y_enc[val], oof[val], min_recall=floor)
+            if floor is not None and keeps_min_recall(y_enc[val], oof[val], self.cutpoints_, floor):
                 self.cutpoints_min_recall_ = float(floor)  # the floor the cut-points keep (None: not kept)
         return self
 
