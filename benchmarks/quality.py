@@ -19,7 +19,9 @@ the plain recipe on the 224 px whole breast with the shipped screening recipe (t
 whole breast) and print each figure per image, per breast (views fused as the experiment says) and per exam (its
 most suspicious breast), the operating point of each level chosen inside the training folds, and the ROC AUC of
 each image alone (the first stage, before the exam stage reads the other views: what "per single image" means in
-the external figures of docs/benchmarks.md section 0).
+the external figures of docs/benchmarks.md section 0). Where the table names acquisition machines or sites (the
+shortcut audit's site columns, e.g. CDD-CESM's `machine`), each one's images get their own AUC row, paired on their
+own patients: the nearest a single development set comes to a scanner the model has not seen.
 
 Nested choices (--choose KEY=V1|V2, repeatable: every combination is a candidate): image-pipeline settings by
 scikit-learn's GridSearchCV over the candidates' pipelines; the exam stage of a screening entry (EXAM_STAGE_KEYS:
@@ -799,7 +801,41 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
             rows.append(_paired_row(bt, n_txt, f"{metric} per {lv}", ci, extra))
     if all(arm.single is not None for arm in arms.values()):  # what the maintainers' "per single image" reads
         rows.append(_single_image_row(bt, data, arms, n_resamples, seed, per_arm))
+    rows += _site_rows(bt, data, arms, n_resamples, seed)
     return rows, per_arm
+
+
+#: a site column is split into per-value rows only where it holds at most this many values (a machine, not an id)
+MAX_SITES = 8
+
+
+def _site_rows(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int
+               ) -> list[dict[str, Any]]:
+    """ROC AUC per image on the images of each machine / site (the table's site columns, as the shortcut audit
+    finds them: pipeline.training.audit.site_columns), arms paired on whole-patient resamples of those images: how
+    a recipe does on each acquisition machine of one development set, the nearest this set comes to a scanner it was
+    not trained on. Only columns with 2..MAX_SITES values; only values whose images hold both classes."""
+    from pipeline.training.audit import site_columns
+
+    rows: list[dict[str, Any]] = []
+    table = data.table.reset_index(drop=True)
+    for col in site_columns(table):
+        values = table[col].astype(str).where(table[col].notna())
+        kinds = sorted(v for v in values.dropna().unique())
+        if not 2 <= len(kinds) <= MAX_SITES:
+            continue
+        for v in kinds:
+            m = (values == v).to_numpy()
+            y = np.asarray(data.y)[m]
+            if len(np.unique(y)) < 2:
+                continue
+            d: dict[str, Any] = {a: {"y": y, "p": np.asarray(arm.proba)[m]} for a, arm in arms.items()}
+            extra = _request_pairs(d, arms)
+            groups = np.asarray(data.groups)[m]
+            ci = paired_ci(_auc, d, patient_resamples(groups, n_resamples, seed))
+            rows.append(_paired_row(bt, f"{int(m.sum())} images / {len(set(groups))}",
+                                    f"ROC AUC per image, {col} {v} ({int(y.sum())} malignant)", ci, extra))
+    return rows
 
 
 def _single_image_row(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int,

@@ -24,7 +24,7 @@ import pandas as pd
 from pipeline.evaluation.audit import Candidate, CandidateResult, audit_candidates, flagged_names
 from pipeline.io.exams import level_ids
 
-__all__ = ["SITE_COLUMNS", "ShortcutAudit", "audit_candidates_of", "shortcut_audit", "audit_for_training"]
+__all__ = ["SITE_COLUMNS", "site_columns", "ShortcutAudit", "audit_candidates_of", "shortcut_audit", "audit_for_training"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _count_per(unit: np.ndarray, image: np.ndarray) -> np.ndarray:
     return df.groupby("u")["i"].transform("nunique").to_numpy(float)
 
 
-def _site_columns(table: pd.DataFrame) -> list[str]:
+def site_columns(table: pd.DataFrame) -> list[str]:
     """The table's machine / site / manufacturer columns (SITE_COLUMNS)."""
     out = []
     for c in table.columns:
@@ -156,7 +156,7 @@ def audit_candidates_of(table: pd.DataFrame, headers: pd.DataFrame | None = None
     for col in ("manufacturer", "model"):
         if col in h and h[col].notna().any():
             cands.append(Candidate(f"dicom_{col}", "category", h[col].to_numpy(object), f"DICOM {col} tag"))
-    for col in _site_columns(t):
+    for col in site_columns(t):
         cands.append(Candidate(f"column_{col}", "category", t[col].astype(object).to_numpy(), f"table column {col!r}"))
     return cands
 

@@ -152,6 +152,41 @@ def test_screening_rows_add_the_image_alone_from_the_first_stage_probabilities()
     assert len(rows) == 3 * len(LEVELS)
 
 
+def test_screening_rows_add_the_image_auc_of_each_machine_a_manifest_names():
+    """A site column (machine) with two values adds one row per machine: the AUC of that machine's images alone,
+    paired on its own patients; a constant site column, an id-like one with many values and a machine whose images
+    hold one class add nothing."""
+    from sklearn.metrics import roc_auc_score
+
+    mod = _module()
+    rng = np.random.default_rng(2)
+    n_pat = 30
+    table, y, data = _four_views(n_pat)
+    pid = table["patient_id"].str[1:].astype(int).to_numpy()
+    table["machine"] = np.where(pid < 18, 1, 2)            # 18 patients on machine 1, 12 on machine 2
+    table["source"] = "one archive"                        # one value: no split
+    table["scanner_serial"] = [f"s{i}" for i in range(len(table))]  # every image its own: no split
+    table["site"] = np.where(pid < 29, "A", "B")           # site B: one patient, no cancer -> no row
+    p = np.where(table["machine"] == 1, np.clip(0.7 * y + 0.3 * rng.random(len(y)), 0, 1), rng.random(len(y)))
+    from pipeline.io.exams import level_ids
+    from pipeline.model.levels import LEVELS, level_proba
+
+    fused = level_proba(p, y, level_ids(table), "mean")
+    calls = {lv: {u: bool(q >= 0.5) for u, q in zip(fused[lv][0], fused[lv][2])} for lv in LEVELS}
+    arms = {"plain": mod.LevelArm("plain", {}, rng.random(len(y)), calls, "f", 1.0),
+            "shipped": mod.LevelArm("shipped", {}, p, calls, "f", 1.0)}
+    bt = next(t for t in mod.TASKS if t.levels)
+    rows, _ = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
+    sites = [r for r in rows if r["metric"].startswith("ROC AUC per image, ")]
+    assert [r["metric"] for r in sites] == [f"ROC AUC per image, machine {k} ({int(y[table['machine'] == k].sum())} "
+                                            f"malignant)" for k in (1, 2)] + ["ROC AUC per image, site A (20 malignant)"]
+    assert [r["n images / patients"] for r in sites[:2]] == ["72 images / 18", "48 images / 12"]
+    for r, k in zip(sites, (1, 2)):
+        m = (table["machine"] == k).to_numpy()
+        assert r["shipped"].startswith(f"{roc_auc_score(y[m], p[m]):.2f} [")
+    assert float(sites[0]["shipped"].split()[0]) > 0.95 and abs(float(sites[1]["shipped"].split()[0]) - 0.5) < 0.25
+
+
 def test_choose_parses_every_combination_of_the_candidate_values():
     choices = _module().parse_choices(["calibration.ensemble=true|false", "model.max_depth=2|3"])
     assert [label for label, _ in choices] == [
