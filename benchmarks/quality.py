@@ -805,36 +805,25 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
     return rows, per_arm
 
 
-#: a site column is split into per-value rows only where it holds at most this many values (a machine, not an id)
-MAX_SITES = 8
-
-
 def _site_rows(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int
                ) -> list[dict[str, Any]]:
-    """ROC AUC per image on the images of each machine / site (the table's site columns, as the shortcut audit
-    finds them: pipeline.training.audit.site_columns), arms paired on whole-patient resamples of those images: how
+    """ROC AUC per image on the images of each machine / site the table names (pipeline.training.cv.site_groups:
+    the shortcut audit's site columns with 2..8 values), arms paired on whole-patient resamples of those images: how
     a recipe does on each acquisition machine of one development set, the nearest this set comes to a scanner it was
-    not trained on. Only columns with 2..MAX_SITES values; only values whose images hold both classes."""
-    from pipeline.training.audit import site_columns
+    not trained on. Only machines whose images hold both classes."""
+    from pipeline.training.cv import site_groups
 
     rows: list[dict[str, Any]] = []
-    table = data.table.reset_index(drop=True)
-    for col in site_columns(table):
-        values = table[col].astype(str).where(table[col].notna())
-        kinds = sorted(v for v in values.dropna().unique())
-        if not 2 <= len(kinds) <= MAX_SITES:
+    for name, _, m in site_groups(data.table):
+        y = np.asarray(data.y)[m]
+        if len(np.unique(y)) < 2:
             continue
-        for v in kinds:
-            m = (values == v).to_numpy()
-            y = np.asarray(data.y)[m]
-            if len(np.unique(y)) < 2:
-                continue
-            d: dict[str, Any] = {a: {"y": y, "p": np.asarray(arm.proba)[m]} for a, arm in arms.items()}
-            extra = _request_pairs(d, arms)
-            groups = np.asarray(data.groups)[m]
-            ci = paired_ci(_auc, d, patient_resamples(groups, n_resamples, seed))
-            rows.append(_paired_row(bt, f"{int(m.sum())} images / {len(set(groups))}",
-                                    f"ROC AUC per image, {col} {v} ({int(y.sum())} malignant)", ci, extra))
+        d: dict[str, Any] = {a: {"y": y, "p": np.asarray(arm.proba)[m]} for a, arm in arms.items()}
+        extra = _request_pairs(d, arms)
+        groups = np.asarray(data.groups)[m]
+        ci = paired_ci(_auc, d, patient_resamples(groups, n_resamples, seed))
+        rows.append(_paired_row(bt, f"{int(m.sum())} images / {len(set(groups))}",
+                                f"ROC AUC per image, {name} ({int(y.sum())} malignant)", ci, extra))
     return rows
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["CVResult", "cross_validate", "subgroup_metrics"]
+__all__ = ["CVResult", "cross_validate", "subgroup_metrics", "site_groups", "site_metrics"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,4 +146,47 @@ def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarr
         if not sel.any():
             continue
         out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=name, **kw))
+    return out
+
+
+#: a site column is split into per-value subgroups only where it holds at most this many values (a machine, not an id)
+MAX_SITES = 8
+
+
+def site_groups(table: pd.DataFrame, max_values: int = MAX_SITES) -> list[tuple[str, str, np.ndarray]]:
+    """(name, metric prefix, row mask) per value of each machine / site column of `table` (the shortcut audit's
+    site columns, pipeline.training.audit.site_columns) holding 2..`max_values` values, e.g. ("machine 2",
+    "site/machine/2/", mask): how a model does on each acquisition machine of its own data."""
+    import re
+
+    from pipeline.training.audit import site_columns
+
+    table = table.reset_index(drop=True)
+    out: list[tuple[str, str, np.ndarray]] = []
+    for col in site_columns(table):
+        values = table[col].astype(str).where(table[col].notna())
+        kinds = sorted(values.dropna().unique())
+        if not 2 <= len(kinds) <= int(max_values):
+            continue
+        slug = re.sub(r"[^A-Za-z0-9_ -]+", "_", str(col)).strip() or "site"
+        for v in kinds:
+            key = re.sub(r"[^A-Za-z0-9_ -]+", "_", v).strip() or "_"
+            out.append((f"{col} {v}", f"site/{slug}/{key}/", (values == v).to_numpy()))
+    return out
+
+
+def site_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, table: pd.DataFrame,
+                 classes: Sequence[str], **kw: Any) -> dict[str, float]:
+    """The task's metrics on the rows of each machine / site (`site/<column>/<value>/<metric>`, site_groups) whose
+    rows hold two classes or more; none where the table names no machine or site."""
+    from pipeline.config.tasks import get_task
+
+    spec = get_task(task)
+    y = np.asarray(y)
+    out: dict[str, float] = {}
+    for _, prefix, sel in site_groups(table):
+        if len(np.unique(y[sel])) < 2:
+            continue
+        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=prefix,
+                                **kw))
     return out

@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError, DatasetError
 from pipeline.evaluation.metrics import exam_average
 from pipeline.evaluation.splits import patient_stratified_folds
 from pipeline.io.exams import exam_ids
-from pipeline.training.cv import CVResult, cross_validate, subgroup_metrics
+from pipeline.training.cv import CVResult, cross_validate, site_groups, site_metrics, subgroup_metrics
 from pipeline.config.experiment import Experiment, flatten_config
 from pipeline.model.estimators import build_pipeline, disable_cache, final_classifier
 from pipeline.config.tasks import ORDINAL_SCHEMES, Task, get_task, ordinal_scheme
@@ -454,6 +454,7 @@ def evaluate_experiment(config: Mapping[str, Any], data: TaskData, cache_dir: st
               ece_bins=ev["ece_bins"])
     metrics.update(subgroup_metrics(task, data.y, cv.proba, call, data.density, data.dense_classes,
                                     data.classes, **kw))
+    metrics.update(site_metrics(task, data.y, cv.proba, call, data.table, data.classes, **kw))
     metrics.update(trust.metrics(call, kw))
     if levels is not None:
         # with the context stage on, the image level also with its exam's other views (cv_image_*): cv_* stays
@@ -734,6 +735,12 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
     groups = {"dense": "dense_", "nondense": "nondense_"}
     subgroups = {}
     for group, prefix in groups.items():
+        entries = {k.removeprefix(prefix): metric_entry(metrics, k) for k in metrics
+                   if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))}
+        entries = {k: v for k, v in entries.items() if v is not None}
+        if entries:
+            subgroups[group] = entries
+    for group, prefix, _ in site_groups(table):  # each acquisition machine / site the table names
         entries = {k.removeprefix(prefix): metric_entry(metrics, k) for k in metrics
                    if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))}
         entries = {k: v for k, v in entries.items() if v is not None}
