@@ -364,7 +364,8 @@ class Task:
         return self.metric_fn(y, proba, call, classes, **kw)
 
     def metric_names(self, classes: Sequence[str] | None = None) -> set[str]:
-        """Every metric key training can produce for this task (cv_, subgroup and exam prefixes, CI bounds)."""
+        """Every metric key of this task's fixed prefixes (cv_, density subgroup and exam prefixes, CI bounds); the
+        per-machine keys `site/<column>/<value>/*` depend on the data and are not listed."""
         base = set(self.metric_keys) | {f"recall_{c}" for c in (classes or [])}
         base |= {f"{k}_ci_{side}" for k in self.metric_keys for side in ("low", "high")}
         return {p + k for p in self._metric_prefixes() for k in base}

@@ -151,12 +151,43 @@ def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarr
 
 #: a site column is split into per-value subgroups only where it holds at most this many values (a machine, not an id)
 MAX_SITES = 8
+#: at most this many site subgroups in all (the card's subgroup table and figure stay readable): columns in order
+MAX_SITE_GROUPS = 12
+#: words that make a site-like column name something else for subgroups (a lesion's site is a place in the breast)
+_NOT_ACQUISITION_WORDS = {"lesion", "finding", "abnormality", "roi", "biopsy", "quadrant", "anatomic", "anatomical",
+                          "label", "labels", "annotation", "annotator", "reader"}
+_KEY_PART = 48  # characters of a column or value in a metric key (MLflow refuses keys over 250 characters)
+
+
+def _key_part(text: str) -> str:
+    """A metric-key part: characters MLflow takes (no dot or slash, so no part can resolve to another path), at most
+    _KEY_PART long (a longer text keeps its start and a short digest of the whole)."""
+    import hashlib
+    import re
+
+    part = re.sub(r"[^A-Za-z0-9_ -]+", "_", text).strip() or "_"
+    if len(part) > _KEY_PART:
+        part = f"{part[:_KEY_PART - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    return part
+
+
+def _value_text(values: pd.Series) -> pd.Series:
+    """A site column's values as trimmed text (a float column of whole numbers as integers: machine 1, not 1.0);
+    missing and blank values are NaN."""
+    v = values
+    if pd.api.types.is_float_dtype(v) and np.all(np.mod(v.dropna(), 1) == 0):
+        v = v.astype("Int64")
+    text = v.astype(str).str.strip().where(v.notna())
+    return text.where(text != "")
 
 
 def site_groups(table: pd.DataFrame, max_values: int = MAX_SITES) -> list[tuple[str, str, np.ndarray]]:
-    """(name, metric prefix, row mask) per value of each machine / site column of `table` (the shortcut audit's
-    site columns, pipeline.training.audit.site_columns) holding 2..`max_values` values, e.g. ("machine 2",
-    "site/machine/2/", mask): how a model does on each acquisition machine of its own data."""
+    """(name, metric prefix, row mask) per value of each acquisition machine / site column of `table` holding
+    2..`max_values` values, e.g. ("machine 2", "site/machine/2/", mask): how a model does on each machine of its own
+    data. Columns: the shortcut audit's site columns (pipeline.training.audit.site_columns) whose name is not about a
+    lesion, a label or a reader (_NOT_ACQUISITION_WORDS); at most MAX_SITE_GROUPS groups. Every prefix is unique
+    (values that clean to the same key get a digest) and short enough for MLflow."""
+    import hashlib
     import re
 
     from pipeline.training.audit import site_columns
@@ -164,14 +195,19 @@ def site_groups(table: pd.DataFrame, max_values: int = MAX_SITES) -> list[tuple[
     table = table.reset_index(drop=True)
     out: list[tuple[str, str, np.ndarray]] = []
     for col in site_columns(table):
-        values = table[col].astype(str).where(table[col].notna())
-        kinds = sorted(values.dropna().unique())
-        if not 2 <= len(kinds) <= int(max_values):
+        if set(re.split(r"[^a-z0-9]+", str(col).lower())) & _NOT_ACQUISITION_WORDS:
             continue
-        slug = re.sub(r"[^A-Za-z0-9_ -]+", "_", str(col)).strip() or "site"
+        values = _value_text(table[col])
+        kinds = sorted(values.dropna().unique())
+        if not 2 <= len(kinds) <= int(max_values) or len(out) + len(kinds) > MAX_SITE_GROUPS:
+            continue
+        column = _key_part(str(col))
         for v in kinds:
-            key = re.sub(r"[^A-Za-z0-9_ -]+", "_", v).strip() or "_"
-            out.append((f"{col} {v}", f"site/{slug}/{key}/", (values == v).to_numpy()))
+            prefix = f"site/{column}/{_key_part(v)}/"
+            if any(prefix == p for _, p, _ in out):  # two values, one cleaned key: tell them apart
+                prefix = f"site/{column}/{_key_part(v)[:_KEY_PART - 9]}_{hashlib.sha1(v.encode()).hexdigest()[:8]}/"
+            name = " ".join(f"{col} {v}".replace("|", "/").split())  # one table cell of the card
+            out.append((name, prefix, (values == v).to_numpy()))
     return out
 
 

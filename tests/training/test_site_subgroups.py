@@ -34,6 +34,33 @@ def test_site_groups_split_each_machine_column_and_nothing_else():
     assert site_groups(table, max_values=1) == []
 
 
+def test_site_keys_stay_unique_short_and_valid_for_mlflow():
+    """Values that clean to the same key, padded values, a float column of whole numbers, a 300-character site name
+    and a column about the lesion's site: every prefix unique and a valid MLflow metric name, the padded value one
+    group, machine 1 not 1.0, the lesion's site no subgroup, a '|' kept out of the card's table cell."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    n = 12
+    table = pd.DataFrame({"manufacturer": ["GE/Senographe", "GE.Senographe", "GE_Senographe", "Hologic ", "Hologic",
+                                           "Selenia | 2D"] * 2,
+                          "machine": [1.0, 2.0, np.nan] * 4,
+                          "hospital": ["x" * 300, "y"] * 6,
+                          "lesion_site": ["UOQ", "LIQ", "UIQ"] * 4, "patient_id": [f"p{i}" for i in range(n)]})
+    groups = site_groups(table)
+    names = [g[0] for g in groups]
+    prefixes = [g[1] for g in groups]
+    assert len(set(prefixes)) == len(prefixes)
+    for prefix in prefixes:
+        _validate_metric_name(prefix + "kappa_quadratic_ci_high")
+        assert len(prefix) < 130
+    assert "manufacturer Hologic" in names and sum(n.startswith("manufacturer Hologic") for n in names) == 1
+    assert {"machine 1", "machine 2"} <= set(names) and not any("1.0" in n for n in names)
+    assert not any(n.startswith("lesion_site") for n in names)
+    assert all("|" not in n for n in names)
+    masks = {g[0]: g[2] for g in groups}
+    assert masks["manufacturer Hologic"].sum() == 4 and masks["machine 1"].sum() == 4
+
+
 def test_site_metrics_score_each_machines_rows_alone():
     """The task's metrics on each machine's rows: the AUC equals sklearn's on that subset; a machine whose rows
     hold one class gets no metric."""
