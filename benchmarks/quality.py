@@ -801,20 +801,21 @@ def score_levels(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], how: str
             rows.append(_paired_row(bt, n_txt, f"{metric} per {lv}", ci, extra))
     if all(arm.single is not None for arm in arms.values()):  # what the maintainers' "per single image" reads
         rows.append(_single_image_row(bt, data, arms, n_resamples, seed, per_arm))
-    rows += _site_rows(bt, data, arms, n_resamples, seed)
+    rows += _site_rows(bt, data, arms, n_resamples, seed, per_arm)
     return rows, per_arm
 
 
-def _site_rows(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int
-               ) -> list[dict[str, Any]]:
+def _site_rows(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resamples: int, seed: int,
+               per_arm: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """ROC AUC per image on the images of each machine / site the table names (pipeline.training.cv.site_groups:
     the shortcut audit's site columns with 2..8 values), arms paired on whole-patient resamples of those images: how
     a recipe does on each acquisition machine of one development set, the nearest this set comes to a scanner it was
-    not trained on. Only machines whose images hold both classes."""
+    not trained on. Only machines whose images hold both classes. Adds `site/<column>/<value>/image_roc_auc*` to
+    `per_arm` (each arm's child run in MLflow)."""
     from pipeline.training.cv import site_groups
 
     rows: list[dict[str, Any]] = []
-    for name, _, m in site_groups(data.table):
+    for name, prefix, m in site_groups(data.table):
         y = np.asarray(data.y)[m]
         if len(np.unique(y)) < 2:
             continue
@@ -822,6 +823,9 @@ def _site_rows(bt: BenchTask, data: Any, arms: dict[str, "LevelArm"], n_resample
         extra = _request_pairs(d, arms)
         groups = np.asarray(data.groups)[m]
         ci = paired_ci(_auc, d, patient_resamples(groups, n_resamples, seed))
+        for a in arms:
+            key = f"{prefix}image_roc_auc"
+            per_arm[a][key], per_arm[a][f"{key}_ci_low"], per_arm[a][f"{key}_ci_high"] = ci[a]
         rows.append(_paired_row(bt, f"{int(m.sum())} images / {len(set(groups))}",
                                 f"ROC AUC per image, {name} ({int(y.sum())} malignant)", ci, extra))
     return rows

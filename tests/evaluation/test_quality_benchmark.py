@@ -176,7 +176,7 @@ def test_screening_rows_add_the_image_auc_of_each_machine_a_manifest_names():
     arms = {"plain": mod.LevelArm("plain", {}, rng.random(len(y)), calls, "f", 1.0),
             "shipped": mod.LevelArm("shipped", {}, p, calls, "f", 1.0)}
     bt = next(t for t in mod.TASKS if t.levels)
-    rows, _ = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
+    rows, per_arm = mod.score_levels(bt, data, arms, "mean", n_resamples=40, seed=0)
     sites = [r for r in rows if r["metric"].startswith("ROC AUC per image, ")]
     assert [r["metric"] for r in sites] == [f"ROC AUC per image, machine {k} ({int(y[table['machine'] == k].sum())} "
                                             f"malignant)" for k in (1, 2)] + ["ROC AUC per image, site A (20 malignant)"]
@@ -185,6 +185,10 @@ def test_screening_rows_add_the_image_auc_of_each_machine_a_manifest_names():
         m = (table["machine"] == k).to_numpy()
         assert r["shipped"].startswith(f"{roc_auc_score(y[m], p[m]):.2f} [")
     assert float(sites[0]["shipped"].split()[0]) > 0.95 and abs(float(sites[1]["shipped"].split()[0]) - 0.5) < 0.25
+    on_2 = (table["machine"] == 2).to_numpy()  # each arm's child run gets the machine's figure as a metric
+    assert per_arm["shipped"]["site/machine/2/image_roc_auc"] == pytest.approx(roc_auc_score(y[on_2], p[on_2]))
+    assert per_arm["plain"]["site/machine/1/image_roc_auc_ci_low"] <= per_arm["plain"]["site/machine/1/image_roc_auc"]
+    assert not any(k.startswith("site/site/B") for k in per_arm["shipped"])  # no row, no metric
 
 
 def test_choose_parses_every_combination_of_the_candidate_values():
