@@ -16,7 +16,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,12 +103,13 @@ def _count_per(unit: np.ndarray, image: np.ndarray) -> np.ndarray:
     return df.groupby("u")["i"].transform("nunique").to_numpy(float)
 
 
-def site_columns(table: pd.DataFrame) -> list[str]:
-    """The table's machine / site / manufacturer columns (SITE_COLUMNS)."""
+def site_columns(table: pd.DataFrame, exclude: Iterable[str] = ()) -> list[str]:
+    """The table's machine / site / manufacturer columns (SITE_COLUMNS), less any whose name holds a word of
+    `exclude` (words split at _, -, space)."""
     out = []
     for c in table.columns:
         words = set(re.split(r"[^a-z0-9]+", str(c).lower()))
-        if words & set(SITE_COLUMNS) and not words & _NOT_SITE_WORDS:
+        if words & set(SITE_COLUMNS) and not words & (_NOT_SITE_WORDS | set(exclude)):
             out.append(c)
     return out
 

@@ -135,17 +135,26 @@ def _classes_of(est: Any) -> np.ndarray:
 def subgroup_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, density: Sequence,
                      dense_classes: Sequence, classes: Sequence[str], **kw: Any) -> dict[str, float]:
     """The task's metrics within dense (`dense_*`) and non-dense (`nondense_*`) samples where density is known."""
-    from pipeline.config.tasks import get_task
-
-    spec = get_task(task)
     dens = pd.Series(list(density), dtype=object)
     known = dens.notna().to_numpy() & (dens.astype(str) != "").to_numpy()
     is_dense = dens.astype(str).isin({str(d) for d in dense_classes}).to_numpy()
+    groups = [("dense_", known & is_dense), ("nondense_", known & ~is_dense)]
+    return _group_metrics(task, y, proba, call, classes, groups, min_classes=1, **kw)
+
+
+def _group_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray | None, classes: Sequence[str],
+                   groups: Sequence[tuple[str, np.ndarray]], min_classes: int, **kw: Any) -> dict[str, float]:
+    """The task's metrics on the rows of each (metric prefix, row mask) group holding `min_classes` classes or more."""
+    from pipeline.config.tasks import get_task
+
+    spec = get_task(task)
+    y = np.asarray(y)
     out: dict[str, float] = {}
-    for name, sel in (("dense_", known & is_dense), ("nondense_", known & ~is_dense)):
-        if not sel.any():
+    for prefix, sel in groups:
+        if len(np.unique(y[sel])) < min_classes:
             continue
-        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=name, **kw))
+        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=prefix,
+                                **kw))
     return out
 
 
@@ -159,14 +168,14 @@ _NOT_ACQUISITION_WORDS = {"lesion", "finding", "abnormality", "roi", "biopsy", "
 _KEY_PART = 48  # characters of a column or value in a metric key (MLflow refuses keys over 250 characters)
 
 
-def _key_part(text: str) -> str:
+def _key_part(text: str, digest: bool = False) -> str:
     """A metric-key part: characters MLflow takes (no dot or slash, so no part can resolve to another path), at most
-    _KEY_PART long (a longer text keeps its start and a short digest of the whole)."""
+    _KEY_PART long (a longer text, or any with `digest`, keeps its start and a short digest of the whole)."""
     import hashlib
     import re
 
     part = re.sub(r"[^A-Za-z0-9_ -]+", "_", text).strip() or "_"
-    if len(part) > _KEY_PART:
+    if digest or len(part) > _KEY_PART:
         part = f"{part[:_KEY_PART - 9]}_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
     return part
 
@@ -187,16 +196,11 @@ def site_groups(table: pd.DataFrame, max_values: int = MAX_SITES) -> list[tuple[
     data. Columns: the shortcut audit's site columns (pipeline.training.audit.site_columns) whose name is not about a
     lesion, a label or a reader (_NOT_ACQUISITION_WORDS); at most MAX_SITE_GROUPS groups. Every prefix is unique
     (values that clean to the same key get a digest) and short enough for MLflow."""
-    import hashlib
-    import re
-
     from pipeline.training.audit import site_columns
 
     table = table.reset_index(drop=True)
     out: list[tuple[str, str, np.ndarray]] = []
-    for col in site_columns(table):
-        if set(re.split(r"[^a-z0-9]+", str(col).lower())) & _NOT_ACQUISITION_WORDS:
-            continue
+    for col in site_columns(table, exclude=_NOT_ACQUISITION_WORDS):
         values = _value_text(table[col])
         kinds = sorted(values.dropna().unique())
         if not 2 <= len(kinds) <= int(max_values) or len(out) + len(kinds) > MAX_SITE_GROUPS:
@@ -205,7 +209,7 @@ def site_groups(table: pd.DataFrame, max_values: int = MAX_SITES) -> list[tuple[
         for v in kinds:
             prefix = f"site/{column}/{_key_part(v)}/"
             if any(prefix == p for _, p, _ in out):  # two values, one cleaned key: tell them apart
-                prefix = f"site/{column}/{_key_part(v)[:_KEY_PART - 9]}_{hashlib.sha1(v.encode()).hexdigest()[:8]}/"
+                prefix = f"site/{column}/{_key_part(v, digest=True)}/"
             name = " ".join(f"{col} {v}".replace("|", "/").split())  # one table cell of the card
             out.append((name, prefix, (values == v).to_numpy()))
     return out
@@ -215,14 +219,5 @@ def site_metrics(task: str, y: np.ndarray, proba: np.ndarray, call: np.ndarray |
                  classes: Sequence[str], **kw: Any) -> dict[str, float]:
     """The task's metrics on the rows of each machine / site (`site/<column>/<value>/<metric>`, site_groups) whose
     rows hold two classes or more; none where the table names no machine or site."""
-    from pipeline.config.tasks import get_task
-
-    spec = get_task(task)
-    y = np.asarray(y)
-    out: dict[str, float] = {}
-    for _, prefix, sel in site_groups(table):
-        if len(np.unique(y[sel])) < 2:
-            continue
-        out.update(spec.metrics(y[sel], proba[sel], None if call is None else call[sel], classes, prefix=prefix,
-                                **kw))
-    return out
+    return _group_metrics(task, y, proba, call, classes, [(p, m) for _, p, m in site_groups(table)], min_classes=2,
+                          **kw)

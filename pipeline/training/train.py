@@ -732,15 +732,10 @@ def build_card(exp: Experiment, data: TaskData, metrics: Mapping[str, float], cv
     density = table["density"].dropna().astype(str)
     views = table["view"].dropna().astype(str) if "view" in table.columns else pd.Series([], dtype=str)
     headline = list(spec.headline_keys)
-    groups = {"dense": "dense_", "nondense": "nondense_"}
+    # density groups, then each acquisition machine / site the table names
+    groups = {"dense": "dense_", "nondense": "nondense_", **{g: p for g, p, _ in site_groups(table)}}
     subgroups = {}
     for group, prefix in groups.items():
-        entries = {k.removeprefix(prefix): metric_entry(metrics, k) for k in metrics
-                   if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))}
-        entries = {k: v for k, v in entries.items() if v is not None}
-        if entries:
-            subgroups[group] = entries
-    for group, prefix, _ in site_groups(table):  # each acquisition machine / site the table names
         entries = {k.removeprefix(prefix): metric_entry(metrics, k) for k in metrics
                    if k.startswith(prefix) and not k.endswith(("_ci_low", "_ci_high"))}
         entries = {k: v for k, v in entries.items() if v is not None}
