@@ -212,6 +212,7 @@ SCHEMA: dict[str, Any] = {
         "tile_pooling": Choice(CNN_POOLINGS, nullable=True),
         "tile_flips": Choice(("none", "h", "hv")),
         "tile_shift": Int(0, 256),
+        "tile_exclude_pectoral": Bool(),
         "blobs": Bool(),
         "blob_sigmas": ListOf(Float(0.0, None, lo_open=True), min_len=1),
         "context_C": Float(0.0, None, lo_open=True),

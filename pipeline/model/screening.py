@@ -53,7 +53,7 @@ def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> CachedTransformer:
-    """Cached per image: CLAHE -> unsharp (radius scaled to the high resolution) -> TileEmbedder."""
+    """Cached per image: (the pectoral muscle zeroed) -> CLAHE -> unsharp (radius scaled to the high resolution) -> TileEmbedder."""
     from features.clahe import CLAHE
     from features.tiles import TileEmbedder
     from features.unsharp import UnsharpMask
@@ -61,6 +61,10 @@ def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None 
     pre, sc, cn = config["preprocessing"], config["screening"], config["features"]["cnn"]
     shape = sample_image_shape(config)
     steps: list[tuple[str, Any]] = []
+    if sc.get("tile_exclude_pectoral", False):  # before CLAHE: the muscle is found on the sample's own contrast
+        from features.pectoral import PectoralMask
+
+        steps.append(("pectoral", PectoralMask(image_shape=shape)))
     if pre["clahe"]["enabled"]:
         steps.append(("clahe", CLAHE(clip_limit=pre["clahe"]["clip_limit"], kernel_size=pre["clahe"]["kernel_size"],
                                      keep_zero=True, image_shape=shape)))

@@ -143,3 +143,28 @@ def test_native_input_size_is_refused_for_a_backbone_without_one():
     with pytest.raises(ConfigError, match="input_size: native needs a built-in backbone"):
         cnn_input_size({"backbone": "my_net", "input_size": "native"}, 224)
     assert cnn_input_size({"backbone": "my_net", "input_size": "sample"}, 224) == 224
+
+
+def test_excluding_the_pectoral_muscle_keeps_it_out_of_every_tile():
+    """screening.tile_exclude_pectoral: the muscle is zeroed before the tiles are placed and embedded, so no tile
+    is placed on it and the tiles see none of it but its edge (without the switch the corner tile is the muscle)."""
+    from pipeline.config.experiment import resolve_config
+    from pipeline.model.screening import tile_embedding_step
+    from tests.features.test_pectoral import _mlo
+
+    image, muscle = _mlo(h=128, w=128, a=70, b=110, muscle=0.8)
+    X = image.reshape(1, -1)
+    for on in (False, True):
+        cfg = resolve_config("experiments/tiny_test.yaml", {"dataset": {"task": "screening"}, "screening": {
+            "tile_size": 64, "max_tiles": 9, "tile_exclude_pectoral": on}})
+        step = tile_embedding_step(cfg).transformer
+        assert ("pectoral" in step.named_steps) is on
+        seen = step[:-1].fit(X).transform(X).reshape(image.shape)  # what the tile embedder is given
+        corners, _ = step[-1].fit(seen.reshape(1, -1)).tiles_of(seen)
+        kept = float((seen[muscle] > 0).mean())
+        if on:
+            assert kept < 0.05 and (0, 0) not in corners, (kept, corners)
+        else:
+            assert kept == 1.0 and (0, 0) in corners
+        emb = step.fit(X).transform(X)
+        assert emb.shape == (1, 9 * (1 + step[-1].n_embedding_)) and np.isfinite(emb).all()
