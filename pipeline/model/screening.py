@@ -53,7 +53,8 @@ def whole_image_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def tile_embedding_step(config: Mapping[str, Any], cache_dir: str | Path | None = None) -> CachedTransformer:
-    """Cached per image: (the pectoral muscle zeroed) -> CLAHE -> unsharp (radius scaled to the high resolution) -> TileEmbedder."""
+    """Cached per image: (with screening.tile_exclude_pectoral, the muscle zeroed) -> CLAHE -> unsharp (radius scaled
+    to the high resolution) -> TileEmbedder."""
     from features.clahe import CLAHE
     from features.tiles import TileEmbedder
     from features.unsharp import UnsharpMask
